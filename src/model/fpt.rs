@@ -1,0 +1,339 @@
+//! The FPT model: a new input layer, a frozen backbone with trainable layer norms and positions,
+//! and an output head on the read-out token(s); saving and loading its adapter.
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::layers::Dense;
+use super::params::{FreezeSwitches, Group, Param};
+use super::weights::{read_safetensors, write_safetensors};
+use super::{Arch, Backbone, BaseModel, ModelRegistry};
+
+pub const ADAPTER_FORMAT: &str = "fpt-adapter/1";
+
+/// What feeds the input layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum InputKind {
+    /// Tokens of `dim` real values: `Linear(dim -> hidden)`.
+    Continuous { dim: i64 },
+    /// Token ids below `vocab`: `Embedding(vocab, hidden)`.
+    Tokens { vocab: i64 },
+}
+
+/// The task-dependent shapes of the adapter's new layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadShape {
+    pub input: InputKind,
+    /// Logits per read-out token.
+    pub output_dim: i64,
+    /// How many last tokens are read out (1 for classification, k for bit tasks).
+    pub readout_tokens: i64,
+}
+
+enum InputLayer {
+    Linear(Dense),
+    Embedding(Tensor),
+}
+
+/// Everything needed to build a fresh model.
+pub struct ModelSpec<'a> {
+    pub base: &'a BaseModel,
+    pub shape: HeadShape,
+    pub switches: FreezeSwitches,
+    pub task: serde_json::Value,
+    pub device: Device,
+    /// Seeds the new layers (and the backbone when not pretrained).
+    pub seed: u64,
+    /// Frozen matmul weights held in this dtype (bf16), trained tensors stay fp32.
+    pub frozen_kind: Option<Kind>,
+}
+
+pub struct FptModel {
+    pub base_name: String,
+    pub base_sha256: String,
+    pub arch: Arch,
+    pub backbone: Box<dyn Backbone>,
+    input: InputLayer,
+    output: Dense,
+    pub shape: HeadShape,
+    pub switches: FreezeSwitches,
+    pub task: serde_json::Value,
+    pub init_seed: u64,
+    pub device: Device,
+    /// Every parameter, backbone and new layers, with its Hugging Face (or `input.*`/`output.*`) name.
+    pub params: Vec<Param>,
+}
+
+/// Parameter counts, including the paper's convention (its Table 6 footnote: output weight, input
+/// layer, the blocks' layer norms without `ln_f`, and only the used position rows).
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamReport {
+    pub total: i64,
+    pub trained: i64,
+    pub trained_tensors: usize,
+    pub frozen: i64,
+    pub trained_fraction: f64,
+}
+
+/// The paper's count of trained parameters, from shapes alone.
+pub fn paper_param_count(hidden: i64, layers: i64, input_dim: i64, output_dim: i64, seq_len: i64) -> i64 {
+    let output = hidden * output_dim;
+    let input = input_dim * hidden + hidden;
+    let ln = layers * 2 * 2 * hidden;
+    let positions = seq_len * hidden;
+    output + input + ln + positions
+}
+
+/// torch.nn.init.orthogonal_ for a [rows, cols] weight, scaled by `gain`.
+fn orthogonal(rows: i64, cols: i64, gain: f64) -> Tensor {
+    let flat = Tensor::randn([rows, cols], (Kind::Float, Device::Cpu));
+    let a = if rows < cols { flat.tr() } else { flat };
+    let (q, r) = Tensor::linalg_qr(&a, "reduced");
+    let q = q * r.diagonal(0, 0, 1).sign();
+    let q = if rows < cols { q.tr() } else { q };
+    q.contiguous() * gain
+}
+
+/// nn.Linear's default init: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+fn torch_linear_init(d_in: i64, d_out: i64) -> (Tensor, Tensor) {
+    let bound = 1.0 / (d_in as f64).sqrt();
+    let w = Tensor::zeros([d_out, d_in], (Kind::Float, Device::Cpu)).uniform_(-bound, bound);
+    let b = Tensor::zeros([d_out], (Kind::Float, Device::Cpu)).uniform_(-bound, bound);
+    (w, b)
+}
+
+impl FptModel {
+    pub fn new(spec: ModelSpec<'_>) -> Result<Self> {
+        tch::manual_seed(spec.seed as i64);
+        let (backbone, mut params) = spec.base.build(&spec.switches, spec.device, spec.frozen_kind)?;
+        let hidden = backbone.config().hidden;
+        let dev = spec.device;
+        let input = match spec.shape.input {
+            InputKind::Continuous { dim } => {
+                let w = orthogonal(hidden, dim, 1.41).to_device(dev);
+                let b = Tensor::zeros([hidden], (Kind::Float, dev));
+                params.push(new_param("input.weight", Group::Input, &w));
+                params.push(new_param("input.bias", Group::Input, &b));
+                InputLayer::Linear(Dense { weight: w, bias: b })
+            }
+            InputKind::Tokens { vocab } => {
+                let e = Tensor::randn([vocab, hidden], (Kind::Float, Device::Cpu)).to_device(dev);
+                params.push(new_param("input.embedding", Group::Input, &e));
+                InputLayer::Embedding(e)
+            }
+        };
+        let (w, b) = torch_linear_init(hidden, spec.shape.output_dim);
+        let output = Dense { weight: w.to_device(dev), bias: b.to_device(dev) };
+        params.push(new_param("output.weight", Group::Output, &output.weight));
+        params.push(new_param("output.bias", Group::Output, &output.bias));
+        let base_sha256 = if spec.switches.pretrained { spec.base.sha256()? } else { String::new() };
+        let model = Self {
+            base_name: spec.base.name.clone(),
+            base_sha256,
+            arch: spec.base.arch,
+            backbone,
+            input,
+            output,
+            shape: spec.shape,
+            switches: spec.switches,
+            task: spec.task,
+            init_seed: spec.seed,
+            device: dev,
+            params,
+        };
+        for p in &model.params {
+            if model.switches.trains(p.group) {
+                let _ = p.tensor.set_requires_grad(true);
+            }
+        }
+        Ok(model)
+    }
+
+    pub fn hidden(&self) -> i64 {
+        self.backbone.config().hidden
+    }
+
+    pub fn max_positions(&self) -> i64 {
+        self.backbone.config().max_positions
+    }
+
+    /// The parameters the optimiser updates.
+    pub fn trained(&self) -> impl Iterator<Item = &Param> {
+        self.params.iter().filter(|p| self.switches.trains(p.group))
+    }
+
+    /// Logits [B, k, output_dim] for `inputs` ([B, L, D] float or [B, L] int64 ids); `lengths`
+    /// ([B] int64) when rows are right-padded.
+    pub fn forward(&self, inputs: &Tensor, lengths: Option<&Tensor>, train: bool) -> Tensor {
+        let mut h = match &self.input {
+            InputLayer::Linear(d) => d.forward(inputs),
+            InputLayer::Embedding(e) => Tensor::embedding(e, inputs, -1, false, false),
+        };
+        if train {
+            h = h.dropout(0.1, true);
+        }
+        let (b, l) = (h.size()[0], h.size()[1]);
+        let key_mask = lengths.map(|len| {
+            let pos = Tensor::arange(l, (Kind::Int64, self.device)).unsqueeze(0);
+            pos.lt_tensor(&len.unsqueeze(1)).view([b, 1, 1, l])
+        });
+        let hs = self.backbone.forward(&h, key_mask.as_ref(), train);
+        let k = self.shape.readout_tokens;
+        let read = match lengths {
+            None => hs.narrow(1, l - k, k),
+            Some(len) => {
+                let idx = len.unsqueeze(1) - k + Tensor::arange(k, (Kind::Int64, self.device)).unsqueeze(0);
+                hs.gather(1, &idx.unsqueeze(-1).expand([b, k, self.hidden()], false), false)
+            }
+        };
+        self.output.forward(&read)
+    }
+
+    pub fn param_report(&self) -> ParamReport {
+        let total: i64 = self.params.iter().filter(|p| p.group != Group::Other || true).map(|p| p.tensor.numel() as i64).sum();
+        let trained: i64 = self.trained().map(|p| p.tensor.numel() as i64).sum();
+        ParamReport {
+            total,
+            trained,
+            trained_tensors: self.trained().count(),
+            frozen: total - trained,
+            trained_fraction: trained as f64 / total.max(1) as f64,
+        }
+    }
+
+    fn metadata(&self, extra: &HashMap<String, String>) -> HashMap<String, String> {
+        let (input_kind, input_dim) = match self.shape.input {
+            InputKind::Continuous { dim } => ("continuous", dim),
+            InputKind::Tokens { vocab } => ("tokens", vocab),
+        };
+        let mut m = HashMap::from([
+            ("format".to_string(), ADAPTER_FORMAT.to_string()),
+            ("arch".into(), serde_json::to_value(self.arch).unwrap().as_str().unwrap().to_string()),
+            ("base_model".into(), self.base_name.clone()),
+            ("base_model_sha256".into(), self.base_sha256.clone()),
+            ("task".into(), self.task.to_string()),
+            ("fpt".into(), serde_json::to_string(&self.switches).unwrap()),
+            ("input_kind".into(), input_kind.into()),
+            ("input_dim".into(), input_dim.to_string()),
+            ("output_dim".into(), self.shape.output_dim.to_string()),
+            ("readout_tokens".into(), self.shape.readout_tokens.to_string()),
+            ("hidden_size".into(), self.hidden().to_string()),
+            ("init_seed".into(), self.init_seed.to_string()),
+        ]);
+        m.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        m
+    }
+
+    /// The adapter's tensors: every trained backbone tensor under its Hugging Face name (in the
+    /// checkpoint's layout) plus the new input and output layers (saved even when frozen: they are
+    /// not in the base model).
+    pub fn adapter_tensors(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .filter(|p| self.switches.trains(p.group) || matches!(p.group, Group::Input | Group::Output))
+            .map(|p| (p.name.clone(), p.checkpoint_tensor().detach().to_kind(Kind::Float)))
+            .collect()
+    }
+
+    pub fn save_adapter(&self, path: &Path, extra_metadata: &HashMap<String, String>) -> Result<()> {
+        write_safetensors(path, &self.adapter_tensors(), self.metadata(extra_metadata))
+    }
+
+    /// Rebuilds the model an adapter was trained as: its base model (checked by hash) with the
+    /// adapter's tensors in place.
+    pub fn load_adapter(path: &Path, registry: &ModelRegistry, device: Device, frozen_kind: Option<Kind>) -> Result<Self> {
+        let (tensors, meta) = read_safetensors(path, device)?;
+        let meta = AdapterMeta::parse(&meta).with_context(|| format!("{} is not an fpt adapter", path.display()))?;
+        let base = registry.resolve(&meta.base_model).with_context(|| format!("adapter {} needs its base model", path.display()))?;
+        if meta.switches.pretrained {
+            let sha = base.sha256()?;
+            if sha != meta.base_sha256 {
+                bail!(
+                    "adapter {} was trained on base model `{}` with weights sha256 {}, but {} has sha256 {sha}: a different or changed backbone",
+                    path.display(), meta.base_model, meta.base_sha256, base.weights_path().display()
+                );
+            }
+        }
+        let model = Self::new(ModelSpec {
+            base: &base,
+            shape: meta.shape,
+            switches: meta.switches,
+            task: meta.task.clone(),
+            device,
+            seed: meta.init_seed,
+            frozen_kind,
+        })?;
+        model.assign(&tensors).with_context(|| format!("adapter {} does not fit base model `{}`", path.display(), base.name))?;
+        Ok(model)
+    }
+
+    /// Copies named tensors (checkpoint layout) into the model's parameters.
+    pub fn assign(&self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let by_name: HashMap<&str, &Param> = self.params.iter().map(|p| (p.name.as_str(), p)).collect();
+        tch::no_grad(|| {
+            for (name, t) in tensors {
+                let p = by_name.get(name.as_str()).with_context(|| format!("tensor `{name}` is not a parameter of this model"))?;
+                let want = p.checkpoint_tensor().size();
+                if t.size() != want {
+                    bail!("tensor `{name}` has shape {:?}, the model's is {:?}", t.size(), want);
+                }
+                let src = if p.transposed { t.tr() } else { t.shallow_clone() };
+                p.tensor.shallow_clone().copy_(&src.to_kind(p.tensor.kind()));
+            }
+            Ok(())
+        })
+    }
+}
+
+fn new_param(name: &str, group: Group, t: &Tensor) -> Param {
+    Param { name: name.to_string(), group, transposed: false, tensor: t.shallow_clone() }
+}
+
+/// An adapter file's metadata, parsed.
+#[derive(Debug, Clone)]
+pub struct AdapterMeta {
+    pub base_model: String,
+    pub base_sha256: String,
+    pub arch: String,
+    pub task: serde_json::Value,
+    pub switches: FreezeSwitches,
+    pub shape: HeadShape,
+    pub init_seed: u64,
+    pub all: HashMap<String, String>,
+}
+
+impl AdapterMeta {
+    pub fn parse(m: &HashMap<String, String>) -> Result<Self> {
+        let get = |k: &str| m.get(k).cloned().with_context(|| format!("metadata has no `{k}`"));
+        let format = get("format")?;
+        if format != ADAPTER_FORMAT {
+            bail!("metadata format is `{format}`, expected `{ADAPTER_FORMAT}`");
+        }
+        let num = |k: &str| -> Result<i64> { get(k)?.parse().with_context(|| format!("metadata `{k}` is not an integer")) };
+        let input = match get("input_kind")?.as_str() {
+            "continuous" => InputKind::Continuous { dim: num("input_dim")? },
+            "tokens" => InputKind::Tokens { vocab: num("input_dim")? },
+            other => bail!("metadata input_kind `{other}` is unknown"),
+        };
+        Ok(Self {
+            base_model: get("base_model")?,
+            base_sha256: get("base_model_sha256")?,
+            arch: get("arch")?,
+            task: serde_json::from_str(&get("task")?).context("metadata `task` is not JSON")?,
+            switches: serde_json::from_str(&get("fpt")?).context("metadata `fpt` is not valid freeze switches")?,
+            shape: HeadShape { input, output_dim: num("output_dim")?, readout_tokens: num("readout_tokens")? },
+            init_seed: num("init_seed").unwrap_or(0) as u64,
+            all: m.clone(),
+        })
+    }
+
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+        Self::parse(&meta.metadata().clone().unwrap_or_default()).with_context(|| format!("{} is not an fpt adapter", path.display()))
+    }
+}

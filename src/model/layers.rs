@@ -1,0 +1,74 @@
+//! Leaf layers shared by the backbones: dense, layer norm, multi-head attention.
+use tch::{Kind, Tensor};
+
+/// `y = x W^T + b`, W kept as [out, in] whatever the checkpoint's layout.
+pub struct Dense {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Dense {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        // Frozen weights may be held in bf16: compute in their dtype, hand back the caller's.
+        if self.weight.kind() != x.kind() {
+            x.to_kind(self.weight.kind()).linear(&self.weight, Some(&self.bias)).to_kind(x.kind())
+        } else {
+            x.linear(&self.weight, Some(&self.bias))
+        }
+    }
+}
+
+/// Layer norm whose affine parameters are either shared ([d]) or per batch row ([B, 1, d]), the
+/// latter for serving many adapters in one batch.
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let d = *x.size().last().unwrap();
+        if self.weight.dim() == 1 {
+            x.layer_norm([d], Some(&self.weight), Some(&self.bias), self.eps, true)
+        } else {
+            x.layer_norm::<&Tensor>([d], None, None, self.eps, true) * &self.weight + &self.bias
+        }
+    }
+}
+
+/// Splits [B, L, H*Dh] into [B, H, L, Dh].
+pub fn split_heads(x: &Tensor, heads: i64) -> Tensor {
+    let (b, l, d) = x.size3().unwrap();
+    x.view([b, l, heads, d / heads]).transpose(1, 2)
+}
+
+/// Merges [B, H, L, Dh] back into [B, L, H*Dh].
+pub fn merge_heads(x: &Tensor) -> Tensor {
+    let (b, h, l, dh) = x.size4().unwrap();
+    x.transpose(1, 2).contiguous().view([b, l, h * dh])
+}
+
+/// Fused attention (`scaled_dot_product_attention`); `key_mask` is [B, 1, 1, L] bool, true = attend.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: Option<&Tensor>, causal: bool, dropout: f64) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, key_mask, dropout, causal, None, false)
+}
+
+/// The activations transformers names in configs.
+pub fn activation(x: &Tensor, name: &str) -> Tensor {
+    match name {
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => x.gelu("tanh"),
+        "relu" => x.relu(),
+        "silu" | "swish" => x.silu(),
+        _ => x.gelu("none"),
+    }
+}
+
+/// Whether `name` is an activation we implement (checked when a config is read).
+pub fn known_activation(name: &str) -> bool {
+    matches!(name, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" | "relu" | "silu" | "swish" | "gelu")
+}
+
+pub fn is_float(t: &Tensor) -> bool {
+    matches!(t.kind(), Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double)
+}

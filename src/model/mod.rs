@@ -1,0 +1,197 @@
+//! Backbones (GPT-2, BERT) behind one trait, the base-model registry, and the FPT model around them.
+pub mod bert;
+pub mod fpt;
+pub mod gpt2;
+pub mod hub;
+pub mod layers;
+pub mod params;
+pub mod weights;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use params::{Builder, FreezeSwitches, Param, Source};
+use weights::Checkpoint;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Gpt2,
+    Bert,
+}
+
+/// What the rest of the crate needs to know about a backbone, whatever its family.
+#[derive(Debug, Clone)]
+pub struct BackboneConfig {
+    pub arch: Arch,
+    pub hidden: i64,
+    pub layers: i64,
+    pub heads: i64,
+    pub max_positions: i64,
+    pub inner: i64,
+    pub activation: String,
+    pub ln_eps: f64,
+    pub hidden_dropout: f64,
+    pub embed_dropout: f64,
+    pub attn_dropout: f64,
+    pub initializer_range: f64,
+}
+
+/// A transformer fed with input embeddings [B, L, hidden]; returns the last hidden states.
+pub trait Backbone: Send {
+    fn config(&self) -> &BackboneConfig;
+    /// `key_mask`: [B, 1, 1, L] bool, true for real tokens (None: no padding).
+    fn forward(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool) -> Tensor;
+}
+
+/// A base model on disk: a Hugging Face checkpoint folder (`config.json` + `model.safetensors`).
+#[derive(Debug, Clone)]
+pub struct BaseModel {
+    pub name: String,
+    pub dir: PathBuf,
+    pub arch: Arch,
+    config: serde_json::Value,
+}
+
+impl BaseModel {
+    pub fn open(name: &str, dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+        let config: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
+        let arch = match config.get("model_type").and_then(|v| v.as_str()) {
+            Some("gpt2") => Arch::Gpt2,
+            Some("bert") => Arch::Bert,
+            Some(other) => bail!("{}: model_type `{other}` is not supported (gpt2 or bert)", cfg_path.display()),
+            None => bail!("{}: no model_type", cfg_path.display()),
+        };
+        if !dir.join("model.safetensors").exists() {
+            bail!("{}: no model.safetensors beside config.json", dir.display());
+        }
+        Ok(Self { name: name.to_string(), dir: dir.to_path_buf(), arch, config })
+    }
+
+    pub fn weights_path(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+
+    /// sha256 of the weights file, computed once per process and path.
+    pub fn sha256(&self) -> Result<String> {
+        static CACHE: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+        let path = std::fs::canonicalize(self.weights_path())?;
+        if let Some(h) = CACHE.lock().unwrap().get_or_insert_with(HashMap::new).get(&path) {
+            return Ok(h.clone());
+        }
+        let h = crate::fsutil::sha256_file(&path)?;
+        CACHE.lock().unwrap().get_or_insert_with(HashMap::new).insert(path, h.clone());
+        Ok(h)
+    }
+
+    pub fn backbone_config(&self) -> Result<BackboneConfig> {
+        match self.arch {
+            Arch::Gpt2 => serde_json::from_value::<gpt2::Gpt2Config>(self.config.clone())?.backbone_config(),
+            Arch::Bert => serde_json::from_value::<bert::BertConfig>(self.config.clone())?.backbone_config(),
+        }
+    }
+
+    /// Builds the backbone, pretrained or with transformers' random init (seeded by the caller).
+    pub fn build(&self, switches: &FreezeSwitches, device: Device, frozen_kind: Option<Kind>) -> Result<(Box<dyn Backbone>, Vec<Param>)> {
+        let cfg = self.backbone_config()?;
+        let ck;
+        let source = if switches.pretrained {
+            ck = Checkpoint::open(&self.weights_path(), &["transformer.", "bert."])?;
+            Source::Checkpoint(&ck)
+        } else {
+            Source::Random
+        };
+        let mut b = Builder::new(source, device);
+        b.frozen_kind = frozen_kind.map(|k| (k, *switches));
+        let backbone: Box<dyn Backbone> = match self.arch {
+            Arch::Gpt2 => Box::new(gpt2::Gpt2::build(cfg, &mut b)?),
+            Arch::Bert => {
+                let bc: bert::BertConfig = serde_json::from_value(self.config.clone())?;
+                Box::new(bert::Bert::build(cfg, bc.type_vocab_size, &mut b)?)
+            }
+        };
+        Ok((backbone, b.params))
+    }
+}
+
+/// The base models this process can use: subfolders of the models folder, then the Hugging Face
+/// hub cache (and a download when online) for the GPT-2 family.
+#[derive(Debug, Clone)]
+pub struct ModelRegistry {
+    pub models_dir: PathBuf,
+}
+
+impl ModelRegistry {
+    pub fn new(models_dir: impl Into<PathBuf>) -> Self {
+        Self { models_dir: models_dir.into() }
+    }
+
+    /// Every checkpoint folder directly under the models folder.
+    pub fn list(&self) -> Vec<BaseModel> {
+        let mut out = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.models_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if let Ok(m) = BaseModel::open(&name, &e.path()) {
+                    out.push(m);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// A base model by name (a models-folder entry or a hub name) or by checkpoint-folder path.
+    pub fn resolve(&self, name_or_path: &str) -> Result<BaseModel> {
+        if !is_plain_name(name_or_path) {
+            let p = Path::new(name_or_path);
+            if p.is_dir() {
+                let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| name_or_path.to_string());
+                return BaseModel::open(&name, p);
+            }
+        }
+        if is_plain_name(name_or_path) {
+            let local = self.models_dir.join(name_or_path);
+            if local.join("config.json").exists() {
+                return BaseModel::open(name_or_path, &local);
+            }
+        }
+        if let Some(dir) = hub::find_or_download(name_or_path)? {
+            return BaseModel::open(name_or_path, &dir);
+        }
+        bail!(
+            "base model `{name_or_path}` not found: put its config.json and model.safetensors in {}/{name_or_path}/ \
+             (or pass a checkpoint folder path){}",
+            self.models_dir.display(),
+            if hub::is_hub_model(name_or_path) { ", or have it in the Hugging Face hub cache" } else { "" }
+        )
+    }
+}
+
+/// A name with no path separators or dots-only components: safe to join under the models folder.
+pub fn is_plain_name(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// `cuda` when present, CPU otherwise; `cpu`, `cuda`, `cuda:N` to force.
+pub fn parse_device(s: &str) -> Result<Device> {
+    Ok(match s {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" => {
+            if !tch::Cuda::is_available() {
+                bail!("--device cuda: no CUDA device is available");
+            }
+            Device::Cuda(0)
+        }
+        s if s.starts_with("cuda:") => Device::Cuda(s[5..].parse().with_context(|| format!("bad device `{s}`"))?),
+        s => bail!("unknown device `{s}` (auto, cpu, cuda, cuda:N)"),
+    })
+}

@@ -1,0 +1,126 @@
+//! The synthetic bit tasks: memory (recall a stored pattern from a half-masked copy) and XOR.
+//! Generated on the fly from a seed, so a training step's batch depends on (seed, step) alone.
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::{Kind, Tensor};
+
+/// One generated batch: inputs [B, tokens, token_dim] in the recipe's value coding, targets [B, bits] as 0/1.
+pub struct BitBatch {
+    pub inputs: Vec<f32>,
+    pub targets: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum BitTask {
+    /// `n_patterns` strings of +-1, then one of them again with each bit zeroed with `mask_prob`.
+    Memory { n_bits: usize, patch: usize, n_patterns: usize, mask_prob: f64 },
+    /// Two strings of 0/1, one bit per token; the target is their XOR.
+    Xor { n_bits: usize },
+}
+
+impl BitTask {
+    pub fn token_dim(&self) -> usize {
+        match self {
+            BitTask::Memory { patch, .. } => *patch,
+            BitTask::Xor { .. } => 1,
+        }
+    }
+
+    pub fn tokens(&self) -> usize {
+        match self {
+            BitTask::Memory { n_bits, patch, n_patterns, .. } => (n_patterns + 1) * n_bits / patch,
+            BitTask::Xor { n_bits } => 2 * n_bits,
+        }
+    }
+
+    pub fn target_bits(&self) -> usize {
+        match self {
+            BitTask::Memory { n_bits, .. } | BitTask::Xor { n_bits } => *n_bits,
+        }
+    }
+
+    /// Output tokens read out, and bits per read-out token.
+    pub fn readout(&self) -> (usize, usize) {
+        match self {
+            BitTask::Memory { n_bits, patch, .. } => (n_bits / patch, *patch),
+            BitTask::Xor { n_bits } => (*n_bits, 1),
+        }
+    }
+
+    pub fn generate(&self, seed: u64, batch: usize) -> BitBatch {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut inputs = Vec::with_capacity(batch * self.tokens() * self.token_dim());
+        let mut targets = Vec::with_capacity(batch * self.target_bits());
+        for _ in 0..batch {
+            match *self {
+                BitTask::Memory { n_bits, n_patterns, mask_prob, .. } => {
+                    let patterns: Vec<Vec<f32>> =
+                        (0..n_patterns).map(|_| (0..n_bits).map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 }).collect()).collect();
+                    let pick = rng.random_range(0..n_patterns);
+                    for p in &patterns {
+                        inputs.extend_from_slice(p);
+                    }
+                    for &v in &patterns[pick] {
+                        inputs.push(if rng.random_bool(mask_prob) { 0.0 } else { v });
+                    }
+                    targets.extend(patterns[pick].iter().map(|&v| i64::from(v > 0.0)));
+                }
+                BitTask::Xor { n_bits } => {
+                    let a: Vec<i64> = (0..n_bits).map(|_| rng.random_range(0..2)).collect();
+                    let b: Vec<i64> = (0..n_bits).map(|_| rng.random_range(0..2)).collect();
+                    inputs.extend(a.iter().chain(&b).map(|&v| v as f32));
+                    targets.extend(a.iter().zip(&b).map(|(x, y)| x ^ y));
+                }
+            }
+        }
+        BitBatch { inputs, targets }
+    }
+
+    /// The batch as tensors: inputs [B, tokens, token_dim], targets [B, bits].
+    pub fn tensors(&self, seed: u64, batch: usize) -> (Tensor, Tensor) {
+        let b = self.generate(seed, batch);
+        let x = Tensor::from_slice(&b.inputs).view([batch as i64, self.tokens() as i64, self.token_dim() as i64]);
+        let y = Tensor::from_slice(&b.targets).view([batch as i64, self.target_bits() as i64]).to_kind(Kind::Int64);
+        (x, y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xor_targets_are_the_xor_of_the_two_halves() {
+        let t = BitTask::Xor { n_bits: 5 };
+        let b = t.generate(7, 4);
+        for i in 0..4 {
+            let x = &b.inputs[i * 10..(i + 1) * 10];
+            for j in 0..5 {
+                assert_eq!(b.targets[i * 5 + j], (x[j] as i64) ^ (x[j + 5] as i64));
+            }
+        }
+    }
+
+    #[test]
+    fn memory_query_is_a_masked_copy_of_the_target_pattern() {
+        let t = BitTask::Memory { n_bits: 20, patch: 5, n_patterns: 3, mask_prob: 0.5 };
+        assert_eq!(t.tokens(), 16);
+        let b = t.generate(1, 2);
+        for i in 0..2 {
+            let row = &b.inputs[i * 80..(i + 1) * 80];
+            let query = &row[60..80];
+            let target: Vec<f32> = b.targets[i * 20..(i + 1) * 20].iter().map(|&v| if v == 1 { 1.0 } else { -1.0 }).collect();
+            assert!(query.iter().zip(&target).all(|(q, t)| *q == 0.0 || q == t));
+            let stored = (0..3).any(|p| row[p * 20..(p + 1) * 20] == target[..]);
+            assert!(stored, "the target is one of the stored patterns");
+            assert!(query.iter().any(|&q| q == 0.0), "some bits are masked");
+        }
+    }
+
+    #[test]
+    fn generation_is_determined_by_the_seed() {
+        let t = BitTask::Xor { n_bits: 8 };
+        assert_eq!(t.generate(3, 5).inputs, t.generate(3, 5).inputs);
+        assert_ne!(t.generate(3, 5).inputs, t.generate(4, 5).inputs);
+    }
+}

@@ -1,0 +1,291 @@
+//! Tasks: how a dataset (or a generator) becomes token batches for the FPT model, and the loss and
+//! accuracy it is judged by. Every task yields the same [`Batch`] so the engine has one loop.
+pub mod bits;
+pub mod files;
+pub mod images;
+pub mod samples;
+pub mod spec;
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::model::fpt::{HeadShape, InputKind};
+use bits::BitTask;
+use images::ImageTransform;
+pub use spec::{SpecError, TaskSpec};
+
+/// Model inputs and targets for one step. `lengths` is set when rows are right-padded.
+pub struct Batch {
+    pub inputs: Tensor,
+    pub lengths: Option<Tensor>,
+    /// [B] class indices, or [B, bits] 0/1 for bit tasks.
+    pub targets: Tensor,
+}
+
+impl Batch {
+    pub fn size(&self) -> i64 {
+        self.targets.size()[0]
+    }
+
+    pub fn to_device(&self, device: Device) -> Batch {
+        Batch {
+            inputs: self.inputs.to_device(device),
+            lengths: self.lengths.as_ref().map(|l| l.to_device(device)),
+            targets: self.targets.to_device(device),
+        }
+    }
+}
+
+/// What the logits are scored against.
+#[derive(Debug, Clone, Copy)]
+pub enum Objective {
+    Classes,
+    /// Each read-out token predicts `per_token` bits, two logits each; the loss is per-bit CE.
+    Bits { per_token: i64 },
+}
+
+/// Summed loss and counts over a batch; `exact` counts rows with every bit right (bit tasks).
+pub struct Score {
+    pub loss: Tensor,
+    pub correct: i64,
+    pub total: i64,
+    pub exact: i64,
+}
+
+impl Objective {
+    /// Mean loss (for the gradient) and accuracy counts for logits [B, k, out].
+    pub fn score(&self, logits: &Tensor, targets: &Tensor) -> Score {
+        let b = logits.size()[0];
+        match self {
+            Objective::Classes => {
+                let l = logits.select(1, 0).to_kind(Kind::Float);
+                let loss = l.cross_entropy_for_logits(targets);
+                let correct = i64::try_from(l.argmax(-1, false).eq_tensor(targets).sum(Kind::Int64)).unwrap();
+                Score { loss, correct, total: b, exact: correct }
+            }
+            Objective::Bits { .. } => {
+                let l = logits.to_kind(Kind::Float).reshape([b, -1, 2]);
+                let loss = l.reshape([-1, 2]).cross_entropy_for_logits(&targets.reshape([-1]));
+                let right = l.argmax(-1, false).eq_tensor(targets);
+                let correct = i64::try_from(right.sum(Kind::Int64)).unwrap();
+                let exact = i64::try_from(right.all_dim(1, false).sum(Kind::Int64)).unwrap();
+                Score { loss, correct, total: targets.numel() as i64, exact }
+            }
+        }
+    }
+}
+
+/// Inputs of a split, ready to be indexed into batches.
+enum Features {
+    /// [N, L, D] float or [N, L] int64, with [N] lengths when padded.
+    Tokens { x: Tensor, lengths: Option<Tensor> },
+    /// [N, H, W, C] in 0..1, patched (and augmented) per batch.
+    Images { x: Tensor, transform: ImageTransform },
+}
+
+/// One split of a dataset held in memory.
+struct Split {
+    features: Features,
+    targets: Tensor,
+}
+
+impl Split {
+    fn len(&self) -> usize {
+        self.targets.size()[0] as usize
+    }
+
+    fn batch(&self, idx: &[i64], train: bool) -> Batch {
+        let index = Tensor::from_slice(idx);
+        let targets = self.targets.index_select(0, &index);
+        match &self.features {
+            Features::Tokens { x, lengths } => {
+                let inputs = x.index_select(0, &index);
+                match lengths {
+                    None => Batch { inputs, lengths: None, targets },
+                    Some(len) => {
+                        // Trim the padding no row of this batch needs.
+                        let len = len.index_select(0, &index);
+                        let max = i64::try_from(len.max()).unwrap();
+                        Batch { inputs: inputs.narrow(1, 0, max), lengths: Some(len), targets }
+                    }
+                }
+            }
+            Features::Images { x, transform } => Batch { inputs: transform.apply(&x.index_select(0, &index), train), lengths: None, targets },
+        }
+    }
+
+    /// A random sub-split (`take` of a seeded permutation) and the rest.
+    fn split_off(self, fraction: f64, seed: u64) -> Result<(Split, Split)> {
+        let n = self.len();
+        let n_valid = ((n as f64) * fraction).round() as usize;
+        if n_valid == 0 || n_valid >= n {
+            bail!("validation_fraction {fraction} of {n} samples leaves an empty split");
+        }
+        let mut order: Vec<i64> = (0..n as i64).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ SPLIT_SALT));
+        let (v, t) = order.split_at(n_valid);
+        Ok((self.subset(t), self.subset(v)))
+    }
+
+    fn subset(&self, idx: &[i64]) -> Split {
+        let index = Tensor::from_slice(idx);
+        let features = match &self.features {
+            Features::Tokens { x, lengths } => Features::Tokens { x: x.index_select(0, &index), lengths: lengths.as_ref().map(|l| l.index_select(0, &index)) },
+            Features::Images { x, transform } => Features::Images { x: x.index_select(0, &index), transform: transform.clone() },
+        };
+        Split { features, targets: self.targets.index_select(0, &index) }
+    }
+}
+
+/// Keeps the split's shuffle independent of the batch order drawn from the same seed.
+const SPLIT_SALT: u64 = 0x5eed_5011;
+
+/// What was loaded, for reports and the job's result.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DataInfo {
+    pub train_samples: usize,
+    pub valid_samples: usize,
+    pub test_samples: usize,
+    /// Tokens per sample (the longest, when lengths vary).
+    pub seq_len: usize,
+    /// Samples cut to fit the backbone's positions (counted, never dropped silently).
+    pub truncated: usize,
+}
+
+/// Where the data comes from and how to split it.
+pub struct DataSources<'a> {
+    pub train: Option<&'a Path>,
+    pub valid: Option<&'a Path>,
+    pub test: Option<&'a Path>,
+    /// Held out from the training file when there is no validation file.
+    pub valid_fraction: f64,
+    pub seed: u64,
+    pub max_positions: usize,
+}
+
+enum Data {
+    Synthetic { task: BitTask, valid: Split },
+    Loaded { train: Split, valid: Split, test: Option<Split> },
+}
+
+/// A task with its data in memory: batches by step, whole splits for evaluation.
+pub struct TaskData {
+    pub spec: TaskSpec,
+    pub shape: HeadShape,
+    pub objective: Objective,
+    pub info: DataInfo,
+    seed: u64,
+    data: Data,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalSplit {
+    Valid,
+    Test,
+}
+
+/// Seed of the generator for the batch of `step` (and, salted, everything else random at that step).
+pub fn step_seed(seed: u64, step: u64) -> u64 {
+    let mut z = seed.wrapping_add(step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl TaskData {
+    pub fn load(spec: &TaskSpec, src: &DataSources<'_>) -> Result<Self> {
+        spec.validate()?;
+        if spec.needs_file() && src.train.is_none() {
+            bail!("task `{}` needs a training file", spec.name());
+        }
+        match spec {
+            TaskSpec::BitMemory { n_bits, patch_size, n_patterns, mask_prob, n_valid } => {
+                let task = BitTask::Memory { n_bits: *n_bits, patch: *patch_size, n_patterns: *n_patterns, mask_prob: *mask_prob };
+                Self::synthetic(spec, task, *n_valid, src)
+            }
+            TaskSpec::BitXor { n_bits, n_valid } => Self::synthetic(spec, BitTask::Xor { n_bits: *n_bits }, *n_valid, src),
+            _ => files::load(spec, src),
+        }
+    }
+
+    fn synthetic(spec: &TaskSpec, task: BitTask, n_valid: usize, src: &DataSources<'_>) -> Result<Self> {
+        if task.tokens() > src.max_positions {
+            bail!("task `{}` needs {} tokens, the backbone has {} positions", spec.name(), task.tokens(), src.max_positions);
+        }
+        // Validation rows come from a seed no training step uses.
+        let (x, y) = task.tensors(step_seed(src.seed, u64::MAX), n_valid.max(1));
+        let valid = Split { features: Features::Tokens { x, lengths: None }, targets: y };
+        let (k, per_token) = task.readout();
+        Ok(Self {
+            spec: spec.clone(),
+            shape: HeadShape {
+                input: InputKind::Continuous { dim: task.token_dim() as i64 },
+                output_dim: 2 * per_token as i64,
+                readout_tokens: k as i64,
+            },
+            objective: Objective::Bits { per_token: per_token as i64 },
+            info: DataInfo { train_samples: 0, valid_samples: n_valid.max(1), test_samples: 0, seq_len: task.tokens(), truncated: 0 },
+            seed: src.seed,
+            data: Data::Synthetic { task, valid },
+        })
+    }
+
+    /// The training batch of `step`: a function of (seed, step) alone, so a resumed run sees the
+    /// same batches. File data is walked in seeded per-epoch permutations.
+    pub fn train_batch(&self, step: u64, batch: usize) -> Batch {
+        match &self.data {
+            Data::Synthetic { task, .. } => {
+                let (inputs, targets) = task.tensors(step_seed(self.seed, step), batch);
+                Batch { inputs, lengths: None, targets }
+            }
+            Data::Loaded { train, .. } => train.batch(&epoch_indices(self.seed, step, batch, train.len()), true),
+        }
+    }
+
+    /// The whole split in order, in batches of `batch`.
+    pub fn eval_batches(&self, split: EvalSplit, batch: usize) -> Vec<Batch> {
+        let s = match (&self.data, split) {
+            (Data::Synthetic { valid, .. }, EvalSplit::Valid) => valid,
+            (Data::Loaded { valid, .. }, EvalSplit::Valid) => valid,
+            (Data::Loaded { test: Some(t), .. }, EvalSplit::Test) => t,
+            _ => return Vec::new(),
+        };
+        let n = s.len() as i64;
+        (0..n).step_by(batch).map(|i| s.batch(&(i..(i + batch as i64).min(n)).collect::<Vec<_>>(), false)).collect()
+    }
+
+    pub fn has_test(&self) -> bool {
+        matches!(&self.data, Data::Loaded { test: Some(_), .. })
+    }
+}
+
+/// Indices of the samples in training batch `step`: consecutive slices of a per-epoch permutation.
+fn epoch_indices(seed: u64, step: u64, batch: usize, n: usize) -> Vec<i64> {
+    let start = step as usize * batch;
+    let mut out = Vec::with_capacity(batch);
+    let mut cached: Option<(usize, Vec<i64>)> = None;
+    for pos in start..start + batch {
+        let (epoch, i) = (pos / n, pos % n);
+        if cached.as_ref().map(|c| c.0) != Some(epoch) {
+            let mut order: Vec<i64> = (0..n as i64).collect();
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(seed ^ 0xe0c4, epoch as u64)));
+            cached = Some((epoch, order));
+        }
+        out.push(cached.as_ref().unwrap().1[i]);
+    }
+    out
+}
+
+/// How `spec`'s logits are scored and answered.
+pub fn objective_for(spec: &TaskSpec, shape: &HeadShape) -> Objective {
+    match spec {
+        TaskSpec::BitMemory { .. } | TaskSpec::BitXor { .. } => Objective::Bits { per_token: shape.output_dim / 2 },
+        _ => Objective::Classes,
+    }
+}

@@ -1,0 +1,214 @@
+//! Prediction inputs: samples in the form of a dataset record's `input`, validated and batched
+//! exactly as the task batches its evaluation data; and logits turned into answers.
+use serde::Serialize;
+use serde_json::Value;
+use tch::{Kind, Tensor};
+
+use super::images::ImageTransform;
+use super::{Objective, TaskSpec};
+use crate::model::fpt::{HeadShape, InputKind};
+
+/// A bad sample, by index.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("inputs[{index}]: {message}")]
+pub struct SampleError {
+    pub index: usize,
+    pub message: String,
+}
+
+/// The model inputs for `samples`: [B, L, D] float or [B, L] ids, and lengths when they differ.
+pub struct SampleBatch {
+    pub inputs: Tensor,
+    pub lengths: Option<Tensor>,
+}
+
+fn err(index: usize, message: impl Into<String>) -> SampleError {
+    SampleError { index, message: message.into() }
+}
+
+/// How a task's samples look.
+enum Form {
+    /// Tokens of `dim` values; a flat array is cut into tokens, `[L][D]` taken as is; `fixed` tokens when set.
+    Vectors { dim: usize, fixed: Option<usize> },
+    /// Token ids below `vocab`, or a string the task's tokenizer reads (ListOps, amino acids).
+    Ids { vocab: i64, text: Option<fn(&str) -> Result<Vec<i64>, String>> },
+    /// A flat H*W*C image, transformed as the task's evaluation data.
+    Image { h: i64, w: i64, c: i64, scale: f64, transform: ImageTransform },
+}
+
+fn form(spec: &TaskSpec, shape: &HeadShape) -> Form {
+    let cifar = |grey: bool| {
+        let (mean, std, patch, c) = if grey { (vec![0.0], vec![1.0], 1, 1) } else { (super::files::CIFAR_MEAN.to_vec(), super::files::CIFAR_STD.to_vec(), 4, 3) };
+        Form::Image { h: 32, w: 32, c, scale: 255.0, transform: ImageTransform { patch, mean, std, augment: None } }
+    };
+    match spec {
+        TaskSpec::Mnist {} => Form::Image { h: 28, w: 28, c: 1, scale: 255.0, transform: ImageTransform { patch: 4, mean: vec![0.0], std: vec![1.0], augment: None } },
+        TaskSpec::Cifar10 { .. } => cifar(false),
+        TaskSpec::Cifar10Lra {} => cifar(true),
+        TaskSpec::ImageClassification { height, width, channels, patch_size, .. } => Form::Image {
+            h: *height as i64,
+            w: *width as i64,
+            c: *channels as i64,
+            scale: 1.0,
+            transform: ImageTransform { patch: *patch_size as i64, mean: vec![0.0; *channels], std: vec![1.0; *channels], augment: None },
+        },
+        TaskSpec::Listops { .. } => Form::Ids { vocab: vocab(shape), text: Some(crate::data::listops::tokenize) },
+        TaskSpec::RemoteHomology { .. } => Form::Ids { vocab: vocab(shape), text: Some(crate::data::fasta::encode_protein) },
+        TaskSpec::BitMemory { n_bits, patch_size, n_patterns, .. } => Form::Vectors { dim: *patch_size, fixed: Some((n_patterns + 1) * n_bits / patch_size) },
+        TaskSpec::BitXor { n_bits, .. } => Form::Vectors { dim: 1, fixed: Some(2 * n_bits) },
+        TaskSpec::SequenceClassification { .. } => match shape.input {
+            InputKind::Continuous { dim } => Form::Vectors { dim: dim as usize, fixed: None },
+            InputKind::Tokens { vocab } => Form::Ids { vocab, text: None },
+        },
+    }
+}
+
+fn vocab(shape: &HeadShape) -> i64 {
+    match shape.input {
+        InputKind::Tokens { vocab } => vocab,
+        InputKind::Continuous { .. } => 0,
+    }
+}
+
+fn numbers(index: usize, v: &[Value]) -> Result<Vec<f32>, SampleError> {
+    v.iter()
+        .enumerate()
+        .map(|(j, x)| match x.as_f64() {
+            Some(f) if f.is_finite() => Ok(f as f32),
+            _ => Err(err(index, format!("value {j} is not a finite number"))),
+        })
+        .collect()
+}
+
+/// Validates `samples` and batches them for `spec`'s model, padding to the longest with lengths.
+pub fn batch_from_samples(spec: &TaskSpec, shape: &HeadShape, max_positions: i64, samples: &[Value]) -> Result<SampleBatch, SampleError> {
+    if samples.is_empty() {
+        return Err(err(0, "no samples: `inputs` must hold at least one"));
+    }
+    match form(spec, shape) {
+        Form::Vectors { dim, fixed } => {
+            let mut rows = Vec::new();
+            for (i, s) in samples.iter().enumerate() {
+                let arr = s.as_array().ok_or_else(|| err(i, "expected an array of numbers or an array of token vectors"))?;
+                let flat: Vec<f32> = if arr.first().is_some_and(|v| v.is_array()) {
+                    let mut out = Vec::new();
+                    for (t, tok) in arr.iter().enumerate() {
+                        let tok = tok.as_array().ok_or_else(|| err(i, format!("token {t} is not an array")))?;
+                        if tok.len() != dim {
+                            return Err(err(i, format!("token {t} has {} values, expected {dim}", tok.len())));
+                        }
+                        out.extend(numbers(i, tok)?);
+                    }
+                    out
+                } else {
+                    numbers(i, arr)?
+                };
+                if flat.is_empty() || flat.len() % dim != 0 {
+                    return Err(err(i, format!("{} values is not a whole number of {dim}-value tokens", flat.len())));
+                }
+                let tokens = flat.len() / dim;
+                if let Some(n) = fixed {
+                    if tokens != n {
+                        return Err(err(i, format!("expected {} values ({n} tokens of {dim}), got {}", n * dim, flat.len())));
+                    }
+                }
+                if tokens as i64 > max_positions {
+                    return Err(err(i, format!("{tokens} tokens exceed the backbone's {max_positions} positions")));
+                }
+                rows.push(flat);
+            }
+            Ok(pad_vectors(&rows, dim))
+        }
+        Form::Ids { vocab, text } => {
+            let mut rows = Vec::new();
+            for (i, s) in samples.iter().enumerate() {
+                let ids: Vec<i64> = match (s, text) {
+                    (Value::String(t), Some(tok)) => tok(t).map_err(|m| err(i, m))?,
+                    (Value::Array(a), _) => a
+                        .iter()
+                        .enumerate()
+                        .map(|(j, v)| v.as_i64().filter(|&x| (0..vocab).contains(&x)).ok_or_else(|| err(i, format!("token {j} is not an id in 0..{}", vocab - 1))))
+                        .collect::<Result<_, _>>()?,
+                    _ => return Err(err(i, "expected an array of token ids")),
+                };
+                if ids.is_empty() {
+                    return Err(err(i, "empty sequence"));
+                }
+                if ids.len() as i64 > max_positions {
+                    return Err(err(i, format!("{} tokens exceed the backbone's {max_positions} positions", ids.len())));
+                }
+                rows.push(ids);
+            }
+            Ok(pad_ids(&rows))
+        }
+        Form::Image { h, w, c, scale, transform } => {
+            let want = (h * w * c) as usize;
+            let mut flat = Vec::with_capacity(samples.len() * want);
+            for (i, s) in samples.iter().enumerate() {
+                let arr = s.as_array().ok_or_else(|| err(i, format!("expected a flat array of {want} pixel values (H, W, C order)")))?;
+                if arr.len() != want {
+                    return Err(err(i, format!("expected {want} values ({h}x{w}x{c}), got {}", arr.len())));
+                }
+                flat.extend(numbers(i, arr)?);
+            }
+            let x = Tensor::from_slice(&flat).view([samples.len() as i64, h, w, c]) / scale;
+            Ok(SampleBatch { inputs: transform.apply(&x, false), lengths: None })
+        }
+    }
+}
+
+fn pad_vectors(rows: &[Vec<f32>], dim: usize) -> SampleBatch {
+    let lens: Vec<i64> = rows.iter().map(|r| (r.len() / dim) as i64).collect();
+    let lmax = *lens.iter().max().unwrap() as usize;
+    let mut out = vec![0f32; rows.len() * lmax * dim];
+    for (i, r) in rows.iter().enumerate() {
+        out[i * lmax * dim..i * lmax * dim + r.len()].copy_from_slice(r);
+    }
+    let inputs = Tensor::from_slice(&out).view([rows.len() as i64, lmax as i64, dim as i64]);
+    let lengths = lens.iter().any(|&l| l != lmax as i64).then(|| Tensor::from_slice(&lens));
+    SampleBatch { inputs, lengths }
+}
+
+fn pad_ids(rows: &[Vec<i64>]) -> SampleBatch {
+    let lens: Vec<i64> = rows.iter().map(|r| r.len() as i64).collect();
+    let lmax = *lens.iter().max().unwrap() as usize;
+    let mut out = vec![0i64; rows.len() * lmax];
+    for (i, r) in rows.iter().enumerate() {
+        out[i * lmax..i * lmax + r.len()].copy_from_slice(r);
+    }
+    let inputs = Tensor::from_slice(&out).view([rows.len() as i64, lmax as i64]);
+    let lengths = lens.iter().any(|&l| l != lmax as i64).then(|| Tensor::from_slice(&lens));
+    SampleBatch { inputs, lengths }
+}
+
+/// One answer: a class with probabilities, or bits.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Prediction {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probabilities: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bits: Option<Vec<u8>>,
+}
+
+/// Logits [B, k, out] to answers.
+pub fn predictions(objective: &Objective, logits: &Tensor) -> Vec<Prediction> {
+    let b = logits.size()[0];
+    match objective {
+        Objective::Classes => {
+            let p = logits.select(1, 0).to_kind(Kind::Float).softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
+            (0..b)
+                .map(|i| {
+                    let probs: Vec<f32> = Vec::try_from(p.get(i)).unwrap();
+                    let label = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j as i64);
+                    Prediction { label, probabilities: Some(probs), bits: None }
+                })
+                .collect()
+        }
+        Objective::Bits { .. } => {
+            let bits = logits.to_kind(Kind::Float).reshape([b, -1, 2]).argmax(-1, false).to_kind(Kind::Uint8).to_device(tch::Device::Cpu);
+            (0..b).map(|i| Prediction { label: None, probabilities: None, bits: Some(Vec::try_from(bits.get(i)).unwrap()) }).collect()
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! The training engine shared by the command line and the service's workers: one loop with
+//! evaluation on whole splits, early stopping, atomic checkpoints, exact resume, progress reports
+//! through a callback, and a control flag checked every step (cancel, pause, shutdown).
+pub mod checkpoint;
+pub mod optim;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use tch::Kind;
+
+use crate::model::fpt::FptModel;
+use crate::tasks::{step_seed, EvalSplit, TaskData};
+use checkpoint::LoopState;
+use optim::{Adam, Schedule};
+
+/// Hyperparameters, with the reference code's defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub n_steps: u64,
+    pub batch_size: usize,
+    /// Largest batch run in one forward pass; bigger batches accumulate gradients.
+    pub micro_batch_size: usize,
+    pub learning_rate: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: u64,
+    pub grad_clip: f64,
+    pub eval_every: u64,
+    pub eval_batch_size: usize,
+    /// 0: only at the end.
+    pub checkpoint_every: u64,
+    /// Evaluations without a better validation accuracy before stopping; 0: never stop early.
+    pub patience: u64,
+    /// Steps between progress reports.
+    pub log_every: u64,
+    pub validation_fraction: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            n_steps: 2000,
+            batch_size: 16,
+            micro_batch_size: 64,
+            learning_rate: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            grad_clip: 1.0,
+            eval_every: 100,
+            eval_batch_size: 64,
+            checkpoint_every: 500,
+            patience: 0,
+            log_every: 10,
+            validation_fraction: 0.1,
+        }
+    }
+}
+
+/// A field of the hyperparameters that is wrong, named as the API names it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |f: &str, m: &str| Err(ConfigError { field: format!("hyperparameters.{f}"), message: m.into() });
+        if self.n_steps == 0 {
+            return bad("n_steps", "must be at least 1");
+        }
+        if self.batch_size == 0 || self.batch_size > 4096 {
+            return bad("batch_size", "must be within 1..4096");
+        }
+        if self.micro_batch_size == 0 {
+            return bad("micro_batch_size", "must be at least 1");
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.learning_rate < 10.0) {
+            return bad("learning_rate", "must be a positive number below 10");
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return bad("beta1", "betas must be within [0, 1)");
+        }
+        if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
+            return bad("grad_clip", "must be >= 0 (0 disables clipping)");
+        }
+        if self.eval_every == 0 {
+            return bad("eval_every", "must be at least 1");
+        }
+        if self.eval_batch_size == 0 {
+            return bad("eval_batch_size", "must be at least 1");
+        }
+        if self.log_every == 0 {
+            return bad("log_every", "must be at least 1");
+        }
+        if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
+            return bad("validation_fraction", "must be within (0, 1)");
+        }
+        Ok(())
+    }
+}
+
+/// What a running job is asked to do; checked once per step.
+#[derive(Clone, Default)]
+pub struct Control(Arc<AtomicU8>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Run = 0,
+    Cancel = 1,
+    Pause = 2,
+    /// The process is stopping: checkpoint and hand the job back.
+    Shutdown = 3,
+}
+
+impl Control {
+    pub fn set(&self, c: Command) {
+        self.0.store(c as u8, Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> Command {
+        match self.0.load(Ordering::SeqCst) {
+            1 => Command::Cancel,
+            2 => Command::Pause,
+            3 => Command::Shutdown,
+            _ => Command::Run,
+        }
+    }
+}
+
+/// A progress report: the `data` of the API's metrics events.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    pub step: u64,
+    pub total_steps: u64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_accuracy: Option<f64>,
+    pub samples_per_second: f64,
+    pub learning_rate: f64,
+    pub eta_seconds: f64,
+}
+
+pub enum Progress {
+    Metrics(Metrics),
+    Checkpoint { step: u64, adapter: PathBuf, metrics: Option<Evaluation> },
+    Message(String),
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: f64,
+    /// Bit tasks: fraction of samples with every bit right.
+    pub exact_accuracy: f64,
+    pub samples: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    Finished,
+    EarlyStopped,
+    Cancelled,
+    Paused,
+    Interrupted,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub ending: Ending,
+    pub steps: u64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub valid: Option<Evaluation>,
+    pub best_valid_accuracy: Option<f64>,
+    pub best_step: Option<u64>,
+    pub test: Option<Evaluation>,
+    pub samples_per_second: f64,
+    pub wall_seconds: f64,
+    /// The adapter to keep: the best by validation accuracy, else the last.
+    pub adapter: Option<PathBuf>,
+}
+
+/// Evaluates on a whole split (no dropout, no gradient).
+pub fn evaluate(model: &FptModel, task: &TaskData, split: EvalSplit, batch: usize) -> Option<Evaluation> {
+    let batches = task.eval_batches(split, batch);
+    if batches.is_empty() {
+        return None;
+    }
+    let (mut loss, mut correct, mut total, mut exact, mut n) = (0.0, 0i64, 0i64, 0i64, 0usize);
+    tch::no_grad(|| {
+        for b in batches {
+            let b = b.to_device(model.device);
+            let logits = model.forward(&b.inputs, b.lengths.as_ref(), false);
+            let s = task.objective.score(&logits, &b.targets);
+            loss += f64::try_from(s.loss.to_kind(Kind::Double)).unwrap() * b.size() as f64;
+            correct += s.correct;
+            total += s.total;
+            exact += s.exact;
+            n += b.size() as usize;
+        }
+    });
+    Some(Evaluation { loss: loss / n as f64, accuracy: correct as f64 / total as f64, exact_accuracy: exact as f64 / n as f64, samples: n })
+}
+
+/// One run of training: the model, its data, and where its checkpoints go.
+pub struct Trainer<'a> {
+    pub model: &'a FptModel,
+    pub task: &'a TaskData,
+    pub cfg: TrainConfig,
+    pub seed: u64,
+    pub checkpoint_dir: PathBuf,
+    /// Extra adapter metadata (job id, ...).
+    pub metadata: HashMap<String, String>,
+}
+
+struct Window {
+    loss: f64,
+    correct: i64,
+    total: i64,
+    steps: u64,
+    samples: usize,
+    started: Instant,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self { loss: 0.0, correct: 0, total: 0, steps: 0, samples: 0, started: Instant::now() }
+    }
+}
+
+impl Trainer<'_> {
+    /// Runs (or resumes, when the checkpoint folder has a checkpoint) until the step budget, early
+    /// stopping, or a control command.
+    pub fn run(&self, control: &Control, report: &mut dyn FnMut(Progress)) -> Result<Outcome> {
+        let started = Instant::now();
+        let cfg = &self.cfg;
+        let params = self.model.trained().map(|p| p.tensor.shallow_clone()).collect();
+        let mut adam = Adam::new(params, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay);
+        let mut state = match checkpoint::restore(&self.checkpoint_dir, self.model, &mut adam)? {
+            Some(s) => {
+                report(Progress::Message(format!("resumed from the checkpoint of step {}", s.step)));
+                s
+            }
+            None => LoopState::default(),
+        };
+        let mut window = Window::new();
+        let (mut last_loss, mut last_acc, mut last_valid) = (f64::NAN, f64::NAN, None);
+        let mut trained_samples = 0usize;
+        let mut ending = Ending::Finished;
+        while state.step < cfg.n_steps {
+            match control.get() {
+                Command::Cancel => {
+                    ending = Ending::Cancelled;
+                    break;
+                }
+                Command::Pause | Command::Shutdown => {
+                    ending = if control.get() == Command::Pause { Ending::Paused } else { Ending::Interrupted };
+                    let adapter = checkpoint::save(&self.checkpoint_dir, self.model, &adam, &state, &self.metadata)?;
+                    report(Progress::Checkpoint { step: state.step, adapter, metrics: None });
+                    break;
+                }
+                Command::Run => {}
+            }
+            let lr = optim::learning_rate(cfg.learning_rate, cfg.schedule, cfg.warmup_steps, state.step, cfg.n_steps);
+            let (loss, correct, total) = self.step(&mut adam, state.step, lr);
+            state.step += 1;
+            trained_samples += cfg.batch_size;
+            window.loss += loss;
+            window.correct += correct;
+            window.total += total;
+            window.steps += 1;
+            window.samples += cfg.batch_size;
+
+            let step = state.step;
+            let eval_now = step % cfg.eval_every == 0 || step == cfg.n_steps;
+            let ckpt_now = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 || step == cfg.n_steps;
+            let valid = if eval_now { evaluate(self.model, self.task, EvalSplit::Valid, cfg.eval_batch_size) } else { None };
+            let mut stop_early = false;
+            if let Some(v) = &valid {
+                last_valid = Some(*v);
+                if state.best_valid_accuracy.is_none_or(|b| v.accuracy > b) {
+                    state.best_valid_accuracy = Some(v.accuracy);
+                    state.best_step = Some(step);
+                    state.evals_since_best = 0;
+                    self.model.save_adapter(&checkpoint::best_path(&self.checkpoint_dir), &self.metadata)?;
+                } else {
+                    state.evals_since_best += 1;
+                    stop_early = cfg.patience > 0 && state.evals_since_best >= cfg.patience;
+                }
+            }
+            // Reports close at checkpoints too, so a resumed run's windows match an uninterrupted one's.
+            if step % cfg.log_every == 0 || eval_now || ckpt_now || stop_early {
+                let secs = window.started.elapsed().as_secs_f64().max(1e-9);
+                let sps = window.samples as f64 / secs;
+                last_loss = window.loss / window.steps as f64;
+                last_acc = window.correct as f64 / window.total.max(1) as f64;
+                report(Progress::Metrics(Metrics {
+                    step,
+                    total_steps: cfg.n_steps,
+                    train_loss: last_loss,
+                    train_accuracy: last_acc,
+                    valid_loss: valid.map(|v| v.loss),
+                    valid_accuracy: valid.map(|v| v.accuracy),
+                    samples_per_second: sps,
+                    learning_rate: lr,
+                    eta_seconds: (cfg.n_steps - step) as f64 * cfg.batch_size as f64 / sps.max(1e-9),
+                }));
+                window = Window::new();
+            }
+            if ckpt_now || stop_early {
+                let adapter = checkpoint::save(&self.checkpoint_dir, self.model, &adam, &state, &self.metadata)?;
+                report(Progress::Checkpoint { step, adapter, metrics: valid });
+            }
+            if stop_early {
+                ending = Ending::EarlyStopped;
+                report(Progress::Message(format!("early stop at step {step}: no better validation accuracy in {} evaluations", cfg.patience)));
+                break;
+            }
+        }
+        let best = checkpoint::best_path(&self.checkpoint_dir);
+        let adapter = if best.exists() { Some(best) } else { checkpoint::latest(&self.checkpoint_dir)?.map(|l| self.checkpoint_dir.join(l.adapter)) };
+        let finished = matches!(ending, Ending::Finished | Ending::EarlyStopped);
+        let test = if finished && self.task.has_test() { self.test_with(adapter.as_deref())? } else { None };
+        let wall = started.elapsed().as_secs_f64();
+        Ok(Outcome {
+            ending,
+            steps: state.step,
+            train_loss: last_loss,
+            train_accuracy: last_acc,
+            valid: last_valid,
+            best_valid_accuracy: state.best_valid_accuracy,
+            best_step: state.best_step,
+            test,
+            samples_per_second: trained_samples as f64 / wall.max(1e-9),
+            wall_seconds: wall,
+            adapter,
+        })
+    }
+
+    /// Test accuracy of the kept adapter (its tensors are loaded into the model).
+    fn test_with(&self, adapter: Option<&std::path::Path>) -> Result<Option<Evaluation>> {
+        if let Some(a) = adapter {
+            let (tensors, _) = crate::model::weights::read_safetensors(a, self.model.device)?;
+            self.model.assign(&tensors)?;
+        }
+        Ok(evaluate(self.model, self.task, EvalSplit::Test, self.cfg.eval_batch_size))
+    }
+
+    /// One optimiser step; returns (loss, correct, total) of its batch.
+    fn step(&self, adam: &mut Adam, step: u64, lr: f64) -> (f64, i64, i64) {
+        // Dropout and augmentation draw from torch's generator: seeding it per step makes a run a
+        // function of (seed, step), which is what lets a resumed run continue exactly.
+        tch::manual_seed(step_seed(self.seed ^ DROPOUT_SALT, step) as i64);
+        let batch = self.task.train_batch(step, self.cfg.batch_size).to_device(self.model.device);
+        adam.zero_grad();
+        let n = batch.size();
+        let (mut loss, mut correct, mut total) = (0.0, 0, 0);
+        let mut start = 0;
+        while start < n {
+            let len = (self.cfg.micro_batch_size as i64).min(n - start);
+            let inputs = batch.inputs.narrow(0, start, len);
+            let lengths = batch.lengths.as_ref().map(|l| l.narrow(0, start, len));
+            let targets = batch.targets.narrow(0, start, len);
+            let logits = self.model.forward(&inputs, lengths.as_ref(), true);
+            let s = self.task.objective.score(&logits, &targets);
+            (&s.loss * (len as f64 / n as f64)).backward();
+            loss += f64::try_from(s.loss.detach().to_kind(Kind::Double)).unwrap() * len as f64 / n as f64;
+            correct += s.correct;
+            total += s.total;
+            start += len;
+        }
+        adam.clip_grad_norm(self.cfg.grad_clip);
+        adam.step(lr);
+        (loss, correct, total)
+    }
+}
+
+/// Keeps dropout's stream apart from the batch order drawn from the same seed.
+const DROPOUT_SALT: u64 = 0xd209_0u64;

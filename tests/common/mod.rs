@@ -1,0 +1,63 @@
+//! Helpers shared by the integration tests: the project's Python (transformers, the oracle),
+//! golden fixtures made once per test binary, tiny base models.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The venv's Python; `make setup` creates it. A missing venv fails the test loudly.
+pub fn python() -> PathBuf {
+    let p = std::env::var("FPT_PYTHON").map(PathBuf::from).unwrap_or_else(|_| root().join(".venv/bin/python"));
+    assert!(p.exists(), "{} not found: run `make setup` first", p.display());
+    p
+}
+
+pub fn run_python(args: &[&str]) -> String {
+    let out = Command::new(python()).args(args).env("HF_HUB_OFFLINE", "1").current_dir(root()).output().expect("running python");
+    assert!(out.status.success(), "python {args:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Golden fixtures (tiny GPT-2/BERT checkpoints and transformers' outputs), made once.
+pub fn golden_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("fpt-golden-{}", std::process::id()));
+        run_python(&["tests/golden/make_golden.py", dir.to_str().unwrap(), "--minilm"]);
+        dir
+    })
+}
+
+#[derive(serde::Deserialize, Debug)]
+pub struct GoldenEntry {
+    pub name: String,
+    pub arch: String,
+    pub dir: String,
+}
+
+pub fn golden_index() -> Vec<GoldenEntry> {
+    let text = std::fs::read_to_string(golden_dir().join("index.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A folder of base models for tests: tiny GPT-2/BERT from the fixtures plus the real MiniLM.
+pub fn models_dir() -> PathBuf {
+    let g = golden_dir();
+    let dir = g.join("models");
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in golden_index() {
+            let src = if Path::new(&e.dir).is_absolute() { PathBuf::from(&e.dir) } else { g.join(&e.dir) };
+            std::os::unix::fs::symlink(src, dir.join(&e.name)).unwrap();
+        }
+    }
+    dir
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
