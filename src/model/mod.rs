@@ -195,3 +195,33 @@ pub fn parse_device(s: &str) -> Result<Device> {
         s => bail!("unknown device `{s}` (auto, cpu, cuda, cuda:N)"),
     })
 }
+
+/// Writes a checkpoint folder (`config.json` + `model.safetensors`, Hugging Face names and layouts)
+/// with transformers' random init: tiny backbones for tests, real shapes for benchmarks.
+pub fn write_random_checkpoint(dir: &Path, config: &serde_json::Value, seed: u64) -> Result<BaseModel> {
+    std::fs::create_dir_all(dir)?;
+    crate::fsutil::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())?;
+    // A placeholder lets BaseModel::open read the config before the weights exist.
+    let weights = dir.join("model.safetensors");
+    if !weights.exists() {
+        std::fs::write(&weights, b"")?;
+    }
+    let base = BaseModel::open(&dir.file_name().unwrap_or_default().to_string_lossy(), dir)?;
+    tch::manual_seed(seed as i64);
+    let switches = FreezeSwitches { pretrained: false, ..FreezeSwitches::default() };
+    let (_, params) = base.build(&switches, Device::Cpu, None)?;
+    let tensors: Vec<(String, Tensor)> = params.iter().map(|p| (p.name.clone(), p.checkpoint_tensor())).collect();
+    weights::write_safetensors(&weights, &tensors, HashMap::from([("format".to_string(), "pt".to_string())]))?;
+    Ok(base)
+}
+
+/// A GPT-2 config.json with the given shape (transformers' other defaults).
+pub fn gpt2_config(layers: i64, hidden: i64, heads: i64, positions: i64) -> serde_json::Value {
+    serde_json::json!({"model_type": "gpt2", "n_layer": layers, "n_embd": hidden, "n_head": heads, "n_positions": positions, "vocab_size": 50257})
+}
+
+/// A BERT config.json with the given shape.
+pub fn bert_config(layers: i64, hidden: i64, heads: i64, inner: i64, positions: i64) -> serde_json::Value {
+    serde_json::json!({"model_type": "bert", "num_hidden_layers": layers, "hidden_size": hidden, "num_attention_heads": heads,
+        "intermediate_size": inner, "max_position_embeddings": positions, "vocab_size": 30522, "type_vocab_size": 2, "hidden_act": "gelu"})
+}

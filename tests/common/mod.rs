@@ -61,3 +61,18 @@ pub fn models_dir() -> PathBuf {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// A tiny random GPT-2 (2 layers, hidden 32) with enough positions for every task, made once.
+pub fn tiny_models() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("fpt-tiny-{}", std::process::id()));
+        fpt::model::write_random_checkpoint(&dir.join("tiny-gpt2"), &fpt::model::gpt2_config(2, 32, 2, 1024), 1).unwrap();
+        fpt::model::write_random_checkpoint(&dir.join("tiny-bert"), &fpt::model::bert_config(2, 32, 4, 64, 256), 2).unwrap();
+        dir
+    })
+}
+
+pub fn registry() -> fpt::model::ModelRegistry {
+    fpt::model::ModelRegistry::new(tiny_models())
+}
