@@ -1,14 +1,116 @@
-//! Settings of the HTTP service: flags, environment variables, an optional TOML file.
+//! Settings of the HTTP service: flags, each with an environment variable, and an optional TOML
+//! file whose keys (the flags' names with underscores) fill in what the command line left at its default.
 use std::path::PathBuf;
 
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use serde::Deserialize;
+
+use crate::cli::{CommonArgs, Precision};
 
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
     #[arg(long, env = "FPT_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
+    /// SQLite database, uploaded files, checkpoints and adapters.
     #[arg(long, env = "FPT_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// Training workers (default: one per GPU, one on CPU).
+    #[arg(long, env = "FPT_WORKERS")]
+    pub workers: Option<usize>,
+    /// Run the API only, no training workers.
+    #[arg(long)]
+    pub no_workers: bool,
+    /// API keys accepted as `Authorization: Bearer <key>` (repeat, or comma-separate in FPT_API_KEYS).
+    #[arg(long = "api-key", env = "FPT_API_KEYS", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
+    /// Allow a non-loopback bind without API keys.
+    #[arg(long)]
+    pub insecure: bool,
+    #[arg(long, env = "FPT_MAX_UPLOAD_MB", default_value_t = 512)]
+    pub max_upload_mb: usize,
+    #[arg(long, env = "FPT_MAX_BODY_MB", default_value_t = 32)]
+    pub max_body_mb: usize,
+    #[arg(long, env = "FPT_REQUEST_TIMEOUT_SECS", default_value_t = 120)]
+    pub request_timeout_secs: u64,
+    /// Requests served at once; more get 429.
+    #[arg(long, env = "FPT_MAX_CONCURRENCY", default_value_t = 256)]
+    pub max_concurrency: usize,
+    /// Origins allowed by CORS (none: CORS off).
+    #[arg(long = "cors-origin", env = "FPT_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    #[arg(long, value_enum, env = "FPT_PRECISION", default_value_t = Precision::Auto)]
+    pub precision: Precision,
+    /// Largest batch of prediction rows run in one forward pass.
+    #[arg(long, env = "FPT_MAX_BATCH_SIZE", default_value_t = 64)]
+    pub max_batch_size: usize,
+    /// How long the batcher waits for more requests to join a batch.
+    #[arg(long, env = "FPT_MAX_BATCH_WAIT_MS", default_value_t = 3)]
+    pub max_batch_wait_ms: u64,
+    /// Prediction requests waiting at once; more get 429.
+    #[arg(long, env = "FPT_MAX_QUEUE", default_value_t = 512)]
+    pub max_queue: usize,
+    /// A prediction request that waited longer gets 503.
+    #[arg(long, env = "FPT_PREDICTION_TIMEOUT_MS", default_value_t = 30_000)]
+    pub prediction_timeout_ms: u64,
+    /// Adapters kept loaded (count).
+    #[arg(long, env = "FPT_ADAPTER_CACHE", default_value_t = 64)]
+    pub adapter_cache: usize,
+    /// Adapters kept loaded (total MiB).
+    #[arg(long, env = "FPT_ADAPTER_CACHE_MB", default_value_t = 2048)]
+    pub adapter_cache_mb: usize,
+    /// A TOML file of settings.
+    #[arg(long, env = "FPT_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub common: crate::cli::CommonArgs,
+    pub common: CommonArgs,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    bind: Option<String>,
+    data_dir: Option<PathBuf>,
+    models_dir: Option<PathBuf>,
+    workers: Option<usize>,
+    api_keys: Option<Vec<String>>,
+    max_upload_mb: Option<usize>,
+    max_concurrency: Option<usize>,
+    cors_origins: Option<Vec<String>>,
+    device: Option<String>,
+    max_batch_size: Option<usize>,
+    max_batch_wait_ms: Option<u64>,
+    adapter_cache: Option<usize>,
+}
+
+impl ServeArgs {
+    /// Applies the TOML file (if any) and checks the settings make a safe server.
+    pub fn resolve(mut self) -> Result<Self> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let f: FileSettings = toml::from_str(&text).with_context(|| format!("{} is not a valid settings file", path.display()))?;
+            let d = |a: &str, b: &str| a == b;
+            if let Some(v) = f.bind.filter(|_| d(&self.bind, "127.0.0.1:8080")) { self.bind = v }
+            if let Some(v) = f.data_dir.filter(|_| self.data_dir == PathBuf::from("data")) { self.data_dir = v }
+            if let Some(v) = f.models_dir.filter(|_| self.common.models_dir == PathBuf::from("models")) { self.common.models_dir = v }
+            if self.workers.is_none() { self.workers = f.workers }
+            if let Some(v) = f.api_keys.filter(|_| self.api_keys.is_empty()) { self.api_keys = v }
+            if let Some(v) = f.max_upload_mb.filter(|_| self.max_upload_mb == 512) { self.max_upload_mb = v }
+            if let Some(v) = f.max_concurrency.filter(|_| self.max_concurrency == 256) { self.max_concurrency = v }
+            if let Some(v) = f.cors_origins.filter(|_| self.cors_origins.is_empty()) { self.cors_origins = v }
+            if let Some(v) = f.device.filter(|_| d(&self.common.device, "auto")) { self.common.device = v }
+            if let Some(v) = f.max_batch_size.filter(|_| self.max_batch_size == 64) { self.max_batch_size = v }
+            if let Some(v) = f.max_batch_wait_ms.filter(|_| self.max_batch_wait_ms == 3) { self.max_batch_wait_ms = v }
+            if let Some(v) = f.adapter_cache.filter(|_| self.adapter_cache == 64) { self.adapter_cache = v }
+        }
+        self.api_keys.retain(|k| !k.is_empty());
+        let addr: std::net::SocketAddr = self.bind.parse().with_context(|| format!("--bind `{}` is not an address:port", self.bind))?;
+        if self.api_keys.is_empty() {
+            if !addr.ip().is_loopback() && !self.insecure {
+                bail!("refusing to listen on {addr} without API keys: set --api-key (or FPT_API_KEYS), or pass --insecure");
+            }
+            tracing::warn!("no API keys configured: anyone who can reach {addr} can use the API");
+        }
+        Ok(self)
+    }
 }

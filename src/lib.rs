@@ -9,14 +9,20 @@
 //! - [`data`]: dataset file formats, parsed and validated up front;
 //! - [`tasks`]: the paper's tasks and generic ones, turning data into token batches;
 //! - [`train`]: the engine the command line and the service's workers share;
+//! - [`store`], [`queue`], [`serve`], [`api`], [`server`]: the HTTP service, its job queue and workers,
+//!   the prediction batcher;
 //! - [`cli`]: the `fpt` command line.
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
 pub mod fsutil;
 pub mod model;
+pub mod queue;
+pub mod serve;
 pub mod server;
+pub mod store;
 pub mod tasks;
 pub mod telemetry;
 pub mod train;

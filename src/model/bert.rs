@@ -155,4 +155,19 @@ impl Backbone for Bert {
         }
         x
     }
+
+    fn adapter_slots_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut out = vec![
+            ("embeddings.position_embeddings.weight".to_string(), &mut self.position),
+            ("embeddings.LayerNorm.weight".into(), &mut self.embed_ln.weight),
+            ("embeddings.LayerNorm.bias".into(), &mut self.embed_ln.bias),
+        ];
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            for (n, ln) in [("attention.output.LayerNorm", &mut l.attn_ln), ("output.LayerNorm", &mut l.output_ln)] {
+                out.push((format!("encoder.layer.{i}.{n}.weight"), &mut ln.weight));
+                out.push((format!("encoder.layer.{i}.{n}.bias"), &mut ln.bias));
+            }
+        }
+        out
+    }
 }

@@ -337,3 +337,50 @@ impl AdapterMeta {
         Self::parse(&meta.metadata().clone().unwrap_or_default()).with_context(|| format!("{} is not an fpt adapter", path.display()))
     }
 }
+
+/// An adapter's own layers read from its file, for serving beside a backbone shared with other
+/// adapters: the input and output layers, and the backbone tensors it replaces (`slots`).
+pub struct AdapterLayers {
+    input: InputLayer,
+    output: Dense,
+    /// Backbone tensors by Hugging Face name, checkpoint layout.
+    pub slots: Vec<(String, Tensor)>,
+    pub meta: AdapterMeta,
+    pub bytes: usize,
+}
+
+impl AdapterLayers {
+    pub fn read(path: &Path, device: Device) -> Result<Self> {
+        let (tensors, meta) = read_safetensors(path, device)?;
+        let meta = AdapterMeta::parse(&meta).with_context(|| format!("{} is not an fpt adapter", path.display()))?;
+        let bytes = tensors.iter().map(|(_, t)| t.numel() * 4).sum();
+        let mut by_name: HashMap<String, Tensor> = tensors.into_iter().collect();
+        let mut take = |n: &str| by_name.remove(n).with_context(|| format!("{}: no `{n}` tensor", path.display()));
+        let input = match meta.shape.input {
+            InputKind::Continuous { .. } => InputLayer::Linear(Dense { weight: take("input.weight")?, bias: take("input.bias")? }),
+            InputKind::Tokens { .. } => InputLayer::Embedding(take("input.embedding")?),
+        };
+        let output = Dense { weight: take("output.weight")?, bias: take("output.bias")? };
+        let mut slots: Vec<(String, Tensor)> = by_name.into_iter().collect();
+        slots.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self { input, output, slots, meta, bytes })
+    }
+
+    /// Only layer norms and positions trained: the adapter can share a batch with others.
+    pub fn batchable(&self) -> bool {
+        !self.meta.switches.trains(Group::Attn) && !self.meta.switches.trains(Group::Ff)
+    }
+
+    /// Input embeddings [n, L, hidden].
+    pub fn embed(&self, x: &Tensor) -> Tensor {
+        match &self.input {
+            InputLayer::Linear(d) => d.forward(x),
+            InputLayer::Embedding(e) => Tensor::embedding(e, x, -1, false, false),
+        }
+    }
+
+    /// Logits [n, k, out] of read-out hidden states [n, k, hidden].
+    pub fn project(&self, h: &Tensor) -> Tensor {
+        self.output.forward(h)
+    }
+}

@@ -153,4 +153,17 @@ impl Backbone for Gpt2 {
         }
         self.ln_f.forward(&x)
     }
+
+    fn adapter_slots_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut out = vec![("wpe.weight".to_string(), &mut self.wpe)];
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (n, ln) in [("ln_1", &mut b.ln_1), ("ln_2", &mut b.ln_2)] {
+                out.push((format!("h.{i}.{n}.weight"), &mut ln.weight));
+                out.push((format!("h.{i}.{n}.bias"), &mut ln.bias));
+            }
+        }
+        out.push(("ln_f.weight".into(), &mut self.ln_f.weight));
+        out.push(("ln_f.bias".into(), &mut self.ln_f.bias));
+        out
+    }
 }

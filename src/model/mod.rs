@@ -47,6 +47,9 @@ pub trait Backbone: Send {
     fn config(&self) -> &BackboneConfig;
     /// `key_mask`: [B, 1, 1, L] bool, true for real tokens (None: no padding).
     fn forward(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool) -> Tensor;
+    /// The layer-norm and position tensors by Hugging Face name: the slots an adapter fills. Serving
+    /// swaps in per-row stacks ([B, 1, d], [B, P, d]) to run many adapters in one batch.
+    fn adapter_slots_mut(&mut self) -> Vec<(String, &mut Tensor)>;
 }
 
 /// A base model on disk: a Hugging Face checkpoint folder (`config.json` + `model.safetensors`).

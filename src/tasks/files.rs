@@ -331,3 +331,53 @@ fn record_images(r: &RecordSet, dims: [i64; 3], t: &ImageTransform) -> Result<Sp
     let x = Tensor::from_slice(values).view([r.len() as i64, dims[0], dims[1], dims[2]]);
     Ok(Split { features: Features::Images { x, transform: t.clone() }, targets: record_targets(&r.labels) })
 }
+
+/// What an uploaded file holds: its format and sample count, after full validation.
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    pub format: &'static str,
+    pub samples: usize,
+}
+
+/// Detects an upload's format and validates all of it; the error names the line or record.
+pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInfo, data::DataError> {
+    use data::Format;
+    let format = data::detect_format(filename, bytes)?;
+    let info = |format, samples| Ok(FileInfo { format, samples });
+    match format {
+        Format::Jsonl | Format::Npz | Format::Safetensors => {
+            let read = |spec: &RecordSpec| match format {
+                Format::Jsonl => data::records::read_jsonl(bytes, spec),
+                Format::Npz => data::records::read_npz(bytes, spec),
+                _ => data::records::read_safetensors(bytes, spec),
+            };
+            let nested = RecordSpec { input: InputSpec::Continuous { token_dim: None }, num_classes: None, bits: None };
+            let set = match read(&nested) {
+                Err(e) if e.message.contains("no token_dim") => read(&RecordSpec { input: InputSpec::Continuous { token_dim: Some(1) }, ..nested }),
+                other => other,
+            }?;
+            let name = match format {
+                Format::Jsonl => "jsonl",
+                Format::Npz => "npz",
+                _ => "safetensors",
+            };
+            info(name, set.len())
+        }
+        Format::IdxImages | Format::IdxLabels => Err(data::DataError::file(
+            "an IDX file alone holds images or labels, not both: upload a .tar or .tar.gz holding the *-images-idx3-ubyte and *-labels-idx1-ubyte pair",
+        )),
+        Format::Cifar10Bin => info("cifar10_bin", data::cifar::read_cifar10_bin(bytes)?.len()),
+        Format::Cifar10TarGz => {
+            let members = tar_members(bytes).map_err(|e| data::DataError::file(format!("{e:#}")))?.unwrap_or_default();
+            if members.iter().any(|(n, _)| n.contains("images-idx3")) {
+                let img = members.iter().find(|(n, _)| n.contains("images-idx3")).unwrap();
+                let lab = members.iter().find(|(n, _)| n.contains("labels-idx1")).ok_or_else(|| data::DataError::file("the archive has no *-labels-idx1-ubyte file"))?;
+                return info("mnist_idx", data::idx::load_idx_pair(&img.1, &lab.1)?.len());
+            }
+            info("cifar10_tar_gz", data::cifar::read_cifar10_targz(bytes, CifarSplit::Train)?.len())
+        }
+        Format::ListopsTsv => info("listops_tsv", data::listops::read_tsv(bytes, usize::MAX)?.len()),
+        Format::Fasta => info("fasta", data::fasta::read_fasta(bytes, usize::MAX)?.len()),
+        Format::TapeJson => info("tape_json", data::fasta::read_tape_json(bytes, usize::MAX)?.len()),
+    }
+}

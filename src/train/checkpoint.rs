@@ -20,6 +20,18 @@ pub struct LoopState {
     pub best_step: Option<u64>,
     /// Evaluations since the best one (early stopping).
     pub evals_since_best: u64,
+    /// The open report window (steps since the last progress report), so a run paused mid-window
+    /// reports the same averages after resuming.
+    #[serde(default)]
+    pub window: WindowSums,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WindowSums {
+    pub loss: f64,
+    pub correct: i64,
+    pub total: i64,
+    pub steps: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -233,18 +233,15 @@ pub struct Trainer<'a> {
     pub metadata: HashMap<String, String>,
 }
 
+/// Throughput of the open report window (its sums live in the loop state, which checkpoints hold).
 struct Window {
-    loss: f64,
-    correct: i64,
-    total: i64,
-    steps: u64,
     samples: usize,
     started: Instant,
 }
 
 impl Window {
     fn new() -> Self {
-        Self { loss: 0.0, correct: 0, total: 0, steps: 0, samples: 0, started: Instant::now() }
+        Self { samples: 0, started: Instant::now() }
     }
 }
 
@@ -285,10 +282,10 @@ impl Trainer<'_> {
             let (loss, correct, total) = self.step(&mut adam, state.step, lr);
             state.step += 1;
             trained_samples += cfg.batch_size;
-            window.loss += loss;
-            window.correct += correct;
-            window.total += total;
-            window.steps += 1;
+            state.window.loss += loss;
+            state.window.correct += correct;
+            state.window.total += total;
+            state.window.steps += 1;
             window.samples += cfg.batch_size;
 
             let step = state.step;
@@ -308,12 +305,12 @@ impl Trainer<'_> {
                     stop_early = cfg.patience > 0 && state.evals_since_best >= cfg.patience;
                 }
             }
-            // Reports close at checkpoints too, so a resumed run's windows match an uninterrupted one's.
-            if step % cfg.log_every == 0 || eval_now || ckpt_now || stop_early {
+            if step % cfg.log_every == 0 || eval_now || stop_early {
                 let secs = window.started.elapsed().as_secs_f64().max(1e-9);
                 let sps = window.samples as f64 / secs;
-                last_loss = window.loss / window.steps as f64;
-                last_acc = window.correct as f64 / window.total.max(1) as f64;
+                let w = std::mem::take(&mut state.window);
+                last_loss = w.loss / w.steps as f64;
+                last_acc = w.correct as f64 / w.total.max(1) as f64;
                 report(Progress::Metrics(Metrics {
                     step,
                     total_steps: cfg.n_steps,

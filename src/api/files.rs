@@ -1,0 +1,104 @@
+//! `/v1/files`: datasets, detected and validated on upload; bad files are refused naming the record.
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::{idempotency_key, idempotent, list_response, AppState, ListQuery, Route};
+use crate::queue::file_path;
+use crate::store::{new_id, now, FileRow, Page};
+
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route { path: "/v1/files", methods: &["GET", "POST"], handler: get(list).post(upload).layer(DefaultBodyLimit::disable()), long: true },
+        Route { path: "/v1/files/{file_id}", methods: &["GET", "DELETE"], handler: get(retrieve).delete(delete), long: false },
+        Route { path: "/v1/files/{file_id}/content", methods: &["GET"], handler: get(content), long: true },
+    ]
+}
+
+pub fn file_object(f: &FileRow) -> Value {
+    json!({"id": f.id, "object": "file", "bytes": f.bytes, "created_at": f.created_at, "filename": f.filename,
+           "purpose": f.purpose, "format": f.format, "samples": f.samples, "status": "processed"})
+}
+
+async fn upload(State(state): State<AppState>, headers: HeaderMap, multipart: Multipart) -> Response {
+    let key = idempotency_key(&headers);
+    let s = state.clone();
+    idempotent(&state, key, "POST /v1/files", || async move { receive(&s, multipart).await.map(|v| (StatusCode::OK, v)) }).await
+}
+
+async fn receive(state: &AppState, mut multipart: Multipart) -> ApiResult<Value> {
+    let limit = state.settings.max_upload_mb << 20;
+    let (mut file, mut purpose, mut filename) = (None, None, String::from("upload"));
+    while let Some(mut field) = multipart.next_field().await.map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))? {
+        match field.name().unwrap_or("") {
+            "file" => {
+                filename = field.file_name().unwrap_or("upload").chars().filter(|c| !c.is_control()).take(255).collect();
+                let mut buf = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))? {
+                    if buf.len() + chunk.len() > limit {
+                        return Err(ApiError::TooLarge { limit });
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                file = Some(buf);
+            }
+            "purpose" => purpose = Some(field.text().await.map_err(|e| ApiError::bad_request(e.to_string()))?),
+            _ => {}
+        }
+    }
+    let bytes = file.ok_or_else(|| ApiError::invalid("file", "the multipart body has no `file` field"))?;
+    let purpose = purpose.unwrap_or_else(|| "fine-tune".into());
+    if purpose != "fine-tune" {
+        return Err(ApiError::invalid("purpose", format!("purpose `{purpose}` is not supported (fine-tune)")));
+    }
+    let name = filename.clone();
+    let (bytes, info) = tokio::task::spawn_blocking(move || {
+        let info = crate::tasks::files::inspect_file(&name, &bytes);
+        (bytes, info)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let info = info.map_err(|e| ApiError::invalid("file", format!("{filename}: {e}")))?;
+    let id = new_id("file");
+    let path = file_path(&state.settings.data_dir, &id);
+    let len = bytes.len();
+    let p = path.clone();
+    tokio::task::spawn_blocking(move || crate::fsutil::write_atomic(&p, &bytes)).await.map_err(|e| ApiError::Internal(e.into()))??;
+    let row = FileRow { id, filename, purpose, bytes: len as i64, format: info.format.into(), samples: Some(info.samples as i64), created_at: now(), path: path.to_string_lossy().into() };
+    state.store.insert_file(&row).await?;
+    Ok(file_object(&row))
+}
+
+async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+    let limit = q.limit()?;
+    let rows = state.store.files(&Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
+    let objs: Vec<Value> = rows.iter().map(file_object).collect();
+    Ok(Json(list_response(objs, limit, |v| v["id"].as_str().unwrap_or("").to_string())))
+}
+
+async fn find(state: &AppState, id: &str) -> ApiResult<FileRow> {
+    state.store.file(id).await?.ok_or_else(|| ApiError::not_found("file", id))
+}
+
+async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(file_object(&find(&state, &id).await?)))
+}
+
+async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let f = find(&state, &id).await?;
+    state.store.delete_file(&id).await?;
+    // Jobs that used the file keep their own record of it; the bytes go.
+    let _ = tokio::fs::remove_file(&f.path).await;
+    Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
+}
+
+async fn content(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let f = find(&state, &id).await?;
+    let file = tokio::fs::File::open(&f.path).await.map_err(|e| ApiError::Internal(e.into()))?;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok(([("content-type", "application/octet-stream")], body).into_response())
+}

@@ -1,0 +1,222 @@
+//! The HTTP API (contract: shared/docs/api.md, spec: openapi/openapi.yaml): one module per
+//! resource, each listing its routes; the router and its middleware are assembled here.
+pub mod error;
+pub mod files;
+pub mod jobs;
+pub mod models;
+pub mod ops;
+pub mod predictions;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use axum::Router;
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::ServeArgs;
+use crate::model::ModelRegistry;
+use crate::queue::events::EventSink;
+use crate::queue::Queue;
+use crate::serve::Inference;
+use crate::store::Store;
+use error::ApiError;
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub settings: Arc<ServeArgs>,
+    pub registry: ModelRegistry,
+    pub queue: Queue,
+    pub events: EventSink,
+    pub inference: Inference,
+    pub counters: Arc<Counters>,
+    pub ready: Arc<AtomicBool>,
+    limiter: Arc<Semaphore>,
+}
+
+/// Request counters for /metrics.
+#[derive(Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub client_errors: AtomicU64,
+    pub server_errors: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(store: Store, settings: Arc<ServeArgs>, registry: ModelRegistry, queue: Queue, events: EventSink, inference: Inference) -> Self {
+        let limiter = Arc::new(Semaphore::new(settings.max_concurrency.max(1)));
+        Self { store, settings, registry, queue, events, inference, counters: Arc::default(), ready: Arc::default(), limiter }
+    }
+}
+
+/// One path and what it answers to. The router is built from this list, and a test checks it
+/// against the OpenAPI spec both ways.
+pub struct Route {
+    pub path: &'static str,
+    pub methods: &'static [&'static str],
+    pub handler: MethodRouter<AppState>,
+    /// Streams or uploads: exempt from the request timeout.
+    pub long: bool,
+}
+
+pub fn routes() -> Vec<Route> {
+    let mut r = Vec::new();
+    r.extend(files::routes());
+    r.extend(jobs::routes());
+    r.extend(models::routes());
+    r.extend(predictions::routes());
+    r.extend(ops::routes());
+    r
+}
+
+pub fn router(state: AppState) -> Router {
+    let s = &state.settings;
+    let timeout = Duration::from_secs(s.request_timeout_secs);
+    let mut app = Router::new();
+    for route in routes() {
+        let h = if route.long { route.handler } else { route.handler.layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout)) };
+        app = app.route(route.path, h);
+    }
+    let request_id = HeaderName::from_static("x-request-id");
+    let mut app = app
+        .fallback(|| async { ApiError::not_found("route", "").into_response() })
+        .layer(DefaultBodyLimit::max(s.max_body_mb << 20))
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_and_count))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
+    if !s.cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = s.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_headers([axum::http::header::AUTHORIZATION, axum::http::header::CONTENT_TYPE, HeaderName::from_static("idempotency-key")]),
+        );
+    }
+    app.with_state(state)
+}
+
+/// Bearer keys on `/v1/*`, compared in constant time; the rest stays open.
+async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let keys = &state.settings.api_keys;
+    if keys.is_empty() || !req.uri().path().starts_with("/v1/") {
+        return next.run(req).await;
+    }
+    let given = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let ok = keys.iter().fold(false, |acc, k| acc | bool::from(k.as_bytes().ct_eq(given.as_bytes())));
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+/// At most `max_concurrency` requests at once (more get 429 with `retry-after`), and counts.
+async fn limit_and_count(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let c = &state.counters;
+    c.requests.fetch_add(1, Ordering::Relaxed);
+    // Health checks are never shed.
+    let exempt = matches!(req.uri().path(), "/health" | "/ready" | "/metrics");
+    let permit = if exempt { None } else {
+        match state.limiter.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                c.rejected.fetch_add(1, Ordering::Relaxed);
+                return ApiError::Overloaded { retry_after: 1 }.into_response();
+            }
+        }
+    };
+    let resp = next.run(req).await;
+    drop(permit);
+    let status = resp.status();
+    if status.is_client_error() {
+        c.client_errors.fetch_add(1, Ordering::Relaxed);
+    } else if status.is_server_error() {
+        c.server_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    if status == StatusCode::PAYLOAD_TOO_LARGE && resp.headers().get("content-type").is_none_or(|v| v != "application/json") {
+        return ApiError::TooLarge { limit: state.settings.max_body_mb << 20 }.into_response();
+    }
+    resp
+}
+
+/// `?after=&limit=` of list endpoints.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub after: Option<String>,
+    pub limit: Option<i64>,
+    pub stream: Option<bool>,
+}
+
+impl ListQuery {
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(20),
+            Some(l) if (1..=1000).contains(&l) => Ok(l),
+            Some(_) => Err(ApiError::invalid("limit", "limit must be within 1..1000")),
+        }
+    }
+}
+
+/// `{"object":"list","data":[…],"has_more":…,"first_id":…,"last_id":…}`; `rows` holds limit+1 to tell has_more.
+pub fn list_response<T: serde::Serialize>(mut rows: Vec<T>, limit: i64, id: impl Fn(&T) -> String) -> serde_json::Value {
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let first = rows.first().map(&id);
+    let last = rows.last().map(&id);
+    serde_json::json!({"object": "list", "data": rows, "has_more": has_more, "first_id": first, "last_id": last})
+}
+
+/// The `Idempotency-Key` of a request, if any.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty() && k.len() <= 255).map(String::from)
+}
+
+/// Replays the stored response of a key, or runs `f` and stores its response.
+pub async fn idempotent<F, Fut>(state: &AppState, key: Option<String>, route: &str, f: F) -> Response
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
+{
+    if let Some(k) = &key {
+        match state.store.idempotent_response(k, route).await {
+            Ok(Some((status, body))) => {
+                let mut resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
+                resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+                resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return resp;
+            }
+            Ok(None) => {}
+            Err(e) => return ApiError::Internal(e).into_response(),
+        }
+    }
+    match f().await {
+        Ok((status, body)) => {
+            if let Some(k) = &key {
+                if let Err(e) = state.store.save_idempotent_response(k, route, status.as_u16(), &body.to_string()).await {
+                    tracing::error!(error = format!("{e:#}"), "saving an idempotent response");
+                }
+            }
+            (status, axum::Json(body)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,97 @@
+//! Operations: `/health` (alive), `/ready`, `/metrics` (Prometheus text), `/openapi.json`, `/docs`.
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{AppState, Route};
+
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route { path: "/health", methods: &["GET"], handler: get(health), long: false },
+        Route { path: "/ready", methods: &["GET"], handler: get(ready), long: false },
+        Route { path: "/metrics", methods: &["GET"], handler: get(metrics), long: false },
+        Route { path: "/openapi.json", methods: &["GET"], handler: get(openapi), long: false },
+        Route { path: "/docs", methods: &["GET"], handler: get(docs), long: false },
+    ]
+}
+
+/// The OpenAPI spec, embedded at build time from `openapi/openapi.yaml`.
+pub const OPENAPI_YAML: &str = include_str!("../../openapi/openapi.yaml");
+
+pub fn openapi_json() -> Value {
+    serde_yaml::from_str(OPENAPI_YAML).expect("openapi/openapi.yaml is valid YAML")
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let ok = state.ready.load(Ordering::SeqCst) && state.store.ping().await;
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"status": if ok { "ready" } else { "starting" }}))).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let c = &state.counters;
+    let s = &state.inference.stats;
+    let queued = state.store.count_status("queued").await.unwrap_or(-1);
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    };
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    metric("fpt_http_requests_total", "counter", "HTTP requests received.", get(&c.requests));
+    metric("fpt_http_client_errors_total", "counter", "Responses with a 4xx status.", get(&c.client_errors));
+    metric("fpt_http_server_errors_total", "counter", "Responses with a 5xx status.", get(&c.server_errors));
+    metric("fpt_http_rejected_total", "counter", "Requests shed with 429 by the concurrency limit.", get(&c.rejected));
+    metric("fpt_jobs_queued", "gauge", "Fine-tuning jobs waiting for a worker.", queued as f64);
+    metric("fpt_jobs_running", "gauge", "Fine-tuning jobs training now.", state.queue.running() as f64);
+    metric("fpt_training_samples_per_second", "gauge", "Training throughput over running jobs.", state.queue.training_samples_per_second());
+    metric("fpt_predictions_requests_total", "counter", "Prediction requests.", get(&s.requests));
+    metric("fpt_predictions_batches_total", "counter", "Forward passes run for predictions.", get(&s.batches));
+    metric("fpt_predictions_batch_rows_total", "counter", "Rows over all prediction batches (divide by batches for the mean batch size).", get(&s.batch_rows));
+    metric("fpt_predictions_queue_wait_seconds_total", "counter", "Time prediction requests waited in the queue.", get(&s.queue_wait_us) / 1e6);
+    metric("fpt_predictions_inference_seconds_total", "counter", "Time spent running prediction batches, summed per request.", get(&s.inference_us) / 1e6);
+    metric("fpt_adapter_loads_total", "counter", "Adapters loaded into the cache.", get(&s.adapter_loads));
+    metric("fpt_adapter_evictions_total", "counter", "Adapters evicted from the cache.", get(&s.adapter_evictions));
+    metric("fpt_predictions_rejected_total", "counter", "Prediction requests refused with 429 (queue full).", get(&s.rejected));
+    metric("fpt_predictions_timeouts_total", "counter", "Prediction requests past their deadline (503).", get(&s.timeouts));
+    metric("fpt_adapters_loaded", "gauge", "Adapters in the cache now.", state.inference.loaded().len() as f64);
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn openapi() -> Json<Value> {
+    Json(openapi_json())
+}
+
+/// A self-contained view of the spec (no CDN: the service may run offline).
+async fn docs() -> Html<String> {
+    let spec = openapi_json();
+    let mut rows = String::new();
+    if let Some(paths) = spec["paths"].as_object() {
+        for (path, ops) in paths {
+            for (method, op) in ops.as_object().into_iter().flatten() {
+                if ["get", "post", "delete", "put", "patch"].contains(&method.as_str()) {
+                    let summary = op["summary"].as_str().unwrap_or("");
+                    let _ = write!(rows, "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td></tr>", method.to_uppercase(), html_escape(path), html_escape(summary));
+                }
+            }
+        }
+    }
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>fpt API</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}td{{padding:.25rem .75rem;border-bottom:1px solid #ddd}}</style></head>\
+         <body><h1>fpt API</h1><p>The full spec: <a href=\"/openapi.json\">/openapi.json</a>.</p><table>{rows}</table></body></html>"
+    ))
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}

@@ -1,0 +1,56 @@
+//! `POST /v1/predictions`: inputs validated like dataset records, answered by the batcher.
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiJson, ApiResult};
+use super::models::find_fine_tuned;
+use super::{AppState, Route};
+use crate::serve::PredictError;
+
+pub fn routes() -> Vec<Route> {
+    vec![Route { path: "/v1/predictions", methods: &["POST"], handler: post(predict), long: false }]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    pub model: String,
+    pub inputs: Vec<Value>,
+}
+
+async fn predict(State(state): State<AppState>, ApiJson(req): ApiJson<PredictRequest>) -> ApiResult<Response> {
+    if req.inputs.is_empty() {
+        return Err(ApiError::invalid("inputs", "at least one sample is needed"));
+    }
+    let m = find_fine_tuned(&state, &req.model).await?;
+    let timeout = std::time::Duration::from_millis(state.settings.prediction_timeout_ms);
+    let out = state.inference.predict(&m.id, m.path.clone().into(), req.inputs, timeout).await.map_err(|e| match e {
+        PredictError::Invalid(msg) => {
+            let param = msg.split(':').next().unwrap_or("inputs").to_string();
+            ApiError::invalid(param, msg)
+        }
+        PredictError::Overloaded => ApiError::Overloaded { retry_after: 1 },
+        PredictError::Timeout => ApiError::Unavailable("the prediction waited past its deadline".into()),
+        PredictError::Adapter(msg) => ApiError::Unavailable(format!("model `{}` cannot be loaded: {msg}", m.id)),
+    })?;
+    let data: Vec<Value> = out
+        .predictions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut v = serde_json::to_value(p).unwrap();
+            v["index"] = json!(i);
+            v
+        })
+        .collect();
+    let mut resp = Json(json!({"object": "list", "model": m.id, "data": data})).into_response();
+    let h = resp.headers_mut();
+    h.insert("x-queue-time", HeaderValue::from_str(&format!("{:.3}", out.queue_time.as_secs_f64() * 1e3)).unwrap());
+    h.insert("x-inference-time", HeaderValue::from_str(&format!("{:.3}", out.inference_time.as_secs_f64() * 1e3)).unwrap());
+    Ok(resp)
+}

@@ -1,0 +1,302 @@
+//! The inference thread's state and one batch's execution.
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use tch::{Kind, Tensor};
+
+use super::{publish_loaded, Msg, PredictError, PredictJob, PredictOutput, ServeConfig, ServeStats};
+use crate::model::fpt::{AdapterLayers, FptModel};
+use crate::model::params::FreezeSwitches;
+use crate::model::{Backbone, ModelRegistry};
+use crate::tasks::samples::{batch_from_samples, predictions};
+use crate::tasks::{objective_for, Objective, TaskSpec};
+
+/// A backbone as an adapter needs it: the base model's weights, or its random init from a seed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BackboneKey {
+    base: String,
+    init_seed: Option<u64>,
+}
+
+struct Shared {
+    backbone: Box<dyn Backbone>,
+    /// The backbone's own layer-norm and position tensors, restored after each batch.
+    originals: HashMap<String, Tensor>,
+    max_positions: i64,
+}
+
+/// A loaded adapter: its own layers, plus a whole model when it trained attention or feed-forward
+/// weights (those cannot share the frozen matmuls).
+struct Loaded {
+    key: BackboneKey,
+    layers: AdapterLayers,
+    spec: TaskSpec,
+    objective: Objective,
+    own_model: Option<FptModel>,
+    last_used: u64,
+}
+
+pub(crate) struct Worker {
+    pub cfg: ServeConfig,
+    registry: ModelRegistry,
+    stats: Arc<ServeStats>,
+    loaded_ids: Arc<Mutex<Vec<String>>>,
+    backbones: HashMap<BackboneKey, Shared>,
+    adapters: HashMap<String, Loaded>,
+    clock: u64,
+}
+
+impl Worker {
+    pub fn new(cfg: ServeConfig, registry: ModelRegistry, stats: Arc<ServeStats>, loaded_ids: Arc<Mutex<Vec<String>>>) -> Self {
+        Self { cfg, registry, stats, loaded_ids, backbones: HashMap::new(), adapters: HashMap::new(), clock: 0 }
+    }
+
+    pub fn handle(&mut self, msgs: Vec<Msg>) {
+        let mut predicts = Vec::new();
+        for m in msgs {
+            match m {
+                Msg::Predict(j) => predicts.push(j),
+                Msg::Load { model_id, adapter, reply } => {
+                    let r = self.ensure(&model_id, &adapter).map(|_| ()).map_err(|e| PredictError::Adapter(format!("{e:#}")));
+                    let _ = reply.send(r);
+                }
+                Msg::Unload { model_id, reply } => {
+                    let _ = reply.send(self.adapters.remove(&model_id).is_some());
+                    self.publish();
+                }
+            }
+        }
+        if !predicts.is_empty() {
+            self.predict(predicts);
+        }
+    }
+
+    fn publish(&self) {
+        publish_loaded(&self.loaded_ids, self.adapters.keys().cloned());
+    }
+
+    /// Loads an adapter (and its backbone) if needed; evicts the least recently used beyond the caps.
+    fn ensure(&mut self, id: &str, path: &Path) -> Result<()> {
+        self.clock += 1;
+        if let Some(a) = self.adapters.get_mut(id) {
+            a.last_used = self.clock;
+            return Ok(());
+        }
+        let layers = AdapterLayers::read(path, self.cfg.device)?;
+        let spec: TaskSpec = serde_json::from_value(layers.meta.task.clone()).context("the adapter's task is not one this version knows")?;
+        let key = BackboneKey {
+            base: layers.meta.base_model.clone(),
+            init_seed: (!layers.meta.switches.pretrained).then_some(layers.meta.init_seed),
+        };
+        let own_model = if layers.batchable() {
+            self.ensure_backbone(&key, &layers)?;
+            None
+        } else {
+            Some(FptModel::load_adapter(path, &self.registry, self.cfg.device, self.cfg.frozen_kind)?)
+        };
+        let objective = objective_for(&spec, &layers.meta.shape);
+        self.adapters.insert(id.to_string(), Loaded { key, layers, spec, objective, own_model, last_used: self.clock });
+        self.stats.adapter_loads.fetch_add(1, Ordering::Relaxed);
+        self.evict(id);
+        self.publish();
+        Ok(())
+    }
+
+    fn ensure_backbone(&mut self, key: &BackboneKey, layers: &AdapterLayers) -> Result<()> {
+        if self.backbones.contains_key(key) {
+            return Ok(());
+        }
+        let base = self.registry.resolve(&key.base)?;
+        if layers.meta.switches.pretrained && base.sha256()? != layers.meta.base_sha256 {
+            bail!("the adapter was trained on other weights of base model `{}` (sha256 mismatch)", key.base);
+        }
+        if let Some(seed) = key.init_seed {
+            tch::manual_seed(seed as i64);
+        }
+        let switches = FreezeSwitches { pretrained: key.init_seed.is_none(), ..FreezeSwitches::default() };
+        let (mut backbone, _) = base.build(&switches, self.cfg.device, self.cfg.frozen_kind)?;
+        let max_positions = backbone.config().max_positions;
+        let originals = backbone.adapter_slots_mut().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
+        self.backbones.insert(key.clone(), Shared { backbone, originals, max_positions });
+        Ok(())
+    }
+
+    fn evict(&mut self, keep: &str) {
+        loop {
+            let bytes: usize = self.adapters.values().map(|a| a.layers.bytes).sum();
+            if self.adapters.len() <= self.cfg.cache_count.max(1) && bytes <= self.cfg.cache_bytes {
+                return;
+            }
+            let victim = self.adapters.iter().filter(|(k, _)| k.as_str() != keep).min_by_key(|(_, a)| a.last_used).map(|(k, _)| k.clone());
+            match victim {
+                Some(v) => {
+                    self.adapters.remove(&v);
+                    self.stats.adapter_evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                None => return,
+            }
+        }
+    }
+
+    fn predict(&mut self, jobs: Vec<PredictJob>) {
+        let started = Instant::now();
+        // Requests past their deadline are answered without running.
+        let (jobs, late): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.deadline > started);
+        for j in late {
+            self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            let _ = j.reply.send(Err(PredictError::Timeout));
+        }
+        // Load every adapter first; a request whose adapter fails is answered alone.
+        let mut ready = Vec::new();
+        for j in jobs {
+            match self.ensure(&j.model_id, &j.adapter) {
+                Ok(()) => ready.push(j),
+                Err(e) => {
+                    let _ = j.reply.send(Err(PredictError::Adapter(format!("{e:#}"))));
+                }
+            }
+        }
+        // Group by backbone; adapters with their own model run alone.
+        let mut groups: HashMap<Option<BackboneKey>, Vec<PredictJob>> = HashMap::new();
+        for j in ready {
+            let a = &self.adapters[&j.model_id];
+            let key = if a.own_model.is_some() { None } else { Some(a.key.clone()) };
+            groups.entry(key).or_default().push(j);
+        }
+        for (key, jobs) in groups {
+            match key {
+                Some(k) => self.run_shared(&k, jobs),
+                None => {
+                    for j in jobs {
+                        self.run_own(j);
+                    }
+                }
+            }
+        }
+    }
+
+    fn run_own(&mut self, j: PredictJob) {
+        let t0 = Instant::now();
+        let a = &self.adapters[&j.model_id];
+        let m = a.own_model.as_ref().unwrap();
+        let r = batch_from_samples(&a.spec, &a.layers.meta.shape, m.max_positions(), &j.samples).map_err(|e| PredictError::Invalid(e.to_string())).map(|b| {
+            let dev = self.cfg.device;
+            let logits = m.forward(&b.inputs.to_device(dev), b.lengths.map(|l| l.to_device(dev)).as_ref(), false);
+            predictions(&a.objective, &logits)
+        });
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.batch_rows.fetch_add(j.samples.len() as u64, Ordering::Relaxed);
+        self.reply(j, r, t0);
+    }
+
+    /// Many adapters, one pass of the shared backbone.
+    fn run_shared(&mut self, key: &BackboneKey, jobs: Vec<PredictJob>) {
+        let t0 = Instant::now();
+        let dev = self.cfg.device;
+        let max_positions = self.backbones[key].max_positions;
+        // Validate and embed each request with its own input layer.
+        let mut parts = Vec::new();
+        let mut good = Vec::new();
+        for j in jobs {
+            let a = &self.adapters[&j.model_id];
+            match batch_from_samples(&a.spec, &a.layers.meta.shape, max_positions, &j.samples) {
+                Ok(b) => {
+                    let n = b.inputs.size()[0];
+                    let l = b.inputs.size()[1];
+                    let lengths = b.lengths.unwrap_or_else(|| Tensor::full([n], l, (Kind::Int64, tch::Device::Cpu)));
+                    let emb = a.layers.embed(&b.inputs.to_device(dev));
+                    parts.push((emb, lengths));
+                    good.push(j);
+                }
+                Err(e) => {
+                    let _ = j.reply.send(Err(PredictError::Invalid(e.to_string())));
+                }
+            }
+        }
+        if good.is_empty() {
+            return;
+        }
+        let lmax = parts.iter().map(|(e, _)| e.size()[1]).max().unwrap();
+        let embeds: Vec<Tensor> = parts.iter().map(|(e, _)| if e.size()[1] < lmax { e.constant_pad_nd([0, 0, 0, lmax - e.size()[1]]) } else { e.shallow_clone() }).collect();
+        let embeds = Tensor::cat(&embeds, 0);
+        let lengths = Tensor::cat(&parts.iter().map(|(_, l)| l.shallow_clone()).collect::<Vec<_>>(), 0).to_device(dev);
+        let b = embeds.size()[0];
+        let padded = i64::try_from(lengths.min()).unwrap() < lmax;
+        let key_mask = padded.then(|| Tensor::arange(lmax, (Kind::Int64, dev)).unsqueeze(0).lt_tensor(&lengths.unsqueeze(1)).view([b, 1, 1, lmax]));
+        let row_counts: Vec<i64> = parts.iter().map(|(e, _)| e.size()[0]).collect();
+        let ids: Vec<String> = good.iter().map(|j| j.model_id.clone()).collect();
+        let hs = {
+            let slots = self.row_slots(key, &ids, &row_counts);
+            let shared = self.backbones.get_mut(key).unwrap();
+            set_slots(shared.backbone.as_mut(), &slots);
+            let hs = shared.backbone.forward(&embeds, key_mask.as_ref(), false);
+            set_slots(shared.backbone.as_mut(), &shared.originals);
+            hs
+        };
+        // Read out and answer each request with its own head.
+        let mut start = 0;
+        for (j, n) in good.into_iter().zip(row_counts) {
+            let a = &self.adapters[&j.model_id];
+            let k = a.layers.meta.shape.readout_tokens;
+            let len = lengths.narrow(0, start, n);
+            let idx = len.unsqueeze(1) - k + Tensor::arange(k, (Kind::Int64, dev)).unsqueeze(0);
+            let h = hs.narrow(0, start, n).gather(1, &idx.unsqueeze(-1).expand([n, k, hs.size()[2]], false), false);
+            let logits = a.layers.project(&h);
+            let r = Ok(predictions(&a.objective, &logits));
+            self.reply(j, r, t0);
+            start += n;
+        }
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.batch_rows.fetch_add(b as u64, Ordering::Relaxed);
+    }
+
+    /// Each slot's tensor for this batch: the adapter's own when every row uses one adapter, else
+    /// stacked per row (rows of adapters that did not train a slot take the backbone's).
+    fn row_slots(&self, key: &BackboneKey, ids: &[String], rows: &[i64]) -> HashMap<String, Tensor> {
+        let originals = &self.backbones[key].originals;
+        let adapters: Vec<HashMap<&str, &Tensor>> = ids.iter().map(|id| self.adapters[id].layers.slots.iter().map(|(n, t)| (n.as_str(), t)).collect()).collect();
+        let single = ids.windows(2).all(|w| w[0] == w[1]);
+        originals
+            .iter()
+            .filter(|(name, _)| adapters.iter().any(|a| a.contains_key(name.as_str())))
+            .map(|(name, orig)| {
+                let pick = |i: usize| adapters[i].get(name.as_str()).map(|t| (*t).shallow_clone()).unwrap_or_else(|| orig.shallow_clone());
+                let t = if single {
+                    pick(0)
+                } else {
+                    let per_row: Vec<Tensor> = (0..ids.len()).map(|i| pick(i).unsqueeze(0).expand(expand_shape(rows[i], orig), false)).collect();
+                    let stacked = Tensor::cat(&per_row, 0);
+                    // [d] -> [B, 1, d] broadcasts over tokens; [P, d] -> [B, P, d] already does.
+                    if orig.dim() == 1 { stacked.unsqueeze(1) } else { stacked }
+                };
+                (name.clone(), t)
+            })
+            .collect()
+    }
+
+    fn reply(&self, j: PredictJob, r: Result<Vec<crate::tasks::samples::Prediction>, PredictError>, t0: Instant) {
+        let queue_time = t0.saturating_duration_since(j.enqueued);
+        let inference_time = t0.elapsed();
+        self.stats.queue_wait_us.fetch_add(queue_time.as_micros() as u64, Ordering::Relaxed);
+        self.stats.inference_us.fetch_add(inference_time.as_micros() as u64, Ordering::Relaxed);
+        let _ = j.reply.send(r.map(|predictions| PredictOutput { predictions, queue_time, inference_time }));
+    }
+}
+
+fn expand_shape(rows: i64, orig: &Tensor) -> Vec<i64> {
+    let mut s = vec![rows];
+    s.extend(orig.size());
+    s
+}
+
+fn set_slots(backbone: &mut dyn Backbone, values: &HashMap<String, Tensor>) {
+    for (name, slot) in backbone.adapter_slots_mut() {
+        if let Some(t) = values.get(&name) {
+            *slot = t.shallow_clone();
+        }
+    }
+}

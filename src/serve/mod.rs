@@ -1,0 +1,185 @@
+//! Serving predictions: one thread owns the models (tch tensors are not `Sync`); handlers reach it
+//! through a bounded queue and a oneshot reply. Each base model is held once; adapters are loaded
+//! on first use into an LRU cache bounded by count and bytes. Concurrent requests are batched
+//! (up to a size, within a short wait), and requests for *different* adapters of the same backbone
+//! share one forward pass: input layers and heads run per adapter, while the frozen backbone runs
+//! once with per-row layer-norm and position tensors stacked by row.
+mod batch;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tch::{Device, Kind};
+use tokio::sync::oneshot;
+
+use crate::model::ModelRegistry;
+use crate::tasks::samples::Prediction;
+
+/// Settings of the batcher and the cache.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub device: Device,
+    pub frozen_kind: Option<Kind>,
+    pub max_batch_size: usize,
+    pub max_wait: Duration,
+    pub max_queue: usize,
+    pub cache_count: usize,
+    pub cache_bytes: usize,
+}
+
+/// Counters for /metrics.
+#[derive(Default)]
+pub struct ServeStats {
+    pub requests: AtomicU64,
+    pub batches: AtomicU64,
+    pub batch_rows: AtomicU64,
+    pub queue_wait_us: AtomicU64,
+    pub inference_us: AtomicU64,
+    pub adapter_loads: AtomicU64,
+    pub adapter_evictions: AtomicU64,
+    pub rejected: AtomicU64,
+    pub timeouts: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct PredictOutput {
+    pub predictions: Vec<Prediction>,
+    pub queue_time: Duration,
+    pub inference_time: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// A sample is wrong; the message names it (`inputs[3]: …`).
+    #[error("{0}")]
+    Invalid(String),
+    /// The adapter or its base model cannot be loaded.
+    #[error("{0}")]
+    Adapter(String),
+    #[error("the prediction queue is full")]
+    Overloaded,
+    #[error("the request waited past its deadline")]
+    Timeout,
+}
+
+pub(crate) struct PredictJob {
+    model_id: String,
+    adapter: PathBuf,
+    samples: Vec<Value>,
+    enqueued: Instant,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<PredictOutput, PredictError>>,
+}
+
+pub(crate) enum Msg {
+    Predict(PredictJob),
+    Load { model_id: String, adapter: PathBuf, reply: oneshot::Sender<Result<(), PredictError>> },
+    Unload { model_id: String, reply: oneshot::Sender<bool> },
+}
+
+impl Msg {
+    fn rows(&self) -> usize {
+        match self {
+            Msg::Predict(j) => j.samples.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// The handle handlers use; cheap to clone.
+#[derive(Clone)]
+pub struct Inference {
+    tx: SyncSender<Msg>,
+    pub stats: Arc<ServeStats>,
+    loaded: Arc<Mutex<Vec<String>>>,
+}
+
+impl Inference {
+    pub fn start(cfg: ServeConfig, registry: ModelRegistry) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_queue.max(1));
+        let stats = Arc::new(ServeStats::default());
+        let loaded = Arc::new(Mutex::new(Vec::new()));
+        let (s, l) = (stats.clone(), loaded.clone());
+        std::thread::Builder::new()
+            .name("fpt-inference".into())
+            .spawn(move || {
+                let mut w = batch::Worker::new(cfg, registry, s, l);
+                run(&mut w, rx);
+            })
+            .expect("spawning the inference thread");
+        Self { tx, stats, loaded }
+    }
+
+    /// Predicts for `samples` with the adapter at `adapter` (known to the caller as `model_id`).
+    pub async fn predict(&self, model_id: &str, adapter: PathBuf, samples: Vec<Value>, timeout: Duration) -> Result<PredictOutput, PredictError> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        let now = Instant::now();
+        let job = PredictJob { model_id: model_id.to_string(), adapter, samples, enqueued: now, deadline: now + timeout, reply };
+        match self.tx.try_send(Msg::Predict(job)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(PredictError::Overloaded);
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(PredictError::Adapter("the inference thread has stopped".into())),
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(PredictError::Adapter("the inference thread dropped the request".into())),
+            Err(_) => {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(PredictError::Timeout)
+            }
+        }
+    }
+
+    pub async fn load(&self, model_id: &str, adapter: PathBuf) -> Result<(), PredictError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(Msg::Load { model_id: model_id.into(), adapter, reply }).map_err(|_| PredictError::Overloaded)?;
+        rx.await.unwrap_or_else(|_| Err(PredictError::Adapter("the inference thread has stopped".into())))
+    }
+
+    pub async fn unload(&self, model_id: &str) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.try_send(Msg::Unload { model_id: model_id.into(), reply }).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Ids of the adapters loaded now.
+    pub fn loaded(&self) -> Vec<String> {
+        self.loaded.lock().unwrap().clone()
+    }
+}
+
+/// Collects a batch (up to the size, within the wait) and runs it; repeats until the handles are gone.
+fn run(w: &mut batch::Worker, rx: Receiver<Msg>) {
+    let _guard = tch::no_grad_guard();
+    while let Ok(first) = rx.recv() {
+        let mut msgs = vec![first];
+        let mut rows = msgs[0].rows();
+        let until = Instant::now() + w.cfg.max_wait;
+        while rows < w.cfg.max_batch_size {
+            let left = until.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(m) => {
+                    rows += m.rows();
+                    msgs.push(m);
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        w.handle(msgs);
+    }
+}
+
+/// Keeps the stats' map of adapter id -> loaded flag in step with the cache.
+pub(crate) fn publish_loaded(loaded: &Mutex<Vec<String>>, ids: impl Iterator<Item = String>) {
+    *loaded.lock().unwrap() = ids.collect();
+}

@@ -1,0 +1,88 @@
+//! Starting the service: settings, database, workers, inference thread, router; graceful shutdown
+//! on SIGTERM/Ctrl-C (stop accepting, checkpoint running jobs, queue them again, exit).
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+
+use crate::api::{router, AppState};
+use crate::config::ServeArgs;
+use crate::model::{parse_device, ModelRegistry};
+use crate::queue::events::EventSink;
+use crate::queue::{Queue, QueueConfig};
+use crate::serve::{Inference, ServeConfig};
+use crate::store::Store;
+
+pub fn serve_blocking(args: ServeArgs) -> Result<()> {
+    let args = args.resolve()?;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(args))
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let listener = TcpListener::bind(&args.bind).await.with_context(|| format!("binding {}", args.bind))?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    // Tests and tools read the bound address (port 0 picks one) from this line.
+    println!("fpt listening on http://{}", listener.local_addr()?);
+    run(args, listener).await
+}
+
+pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
+    if args.common.threads > 0 {
+        tch::set_num_threads(args.common.threads);
+    }
+    let device = parse_device(&args.common.device)?;
+    let store = Store::open(&args.data_dir.join("fpt.db")).await?;
+    let requeued = store.requeue_running().await?;
+    if requeued > 0 {
+        tracing::info!(jobs = requeued, "jobs that were running when the server stopped are queued again");
+    }
+    let registry = ModelRegistry::new(&args.common.models_dir);
+    let events = EventSink::start(store.clone());
+    let workers = if args.no_workers { 0 } else { args.workers.unwrap_or_else(|| (tch::Cuda::device_count() as usize).max(1)) };
+    let queue = Queue::start(QueueConfig {
+        store: store.clone(),
+        events: events.clone(),
+        registry: registry.clone(),
+        data_dir: args.data_dir.clone(),
+        device,
+        precision: args.precision,
+        workers,
+    });
+    let inference = Inference::start(
+        ServeConfig {
+            device,
+            frozen_kind: args.precision.frozen_kind(device),
+            max_batch_size: args.max_batch_size.max(1),
+            max_wait: Duration::from_millis(args.max_batch_wait_ms),
+            max_queue: args.max_queue,
+            cache_count: args.adapter_cache,
+            cache_bytes: args.adapter_cache_mb << 20,
+        },
+        registry.clone(),
+    );
+    let state = AppState::new(store, Arc::new(args), registry, queue.clone(), events, inference);
+    state.ready.store(true, Ordering::SeqCst);
+    let app = router(state.clone());
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("shutting down: checkpointing running jobs");
+    state.ready.store(false, Ordering::SeqCst);
+    queue.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
