@@ -76,3 +76,4 @@ pub fn tiny_models() -> &'static Path {
 pub fn registry() -> fpt::model::ModelRegistry {
     fpt::model::ModelRegistry::new(tiny_models())
 }
+pub mod server;

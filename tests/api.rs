@@ -1,0 +1,333 @@
+//! The HTTP service end to end: the real server on loopback, real SQLite, real libtorch, tiny backbones.
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::time::{Duration, Instant};
+
+use common::server::{sign_dataset, Server, SIGN_TASK};
+use serde_json::{json, Value};
+
+fn task() -> Value {
+    serde_json::from_str(SIGN_TASK).unwrap()
+}
+
+fn job_body(train: &str, steps: u64, extra: Value) -> Value {
+    let mut b = json!({"model": "tiny-gpt2", "task": task(), "training_file": train,
+        "hyperparameters": {"n_steps": steps, "eval_every": 50, "checkpoint_every": 100, "batch_size": 8, "log_every": 10}});
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            b[k] = v;
+        }
+    }
+    b
+}
+
+#[test]
+fn the_whole_life_of_a_job() {
+    let s = Server::start(&[]);
+    let train = s.upload_ok("train.jsonl", sign_dataset(200, 1));
+    let valid = s.upload_ok("valid.jsonl", sign_dataset(50, 2));
+    let f = s.get_json(&format!("/v1/files/{train}"));
+    assert_eq!((f["object"].as_str(), f["format"].as_str(), f["samples"].as_i64()), (Some("file"), Some("jsonl"), Some(200)));
+    let id = s.create_job(json!({"model": "tiny-gpt2", "task": task(), "training_file": train, "validation_file": valid,
+        "hyperparameters": {"n_steps": 40, "eval_every": 10, "checkpoint_every": 20, "batch_size": 8}, "suffix": "life", "metadata": {"k": "v"}}));
+
+    // Watch it over SSE to [DONE].
+    let resp = s.get(&format!("/v1/fine_tuning/jobs/{id}/events?stream=true"));
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let mut ids = Vec::new();
+    let mut metrics = 0;
+    let mut done = false;
+    for line in BufReader::new(resp).lines() {
+        let line = line.unwrap();
+        if let Some(id) = line.strip_prefix("id: ") {
+            ids.push(id.to_string());
+        }
+        if line == "data: [DONE]" {
+            done = true;
+            break;
+        }
+        if let Some(d) = line.strip_prefix("data: ") {
+            let e: Value = serde_json::from_str(d).unwrap();
+            assert_eq!(e["object"], "fine_tuning.job.event");
+            if e["type"] == "metrics" {
+                metrics += 1;
+                assert!(e["data"]["train_loss"].is_number() && e["data"]["samples_per_second"].is_number());
+                assert_eq!(e["data"]["total_steps"], 40);
+            }
+        }
+    }
+    assert!(done && metrics >= 4, "metrics events: {metrics}");
+
+    let j = s.job(&id);
+    assert_eq!(j["status"], "succeeded", "{j}");
+    assert_eq!(j["trained_steps"], 40);
+    assert_eq!(j["metadata"]["k"], "v");
+    assert!(j["result"]["valid_accuracy"].as_f64().unwrap() >= 0.0);
+    let model = j["fine_tuned_model"].as_str().unwrap().to_string();
+    assert!(model.starts_with("ft-life-"), "{model}");
+
+    // Resuming the stream after an event id starts right after it.
+    let mut req = s.client.get(format!("{}/v1/fine_tuning/jobs/{id}/events?stream=true", s.url));
+    req = req.header("Last-Event-ID", &ids[2]);
+    let first = BufReader::new(req.send().unwrap()).lines().map(|l| l.unwrap()).find_map(|l| l.strip_prefix("id: ").map(String::from)).unwrap();
+    assert_eq!(first, ids[3]);
+
+    let cks = s.get_json(&format!("/v1/fine_tuning/jobs/{id}/checkpoints"));
+    let steps: Vec<i64> = cks["data"].as_array().unwrap().iter().map(|c| c["step_number"].as_i64().unwrap()).collect();
+    assert_eq!(steps, vec![40, 20]);
+    let ck_model = cks["data"][1]["fine_tuned_model_checkpoint"].as_str().unwrap().to_string();
+
+    let inputs = json!([[0.5, 0.1, -0.2, 0.3, 0.0, 0.1, 0.2, 0.3], [-0.9, 0.2, 0.2, 0.1, 0.4, -0.1, 0.0, 0.0], [[0.1, 0.2, 0.3, 0.4]]]);
+    for m in [&model, &ck_model] {
+        let r = s.predict(m, inputs.clone());
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().contains_key("x-queue-time") && r.headers().contains_key("x-inference-time"));
+        let p: Value = r.json().unwrap();
+        assert_eq!(p["data"].as_array().unwrap().len(), 3);
+        for (i, row) in p["data"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(row["index"], i);
+            let probs: Vec<f64> = row["probabilities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4);
+            assert!(row["label"].as_i64().unwrap() < 2);
+        }
+    }
+    let models = s.get_json("/v1/models");
+    let listed: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert!(listed.contains(&"tiny-gpt2") && listed.contains(&model.as_str()), "{listed:?}");
+    let adapter = s.get(&format!("/v1/models/{model}/adapter")).bytes().unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&adapter).unwrap();
+    assert_eq!(meta.metadata().as_ref().unwrap()["format"], "fpt-adapter/1");
+}
+
+#[test]
+fn cancel_while_running_stops_within_two_seconds() {
+    let s = Server::start(&[]);
+    let train = s.upload_ok("train.jsonl", sign_dataset(100, 3));
+    let id = s.create_job(job_body(&train, 1_000_000, json!({})));
+    s.wait_for(&id, Duration::from_secs(60), |st| st == "running");
+    while s.job(&id)["trained_steps"].as_i64().unwrap() < 10 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = Instant::now();
+    s.post_ok(&format!("/v1/fine_tuning/jobs/{id}/cancel"), &json!({}));
+    let j = s.wait_for(&id, Duration::from_secs(2), |st| st == "cancelled");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(j["finished_at"].is_number());
+    // A finished job cannot be cancelled again.
+    assert_eq!(s.post(&format!("/v1/fine_tuning/jobs/{id}/cancel"), &json!({})).status(), 409);
+}
+
+#[test]
+fn pause_and_resume_give_the_same_final_metrics_as_an_uninterrupted_run() {
+    let s = Server::start(&[]);
+    let train = s.upload_ok("train.jsonl", sign_dataset(100, 4));
+    let body = job_body(&train, 600, json!({"seed": 7}));
+    let plain = s.create_job(body.clone());
+    let plain = s.wait_finished(&plain);
+    let id = s.create_job(body);
+    s.wait_for(&id, Duration::from_secs(60), |st| st == "running");
+    while s.job(&id)["trained_steps"].as_i64().unwrap() < 120 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.post_ok(&format!("/v1/fine_tuning/jobs/{id}/pause"), &json!({}));
+    let paused = s.wait_for(&id, Duration::from_secs(10), |st| st == "paused");
+    assert!(paused["trained_steps"].as_i64().unwrap() < 600);
+    assert_eq!(s.post(&format!("/v1/fine_tuning/jobs/{id}/pause"), &json!({})).status(), 409, "a paused job cannot be paused");
+    s.post_ok(&format!("/v1/fine_tuning/jobs/{id}/resume"), &json!({}));
+    let resumed = s.wait_finished(&id);
+    assert_eq!(resumed["status"], "succeeded");
+    for k in ["valid_accuracy", "valid_loss", "train_loss", "train_accuracy", "best_valid_accuracy"] {
+        assert_eq!(resumed["result"][k], plain["result"][k], "{k}");
+    }
+    let steps = s.metric_steps(&id);
+    assert_eq!(steps, (1..=60).map(|i| i * 10).collect::<Vec<_>>(), "contiguous step history");
+}
+
+#[test]
+fn a_server_killed_mid_training_resumes_with_a_contiguous_history() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let mut s = Server::start_on(&data, &[]);
+    let train = s.upload_ok("train.jsonl", sign_dataset(100, 5));
+    let id = s.create_job(job_body(&train, 800, json!({})));
+    s.wait_for(&id, Duration::from_secs(60), |st| st == "running");
+    while s.job(&id)["trained_steps"].as_i64().unwrap() < 250 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.kill(); // SIGKILL
+    let s = Server::start_on(&data, &[]);
+    let j = s.wait_finished(&id);
+    assert_eq!(j["status"], "succeeded", "{j}");
+    assert_eq!(s.metric_steps(&id), (1..=80).map(|i| i * 10).collect::<Vec<_>>());
+    let resumed = s.events(&id).iter().any(|e| e["message"].as_str().unwrap().contains("resumed from the checkpoint of step"));
+    assert!(resumed, "the job resumed from a checkpoint rather than starting over");
+    let cks = s.get_json(&format!("/v1/fine_tuning/jobs/{id}/checkpoints?limit=100"));
+    let steps: Vec<i64> = cks["data"].as_array().unwrap().iter().map(|c| c["step_number"].as_i64().unwrap()).collect();
+    assert_eq!(steps, (1..=8).rev().map(|i| i * 100).collect::<Vec<_>>());
+}
+
+#[test]
+fn sigterm_checkpoints_the_running_job_and_queues_it_again() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let mut s = Server::start_on(&data, &[]);
+    let train = s.upload_ok("train.jsonl", sign_dataset(100, 6));
+    let id = s.create_job(job_body(&train, 100_000, json!({})));
+    while s.job(&id)["trained_steps"].as_i64().unwrap() < 30 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.terminate();
+    let s = Server::start_on(&data, &["--no-workers"]);
+    let j = s.job(&id);
+    assert_eq!(j["status"], "queued");
+    let stopped = s.events(&id).iter().any(|e| e["message"].as_str().unwrap().contains("checkpointed at step"));
+    assert!(stopped);
+}
+
+fn error_of(r: reqwest::blocking::Response, status: u16) -> Value {
+    assert_eq!(r.status().as_u16(), status);
+    assert!(r.headers().contains_key("x-request-id"));
+    let v: Value = r.json().unwrap();
+    assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string() && v["error"]["code"].is_string(), "{v}");
+    v["error"].clone()
+}
+
+#[test]
+fn bad_input_gets_the_documented_status_and_error_object() {
+    let s = Server::start(&["--max-body-mb", "1"]);
+    let url = |p: &str| format!("{}{p}", s.url);
+    // Malformed JSON.
+    let r = s.client.post(url("/v1/fine_tuning/jobs")).header("content-type", "application/json").body("{\"model\": ").send().unwrap();
+    error_of(r, 400);
+    // Unknown field and invalid values, named in `param`.
+    let e = error_of(s.post("/v1/fine_tuning/jobs", &json!({"task": {"type": "bit_xor"}, "modle": "x"})), 422);
+    assert!(e["message"].as_str().unwrap().contains("modle"));
+    let e = error_of(s.post("/v1/fine_tuning/jobs", &json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "hyperparameters": {"learning_rate": -1}})), 422);
+    assert_eq!(e["param"], "hyperparameters.learning_rate");
+    let e = error_of(s.post("/v1/fine_tuning/jobs", &json!({"model": "tiny-gpt2", "task": {"type": "no_such_task"}})), 422);
+    assert_eq!(e["param"], "task.type");
+    let e = error_of(s.post("/v1/fine_tuning/jobs", &json!({"model": "no-such-model", "task": {"type": "bit_xor"}})), 422);
+    assert_eq!(e["param"], "model");
+    let e = error_of(s.post("/v1/fine_tuning/jobs", &json!({"model": "tiny-gpt2", "task": task(), "training_file": "file-nope"})), 422);
+    assert_eq!(e["param"], "training_file");
+    // Unknown ids.
+    error_of(s.get("/v1/fine_tuning/jobs/ftjob-nope"), 404);
+    error_of(s.get("/v1/files/file-nope"), 404);
+    error_of(s.get("/v1/models/ft-nope"), 404);
+    error_of(s.predict("ft-nope", json!([[1.0]])), 404);
+    error_of(s.get("/v1/no/such/route"), 404);
+    // Wrong state transitions.
+    let id = s.create_job(json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "hyperparameters": {"n_steps": 5}}));
+    s.wait_finished(&id);
+    error_of(s.post(&format!("/v1/fine_tuning/jobs/{id}/resume"), &json!({})), 409);
+    error_of(s.post(&format!("/v1/fine_tuning/jobs/{id}/pause"), &json!({})), 409);
+    // Oversize body.
+    let big = json!({"model": "x", "inputs": vec![vec![0.5f32; 1000]; 300]});
+    error_of(s.post("/v1/predictions", &big), 413);
+    // A corrupt dataset names the line.
+    let e = error_of(s.upload("bad.jsonl", b"{\"input\": [1, 2], \"label\": 0}\n{\"input\": [1, 2], \"label\": }\n".to_vec()), 422);
+    assert_eq!(e["param"], "file");
+    assert!(e["message"].as_str().unwrap().contains("line 2"), "{e}");
+    let e = error_of(s.upload("x.bin", b"\x00\x00\x08\x03\x00\x00\x00\x05".to_vec()), 422);
+    assert!(e["message"].as_str().unwrap().contains("IDX") || e["message"].as_str().unwrap().contains("truncated"), "{e}");
+    // A dataset that does not fit the task is refused at job creation, naming the file and line.
+    let f = s.upload_ok("three.jsonl", b"{\"input\": [1, 2, 3], \"label\": 0}\n{\"input\": [1, 2, 3], \"label\": 1}\n".to_vec());
+    let e = error_of(s.post("/v1/fine_tuning/jobs", &json!({"model": "tiny-gpt2", "task": task(), "training_file": f})), 422);
+    assert_eq!(e["param"], "training_file");
+    assert!(e["message"].as_str().unwrap().contains("line 1"), "{e}");
+    // Predictions validate samples like records.
+    let m = s.job(&id)["fine_tuned_model"].as_str().unwrap().to_string();
+    let e = error_of(s.predict(&m, json!([[1, 0, 1, 0, 1, 0, 1, 0, 1, 0], [1, 0]])), 422);
+    assert_eq!(e["param"], "inputs[1]");
+    // Still serving.
+    assert_eq!(s.get("/health").status(), 200);
+}
+
+#[test]
+fn api_keys_guard_v1_but_not_health() {
+    let s = Server::start(&["--api-key", "sekret"]);
+    assert_eq!(s.get("/v1/files").status(), 200);
+    error_of(s.client.get(format!("{}/v1/files", s.url)).send().unwrap(), 401);
+    error_of(s.client.get(format!("{}/v1/files", s.url)).bearer_auth("wrong").send().unwrap(), 401);
+    assert_eq!(s.client.get(format!("{}/health", s.url)).send().unwrap().status(), 200);
+}
+
+#[test]
+fn a_non_loopback_bind_without_keys_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fpt")).args(["serve", "--bind", "0.0.0.0:0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without API keys"));
+}
+
+#[test]
+fn the_same_idempotency_key_creates_one_job() {
+    let s = Server::start(&["--no-workers"]);
+    let body = json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}});
+    let send = || s.client.post(format!("{}/v1/fine_tuning/jobs", s.url)).header("Idempotency-Key", "abc-1").json(&body).send().unwrap().json::<Value>().unwrap();
+    let (a, b) = (send(), send());
+    assert_eq!(a["id"], b["id"]);
+    assert_eq!(s.get_json("/v1/fine_tuning/jobs")["data"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn too_many_concurrent_requests_get_429_with_retry_after() {
+    let s = Server::start(&["--max-concurrency", "1"]);
+    // Hold the only slot with an upload whose body never finishes arriving.
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    write!(slow, "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n").unwrap();
+    slow.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = s.get("/v1/files");
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    drop(slow);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.get("/v1/files").status(), 200, "recovers once load drops");
+    assert_eq!(s.get("/health").status(), 200);
+    let _ = std::io::empty().read(&mut [0u8; 0]);
+}
+
+#[test]
+fn every_route_is_in_the_openapi_spec_and_back() {
+    let spec = fpt::api::ops::openapi_json();
+    let mut in_spec: Vec<(String, String)> = Vec::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for m in ops.as_object().unwrap().keys().filter(|m| ["get", "post", "delete", "put", "patch"].contains(&m.as_str())) {
+            in_spec.push((m.to_uppercase(), path.clone()));
+        }
+    }
+    let mut served: Vec<(String, String)> = fpt::api::routes().iter().flat_map(|r| r.methods.iter().map(|m| (m.to_string(), r.path.to_string()))).collect();
+    in_spec.sort();
+    served.sort();
+    assert_eq!(served, in_spec);
+    // The served spec is the file's content.
+    let s = Server::start(&["--no-workers"]);
+    assert_eq!(s.get_json("/openapi.json"), spec);
+    assert!(s.get("/docs").text().unwrap().contains("/v1/fine_tuning/jobs"));
+}
+
+#[test]
+fn the_spec_request_examples_parse_as_requests() {
+    let spec = fpt::api::ops::openapi_json();
+    let body = |path: &str| spec["paths"][path]["post"]["requestBody"]["content"]["application/json"].clone();
+    let job = body("/v1/fine_tuning/jobs");
+    let example = job.get("example").cloned().or_else(|| job["examples"].as_object().and_then(|e| e.values().next()).map(|e| e["value"].clone())).unwrap();
+    let parsed: Result<fpt::api::jobs::CreateJob, _> = serde_json::from_value(example.clone());
+    assert!(parsed.is_ok(), "{example}: {:?}", parsed.err());
+    let pred = body("/v1/predictions");
+    let example = pred.get("example").cloned().or_else(|| pred["examples"].as_object().and_then(|e| e.values().next()).map(|e| e["value"].clone())).unwrap();
+    assert!(serde_json::from_value::<fpt::api::predictions::PredictRequest>(example).is_ok());
+}
+
+#[test]
+fn metrics_are_prometheus_text() {
+    let s = Server::start(&["--no-workers"]);
+    s.get("/health");
+    let text = s.get("/metrics").text().unwrap();
+    for name in ["fpt_http_requests_total", "fpt_jobs_queued", "fpt_jobs_running", "fpt_training_samples_per_second", "fpt_predictions_batches_total", "fpt_adapter_evictions_total"] {
+        assert!(text.contains(&format!("# TYPE {name}")), "{name} missing");
+    }
+    assert_eq!(s.get("/ready").status(), 200);
+}
