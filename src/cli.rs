@@ -44,6 +44,8 @@ pub enum Command {
     Serve(crate::config::ServeArgs),
     /// Benchmark training and inference speed.
     Bench(crate::bench::BenchArgs),
+    /// Load-test a running server's predictions across several fine-tuned models.
+    Loadtest(crate::loadtest::LoadtestArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -223,6 +225,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Models(a) => models(a),
         Command::Serve(a) => crate::server::serve_blocking(a),
         Command::Bench(a) => crate::bench::run(a),
+        Command::Loadtest(a) => crate::loadtest::run(a),
     }
 }
 

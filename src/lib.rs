@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod fsutil;
+pub mod loadtest;
 pub mod model;
 pub mod queue;
 pub mod serve;

@@ -181,15 +181,13 @@ impl FptModel {
             let pos = Tensor::arange(l, (Kind::Int64, self.device)).unsqueeze(0);
             pos.lt_tensor(&len.unsqueeze(1)).view([b, 1, 1, l])
         });
-        let hs = self.backbone.forward(&h, key_mask.as_ref(), train);
         let k = self.shape.readout_tokens;
-        let read = match lengths {
-            None => hs.narrow(1, l - k, k),
-            Some(len) => {
-                let idx = len.unsqueeze(1) - k + Tensor::arange(k, (Kind::Int64, self.device)).unsqueeze(0);
-                hs.gather(1, &idx.unsqueeze(-1).expand([b, k, self.hidden()], false), false)
-            }
+        let last = match lengths {
+            None => Tensor::full([b, 1], l, (Kind::Int64, self.device)),
+            Some(len) => len.unsqueeze(1),
         };
+        let positions = last - k + Tensor::arange(k, (Kind::Int64, self.device)).unsqueeze(0);
+        let read = self.backbone.forward_readout(&h, key_mask.as_ref(), train, &positions);
         self.output.forward(&read)
     }
 

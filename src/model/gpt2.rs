@@ -121,16 +121,35 @@ impl Gpt2 {
         Ok(Self { cfg, wpe, blocks, ln_f })
     }
 
-    fn block(&self, blk: &Block, x: &Tensor, train: bool) -> Tensor {
+    /// One block; with `only` ([B, k] positions) the queries, and everything after attention, are
+    /// computed for those tokens alone (keys and values still come from every token).
+    fn block(&self, blk: &Block, x: &Tensor, train: bool, only: Option<&Tensor>) -> Tensor {
         let drop = |t: Tensor, p: f64| if train && p > 0.0 { t.dropout(p, true) } else { t };
         let h = blk.ln_1.forward(x);
         let qkv = blk.c_attn.forward(&h).split(self.cfg.hidden, -1);
-        let (q, k, v) = (split_heads(&qkv[0], self.cfg.heads), split_heads(&qkv[1], self.cfg.heads), split_heads(&qkv[2], self.cfg.heads));
+        let (k, v) = (split_heads(&qkv[1], self.cfg.heads), split_heads(&qkv[2], self.cfg.heads));
         let attn_p = if train { self.cfg.attn_dropout } else { 0.0 };
-        let a = merge_heads(&attention(&q, &k, &v, None, true, attn_p));
-        let x = x + drop(blk.attn_proj.forward(&a), self.cfg.hidden_dropout);
+        let (x, a) = match only {
+            None => (x.shallow_clone(), attention(&split_heads(&qkv[0], self.cfg.heads), &k, &v, None, true, attn_p)),
+            Some(pos) => {
+                // Causal for the chosen queries: position p sees keys 0..=p.
+                let l = x.size()[1];
+                let keys = Tensor::arange(l, (tch::Kind::Int64, x.device())).view([1, 1, l]);
+                let mask = keys.le_tensor(&pos.unsqueeze(-1)).unsqueeze(1);
+                let q = split_heads(&super::gather_rows(&qkv[0], pos), self.cfg.heads);
+                (super::gather_rows(x, pos), attention(&q, &k, &v, Some(&mask), false, attn_p))
+            }
+        };
+        let x = x + drop(blk.attn_proj.forward(&merge_heads(&a)), self.cfg.hidden_dropout);
         let m = blk.mlp_proj.forward(&activation(&blk.c_fc.forward(&blk.ln_2.forward(&x)), &self.cfg.activation));
         x + drop(m, self.cfg.hidden_dropout)
+    }
+
+    fn embed(&self, embeds: &Tensor, train: bool) -> Tensor {
+        let l = embeds.size()[1];
+        let pos = if self.wpe.dim() == 2 { self.wpe.narrow(0, 0, l) } else { self.wpe.narrow(1, 0, l) };
+        let x = embeds + pos;
+        if train && self.cfg.embed_dropout > 0.0 { x.dropout(self.cfg.embed_dropout, true) } else { x }
     }
 }
 
@@ -142,16 +161,20 @@ impl Backbone for Gpt2 {
     /// Causal attention only, as the reference: with right padding, real tokens never see padding,
     /// so `key_mask` is not needed and ignored.
     fn forward(&self, embeds: &Tensor, _key_mask: Option<&Tensor>, train: bool) -> Tensor {
-        let l = embeds.size()[1];
-        let pos = if self.wpe.dim() == 2 { self.wpe.narrow(0, 0, l) } else { self.wpe.narrow(1, 0, l) };
-        let mut x = embeds + pos;
-        if train && self.cfg.embed_dropout > 0.0 {
-            x = x.dropout(self.cfg.embed_dropout, true);
-        }
+        let mut x = self.embed(embeds, train);
         for blk in &self.blocks {
-            x = self.block(blk, &x, train);
+            x = self.block(blk, &x, train, None);
         }
         self.ln_f.forward(&x)
+    }
+
+    fn forward_readout(&self, embeds: &Tensor, _key_mask: Option<&Tensor>, train: bool, positions: &Tensor) -> Tensor {
+        let mut x = self.embed(embeds, train);
+        let n = self.blocks.len();
+        for blk in &self.blocks[..n - 1] {
+            x = self.block(blk, &x, train, None);
+        }
+        self.ln_f.forward(&self.block(&self.blocks[n - 1], &x, train, Some(positions)))
     }
 
     fn adapter_slots_mut(&mut self) -> Vec<(String, &mut Tensor)> {

@@ -47,9 +47,22 @@ pub trait Backbone: Send {
     fn config(&self) -> &BackboneConfig;
     /// `key_mask`: [B, 1, 1, L] bool, true for real tokens (None: no padding).
     fn forward(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool) -> Tensor;
+    /// The last hidden states at `positions` ([B, k] int64) only: [B, k, hidden]. Backbones may skip
+    /// the last layer's work for every other token (its keys and values still see all of them).
+    fn forward_readout(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool, positions: &Tensor) -> Tensor {
+        let hs = self.forward(embeds, key_mask, train);
+        gather_rows(&hs, positions)
+    }
     /// The layer-norm and position tensors by Hugging Face name: the slots an adapter fills. Serving
     /// swaps in per-row stacks ([B, 1, d], [B, P, d]) to run many adapters in one batch.
     fn adapter_slots_mut(&mut self) -> Vec<(String, &mut Tensor)>;
+}
+
+/// Rows `positions` ([B, k]) of `hs` ([B, L, H]): [B, k, H].
+pub fn gather_rows(hs: &Tensor, positions: &Tensor) -> Tensor {
+    let (b, k) = (positions.size()[0], positions.size()[1]);
+    let h = *hs.size().last().unwrap();
+    hs.gather(1, &positions.unsqueeze(-1).expand([b, k, h], false), false)
 }
 
 /// A base model on disk: a Hugging Face checkpoint folder (`config.json` + `model.safetensors`).

@@ -228,23 +228,24 @@ impl Worker {
         let padded = i64::try_from(lengths.min()).unwrap() < lmax;
         let key_mask = padded.then(|| Tensor::arange(lmax, (Kind::Int64, dev)).unsqueeze(0).lt_tensor(&lengths.unsqueeze(1)).view([b, 1, 1, lmax]));
         let row_counts: Vec<i64> = parts.iter().map(|(e, _)| e.size()[0]).collect();
+        // Every row reads out its batch's largest k last tokens; each head then takes its own last k.
+        let kmax = good.iter().map(|j| self.adapters[&j.model_id].layers.meta.shape.readout_tokens).max().unwrap();
+        let positions = (lengths.unsqueeze(1) - kmax + Tensor::arange(kmax, (Kind::Int64, dev)).unsqueeze(0)).clamp_min(0);
         let ids: Vec<String> = good.iter().map(|j| j.model_id.clone()).collect();
         let hs = {
             let slots = self.row_slots(key, &ids, &row_counts);
             let shared = self.backbones.get_mut(key).unwrap();
             set_slots(shared.backbone.as_mut(), &slots);
-            let hs = shared.backbone.forward(&embeds, key_mask.as_ref(), false);
+            let hs = shared.backbone.forward_readout(&embeds, key_mask.as_ref(), false, &positions);
             set_slots(shared.backbone.as_mut(), &shared.originals);
             hs
         };
-        // Read out and answer each request with its own head.
+        // Answer each request with its own head on its own read-out rows.
         let mut start = 0;
         for (j, n) in good.into_iter().zip(row_counts) {
             let a = &self.adapters[&j.model_id];
             let k = a.layers.meta.shape.readout_tokens;
-            let len = lengths.narrow(0, start, n);
-            let idx = len.unsqueeze(1) - k + Tensor::arange(k, (Kind::Int64, dev)).unsqueeze(0);
-            let h = hs.narrow(0, start, n).gather(1, &idx.unsqueeze(-1).expand([n, k, hs.size()[2]], false), false);
+            let h = hs.narrow(0, start, n).narrow(1, kmax - k, k);
             let logits = a.layers.project(&h);
             let r = Ok(predictions(&a.objective, &logits));
             self.reply(j, r, t0);

@@ -59,8 +59,9 @@ pub fn save(dir: &Path, model: &FptModel, adam: &Adam, state: &LoopState, meta: 
     let names: Vec<String> = model.trained().map(|p| p.name.clone()).collect();
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for (i, n) in names.iter().enumerate() {
-        tensors.push((format!("m/{n}"), adam.m[i].shallow_clone()));
-        tensors.push((format!("v/{n}"), adam.v[i].shallow_clone()));
+        let (m, v) = adam.moments(i);
+        tensors.push((format!("m/{n}"), m));
+        tensors.push((format!("v/{n}"), v));
     }
     let state_meta = HashMap::from([
         ("loop".to_string(), serde_json::to_string(state)?),
@@ -98,8 +99,9 @@ pub fn restore(dir: &Path, model: &FptModel, adam: &mut Adam) -> Result<Option<L
         for (i, n) in names.iter().enumerate() {
             let m = by_name.get(&format!("m/{n}")).with_context(|| format!("checkpoint lacks optimiser state for `{n}`"))?;
             let v = by_name.get(&format!("v/{n}")).with_context(|| format!("checkpoint lacks optimiser state for `{n}`"))?;
-            adam.m[i].copy_(m);
-            adam.v[i].copy_(v);
+            let (mut am, mut av) = adam.moments(i);
+            am.copy_(m);
+            av.copy_(v);
         }
         Ok(())
     })?;

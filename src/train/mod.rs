@@ -386,8 +386,7 @@ impl Trainer<'_> {
             total += s.total;
             start += len;
         }
-        adam.clip_grad_norm(self.cfg.grad_clip);
-        adam.step(lr);
+        adam.step(lr, self.cfg.grad_clip);
         (loss, correct, total)
     }
 }
