@@ -60,6 +60,7 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the device)")
     p.add_argument("--profile", action="store_true",
                    help="print torch.profiler top-15 ops by self CPU time for 5 training steps (stderr)")
     a = p.parse_args()
@@ -123,7 +124,8 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
 
-    model = FPT(a, build_transformer(a))
+    dev = torch.device("cuda" if a.device.startswith("cuda") else "cpu")
+    model = FPT(a, build_transformer(a)).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     trainable_params = sum(p.numel() for p in params)
     total_params = sum(p.numel() for p in model.parameters())
@@ -132,13 +134,17 @@ def main():
 
     def autocast():
         if a.precision == "bf16":
-            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+            return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     # Pre-built inputs: data generation is not timed. A small pool of distinct batches.
     pool = 4
-    xs = [torch.randn(a.batch, a.tokens, a.dim) for _ in range(pool)]
-    ys = [torch.randint(0, a.classes, (a.batch,)) for _ in range(pool)]
+    xs = [torch.randn(a.batch, a.tokens, a.dim, device=dev) for _ in range(pool)]
+    ys = [torch.randint(0, a.classes, (a.batch,), device=dev) for _ in range(pool)]
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     def train_step(i):
         x, y = xs[i % pool], ys[i % pool]
@@ -155,9 +161,11 @@ def main():
     model.train()
     for i in range(a.warmup):
         train_step(i)
+    sync()
     t0 = time.perf_counter()
     for i in range(a.train_steps):
         loss = train_step(i)
+    sync()
     loss_val = float(loss.detach()) if a.train_steps else float("nan")
     train_s = time.perf_counter() - t0
 
@@ -178,10 +186,12 @@ def main():
         for i in range(a.warmup):
             with autocast():
                 model(xs[i % pool])
+        sync()
         t0 = time.perf_counter()
         for i in range(a.infer_batches):
             with autocast():
                 out = model(xs[i % pool])
+        sync()
         infer_s = time.perf_counter() - t0
     assert a.infer_batches == 0 or torch.isfinite(out.float()).all()
 

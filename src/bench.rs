@@ -33,8 +33,14 @@ pub struct BenchArgs {
     /// Batch size override (GPU tables use 16 and 64).
     #[arg(long)]
     pub batch: Option<i64>,
+    /// Timed steps and batches for `--case` (default: the case's own).
+    #[arg(long)]
+    pub steps: Option<usize>,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Precisions to compare (the orchestrator).
+    #[arg(long, value_delimiter = ',', default_value = "fp32,bf16")]
+    pub precisions: Vec<String>,
     /// Skip the Python reference.
     #[arg(long)]
     pub no_reference: bool,
@@ -78,6 +84,7 @@ fn cases() -> Vec<Case> {
 pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(name) = &a.case {
         let case = cases().into_iter().find(|c| c.name == name).with_context(|| format!("unknown case `{name}`"))?;
+        let case = Case { batch: a.batch.unwrap_or(case.batch), train_steps: a.steps.unwrap_or(case.train_steps), infer_batches: a.steps.unwrap_or(case.infer_batches), ..case };
         let r = run_ours(&case, &a)?;
         println!("{r}");
         return Ok(());
@@ -88,8 +95,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     eprintln!("matmul peak (GFLOP/s, {} threads): {peak}", a.threads);
     let mut rows = Vec::new();
     for case in cases().into_iter().filter(|c| a.cases.is_empty() || a.cases.iter().any(|n| n == c.name)) {
-        let case = Case { batch: a.batch.unwrap_or(case.batch), ..case };
-        for precision in ["fp32", "bf16"] {
+        // GPU steps take milliseconds: run ten times as many for stable timings.
+        let scale = if device.is_cuda() { 10 } else { 1 };
+        let case = Case { batch: a.batch.unwrap_or(case.batch), train_steps: case.train_steps * scale, infer_batches: case.infer_batches * scale, ..case };
+        for precision in a.precisions.iter().map(String::as_str) {
             let ours = spawn_ours(&case, precision, &a)?;
             let reference = if a.no_reference { Value::Null } else { run_reference(&case, precision, &a).unwrap_or_else(|e| json!({"error": format!("{e:#}")})) };
             let row = summarise(&case, precision, &ours, &reference, &peak);
@@ -123,7 +132,7 @@ fn matmul_peak(kind: Kind, device: Device, threads: i32) -> f64 {
 fn spawn_ours(case: &Case, precision: &str, a: &BenchArgs) -> Result<Value> {
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
-        .args(["bench", "--case", case.name, "--precision", precision, "--threads", &a.threads.to_string(), "--batch", &case.batch.to_string(), "--device", &a.device])
+        .args(["bench", "--case", case.name, "--precision", precision, "--threads", &a.threads.to_string(), "--batch", &case.batch.to_string(), "--device", &a.device, "--steps", &case.train_steps.to_string()])
         .output()?;
     if !out.status.success() {
         bail!("case {} ({precision}) failed: {}", case.name, String::from_utf8_lossy(&out.stderr));
@@ -137,7 +146,8 @@ fn run_reference(case: &Case, precision: &str, a: &BenchArgs) -> Result<Value> {
         "--heads".into(), case.heads.to_string(), "--positions".into(), case.positions.to_string(), "--inner".into(), case.inner.to_string(),
         "--tokens".into(), case.tokens.to_string(), "--dim".into(), case.dim.to_string(), "--classes".into(), case.classes.to_string(),
         "--batch".into(), case.batch.to_string(), "--precision".into(), precision.into(), "--train-steps".into(), case.train_steps.to_string(),
-        "--infer-batches".into(), case.infer_batches.to_string(), "--warmup".into(), "1".into(), "--threads".into(), a.threads.to_string(),
+        "--infer-batches".into(), case.infer_batches.to_string(), "--warmup".into(), (if case.train_steps >= 40 { "5" } else { "1" }).into(), "--threads".into(), a.threads.to_string(),
+        "--device".into(), if crate::model::parse_device(&a.device).map(|d| d.is_cuda()).unwrap_or(false) { "cuda".into() } else { "cpu".into() },
     ];
     let out = Command::new(&a.python).args(&args).env("HF_HUB_OFFLINE", "1").output().with_context(|| format!("running {}", a.python.display()))?;
     if !out.status.success() {
@@ -228,7 +238,10 @@ fn run_ours(c: &Case, a: &BenchArgs) -> Result<Value> {
         logits.select(1, 0).cross_entropy_for_logits(&y).backward();
         adam.step(1e-3, 1.0);
     };
-    step();
+    let warmup = if c.train_steps >= 40 { 5 } else { 1 };
+    for _ in 0..warmup {
+        step();
+    }
     sync();
     let t = Instant::now();
     for _ in 0..c.train_steps {
@@ -237,7 +250,9 @@ fn run_ours(c: &Case, a: &BenchArgs) -> Result<Value> {
     sync();
     let train_s = t.elapsed().as_secs_f64();
     let infer = || tch::no_grad(|| model.forward(&x, None, false));
-    let _ = infer();
+    for _ in 0..warmup {
+        let _ = infer();
+    }
     sync();
     let t = Instant::now();
     for _ in 0..c.infer_batches {
