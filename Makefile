@@ -8,11 +8,16 @@ MINILM := models/all-MiniLM-L6-v2
 MNIST := datasets/mnist/train-images-idx3-ubyte
 CARGO_ENV := HF_HUB_OFFLINE=1
 
-.PHONY: setup build serve test bench clean-data
+.PHONY: setup browser build serve test bench
 
 ## setup: project venv (torch 2.11.0 as libtorch, transformers as the test oracle), ./libtorch link,
 ## the offline base models in ./models, and the real MNIST digits in ./datasets/mnist.
-setup: $(SETUP_STAMP) libtorch $(MINILM)/model.safetensors $(MNIST)
+setup: $(SETUP_STAMP) libtorch $(MINILM)/model.safetensors $(MNIST) browser
+
+## browser: Debian's Chromium and ChromeDriver for the dashboard's end-to-end test.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 $(SETUP_STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

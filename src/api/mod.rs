@@ -6,6 +6,7 @@ pub mod jobs;
 pub mod models;
 pub mod ops;
 pub mod predictions;
+pub mod ui;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -78,6 +79,7 @@ pub fn routes() -> Vec<Route> {
     r.extend(models::routes());
     r.extend(predictions::routes());
     r.extend(ops::routes());
+    r.extend(ui::routes());
     r
 }
 

@@ -342,8 +342,9 @@ pub struct FileInfo {
 /// Detects an upload's format and validates all of it; the error names the line or record.
 pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInfo, data::DataError> {
     use data::Format;
-    let format = data::detect_format(filename, bytes)?;
     let info = |format, samples| Ok(FileInfo { format, samples });
+    // A plain tar can only be the MNIST pair (CIFAR-10 comes as .tar.gz, which detection knows).
+    let format = if is_tar(bytes) { Format::Cifar10TarGz } else { data::detect_format(filename, bytes)? };
     match format {
         Format::Jsonl | Format::Npz | Format::Safetensors => {
             let read = |spec: &RecordSpec| match format {
@@ -373,6 +374,9 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
                 let img = members.iter().find(|(n, _)| n.contains("images-idx3")).unwrap();
                 let lab = members.iter().find(|(n, _)| n.contains("labels-idx1")).ok_or_else(|| data::DataError::file("the archive has no *-labels-idx1-ubyte file"))?;
                 return info("mnist_idx", data::idx::load_idx_pair(&img.1, &lab.1)?.len());
+            }
+            if !bytes.starts_with(&[0x1f, 0x8b]) {
+                return Err(data::DataError::file("a tar archive must hold an MNIST *-images-idx3-ubyte / *-labels-idx1-ubyte pair (CIFAR-10: upload the .tar.gz)"));
             }
             info("cifar10_tar_gz", data::cifar::read_cifar10_targz(bytes, CifarSplit::Train)?.len())
         }

@@ -77,3 +77,4 @@ pub fn registry() -> fpt::model::ModelRegistry {
     fpt::model::ModelRegistry::new(tiny_models())
 }
 pub mod server;
+pub mod webdriver;
