@@ -46,6 +46,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Load-test a running server's predictions across several fine-tuned models.
     Loadtest(crate::loadtest::LoadtestArgs),
+    /// Run a grid of training runs from a spec file and write the results table and plots.
+    Experiment(crate::experiment::ExperimentArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -226,6 +228,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => crate::server::serve_blocking(a),
         Command::Bench(a) => crate::bench::run(a),
         Command::Loadtest(a) => crate::loadtest::run(a),
+        Command::Experiment(a) => crate::experiment::run(a),
     }
 }
 
@@ -279,12 +282,13 @@ impl ModelArgs {
     }
 }
 
-/// One training run, shared by `train` and `sweep`.
-struct RunResult {
-    summary: serde_json::Value,
+/// One training run, shared by `train`, `sweep` and `experiment`.
+pub struct RunResult {
+    pub summary: serde_json::Value,
+    pub curve: Vec<crate::train::Metrics>,
 }
 
-fn train_once(m: &ModelArgs, lr: f64, seed: u64, out: &Path, ckpt: &Path, quiet: bool) -> Result<RunResult> {
+pub fn train_once(m: &ModelArgs, lr: f64, seed: u64, out: &Path, ckpt: &Path, quiet: bool) -> Result<RunResult> {
     let (registry, device) = setup(&m.common)?;
     let base = registry.resolve(&m.model)?;
     let spec = m.task_spec()?;
@@ -310,8 +314,10 @@ fn train_once(m: &ModelArgs, lr: f64, seed: u64, out: &Path, ckpt: &Path, quiet:
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(cfg.n_steps) };
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap());
     let trainer = Trainer { model: &model, task: &task, cfg: cfg.clone(), seed, checkpoint_dir: ckpt.to_path_buf(), metadata: HashMap::new() };
+    let mut curve = Vec::new();
     let outcome = trainer.run(&Control::default(), &mut |p| match p {
         Progress::Metrics(mm) => {
+            curve.push(mm.clone());
             bar.set_position(mm.step);
             let valid = mm.valid_accuracy.map(|v| format!(" valid_acc {v:.4}")).unwrap_or_default();
             bar.set_message(format!("loss {:.4} acc {:.4}{valid} {:.0} samples/s", mm.train_loss, mm.train_accuracy, mm.samples_per_second));
@@ -341,8 +347,20 @@ fn train_once(m: &ModelArgs, lr: f64, seed: u64, out: &Path, ckpt: &Path, quiet:
         "lr": lr,
         "seed": seed,
         "adapter": out,
+        "paper_trained_parameters": paper_count(&base, &task),
     });
-    Ok(RunResult { summary })
+    Ok(RunResult { summary, curve })
+}
+
+/// The paper's count of trained parameters for this backbone and task (continuous inputs only).
+fn paper_count(base: &crate::model::BaseModel, task: &TaskData) -> Option<i64> {
+    let c = base.backbone_config().ok()?;
+    match task.shape.input {
+        crate::model::fpt::InputKind::Continuous { dim } => {
+            Some(crate::model::fpt::paper_param_count(c.hidden, c.layers, dim, task.shape.output_dim * task.shape.readout_tokens, task.info.seq_len as i64))
+        }
+        _ => None,
+    }
 }
 
 fn train(a: TrainArgs) -> Result<()> {

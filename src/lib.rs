@@ -17,6 +17,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod experiment;
 pub mod fsutil;
 pub mod loadtest;
 pub mod model;

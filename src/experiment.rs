@@ -1,0 +1,243 @@
+//! `fpt experiment <spec.toml>`: a grid of training runs (tasks x backbones x pretrained/random x
+//! freeze settings x learning rates x seeds) through the same engine as `fpt train`, collected into
+//! a results table (CSV, JSON, Markdown) and SVG plots: learning curves per group (pretrained vs
+//! random, by freeze setting) and accuracy against trained parameters.
+//!
+//! A run is written as `fpt train` arguments, so a spec reads like the command lines it stands for.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser};
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cli::{train_once, ModelArgs};
+
+#[derive(Args)]
+pub struct ExperimentArgs {
+    /// The spec (TOML).
+    pub spec: PathBuf,
+    /// Where results, adapters and plots go (default: the spec's `out_dir`).
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Only rebuild the table and plots from an earlier run's results.json.
+    #[arg(long)]
+    pub report_only: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spec {
+    name: String,
+    #[serde(default)]
+    description: String,
+    out_dir: PathBuf,
+    /// `fpt train` arguments every run gets.
+    #[serde(default)]
+    args: Vec<String>,
+    group: Vec<Group>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Group {
+    name: String,
+    task: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default = "both_inits")]
+    inits: Vec<String>,
+    #[serde(default = "default_freeze")]
+    freeze: Vec<String>,
+    #[serde(default = "default_lr")]
+    lrs: Vec<f64>,
+    #[serde(default = "default_seeds")]
+    seeds: Vec<u64>,
+}
+
+fn both_inits() -> Vec<String> {
+    vec!["pretrained".into(), "random".into()]
+}
+fn default_freeze() -> Vec<String> {
+    vec!["default".into()]
+}
+fn default_lr() -> Vec<f64> {
+    vec![1e-3]
+}
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// Freeze presets: the recipe's default and the paper's successive unfreezing (Table 10).
+fn freeze_flags(preset: &str) -> Result<Vec<&'static str>> {
+    Ok(match preset {
+        "default" | "+positions" => vec![],
+        "output_only" => vec!["--freeze-ln", "--freeze-pos", "--freeze-in"],
+        "+ln" => vec!["--freeze-pos", "--freeze-in"],
+        "+input" => vec!["--freeze-pos"],
+        "full" => vec!["--freeze-attn=false", "--freeze-ff=false"],
+        other => anyhow::bail!("unknown freeze preset `{other}` (default, output_only, +ln, +input, +positions, full)"),
+    })
+}
+
+#[derive(Parser)]
+struct Wrap {
+    #[command(flatten)]
+    m: ModelArgs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunRecord {
+    group: String,
+    task: String,
+    init: String,
+    freeze: String,
+    lr: f64,
+    seed: u64,
+    summary: Value,
+    curve: Vec<(u64, f64, Option<f64>)>,
+}
+
+pub fn run(a: ExperimentArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.spec).with_context(|| format!("reading {}", a.spec.display()))?;
+    let spec: Spec = toml::from_str(&text).with_context(|| format!("{} is not a valid experiment spec", a.spec.display()))?;
+    let out = a.out_dir.clone().unwrap_or_else(|| spec.out_dir.clone());
+    std::fs::create_dir_all(out.join("runs"))?;
+    let results_path = out.join("results.json");
+    let records: Vec<RunRecord> = if a.report_only {
+        serde_json::from_str(&std::fs::read_to_string(&results_path)?)?
+    } else {
+        run_grid(&spec, &out)?
+    };
+    std::fs::write(&results_path, serde_json::to_string_pretty(&records)?)?;
+    write_csv(&out.join("results.csv"), &records)?;
+    std::fs::write(out.join("results.md"), table(&spec, &records))?;
+    plot_curves(&out, &records)?;
+    plot_params(&out.join("accuracy_vs_parameters.svg"), &records)?;
+    println!("{}", table(&spec, &records));
+    eprintln!("results in {}", out.display());
+    Ok(())
+}
+
+fn run_grid(spec: &Spec, out: &Path) -> Result<Vec<RunRecord>> {
+    let mut records = Vec::new();
+    for g in &spec.group {
+        for init in &g.inits {
+            for preset in &g.freeze {
+                for &lr in &g.lrs {
+                    for &seed in &g.seeds {
+                        let name = format!("{}-{init}-{}-lr{lr:e}-s{seed}", g.name, preset.replace('+', "plus_"));
+                        let mut argv: Vec<String> = vec!["fpt".into(), "--task".into(), g.task.clone()];
+                        argv.extend(spec.args.iter().cloned());
+                        argv.extend(g.args.iter().cloned());
+                        if init == "random" {
+                            argv.push("--no-pretrained".into());
+                        }
+                        argv.extend(freeze_flags(preset)?.iter().map(|s| s.to_string()));
+                        let m = Wrap::try_parse_from(&argv).with_context(|| format!("group `{}`: bad arguments {argv:?}", g.name))?.m;
+                        eprintln!("[{}] {name}", spec.name);
+                        let adapter = out.join("runs").join(format!("{name}.safetensors"));
+                        let ckpt = out.join("runs").join(format!("{name}.ckpt"));
+                        let _ = std::fs::remove_dir_all(&ckpt);
+                        let r = train_once(&m, lr, seed, &adapter, &ckpt, true)?;
+                        let _ = std::fs::remove_dir_all(&ckpt);
+                        eprintln!("{}", r.summary);
+                        records.push(RunRecord {
+                            group: g.name.clone(),
+                            task: g.task.clone(),
+                            init: init.clone(),
+                            freeze: preset.clone(),
+                            lr,
+                            seed,
+                            summary: r.summary,
+                            curve: r.curve.iter().map(|c| (c.step, c.train_loss, c.valid_accuracy)).collect(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(records)
+}
+
+fn acc(r: &RunRecord) -> f64 {
+    r.summary["best_valid_accuracy"].as_f64().unwrap_or(f64::NAN)
+}
+
+fn write_csv(path: &Path, records: &[RunRecord]) -> Result<()> {
+    let mut s = String::from("group,task,init,freeze,lr,seed,steps,best_valid_accuracy,final_valid_accuracy,train_loss,trainable_parameters,wall_seconds\n");
+    for r in records {
+        let f = |k: &str| r.summary[k].to_string();
+        s.push_str(&format!(
+            "{},\"{}\",{},{},{},{},{},{},{},{},{},{}\n",
+            r.group, r.task.replace('"', "\"\""), r.init, r.freeze, r.lr, r.seed, f("steps"), f("best_valid_accuracy"), f("valid_accuracy"), f("train_loss"), f("trainable_parameters"), f("wall_seconds")
+        ));
+    }
+    Ok(std::fs::write(path, s)?)
+}
+
+/// Mean and spread (max - min) of best validation accuracy per (group, init, freeze, lr).
+fn table(spec: &Spec, records: &[RunRecord]) -> String {
+    let mut cells: BTreeMap<(String, String, String, String), Vec<f64>> = BTreeMap::new();
+    for r in records {
+        cells.entry((r.group.clone(), r.freeze.clone(), r.init.clone(), format!("{:e}", r.lr))).or_default().push(acc(r));
+    }
+    let mut s = format!("### {}\n\n{}\n\n| group | freeze | init | lr | runs | best valid accuracy (mean) | spread over seeds |\n|---|---|---|---|---|---|---|\n", spec.name, spec.description);
+    for ((g, f, i, lr), v) in &cells {
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let spread = v.iter().cloned().fold(f64::MIN, f64::max) - v.iter().cloned().fold(f64::MAX, f64::min);
+        s.push_str(&format!("| {g} | {f} | {i} | {lr} | {} | {:.2}% | {:.2} pts |\n", v.len(), 100.0 * mean, 100.0 * spread));
+    }
+    s
+}
+
+fn plot_curves(out: &Path, records: &[RunRecord]) -> Result<()> {
+    let groups: Vec<String> = records.iter().map(|r| r.group.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    for g in groups {
+        let runs: Vec<&RunRecord> = records.iter().filter(|r| r.group == g).collect();
+        let path = out.join(format!("curve-{g}.svg"));
+        let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let xmax = runs.iter().flat_map(|r| r.curve.iter().map(|c| c.0)).max().unwrap_or(1) as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("{g}: validation accuracy by step"), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(32)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0f64..xmax, 0f64..1.0)?;
+        chart.configure_mesh().x_desc("step").y_desc("accuracy").draw()?;
+        for (i, r) in runs.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let pts: Vec<(f64, f64)> = r.curve.iter().filter_map(|c| c.2.map(|a| (c.0 as f64, a))).collect();
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+                .label(format!("{} {} lr {:e} s{}", r.init, r.freeze, r.lr, r.seed))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw()?;
+        root.present()?;
+    }
+    Ok(())
+}
+
+fn plot_params(path: &Path, records: &[RunRecord]) -> Result<()> {
+    let pts: Vec<(f64, f64, String)> = records
+        .iter()
+        .filter_map(|r| r.summary["trainable_parameters"].as_f64().map(|p| (p.max(1.0).log10(), acc(r), format!("{} {}", r.group, r.freeze))))
+        .collect();
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (lo, hi) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let mut chart = ChartBuilder::on(&root)
+        .caption("best validation accuracy vs trained parameters (log10)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(44)
+        .build_cartesian_2d((lo - 0.2)..(hi + 0.2), 0f64..1.0)?;
+    chart.configure_mesh().x_desc("log10 trained parameters").y_desc("accuracy").draw()?;
+    chart.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, BLUE.filled())))?;
+    root.present()?;
+    Ok(())
+}
