@@ -8,7 +8,7 @@ MINILM := models/all-MiniLM-L6-v2
 MNIST := datasets/mnist/train-images-idx3-ubyte
 CARGO_ENV := HF_HUB_OFFLINE=1
 
-.PHONY: setup browser build serve test bench
+.PHONY: setup browser build serve test bench experiment
 
 ## setup: project venv (torch 2.11.0 as libtorch, transformers as the test oracle), ./libtorch link,
 ## the offline base models in ./models, and the real MNIST digits in ./datasets/mnist.
@@ -48,3 +48,7 @@ test: setup
 
 bench: build
 	./target/release/fpt bench
+
+## experiment: the CPU suite of docs/results.md (about an hour on 2 cores); regenerates it and its plots.
+experiment: build
+	./target/release/fpt experiment experiments/cpu-suite.toml

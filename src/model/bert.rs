@@ -126,15 +126,30 @@ impl Bert {
         Ok(Self { cfg, position, token_type0, embed_ln, layers })
     }
 
-    fn layer(&self, l: &Layer, x: &Tensor, key_mask: Option<&Tensor>, train: bool) -> Tensor {
+    /// One layer; with `only` ([B, k] positions) the queries and everything after attention are
+    /// computed for those tokens alone (keys and values still come from every token).
+    fn layer(&self, l: &Layer, x: &Tensor, key_mask: Option<&Tensor>, train: bool, only: Option<&Tensor>) -> Tensor {
         let drop = |t: Tensor| if train && self.cfg.hidden_dropout > 0.0 { t.dropout(self.cfg.hidden_dropout, true) } else { t };
         let h = self.cfg.heads;
-        let (q, k, v) = (split_heads(&l.query.forward(x), h), split_heads(&l.key.forward(x), h), split_heads(&l.value.forward(x), h));
+        let rows = match only {
+            Some(pos) => super::gather_rows(x, pos),
+            None => x.shallow_clone(),
+        };
+        let (q, k, v) = (split_heads(&l.query.forward(&rows), h), split_heads(&l.key.forward(x), h), split_heads(&l.value.forward(x), h));
         let attn_p = if train { self.cfg.attn_dropout } else { 0.0 };
         let a = merge_heads(&attention(&q, &k, &v, key_mask, false, attn_p));
-        let x = l.attn_ln.forward(&(drop(l.attn_out.forward(&a)) + x));
+        let x = l.attn_ln.forward(&(drop(l.attn_out.forward(&a)) + rows));
         let m = l.output.forward(&activation(&l.intermediate.forward(&x), &self.cfg.activation));
         l.output_ln.forward(&(drop(m) + &x))
+    }
+}
+
+impl Bert {
+    fn embed(&self, embeds: &Tensor, train: bool) -> Tensor {
+        let l = embeds.size()[1];
+        let pos = if self.position.dim() == 2 { self.position.narrow(0, 0, l) } else { self.position.narrow(1, 0, l) };
+        let x = self.embed_ln.forward(&(embeds + pos + &self.token_type0));
+        if train && self.cfg.embed_dropout > 0.0 { x.dropout(self.cfg.embed_dropout, true) } else { x }
     }
 }
 
@@ -144,16 +159,20 @@ impl Backbone for Bert {
     }
 
     fn forward(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool) -> Tensor {
-        let l = embeds.size()[1];
-        let pos = if self.position.dim() == 2 { self.position.narrow(0, 0, l) } else { self.position.narrow(1, 0, l) };
-        let mut x = self.embed_ln.forward(&(embeds + pos + &self.token_type0));
-        if train && self.cfg.embed_dropout > 0.0 {
-            x = x.dropout(self.cfg.embed_dropout, true);
-        }
+        let mut x = self.embed(embeds, train);
         for layer in &self.layers {
-            x = self.layer(layer, &x, key_mask, train);
+            x = self.layer(layer, &x, key_mask, train, None);
         }
         x
+    }
+
+    fn forward_readout(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool, positions: &Tensor) -> Tensor {
+        let mut x = self.embed(embeds, train);
+        let n = self.layers.len();
+        for layer in &self.layers[..n - 1] {
+            x = self.layer(layer, &x, key_mask, train, None);
+        }
+        self.layer(&self.layers[n - 1], &x, key_mask, train, Some(positions))
     }
 
     fn adapter_slots_mut(&mut self) -> Vec<(String, &mut Tensor)> {
