@@ -168,13 +168,7 @@ pub fn write_idx_labels(labels: &[i64]) -> Result<Vec<u8>, DataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
-    }
+    use crate::data::gzip;
 
     fn two_images() -> Vec<u8> {
         // Two 2x3 images whose pixel values are their flat index, so placement is checkable.
