@@ -1,0 +1,103 @@
+//! The `fpt` command line in the forms the project's checks call: train, eval, predict, sweep,
+//! resume after a kill, and base models that cannot be found offline.
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Runs `fpt` with the tiny test models (and fp32, so results do not depend on the CPU).
+fn fpt(args: &[&str]) -> std::process::Output {
+    let models = common::tiny_models();
+    Command::new(env!("CARGO_BIN_EXE_fpt"))
+        .args(args)
+        .args(["--models-dir", models.to_str().unwrap(), "--precision", "fp32"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+fn last_json(out: &std::process::Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{}", text, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(text.lines().rev().find(|l| l.starts_with('{')).unwrap()).unwrap()
+}
+
+#[test]
+fn train_eval_predict_and_sweep() {
+    let dir = common::tempdir();
+    let adapter = dir.path().join("xor.safetensors");
+    let task = r#"{"type":"bit_xor","n_bits":3,"n_valid":64}"#;
+    let s = last_json(&fpt(&["train", "--model", "tiny-gpt2", "--task", task, "--steps", "30", "--eval-every", "10", "--out", adapter.to_str().unwrap(), "--quiet"]));
+    for k in ["steps", "train_loss", "valid_accuracy", "samples_per_second", "wall_seconds", "trainable_parameters"] {
+        assert!(!s[k].is_null(), "summary lacks {k}: {s}");
+    }
+    assert_eq!(s["steps"], 30);
+    let e = last_json(&fpt(&["eval", "--adapter", adapter.to_str().unwrap()]));
+    assert_eq!(e["samples"], 64);
+    assert!(e["accuracy"].as_f64().unwrap() >= 0.0 && e["loss"].is_number());
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"input\": [1, 0, 1, 0, 0, 1]}\n[0, 0, 0, 1, 1, 1]\n").unwrap();
+    let out = fpt(&["predict", "--adapter", adapter.to_str().unwrap(), "--input", input.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["bits"].as_array().unwrap().len(), 3);
+    // A bad record is named.
+    std::fs::write(&input, "[1, 0]\n").unwrap();
+    let out = fpt(&["predict", "--adapter", adapter.to_str().unwrap(), "--input", input.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("record 0"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let sweep = fpt(&["sweep", "--model", "tiny-gpt2", "--task", task, "--steps", "10", "--eval-every", "5", "--lr", "1e-3,3e-3", "--seeds", "0,1", "--out-dir", dir.path().join("sweep").to_str().unwrap()]);
+    let best = last_json(&sweep);
+    assert_eq!(best["runs"], 4);
+    assert!([1e-3, 3e-3].contains(&best["best_lr"].as_f64().unwrap()));
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_metrics() {
+    let dir = common::tempdir();
+    let task = r#"{"type":"bit_xor","n_bits":3,"n_valid":64}"#;
+    let args = |out: &str| vec!["train".to_string(), "--model".into(), "tiny-gpt2".into(), "--task".into(), task.into(), "--steps".into(), "400".into(), "--eval-every".into(), "100".into(), "--checkpoint-every".into(), "50".into(), "--seed".into(), "3".into(), "--out".into(), out.into(), "--quiet".into(), "--models-dir".into(), common::tiny_models().display().to_string(), "--precision".into(), "fp32".into()];
+    let plain = dir.path().join("plain.safetensors");
+    let full = last_json(&Command::new(env!("CARGO_BIN_EXE_fpt")).args(args(plain.to_str().unwrap())).output().unwrap());
+    // Kill a second run once it has checkpointed, then run the same command again.
+    let killed = dir.path().join("killed.safetensors");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fpt")).args(args(killed.to_str().unwrap())).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let latest = dir.path().join("killed.safetensors.ckpt/latest.json");
+    let start = Instant::now();
+    while !latest.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let step: Value = serde_json::from_str(&std::fs::read_to_string(&latest).unwrap()).unwrap();
+    let resumed = last_json(&Command::new(env!("CARGO_BIN_EXE_fpt")).args(args(killed.to_str().unwrap())).output().unwrap());
+    assert!(step["step"].as_u64().unwrap() < 400);
+    for k in ["valid_accuracy", "valid_loss", "train_loss", "best_valid_accuracy", "steps"] {
+        assert_eq!(resumed[k], full[k], "{k}");
+    }
+}
+
+#[test]
+fn a_hub_model_that_cannot_be_had_fails_at_once_with_directions() {
+    let empty = common::tempdir();
+    for offline in ["1", "0"] {
+        let t = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_fpt"))
+            .args(["train", "--model", "gpt2", "--task", "bit_xor", "--out", "/dev/null", "--models-dir", empty.path().to_str().unwrap()])
+            .env("HF_HUB_OFFLINE", offline)
+            .env("HF_HUB_CACHE", empty.path())
+            // A closed local port stands in for a hub that cannot be reached.
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("config.json and model.safetensors") && err.contains("gpt2"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(15), "no hang");
+    }
+}
