@@ -111,11 +111,12 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
     let out = a.out_dir.clone().unwrap_or_else(|| spec.out_dir.clone());
     std::fs::create_dir_all(out.join("runs"))?;
     let results_path = out.join("results.json");
-    let records: Vec<RunRecord> = if a.report_only {
-        serde_json::from_str(&std::fs::read_to_string(&results_path)?)?
-    } else {
-        run_grid(&spec, &out)?
+    // Finished runs are kept in results.json as they complete: a stopped suite resumes where it was.
+    let done: Vec<RunRecord> = match std::fs::read_to_string(&results_path) {
+        Ok(t) => serde_json::from_str(&t).with_context(|| format!("{} is corrupt", results_path.display()))?,
+        Err(_) => Vec::new(),
     };
+    let records: Vec<RunRecord> = if a.report_only { done } else { run_grid(&spec, &out, done, &results_path)? };
     std::fs::write(&results_path, serde_json::to_string_pretty(&records)?)?;
     write_csv(&out.join("results.csv"), &records)?;
     std::fs::write(out.join("results.md"), table(&spec, &records))?;
@@ -129,7 +130,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_grid(spec: &Spec, out: &Path) -> Result<Vec<RunRecord>> {
+fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path) -> Result<Vec<RunRecord>> {
     let mut records = Vec::new();
     for g in &spec.group {
         for init in &g.inits {
@@ -137,6 +138,12 @@ fn run_grid(spec: &Spec, out: &Path) -> Result<Vec<RunRecord>> {
                 for &lr in &g.lrs {
                     for &seed in &g.seeds {
                         let name = format!("{}-{init}-{}-lr{lr:e}-s{seed}", g.name, preset.replace('+', "plus_"));
+                        let same = |r: &&RunRecord| r.group == g.name && r.task == g.task && &r.init == init && &r.freeze == preset && r.lr == lr && r.seed == seed;
+                        if let Some(r) = done.iter().find(same) {
+                            eprintln!("[{}] {name}: done before", spec.name);
+                            records.push(r.clone());
+                            continue;
+                        }
                         let mut argv: Vec<String> = vec!["fpt".into(), "--task".into(), g.task.clone()];
                         argv.extend(spec.args.iter().cloned());
                         argv.extend(g.args.iter().cloned());
@@ -162,6 +169,7 @@ fn run_grid(spec: &Spec, out: &Path) -> Result<Vec<RunRecord>> {
                             summary: r.summary,
                             curve: r.curve.iter().map(|c| (c.step, c.train_loss, c.valid_accuracy)).collect(),
                         });
+                        crate::fsutil::write_atomic(results_path, serde_json::to_string_pretty(&records)?.as_bytes())?;
                     }
                 }
             }
