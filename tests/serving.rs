@@ -33,7 +33,9 @@ fn xor_inputs() -> Value {
 
 #[test]
 fn a_mixed_batch_gives_the_same_outputs_as_each_adapter_alone() {
-    let s = Server::start(&["--max-batch-wait-ms", "400"]);
+    // The three requests hold 8 rows: the batcher closes a batch at 8 rows, or after 3 s, so the
+    // concurrent round shares one batch however slowly the requests arrive on a loaded machine.
+    let s = Server::start(&["--max-batch-wait-ms", "3000", "--max-batch-size", "8"]);
     let f = s.upload_ok("train.jsonl", sign_dataset(64, 1));
     let a = train(&s, serde_json::from_str(SIGN_TASK).unwrap(), Some(&f), 1);
     let b = train(&s, serde_json::from_str(SIGN_TASK).unwrap(), Some(&f), 2);
