@@ -7,7 +7,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
-use super::{idempotency_key, idempotent, list_response, AppState, ListQuery, Route};
+use super::{idempotency_key, idempotent, list_of, AppState, ListQuery, Route};
 use crate::queue::file_path;
 use crate::store::{new_id, now, FileRow, Page};
 
@@ -76,8 +76,7 @@ async fn receive(state: &AppState, mut multipart: Multipart) -> ApiResult<Value>
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
     let limit = q.limit()?;
     let rows = state.store.files(&Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
-    let objs: Vec<Value> = rows.iter().map(file_object).collect();
-    Ok(Json(list_response(objs, limit, |v| v["id"].as_str().unwrap_or("").to_string())))
+    Ok(list_of(&rows, limit, file_object))
 }
 
 async fn find(state: &AppState, id: &str) -> ApiResult<FileRow> {

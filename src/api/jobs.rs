@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{parse_json, ApiError, ApiResult};
-use super::{idempotency_key, idempotent, list_response, AppState, ListQuery, Route};
+use super::{idempotency_key, idempotent, list_of, AppState, ListQuery, Route};
 use crate::queue::{file_path, Method};
 use crate::store::{new_id, now, EventRow, JobRow, Page};
 use crate::tasks::{DataSources, TaskData, TaskSpec};
@@ -160,8 +160,7 @@ fn state_files_dir(paths: &[Option<std::path::PathBuf>]) -> String {
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
     let limit = q.limit()?;
     let rows = state.store.jobs(&Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
-    let objs: Vec<Value> = rows.iter().map(job_object).collect();
-    Ok(Json(list_response(objs, limit, |v| v["id"].as_str().unwrap_or("").to_string())))
+    Ok(list_of(&rows, limit, job_object))
 }
 
 async fn find(state: &AppState, id: &str) -> ApiResult<JobRow> {
@@ -236,8 +235,7 @@ async fn events(State(state): State<AppState>, Path(id): Path<String>, Query(q):
     if !q.stream.unwrap_or(false) {
         let limit = q.limit()?;
         let rows = state.store.events(&id, after, limit + 1).await?;
-        let objs: Vec<Value> = rows.iter().map(event_object).collect();
-        return Ok(Json(list_response(objs, limit, |v| v["id"].as_str().unwrap_or("").to_string())).into_response());
+        return Ok(list_of(&rows, limit, event_object).into_response());
     }
     if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         after = event_seq(last, "Last-Event-ID")?;
@@ -271,15 +269,11 @@ async fn checkpoints(State(state): State<AppState>, Path(id): Path<String>, Quer
     find(&state, &id).await?;
     let limit = q.limit()?;
     let rows = state.store.checkpoints(&id, &Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
-    let objs: Vec<Value> = rows
-        .iter()
-        .map(|c| {
-            json!({
-                "id": c.id, "object": "fine_tuning.job.checkpoint", "created_at": c.created_at, "step_number": c.step_number,
-                "metrics": c.metrics.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()).unwrap_or(json!({})),
-                "fine_tuned_model_checkpoint": c.model_id, "fine_tuning_job_id": c.job_id,
-            })
+    Ok(list_of(&rows, limit, |c| {
+        json!({
+            "id": c.id, "object": "fine_tuning.job.checkpoint", "created_at": c.created_at, "step_number": c.step_number,
+            "metrics": c.metrics.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()).unwrap_or(json!({})),
+            "fine_tuned_model_checkpoint": c.model_id, "fine_tuning_job_id": c.job_id,
         })
-        .collect();
-    Ok(Json(list_response(objs, limit, |v| v["id"].as_str().unwrap_or("").to_string())))
+    }))
 }

@@ -187,6 +187,12 @@ pub fn list_response<T: serde::Serialize>(mut rows: Vec<T>, limit: i64, id: impl
     serde_json::json!({"object": "list", "data": rows, "has_more": has_more, "first_id": first, "last_id": last})
 }
 
+/// A list response of `rows` (fetched as limit+1) turned into objects that carry an `id`.
+pub fn list_of<T>(rows: &[T], limit: i64, object: impl Fn(&T) -> serde_json::Value) -> axum::Json<serde_json::Value> {
+    let objs: Vec<serde_json::Value> = rows.iter().map(object).collect();
+    axum::Json(list_response(objs, limit, |v| v["id"].as_str().unwrap_or("").to_string()))
+}
+
 /// The `Idempotency-Key` of a request, if any.
 pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Option<String> {
     headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty() && k.len() <= 255).map(String::from)
