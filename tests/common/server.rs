@@ -28,10 +28,11 @@ impl Server {
         s
     }
 
-    /// Starts a server on `data_dir` (a restart keeps the folder).
+    /// Starts a server on `data_dir` (a restart keeps the folder). One libtorch thread: tests run
+    /// side by side, and OpenMP teams spinning on shared cores slow every one of them down.
     pub fn start_on(data_dir: &Path, extra: &[&str]) -> Server {
         let models = super::tiny_models();
-        let mut args: Vec<String> = vec!["serve".into(), "--bind".into(), "127.0.0.1:0".into(), "--data-dir".into(), data_dir.display().to_string(), "--models-dir".into(), models.display().to_string(), "--precision".into(), "fp32".into()];
+        let mut args: Vec<String> = vec!["serve".into(), "--bind".into(), "127.0.0.1:0".into(), "--data-dir".into(), data_dir.display().to_string(), "--models-dir".into(), models.display().to_string(), "--precision".into(), "fp32".into(), "--threads".into(), "1".into()];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_fpt"))
             .args(&args)
@@ -119,7 +120,7 @@ impl Server {
     }
 
     pub fn wait_finished(&self, id: &str) -> Value {
-        self.wait_for(id, Duration::from_secs(240), |s| matches!(s, "succeeded" | "failed" | "cancelled"))
+        self.wait_for(id, Duration::from_secs(600), |s| matches!(s, "succeeded" | "failed" | "cancelled"))
     }
 
     /// All events of a job, oldest first.
