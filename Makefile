@@ -44,6 +44,7 @@ serve: build
 	./target/release/fpt serve
 
 test: setup
+	cargo fmt --check
 	$(CARGO_ENV) cargo test --no-fail-fast
 
 bench: build

@@ -71,12 +71,54 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let gpt2 = |name, tokens, dim, batch, steps| Case { name, arch: "gpt2", layers: 12, hidden: 768, heads: 12, inner: 3072, positions: 1024, tokens, dim, classes: 10, batch, train_steps: steps, infer_batches: steps };
+    let gpt2 = |name, tokens, dim, batch, steps| Case {
+        name,
+        arch: "gpt2",
+        layers: 12,
+        hidden: 768,
+        heads: 12,
+        inner: 3072,
+        positions: 1024,
+        tokens,
+        dim,
+        classes: 10,
+        batch,
+        train_steps: steps,
+        infer_batches: steps,
+    };
     vec![
-        Case { name: "tiny", arch: "gpt2", layers: 2, hidden: 64, heads: 2, inner: 256, positions: 64, tokens: 49, dim: 16, classes: 10, batch: 16, train_steps: 60, infer_batches: 60 },
+        Case {
+            name: "tiny",
+            arch: "gpt2",
+            layers: 2,
+            hidden: 64,
+            heads: 2,
+            inner: 256,
+            positions: 64,
+            tokens: 49,
+            dim: 16,
+            classes: 10,
+            batch: 16,
+            train_steps: 60,
+            infer_batches: 60,
+        },
         gpt2("gpt2-mnist", 49, 16, 16, 8),
         gpt2("gpt2-cifar10", 64, 48, 16, 8),
-        Case { name: "minilm", arch: "bert", layers: 6, hidden: 384, heads: 12, inner: 1536, positions: 512, tokens: 49, dim: 16, classes: 10, batch: 16, train_steps: 20, infer_batches: 20 },
+        Case {
+            name: "minilm",
+            arch: "bert",
+            layers: 6,
+            hidden: 384,
+            heads: 12,
+            inner: 1536,
+            positions: 512,
+            tokens: 49,
+            dim: 16,
+            classes: 10,
+            batch: 16,
+            train_steps: 20,
+            infer_batches: 20,
+        },
         gpt2("gpt2-lra", 1024, 1, 4, 2),
     ]
 }
@@ -84,7 +126,12 @@ fn cases() -> Vec<Case> {
 pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(name) = &a.case {
         let case = cases().into_iter().find(|c| c.name == name).with_context(|| format!("unknown case `{name}`"))?;
-        let case = Case { batch: a.batch.unwrap_or(case.batch), train_steps: a.steps.unwrap_or(case.train_steps), infer_batches: a.steps.unwrap_or(case.infer_batches), ..case };
+        let case = Case {
+            batch: a.batch.unwrap_or(case.batch),
+            train_steps: a.steps.unwrap_or(case.train_steps),
+            infer_batches: a.steps.unwrap_or(case.infer_batches),
+            ..case
+        };
         let r = run_ours(&case, &a)?;
         println!("{r}");
         return Ok(());
@@ -97,10 +144,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for case in cases().into_iter().filter(|c| a.cases.is_empty() || a.cases.iter().any(|n| n == c.name)) {
         // GPU steps take milliseconds: run ten times as many for stable timings.
         let scale = if device.is_cuda() { 10 } else { 1 };
-        let case = Case { batch: a.batch.unwrap_or(case.batch), train_steps: case.train_steps * scale, infer_batches: case.infer_batches * scale, ..case };
+        let case = Case {
+            batch: a.batch.unwrap_or(case.batch),
+            train_steps: case.train_steps * scale,
+            infer_batches: case.infer_batches * scale,
+            ..case
+        };
         for precision in a.precisions.iter().map(String::as_str) {
             let ours = spawn_ours(&case, precision, &a)?;
-            let reference = if a.no_reference { Value::Null } else { run_reference(&case, precision, &a).unwrap_or_else(|e| json!({"error": format!("{e:#}")})) };
+            let reference = if a.no_reference {
+                Value::Null
+            } else {
+                run_reference(&case, precision, &a).unwrap_or_else(|e| json!({"error": format!("{e:#}")}))
+            };
             let row = summarise(&case, precision, &ours, &reference, &peak);
             eprintln!("{row}");
             rows.push(row);
@@ -108,7 +164,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     print_table(&rows, &peak);
     let out = a.out_dir.join("bench.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&json!({"peak_gflops": peak, "rows": rows, "threads": a.threads, "device": a.device}))?)?;
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&json!({"peak_gflops": peak, "rows": rows, "threads": a.threads, "device": a.device}))?,
+    )?;
     eprintln!("results in {}", out.display());
     Ok(())
 }
@@ -132,7 +191,21 @@ fn matmul_peak(kind: Kind, device: Device, threads: i32) -> f64 {
 fn spawn_ours(case: &Case, precision: &str, a: &BenchArgs) -> Result<Value> {
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
-        .args(["bench", "--case", case.name, "--precision", precision, "--threads", &a.threads.to_string(), "--batch", &case.batch.to_string(), "--device", &a.device, "--steps", &case.train_steps.to_string()])
+        .args([
+            "bench",
+            "--case",
+            case.name,
+            "--precision",
+            precision,
+            "--threads",
+            &a.threads.to_string(),
+            "--batch",
+            &case.batch.to_string(),
+            "--device",
+            &a.device,
+            "--steps",
+            &case.train_steps.to_string(),
+        ])
         .output()?;
     if !out.status.success() {
         bail!("case {} ({precision}) failed: {}", case.name, String::from_utf8_lossy(&out.stderr));
@@ -142,14 +215,45 @@ fn spawn_ours(case: &Case, precision: &str, a: &BenchArgs) -> Result<Value> {
 
 fn run_reference(case: &Case, precision: &str, a: &BenchArgs) -> Result<Value> {
     let args: Vec<String> = vec![
-        "bench/reference.py".into(), "--arch".into(), case.arch.into(), "--layers".into(), case.layers.to_string(), "--hidden".into(), case.hidden.to_string(),
-        "--heads".into(), case.heads.to_string(), "--positions".into(), case.positions.to_string(), "--inner".into(), case.inner.to_string(),
-        "--tokens".into(), case.tokens.to_string(), "--dim".into(), case.dim.to_string(), "--classes".into(), case.classes.to_string(),
-        "--batch".into(), case.batch.to_string(), "--precision".into(), precision.into(), "--train-steps".into(), case.train_steps.to_string(),
-        "--infer-batches".into(), case.infer_batches.to_string(), "--warmup".into(), (if case.train_steps >= 40 { "5" } else { "1" }).into(), "--threads".into(), a.threads.to_string(),
-        "--device".into(), if crate::model::parse_device(&a.device).map(|d| d.is_cuda()).unwrap_or(false) { "cuda".into() } else { "cpu".into() },
+        "bench/reference.py".into(),
+        "--arch".into(),
+        case.arch.into(),
+        "--layers".into(),
+        case.layers.to_string(),
+        "--hidden".into(),
+        case.hidden.to_string(),
+        "--heads".into(),
+        case.heads.to_string(),
+        "--positions".into(),
+        case.positions.to_string(),
+        "--inner".into(),
+        case.inner.to_string(),
+        "--tokens".into(),
+        case.tokens.to_string(),
+        "--dim".into(),
+        case.dim.to_string(),
+        "--classes".into(),
+        case.classes.to_string(),
+        "--batch".into(),
+        case.batch.to_string(),
+        "--precision".into(),
+        precision.into(),
+        "--train-steps".into(),
+        case.train_steps.to_string(),
+        "--infer-batches".into(),
+        case.infer_batches.to_string(),
+        "--warmup".into(),
+        (if case.train_steps >= 40 { "5" } else { "1" }).into(),
+        "--threads".into(),
+        a.threads.to_string(),
+        "--device".into(),
+        if crate::model::parse_device(&a.device).map(|d| d.is_cuda()).unwrap_or(false) { "cuda".into() } else { "cpu".into() },
     ];
-    let out = Command::new(&a.python).args(&args).env("HF_HUB_OFFLINE", "1").output().with_context(|| format!("running {}", a.python.display()))?;
+    let out = Command::new(&a.python)
+        .args(&args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .with_context(|| format!("running {}", a.python.display()))?;
     if !out.status.success() {
         bail!("reference failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -188,14 +292,26 @@ fn summarise(c: &Case, precision: &str, ours: &Value, reference: &Value, peak: &
 
 fn print_table(rows: &[Value], peak: &Value) {
     println!("matmul peak GFLOP/s: fp32 {:.1}, bf16 {:.1}", peak["fp32"].as_f64().unwrap_or(0.0), peak["bf16"].as_f64().unwrap_or(0.0));
-    println!("{:<13} {:<5} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>8} {:>8} {:>6} {:>6}", "case", "prec", "train/s", "ref", "x", "infer/s", "ref", "x", "rss MB", "ref MB", "MFU-t", "MFU-i");
+    println!(
+        "{:<13} {:<5} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>8} {:>8} {:>6} {:>6}",
+        "case", "prec", "train/s", "ref", "x", "infer/s", "ref", "x", "rss MB", "ref MB", "MFU-t", "MFU-i"
+    );
     for r in rows {
         let g = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
             "{:<13} {:<5} {:>9.1} {:>9.1} {:>6.2} {:>9.1} {:>9.1} {:>6.2} {:>8.0} {:>8.0} {:>5.1}% {:>5.1}%",
-            r["case"].as_str().unwrap_or(""), r["precision"].as_str().unwrap_or(""),
-            g("ours_train_sps"), g("ref_train_sps"), g("train_ratio"), g("ours_infer_sps"), g("ref_infer_sps"), g("infer_ratio"),
-            g("ours_peak_rss_mb"), g("ref_peak_rss_mb"), 100.0 * g("train_mfu"), 100.0 * g("infer_mfu")
+            r["case"].as_str().unwrap_or(""),
+            r["precision"].as_str().unwrap_or(""),
+            g("ours_train_sps"),
+            g("ref_train_sps"),
+            g("train_ratio"),
+            g("ours_infer_sps"),
+            g("ref_infer_sps"),
+            g("infer_ratio"),
+            g("ours_peak_rss_mb"),
+            g("ref_peak_rss_mb"),
+            100.0 * g("train_mfu"),
+            100.0 * g("infer_mfu")
         );
     }
 }
@@ -204,13 +320,19 @@ fn print_table(rows: &[Value], peak: &Value) {
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// A random-init backbone of the case's shape: only its config is written.
 fn base_for(c: &Case, dir: &Path) -> Result<BaseModel> {
-    let cfg = if c.arch == "bert" { bert_config(c.layers, c.hidden, c.heads, c.inner, c.positions) } else { gpt2_config(c.layers, c.hidden, c.heads, c.positions) };
+    let cfg = if c.arch == "bert" {
+        bert_config(c.layers, c.hidden, c.heads, c.inner, c.positions)
+    } else {
+        gpt2_config(c.layers, c.hidden, c.heads, c.positions)
+    };
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("config.json"), cfg.to_string())?;
     std::fs::write(dir.join("model.safetensors"), b"")?;
@@ -231,7 +353,11 @@ fn run_ours(c: &Case, a: &BenchArgs) -> Result<Value> {
     let y = Tensor::randint(c.classes, [c.batch], (Kind::Int64, device));
     let params = model.trained().map(|p| p.tensor.shallow_clone()).collect();
     let mut adam = crate::train::optim::Adam::new(params, 0.9, 0.999, 1e-8, 0.0);
-    let sync = || if let Device::Cuda(i) = device { tch::Cuda::synchronize(i as i64) };
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64)
+        }
+    };
     let mut step = || {
         adam.zero_grad();
         let logits = model.forward(&x, None, true);

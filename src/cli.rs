@@ -295,7 +295,14 @@ pub fn train_once(m: &ModelArgs, lr: f64, seed: u64, out: &Path, ckpt: &Path, qu
     let max_positions = base.backbone_config()?.max_positions as usize;
     let task = TaskData::load(
         &spec,
-        &DataSources { train: m.train.as_deref(), valid: m.valid.as_deref(), test: m.test.as_deref(), valid_fraction: m.validation_fraction, seed, max_positions },
+        &DataSources {
+            train: m.train.as_deref(),
+            valid: m.valid.as_deref(),
+            test: m.test.as_deref(),
+            valid_fraction: m.validation_fraction,
+            seed,
+            max_positions,
+        },
     )?;
     let cfg = m.train_config(lr, task.info.train_samples)?;
     let model = FptModel::new(ModelSpec {
@@ -313,14 +320,18 @@ pub fn train_once(m: &ModelArgs, lr: f64, seed: u64, out: &Path, ckpt: &Path, qu
     }
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(cfg.n_steps) };
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap());
-    let trainer = Trainer { model: &model, task: &task, cfg: cfg.clone(), seed, checkpoint_dir: ckpt.to_path_buf(), metadata: HashMap::new() };
+    let trainer =
+        Trainer { model: &model, task: &task, cfg: cfg.clone(), seed, checkpoint_dir: ckpt.to_path_buf(), metadata: HashMap::new() };
     let mut curve = Vec::new();
     let outcome = trainer.run(&Control::default(), &mut |p| match p {
         Progress::Metrics(mm) => {
             curve.push(mm.clone());
             bar.set_position(mm.step);
             let valid = mm.valid_accuracy.map(|v| format!(" valid_acc {v:.4}")).unwrap_or_default();
-            bar.set_message(format!("loss {:.4} acc {:.4}{valid} {:.0} samples/s", mm.train_loss, mm.train_accuracy, mm.samples_per_second));
+            bar.set_message(format!(
+                "loss {:.4} acc {:.4}{valid} {:.0} samples/s",
+                mm.train_loss, mm.train_accuracy, mm.samples_per_second
+            ));
         }
         Progress::Message(s) => bar.println(s),
         Progress::Checkpoint { .. } => {}
@@ -356,9 +367,13 @@ pub fn train_once(m: &ModelArgs, lr: f64, seed: u64, out: &Path, ckpt: &Path, qu
 fn paper_count(base: &crate::model::BaseModel, task: &TaskData) -> Option<i64> {
     let c = base.backbone_config().ok()?;
     match task.shape.input {
-        crate::model::fpt::InputKind::Continuous { dim } => {
-            Some(crate::model::fpt::paper_param_count(c.hidden, c.layers, dim, task.shape.output_dim * task.shape.readout_tokens, task.info.seq_len as i64))
-        }
+        crate::model::fpt::InputKind::Continuous { dim } => Some(crate::model::fpt::paper_param_count(
+            c.hidden,
+            c.layers,
+            dim,
+            task.shape.output_dim * task.shape.readout_tokens,
+            task.info.seq_len as i64,
+        )),
         _ => None,
     }
 }
@@ -376,7 +391,14 @@ fn sweep(a: SweepArgs) -> Result<()> {
     for &lr in &a.lr {
         for &seed in &a.seeds {
             let name = format!("lr{lr:e}-seed{seed}");
-            let r = train_once(&a.model, lr, seed, &a.out_dir.join(format!("{name}.safetensors")), &a.out_dir.join(format!("{name}.ckpt")), true)?;
+            let r = train_once(
+                &a.model,
+                lr,
+                seed,
+                &a.out_dir.join(format!("{name}.safetensors")),
+                &a.out_dir.join(format!("{name}.ckpt")),
+                true,
+            )?;
             eprintln!("{}", r.summary);
             rows.push(r.summary);
         }
@@ -393,14 +415,14 @@ fn sweep(a: SweepArgs) -> Result<()> {
         );
     }
     // Best learning rate by validation accuracy averaged over seeds.
-    let mut by_lr: Vec<(f64, f64)> = a
-        .lr
-        .iter()
-        .map(|&lr| {
-            let accs: Vec<f64> = rows.iter().filter(|r| r["lr"].as_f64() == Some(lr)).filter_map(|r| r["best_valid_accuracy"].as_f64()).collect();
-            (lr, accs.iter().sum::<f64>() / accs.len().max(1) as f64)
-        })
-        .collect();
+    let mut by_lr: Vec<(f64, f64)> =
+        a.lr.iter()
+            .map(|&lr| {
+                let accs: Vec<f64> =
+                    rows.iter().filter(|r| r["lr"].as_f64() == Some(lr)).filter_map(|r| r["best_valid_accuracy"].as_f64()).collect();
+                (lr, accs.iter().sum::<f64>() / accs.len().max(1) as f64)
+            })
+            .collect();
     by_lr.sort_by(|x, y| y.1.total_cmp(&x.1));
     if let Some((lr, acc)) = by_lr.first() {
         println!("{}", json!({"best_lr": lr, "mean_best_valid_accuracy": acc, "runs": rows.len()}));
@@ -417,7 +439,14 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     let task = TaskData::load(
         &spec,
-        &DataSources { train: a.data.as_deref(), valid: a.data.as_deref(), test: None, valid_fraction: 0.1, seed: a.seed, max_positions: model.max_positions() as usize },
+        &DataSources {
+            train: a.data.as_deref(),
+            valid: a.data.as_deref(),
+            test: None,
+            valid_fraction: 0.1,
+            seed: a.seed,
+            max_positions: model.max_positions() as usize,
+        },
     )?;
     let e = evaluate(&model, &task, EvalSplit::Valid, 64).context("no samples to evaluate")?;
     println!("{}", json!({"accuracy": e.accuracy, "loss": e.loss, "samples": e.samples, "exact_accuracy": e.exact_accuracy}));
@@ -437,7 +466,8 @@ fn predict(a: PredictArgs) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("{} line {}: invalid JSON", a.input.display(), i + 1))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("{} line {}: invalid JSON", a.input.display(), i + 1))?;
         samples.push(match v.get("input") {
             Some(inp) => inp.clone(),
             None => v,
@@ -446,10 +476,10 @@ fn predict(a: PredictArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for (c, chunk) in samples.chunks(a.batch_size.max(1)).enumerate() {
-        let b = batch_from_samples(&spec, &model.shape, model.max_positions(), chunk).map_err(|e| {
-            anyhow::anyhow!("{}: record {}: {}", a.input.display(), c * a.batch_size + e.index, e.message)
-        })?;
-        let logits = tch::no_grad(|| model.forward(&b.inputs.to_device(device), b.lengths.as_ref().map(|l| l.to_device(device)).as_ref(), false));
+        let b = batch_from_samples(&spec, &model.shape, model.max_positions(), chunk)
+            .map_err(|e| anyhow::anyhow!("{}: record {}: {}", a.input.display(), c * a.batch_size + e.index, e.message))?;
+        let logits =
+            tch::no_grad(|| model.forward(&b.inputs.to_device(device), b.lengths.as_ref().map(|l| l.to_device(device)).as_ref(), false));
         for p in predictions(&objective, &logits) {
             writeln!(out, "{}", serde_json::to_string(&p)?)?;
         }
@@ -461,7 +491,10 @@ fn models(a: CommonArgs) -> Result<()> {
     let registry = ModelRegistry::new(&a.models_dir);
     for m in registry.list() {
         let c = m.backbone_config()?;
-        println!("{}", json!({"id": m.name, "arch": m.arch, "hidden": c.hidden, "layers": c.layers, "heads": c.heads, "positions": c.max_positions, "path": m.dir}));
+        println!(
+            "{}",
+            json!({"id": m.name, "arch": m.arch, "hidden": c.hidden, "layers": c.layers, "heads": c.heads, "positions": c.max_positions, "path": m.dir})
+        );
     }
     Ok(())
 }

@@ -90,18 +90,42 @@ impl ServeArgs {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             let f: FileSettings = toml::from_str(&text).with_context(|| format!("{} is not a valid settings file", path.display()))?;
             let d = |a: &str, b: &str| a == b;
-            if let Some(v) = f.bind.filter(|_| d(&self.bind, "127.0.0.1:8080")) { self.bind = v }
-            if let Some(v) = f.data_dir.filter(|_| self.data_dir == PathBuf::from("data")) { self.data_dir = v }
-            if let Some(v) = f.models_dir.filter(|_| self.common.models_dir == PathBuf::from("models")) { self.common.models_dir = v }
-            if self.workers.is_none() { self.workers = f.workers }
-            if let Some(v) = f.api_keys.filter(|_| self.api_keys.is_empty()) { self.api_keys = v }
-            if let Some(v) = f.max_upload_mb.filter(|_| self.max_upload_mb == 512) { self.max_upload_mb = v }
-            if let Some(v) = f.max_concurrency.filter(|_| self.max_concurrency == 256) { self.max_concurrency = v }
-            if let Some(v) = f.cors_origins.filter(|_| self.cors_origins.is_empty()) { self.cors_origins = v }
-            if let Some(v) = f.device.filter(|_| d(&self.common.device, "auto")) { self.common.device = v }
-            if let Some(v) = f.max_batch_size.filter(|_| self.max_batch_size == 64) { self.max_batch_size = v }
-            if let Some(v) = f.max_batch_wait_ms.filter(|_| self.max_batch_wait_ms == 3) { self.max_batch_wait_ms = v }
-            if let Some(v) = f.adapter_cache.filter(|_| self.adapter_cache == 64) { self.adapter_cache = v }
+            if let Some(v) = f.bind.filter(|_| d(&self.bind, "127.0.0.1:8080")) {
+                self.bind = v
+            }
+            if let Some(v) = f.data_dir.filter(|_| self.data_dir == PathBuf::from("data")) {
+                self.data_dir = v
+            }
+            if let Some(v) = f.models_dir.filter(|_| self.common.models_dir == PathBuf::from("models")) {
+                self.common.models_dir = v
+            }
+            if self.workers.is_none() {
+                self.workers = f.workers
+            }
+            if let Some(v) = f.api_keys.filter(|_| self.api_keys.is_empty()) {
+                self.api_keys = v
+            }
+            if let Some(v) = f.max_upload_mb.filter(|_| self.max_upload_mb == 512) {
+                self.max_upload_mb = v
+            }
+            if let Some(v) = f.max_concurrency.filter(|_| self.max_concurrency == 256) {
+                self.max_concurrency = v
+            }
+            if let Some(v) = f.cors_origins.filter(|_| self.cors_origins.is_empty()) {
+                self.cors_origins = v
+            }
+            if let Some(v) = f.device.filter(|_| d(&self.common.device, "auto")) {
+                self.common.device = v
+            }
+            if let Some(v) = f.max_batch_size.filter(|_| self.max_batch_size == 64) {
+                self.max_batch_size = v
+            }
+            if let Some(v) = f.max_batch_wait_ms.filter(|_| self.max_batch_wait_ms == 3) {
+                self.max_batch_wait_ms = v
+            }
+            if let Some(v) = f.adapter_cache.filter(|_| self.adapter_cache == 64) {
+                self.adapter_cache = v
+            }
         }
         self.api_keys.retain(|k| !k.is_empty());
         let addr: std::net::SocketAddr = self.bind.parse().with_context(|| format!("--bind `{}` is not an address:port", self.bind))?;

@@ -138,7 +138,9 @@ fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path) 
                 for &lr in &g.lrs {
                     for &seed in &g.seeds {
                         let name = format!("{}-{init}-{}-lr{lr:e}-s{seed}", g.name, preset.replace('+', "plus_"));
-                        let same = |r: &&RunRecord| r.group == g.name && r.task == g.task && &r.init == init && &r.freeze == preset && r.lr == lr && r.seed == seed;
+                        let same = |r: &&RunRecord| {
+                            r.group == g.name && r.task == g.task && &r.init == init && &r.freeze == preset && r.lr == lr && r.seed == seed
+                        };
                         if let Some(r) = done.iter().find(same) {
                             eprintln!("[{}] {name}: done before", spec.name);
                             records.push(r.clone());
@@ -183,12 +185,25 @@ fn acc(r: &RunRecord) -> f64 {
 }
 
 fn write_csv(path: &Path, records: &[RunRecord]) -> Result<()> {
-    let mut s = String::from("group,task,init,freeze,lr,seed,steps,best_valid_accuracy,final_valid_accuracy,train_loss,trainable_parameters,wall_seconds\n");
+    let mut s = String::from(
+        "group,task,init,freeze,lr,seed,steps,best_valid_accuracy,final_valid_accuracy,train_loss,trainable_parameters,wall_seconds\n",
+    );
     for r in records {
         let f = |k: &str| r.summary[k].to_string();
         s.push_str(&format!(
             "{},\"{}\",{},{},{},{},{},{},{},{},{},{}\n",
-            r.group, r.task.replace('"', "\"\""), r.init, r.freeze, r.lr, r.seed, f("steps"), f("best_valid_accuracy"), f("valid_accuracy"), f("train_loss"), f("trainable_parameters"), f("wall_seconds")
+            r.group,
+            r.task.replace('"', "\"\""),
+            r.init,
+            r.freeze,
+            r.lr,
+            r.seed,
+            f("steps"),
+            f("best_valid_accuracy"),
+            f("valid_accuracy"),
+            f("train_loss"),
+            f("trainable_parameters"),
+            f("wall_seconds")
         ));
     }
     Ok(std::fs::write(path, s)?)
@@ -211,9 +226,19 @@ fn table(spec: &Spec, records: &[RunRecord]) -> String {
 
 /// The whole report: provenance (command, commit, machine), the spec's preamble, the table, plots.
 fn report_text(spec: &Spec, records: &[RunRecord], out: &Path) -> String {
-    let cmd = |c: &str, args: &[&str]| std::process::Command::new(c).args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let cmd = |c: &str, args: &[&str]| {
+        std::process::Command::new(c)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
     let commit = cmd("git", &["rev-parse", "--short", "HEAD"]);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let wall: f64 = records.iter().filter_map(|r| r.summary["wall_seconds"].as_f64()).sum();
     let rel = |p: &str| out.join(p).display().to_string().trim_start_matches("docs/").to_string();
@@ -255,7 +280,11 @@ fn findings(records: &[RunRecord]) -> String {
             } else {
                 format!("**not** larger than the spread over seeds ({spread:.2} pts)")
             };
-            let comparison = if margin >= 0.0 { format!("beats random init by {margin:.2} pts") } else { format!("does **not** beat random init: it is {:.2} pts below", -margin) };
+            let comparison = if margin >= 0.0 {
+                format!("beats random init by {margin:.2} pts")
+            } else {
+                format!("does **not** beat random init: it is {:.2} pts below", -margin)
+            };
             s.push_str(&format!("- {g}: pretrained {comparison}; {verdict}.\n"));
         }
     }
@@ -285,7 +314,12 @@ fn plot_curves(out: &Path, records: &[RunRecord]) -> Result<()> {
                 .label(format!("{} {} lr {:e} s{}", r.init, r.freeze, r.lr, r.seed))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw()?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()?;
         root.present()?;
     }
     Ok(())
@@ -294,7 +328,9 @@ fn plot_curves(out: &Path, records: &[RunRecord]) -> Result<()> {
 fn plot_params(path: &Path, records: &[RunRecord]) -> Result<()> {
     let pts: Vec<(f64, f64, String)> = records
         .iter()
-        .filter_map(|r| r.summary["trainable_parameters"].as_f64().map(|p| (p.max(1.0).log10(), acc(r), format!("{} {}", r.group, r.freeze))))
+        .filter_map(|r| {
+            r.summary["trainable_parameters"].as_f64().map(|p| (p.max(1.0).log10(), acc(r), format!("{} {}", r.group, r.freeze)))
+        })
         .collect();
     let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
     root.fill(&WHITE)?;

@@ -55,9 +55,15 @@ pub fn run(a: LoadtestArgs) -> Result<()> {
     })?;
     println!("{:>12} {:>9} {:>7} {:>12} {:>9} {:>9} {:>9}", "clients", "requests", "errors", "requests/s", "p50 ms", "p95 ms", "p99 ms");
     for p in [&seq, &conc] {
-        println!("{:>12} {:>9} {:>7} {:>12.1} {:>9.2} {:>9.2} {:>9.2}", p.concurrency, p.requests, p.errors, p.throughput, p.p50_ms, p.p95_ms, p.p99_ms);
+        println!(
+            "{:>12} {:>9} {:>7} {:>12.1} {:>9.2} {:>9.2} {:>9.2}",
+            p.concurrency, p.requests, p.errors, p.throughput, p.p50_ms, p.p95_ms, p.p99_ms
+        );
     }
-    println!("{}", json!({"sequential": seq, "concurrent": conc, "speedup": conc.throughput / seq.throughput.max(1e-9), "models": a.models.len()}));
+    println!(
+        "{}",
+        json!({"sequential": seq, "concurrent": conc, "speedup": conc.throughput / seq.throughput.max(1e-9), "models": a.models.len()})
+    );
     Ok(())
 }
 
@@ -105,5 +111,14 @@ async fn phase(a: &LoadtestArgs, sample: &Value, clients: usize) -> Result<Phase
     let seconds = start.elapsed().as_secs_f64();
     lat.sort_by(|x, y| x.total_cmp(y));
     let pct = |p: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() as f64 - 1.0) * p).round() as usize] };
-    Ok(Phase { concurrency: clients, requests: lat.len(), errors, seconds, throughput: lat.len() as f64 / seconds, p50_ms: pct(0.5), p95_ms: pct(0.95), p99_ms: pct(0.99) })
+    Ok(Phase {
+        concurrency: clients,
+        requests: lat.len(),
+        errors,
+        seconds,
+        throughput: lat.len() as f64 / seconds,
+        p50_ms: pct(0.5),
+        p95_ms: pct(0.95),
+        p99_ms: pct(0.99),
+    })
 }

@@ -70,7 +70,8 @@ fn the_whole_life_of_a_job() {
     // Resuming the stream after an event id starts right after it.
     let mut req = s.client.get(format!("{}/v1/fine_tuning/jobs/{id}/events?stream=true", s.url));
     req = req.header("Last-Event-ID", &ids[2]);
-    let first = BufReader::new(req.send().unwrap()).lines().map(|l| l.unwrap()).find_map(|l| l.strip_prefix("id: ").map(String::from)).unwrap();
+    let first =
+        BufReader::new(req.send().unwrap()).lines().map(|l| l.unwrap()).find_map(|l| l.strip_prefix("id: ").map(String::from)).unwrap();
     assert_eq!(first, ids[3]);
 
     let cks = s.get_json(&format!("/v1/fine_tuning/jobs/{id}/checkpoints"));
@@ -203,7 +204,13 @@ fn bad_input_gets_the_documented_status_and_error_object() {
     // Unknown field and invalid values, named in `param`.
     let e = error_of(s.post("/v1/fine_tuning/jobs", &json!({"task": {"type": "bit_xor"}, "modle": "x"})), 422);
     assert!(e["message"].as_str().unwrap().contains("modle"));
-    let e = error_of(s.post("/v1/fine_tuning/jobs", &json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "hyperparameters": {"learning_rate": -1}})), 422);
+    let e = error_of(
+        s.post(
+            "/v1/fine_tuning/jobs",
+            &json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "hyperparameters": {"learning_rate": -1}}),
+        ),
+        422,
+    );
     assert_eq!(e["param"], "hyperparameters.learning_rate");
     let e = error_of(s.post("/v1/fine_tuning/jobs", &json!({"model": "tiny-gpt2", "task": {"type": "no_such_task"}})), 422);
     assert_eq!(e["param"], "task.type");
@@ -264,7 +271,16 @@ fn a_non_loopback_bind_without_keys_is_refused() {
 fn the_same_idempotency_key_creates_one_job() {
     let s = Server::start(&["--no-workers"]);
     let body = json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}});
-    let send = || s.client.post(format!("{}/v1/fine_tuning/jobs", s.url)).header("Idempotency-Key", "abc-1").json(&body).send().unwrap().json::<Value>().unwrap();
+    let send = || {
+        s.client
+            .post(format!("{}/v1/fine_tuning/jobs", s.url))
+            .header("Idempotency-Key", "abc-1")
+            .json(&body)
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()
+    };
     let (a, b) = (send(), send());
     assert_eq!(a["id"], b["id"]);
     assert_eq!(s.get_json("/v1/fine_tuning/jobs")["data"].as_array().unwrap().len(), 1);
@@ -276,7 +292,11 @@ fn too_many_concurrent_requests_get_429_with_retry_after() {
     // Hold the only slot with an upload whose body never finishes arriving.
     let addr = s.url.trim_start_matches("http://").to_string();
     let mut slow = std::net::TcpStream::connect(&addr).unwrap();
-    write!(slow, "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n").unwrap();
+    write!(
+        slow,
+        "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n"
+    )
+    .unwrap();
     slow.flush().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let r = s.get("/v1/files");
@@ -298,7 +318,8 @@ fn every_route_is_in_the_openapi_spec_and_back() {
             in_spec.push((m.to_uppercase(), path.clone()));
         }
     }
-    let mut served: Vec<(String, String)> = fpt::api::routes().iter().flat_map(|r| r.methods.iter().map(|m| (m.to_string(), r.path.to_string()))).collect();
+    let mut served: Vec<(String, String)> =
+        fpt::api::routes().iter().flat_map(|r| r.methods.iter().map(|m| (m.to_string(), r.path.to_string()))).collect();
     in_spec.sort();
     served.sort();
     assert_eq!(served, in_spec);
@@ -313,11 +334,19 @@ fn the_spec_request_examples_parse_as_requests() {
     let spec = fpt::api::ops::openapi_json();
     let body = |path: &str| spec["paths"][path]["post"]["requestBody"]["content"]["application/json"].clone();
     let job = body("/v1/fine_tuning/jobs");
-    let example = job.get("example").cloned().or_else(|| job["examples"].as_object().and_then(|e| e.values().next()).map(|e| e["value"].clone())).unwrap();
+    let example = job
+        .get("example")
+        .cloned()
+        .or_else(|| job["examples"].as_object().and_then(|e| e.values().next()).map(|e| e["value"].clone()))
+        .unwrap();
     let parsed: Result<fpt::api::jobs::CreateJob, _> = serde_json::from_value(example.clone());
     assert!(parsed.is_ok(), "{example}: {:?}", parsed.err());
     let pred = body("/v1/predictions");
-    let example = pred.get("example").cloned().or_else(|| pred["examples"].as_object().and_then(|e| e.values().next()).map(|e| e["value"].clone())).unwrap();
+    let example = pred
+        .get("example")
+        .cloned()
+        .or_else(|| pred["examples"].as_object().and_then(|e| e.values().next()).map(|e| e["value"].clone()))
+        .unwrap();
     assert!(serde_json::from_value::<fpt::api::predictions::PredictRequest>(example).is_ok());
 }
 
@@ -326,7 +355,14 @@ fn metrics_are_prometheus_text() {
     let s = Server::start(&["--no-workers"]);
     s.get("/health");
     let text = s.get("/metrics").text().unwrap();
-    for name in ["fpt_http_requests_total", "fpt_jobs_queued", "fpt_jobs_running", "fpt_training_samples_per_second", "fpt_predictions_batches_total", "fpt_adapter_evictions_total"] {
+    for name in [
+        "fpt_http_requests_total",
+        "fpt_jobs_queued",
+        "fpt_jobs_running",
+        "fpt_training_samples_per_second",
+        "fpt_predictions_batches_total",
+        "fpt_adapter_evictions_total",
+    ] {
         assert!(text.contains(&format!("# TYPE {name}")), "{name} missing");
     }
     assert_eq!(s.get("/ready").status(), 200);

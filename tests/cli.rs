@@ -29,7 +29,20 @@ fn train_eval_predict_and_sweep() {
     let dir = common::tempdir();
     let adapter = dir.path().join("xor.safetensors");
     let task = r#"{"type":"bit_xor","n_bits":3,"n_valid":64}"#;
-    let s = last_json(&fpt(&["train", "--model", "tiny-gpt2", "--task", task, "--steps", "30", "--eval-every", "10", "--out", adapter.to_str().unwrap(), "--quiet"]));
+    let s = last_json(&fpt(&[
+        "train",
+        "--model",
+        "tiny-gpt2",
+        "--task",
+        task,
+        "--steps",
+        "30",
+        "--eval-every",
+        "10",
+        "--out",
+        adapter.to_str().unwrap(),
+        "--quiet",
+    ]));
     for k in ["steps", "train_loss", "valid_accuracy", "samples_per_second", "wall_seconds", "trainable_parameters"] {
         assert!(!s[k].is_null(), "summary lacks {k}: {s}");
     }
@@ -50,7 +63,23 @@ fn train_eval_predict_and_sweep() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("record 0"), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let sweep = fpt(&["sweep", "--model", "tiny-gpt2", "--task", task, "--steps", "10", "--eval-every", "5", "--lr", "1e-3,3e-3", "--seeds", "0,1", "--out-dir", dir.path().join("sweep").to_str().unwrap()]);
+    let sweep = fpt(&[
+        "sweep",
+        "--model",
+        "tiny-gpt2",
+        "--task",
+        task,
+        "--steps",
+        "10",
+        "--eval-every",
+        "5",
+        "--lr",
+        "1e-3,3e-3",
+        "--seeds",
+        "0,1",
+        "--out-dir",
+        dir.path().join("sweep").to_str().unwrap(),
+    ]);
     let best = last_json(&sweep);
     assert_eq!(best["runs"], 4);
     assert!([1e-3, 3e-3].contains(&best["best_lr"].as_f64().unwrap()));
@@ -60,12 +89,36 @@ fn train_eval_predict_and_sweep() {
 fn a_killed_run_resumes_to_the_same_metrics() {
     let dir = common::tempdir();
     let task = r#"{"type":"bit_xor","n_bits":3,"n_valid":64}"#;
-    let args = |out: &str| vec!["train".to_string(), "--model".into(), "tiny-gpt2".into(), "--task".into(), task.into(), "--steps".into(), "400".into(), "--eval-every".into(), "100".into(), "--checkpoint-every".into(), "50".into(), "--seed".into(), "3".into(), "--out".into(), out.into(), "--quiet".into(), "--models-dir".into(), common::tiny_models().display().to_string(), "--precision".into(), "fp32".into()];
+    let args = |out: &str| {
+        vec![
+            "train".to_string(),
+            "--model".into(),
+            "tiny-gpt2".into(),
+            "--task".into(),
+            task.into(),
+            "--steps".into(),
+            "400".into(),
+            "--eval-every".into(),
+            "100".into(),
+            "--checkpoint-every".into(),
+            "50".into(),
+            "--seed".into(),
+            "3".into(),
+            "--out".into(),
+            out.into(),
+            "--quiet".into(),
+            "--models-dir".into(),
+            common::tiny_models().display().to_string(),
+            "--precision".into(),
+            "fp32".into(),
+        ]
+    };
     let plain = dir.path().join("plain.safetensors");
     let full = last_json(&Command::new(env!("CARGO_BIN_EXE_fpt")).args(args(plain.to_str().unwrap())).output().unwrap());
     // Kill a second run once it has checkpointed, then run the same command again.
     let killed = dir.path().join("killed.safetensors");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fpt")).args(args(killed.to_str().unwrap())).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_fpt")).args(args(killed.to_str().unwrap())).stdout(std::process::Stdio::null()).spawn().unwrap();
     let latest = dir.path().join("killed.safetensors.ckpt/latest.json");
     let start = Instant::now();
     while !latest.exists() {

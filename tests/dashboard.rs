@@ -28,7 +28,12 @@ fn shots() -> PathBuf {
 }
 
 fn curve_points(b: &Browser) -> usize {
-    b.script("const p = document.querySelector('#chart-loss polyline.train'); return p ? p.getAttribute('points').trim().split(' ').length : 0;", vec![]).as_u64().unwrap_or(0) as usize
+    b.script(
+        "const p = document.querySelector('#chart-loss polyline.train'); return p ? p.getAttribute('points').trim().split(' ').length : 0;",
+        vec![],
+    )
+    .as_u64()
+    .unwrap_or(0) as usize
 }
 
 #[test]
@@ -41,7 +46,10 @@ fn dashboard_trains_watches_and_predicts_in_a_real_browser() {
     b.wait_for("#job-form", Duration::from_secs(20));
     b.script("document.querySelector('#f-task').value = 'mnist'; document.querySelector('#f-model').value = 'tiny-gpt2';", vec![]);
     b.type_into("#f-file", upload.to_str().unwrap());
-    b.script("for (const [id, v] of [['#f-steps', '300'], ['#f-eval', '50'], ['#f-batch', '16']]) document.querySelector(id).value = v;", vec![]);
+    b.script(
+        "for (const [id, v] of [['#f-steps', '300'], ['#f-eval', '50'], ['#f-batch', '16']]) document.querySelector(id).value = v;",
+        vec![],
+    );
     b.screenshot(&shots().join("1-new-job.png"));
     b.click("#f-submit");
 
@@ -80,7 +88,10 @@ fn dashboard_trains_watches_and_predicts_in_a_real_browser() {
     assert!(lit.as_u64().unwrap() > 10, "the stroke drew pixels: {lit}");
     b.click("#pg-predict");
     b.wait_for("#pg-bars .bar", Duration::from_secs(20));
-    let sum = b.script("return Array.from(document.querySelectorAll('#pg-bars .prob')).map(e => parseFloat(e.textContent)).reduce((a, b) => a + b, 0);", vec![]);
+    let sum = b.script(
+        "return Array.from(document.querySelectorAll('#pg-bars .prob')).map(e => parseFloat(e.textContent)).reduce((a, b) => a + b, 0);",
+        vec![],
+    );
     assert!((sum.as_f64().unwrap() - 100.0).abs() < 1.0, "probabilities sum to 100%: {sum}");
     assert_eq!(b.script("return document.querySelectorAll('#pg-bars .bar').length;", vec![]), Value::from(10));
     b.screenshot(&shots().join("4-playground.png"));

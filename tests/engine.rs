@@ -18,14 +18,30 @@ fn xor_task(seed: u64) -> TaskData {
 }
 
 fn model(base: &BaseModel, task: &TaskData, switches: FreezeSwitches, seed: u64) -> FptModel {
-    FptModel::new(ModelSpec { base, shape: task.shape, switches, task: serde_json::to_value(&task.spec).unwrap(), device: Device::Cpu, seed, frozen_kind: None }).unwrap()
+    FptModel::new(ModelSpec {
+        base,
+        shape: task.shape,
+        switches,
+        task: serde_json::to_value(&task.spec).unwrap(),
+        device: Device::Cpu,
+        seed,
+        frozen_kind: None,
+    })
+    .unwrap()
 }
 
 fn tiny() -> BaseModel {
     common::registry().resolve("tiny-gpt2").unwrap()
 }
 
-fn run(m: &FptModel, task: &TaskData, cfg: &TrainConfig, seed: u64, dir: &std::path::Path, stop_at: Option<u64>) -> (Vec<Metrics>, fpt::train::Outcome) {
+fn run(
+    m: &FptModel,
+    task: &TaskData,
+    cfg: &TrainConfig,
+    seed: u64,
+    dir: &std::path::Path,
+    stop_at: Option<u64>,
+) -> (Vec<Metrics>, fpt::train::Outcome) {
     let control = Control::default();
     let mut metrics = Vec::new();
     let trainer = Trainer { model: m, task, cfg: cfg.clone(), seed, checkpoint_dir: dir.to_path_buf(), metadata: HashMap::new() };
@@ -54,7 +70,11 @@ fn small_cfg(steps: u64) -> TrainConfig {
 fn training_changes_exactly_the_trained_groups() {
     let base = tiny();
     let task = xor_task(0);
-    for switches in [FreezeSwitches::default(), FreezeSwitches { freeze_attn: false, ..FreezeSwitches::default() }, FreezeSwitches { freeze_ln: true, ..FreezeSwitches::default() }] {
+    for switches in [
+        FreezeSwitches::default(),
+        FreezeSwitches { freeze_attn: false, ..FreezeSwitches::default() },
+        FreezeSwitches { freeze_ln: true, ..FreezeSwitches::default() },
+    ] {
         let m = model(&base, &task, switches, 0);
         let before = snapshot(&m);
         let dir = common::tempdir();
@@ -140,7 +160,9 @@ fn resumed_run_matches_an_uninterrupted_one() {
     assert_eq!(out1.steps, 20);
     // A new model in a new "process": everything comes from the checkpoint.
     let (second, out2) = run(&model(&base, &task, FreezeSwitches::default(), 3), &task, &cfg, 3, dir.path(), None);
-    let strip = |v: Vec<Metrics>| v.into_iter().map(|m| (m.step, m.train_loss, m.train_accuracy, m.valid_loss, m.valid_accuracy)).collect::<Vec<_>>();
+    let strip = |v: Vec<Metrics>| {
+        v.into_iter().map(|m| (m.step, m.train_loss, m.train_accuracy, m.valid_loss, m.valid_accuracy)).collect::<Vec<_>>()
+    };
     let mut resumed = strip(first);
     resumed.extend(strip(second));
     assert_eq!(resumed, strip(full));
@@ -167,7 +189,8 @@ fn a_tiny_backbone_learns_bit_xor() {
     let task = xor_task(6);
     let all = FreezeSwitches { freeze_attn: false, freeze_ff: false, ..FreezeSwitches::default() };
     let m = model(&base, &task, all, 6);
-    let cfg = TrainConfig { n_steps: 400, batch_size: 32, eval_every: 100, checkpoint_every: 0, learning_rate: 3e-3, ..TrainConfig::default() };
+    let cfg =
+        TrainConfig { n_steps: 400, batch_size: 32, eval_every: 100, checkpoint_every: 0, learning_rate: 3e-3, ..TrainConfig::default() };
     let (_, out) = run(&m, &task, &cfg, 6, common::tempdir().path(), None);
     let best = out.best_valid_accuracy.unwrap();
     assert!(best >= 0.97, "bit accuracy {best}");
@@ -175,7 +198,9 @@ fn a_tiny_backbone_learns_bit_xor() {
 
 #[test]
 fn python_and_transformers_reproduce_the_adapter_logits() {
-    for (name, task_json) in [("gpt2-b", r#"{"type":"sequence_classification","input_dim":6,"num_classes":3}"#), ("bert-a", r#"{"type":"bit_xor","n_bits":4}"#)] {
+    for (name, task_json) in
+        [("gpt2-b", r#"{"type":"sequence_classification","input_dim":6,"num_classes":3}"#), ("bert-a", r#"{"type":"bit_xor","n_bits":4}"#)]
+    {
         let models = common::models_dir();
         let base = ModelRegistry::new(&models).resolve(name).unwrap();
         let spec = TaskSpec::parse_cli(task_json).unwrap();
@@ -183,7 +208,16 @@ fn python_and_transformers_reproduce_the_adapter_logits() {
             TaskSpec::BitXor { .. } => HeadShape { input: InputKind::Continuous { dim: 1 }, output_dim: 2, readout_tokens: 4 },
             _ => HeadShape { input: InputKind::Continuous { dim: 6 }, output_dim: 3, readout_tokens: 1 },
         };
-        let m = FptModel::new(ModelSpec { base: &base, shape, switches: FreezeSwitches::default(), task: serde_json::to_value(&spec).unwrap(), device: Device::Cpu, seed: 9, frozen_kind: None }).unwrap();
+        let m = FptModel::new(ModelSpec {
+            base: &base,
+            shape,
+            switches: FreezeSwitches::default(),
+            task: serde_json::to_value(&spec).unwrap(),
+            device: Device::Cpu,
+            seed: 9,
+            frozen_kind: None,
+        })
+        .unwrap();
         // Move the trained tensors off their init so the check means something.
         tch::no_grad(|| {
             for p in m.trained() {
@@ -197,11 +231,23 @@ fn python_and_transformers_reproduce_the_adapter_logits() {
         let d = if name == "bert-a" { 1 } else { 6 };
         let x = Tensor::randn([3, l, d], (Kind::Float, Device::Cpu));
         let lengths = Tensor::from_slice(&[l, l - 2, l - 3]);
-        write_safetensors(&dir.path().join("in.safetensors"), &[("inputs".into(), x.shallow_clone()), ("lengths".into(), lengths.shallow_clone())], HashMap::new()).unwrap();
+        write_safetensors(
+            &dir.path().join("in.safetensors"),
+            &[("inputs".into(), x.shallow_clone()), ("lengths".into(), lengths.shallow_clone())],
+            HashMap::new(),
+        )
+        .unwrap();
         let out = dir.path().join("out.safetensors");
         common::run_python(&[
-            "scripts/adapter_reference.py", "--adapter", adapter.to_str().unwrap(), "--base", base.dir.to_str().unwrap(),
-            "--inputs", dir.path().join("in.safetensors").to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "scripts/adapter_reference.py",
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--base",
+            base.dir.to_str().unwrap(),
+            "--inputs",
+            dir.path().join("in.safetensors").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
         ]);
         let (o, _) = read_safetensors(&out, Device::Cpu).unwrap();
         let want = o[0].1.shallow_clone();

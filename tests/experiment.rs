@@ -46,12 +46,18 @@ freeze = ["output_only", "+ln"]
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7);
     let md = std::fs::read_to_string(&report).unwrap();
-    assert!(md.contains("The paper's numbers would go here.") && md.contains("| xor | default | random |") && md.contains("| xor_unfreezing | output_only | pretrained |"), "{md}");
+    assert!(
+        md.contains("The paper's numbers would go here.")
+            && md.contains("| xor | default | random |")
+            && md.contains("| xor_unfreezing | output_only | pretrained |"),
+        "{md}"
+    );
     for plot in ["curve-xor.svg", "curve-xor_unfreezing.svg", "accuracy_vs_parameters.svg"] {
         assert!(std::fs::read_to_string(out.join(plot)).unwrap().contains("<svg"), "{plot}");
     }
     // The output-only preset trains fewer parameters than the default.
-    let trained = |freeze: &str| results.iter().find(|r| r["freeze"] == freeze).unwrap()["summary"]["trainable_parameters"].as_i64().unwrap();
+    let trained =
+        |freeze: &str| results.iter().find(|r| r["freeze"] == freeze).unwrap()["summary"]["trainable_parameters"].as_i64().unwrap();
     assert!(trained("output_only") < trained("+ln") && trained("+ln") < trained("default"));
     let second = run();
     assert!(second.status.success());

@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 
 /// Trains a few steps and returns the fine-tuned model id.
 fn train(s: &Server, task: Value, file: Option<&str>, seed: u64) -> String {
-    let mut body = json!({"model": "tiny-gpt2", "task": task, "seed": seed, "hyperparameters": {"n_steps": 4, "eval_every": 4, "batch_size": 4}});
+    let mut body =
+        json!({"model": "tiny-gpt2", "task": task, "seed": seed, "hyperparameters": {"n_steps": 4, "eval_every": 4, "batch_size": 4}});
     if let Some(f) = file {
         body["training_file"] = json!(f);
     }
@@ -24,7 +25,11 @@ fn metric(s: &Server, name: &str) -> f64 {
 }
 
 fn sign_inputs() -> Value {
-    json!([[0.5, 0.1, -0.2, 0.3, 0.0, 0.1, 0.2, 0.3], [[-0.9, 0.2, 0.2, 0.1]], [0.3, 0.3, 0.3, 0.3, 0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9]])
+    json!([
+        [0.5, 0.1, -0.2, 0.3, 0.0, 0.1, 0.2, 0.3],
+        [[-0.9, 0.2, 0.2, 0.1]],
+        [0.3, 0.3, 0.3, 0.3, 0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9]
+    ])
 }
 
 fn xor_inputs() -> Value {
@@ -74,7 +79,8 @@ fn the_adapter_cache_evicts_and_reloads_correctly() {
     assert!(metric(&s, "fpt_adapter_evictions_total") >= 8.0);
     assert_eq!(metric(&s, "fpt_adapter_loads_total"), 10.0);
     let listed = s.get_json("/v1/models");
-    let loaded: Vec<&str> = listed["data"].as_array().unwrap().iter().filter(|m| m["loaded"] == true).map(|m| m["id"].as_str().unwrap()).collect();
+    let loaded: Vec<&str> =
+        listed["data"].as_array().unwrap().iter().filter(|m| m["loaded"] == true).map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(loaded.len(), 2, "{loaded:?}");
     // Explicit unload and load.
     let m = &models[4];
@@ -91,13 +97,17 @@ fn overload_answers_429_and_the_server_recovers() {
     let statuses: Vec<u16> = std::thread::scope(|sc| {
         let slow = sc.spawn(|| s.predict(&m, json!(big)).status().as_u16());
         std::thread::sleep(Duration::from_millis(30));
-        let quick: Vec<_> = (0..12).map(|_| sc.spawn(|| {
-            let r = s.predict(&m, sign_inputs());
-            if r.status() == 429 {
-                assert_eq!(r.headers()["retry-after"], "1");
-            }
-            r.status().as_u16()
-        })).collect();
+        let quick: Vec<_> = (0..12)
+            .map(|_| {
+                sc.spawn(|| {
+                    let r = s.predict(&m, sign_inputs());
+                    if r.status() == 429 {
+                        assert_eq!(r.headers()["retry-after"], "1");
+                    }
+                    r.status().as_u16()
+                })
+            })
+            .collect();
         let mut out: Vec<u16> = quick.into_iter().map(|h| h.join().unwrap()).collect();
         out.push(slow.join().unwrap());
         out

@@ -20,10 +20,21 @@ fn trains(task_json: &str, train: Option<&Path>, valid: Option<&Path>) -> TaskDa
     let spec = TaskSpec::parse_cli(task_json).unwrap();
     let base = common::registry().resolve("tiny-gpt2").unwrap();
     let task = TaskData::load(&spec, &sources(train, valid, 1024)).unwrap_or_else(|e| panic!("{task_json}: {e:#}"));
-    let model = FptModel::new(ModelSpec { base: &base, shape: task.shape, switches: FreezeSwitches::default(), task: serde_json::to_value(&spec).unwrap(), device: Device::Cpu, seed: 0, frozen_kind: None }).unwrap();
+    let model = FptModel::new(ModelSpec {
+        base: &base,
+        shape: task.shape,
+        switches: FreezeSwitches::default(),
+        task: serde_json::to_value(&spec).unwrap(),
+        device: Device::Cpu,
+        seed: 0,
+        frozen_kind: None,
+    })
+    .unwrap();
     let cfg = TrainConfig { n_steps: 3, batch_size: 4, eval_every: 3, eval_batch_size: 16, checkpoint_every: 0, ..TrainConfig::default() };
     let dir = common::tempdir();
-    let out = Trainer { model: &model, task: &task, cfg, seed: 0, checkpoint_dir: dir.path().into(), metadata: HashMap::new() }.run(&Control::default(), &mut |_| {}).unwrap();
+    let out = Trainer { model: &model, task: &task, cfg, seed: 0, checkpoint_dir: dir.path().into(), metadata: HashMap::new() }
+        .run(&Control::default(), &mut |_| {})
+        .unwrap();
     assert_eq!(out.steps, 3);
     let v = out.valid.expect("evaluated on the validation split");
     assert!(v.loss.is_finite() && (0.0..=1.0).contains(&v.accuracy), "{task_json}: {v:?}");
@@ -151,12 +162,28 @@ fn remote_homology_cuts_long_proteins_and_counts_them() {
 #[test]
 fn sequence_classification_continuous_and_token_ids() {
     let dir = common::tempdir();
-    let cont: String = (0..10).map(|i| format!("{{\"input\": [{}], \"label\": {}}}\n", (0..(4 * (1 + i % 3))).map(|j| format!("{}", (i * j) as f32 / 10.0)).collect::<Vec<_>>().join(","), i % 2)).collect();
+    let cont: String = (0..10)
+        .map(|i| {
+            format!(
+                "{{\"input\": [{}], \"label\": {}}}\n",
+                (0..(4 * (1 + i % 3))).map(|j| format!("{}", (i * j) as f32 / 10.0)).collect::<Vec<_>>().join(","),
+                i % 2
+            )
+        })
+        .collect();
     let p = write(dir.path(), "cont.jsonl", cont.as_bytes());
     let t = trains(r#"{"type":"sequence_classification","input_dim":4,"num_classes":2}"#, Some(&p), Some(&p));
     let b = t.eval_batches(EvalSplit::Valid, 3).remove(0);
     assert_eq!(b.inputs.size(), [3, 3, 4], "padded to the longest row of the batch");
-    let ids: String = (0..10).map(|i| format!("{{\"input\": [{}], \"label\": {}}}\n", (0..(2 + i % 4)).map(|j| ((i + j) % 7).to_string()).collect::<Vec<_>>().join(","), i % 3)).collect();
+    let ids: String = (0..10)
+        .map(|i| {
+            format!(
+                "{{\"input\": [{}], \"label\": {}}}\n",
+                (0..(2 + i % 4)).map(|j| ((i + j) % 7).to_string()).collect::<Vec<_>>().join(","),
+                i % 3
+            )
+        })
+        .collect();
     let p = write(dir.path(), "ids.jsonl", ids.as_bytes());
     trains(r#"{"type":"sequence_classification","vocab_size":7,"num_classes":3}"#, Some(&p), None);
 }
@@ -176,7 +203,15 @@ fn bad_jsonl_record_names_its_line() {
 #[test]
 fn image_classification_patches_user_images() {
     let dir = common::tempdir();
-    let rows: String = (0..10).map(|i| format!("{{\"input\": [{}], \"label\": {}}}\n", (0..(8 * 8 * 2)).map(|j| ((i + j) % 5).to_string()).collect::<Vec<_>>().join(","), i % 2)).collect();
+    let rows: String = (0..10)
+        .map(|i| {
+            format!(
+                "{{\"input\": [{}], \"label\": {}}}\n",
+                (0..(8 * 8 * 2)).map(|j| ((i + j) % 5).to_string()).collect::<Vec<_>>().join(","),
+                i % 2
+            )
+        })
+        .collect();
     let p = write(dir.path(), "img.jsonl", rows.as_bytes());
     let t = trains(r#"{"type":"image_classification","height":8,"width":8,"channels":2,"patch_size":4,"num_classes":2}"#, Some(&p), None);
     assert_eq!(t.eval_batches(EvalSplit::Valid, 2).remove(0).inputs.size()[1..], [4, 32]);

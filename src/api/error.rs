@@ -47,7 +47,9 @@ impl ApiError {
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "invalid_state", None),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "payload_too_large", None),
-            ApiError::Invalid { param, .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", "invalid_value", Some(param.clone())),
+            ApiError::Invalid { param, .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", "invalid_value", Some(param.clone()))
+            }
             ApiError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "overloaded", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", None),

@@ -13,7 +13,12 @@ use crate::store::{new_id, now, FileRow, Page};
 
 pub fn routes() -> Vec<Route> {
     vec![
-        Route { path: "/v1/files", methods: &["GET", "POST"], handler: get(list).post(upload).layer(DefaultBodyLimit::disable()), long: true },
+        Route {
+            path: "/v1/files",
+            methods: &["GET", "POST"],
+            handler: get(list).post(upload).layer(DefaultBodyLimit::disable()),
+            long: true,
+        },
         Route { path: "/v1/files/{file_id}", methods: &["GET", "DELETE"], handler: get(retrieve).delete(delete), long: false },
         Route { path: "/v1/files/{file_id}/content", methods: &["GET"], handler: get(content), long: true },
     ]
@@ -68,7 +73,16 @@ async fn receive(state: &AppState, mut multipart: Multipart) -> ApiResult<Value>
     let len = bytes.len();
     let p = path.clone();
     tokio::task::spawn_blocking(move || crate::fsutil::write_atomic(&p, &bytes)).await.map_err(|e| ApiError::Internal(e.into()))??;
-    let row = FileRow { id, filename, purpose, bytes: len as i64, format: info.format.into(), samples: Some(info.samples as i64), created_at: now(), path: path.to_string_lossy().into() };
+    let row = FileRow {
+        id,
+        filename,
+        purpose,
+        bytes: len as i64,
+        format: info.format.into(),
+        samples: Some(info.samples as i64),
+        created_at: now(),
+        path: path.to_string_lossy().into(),
+    };
     state.store.insert_file(&row).await?;
     Ok(file_object(&row))
 }

@@ -116,10 +116,23 @@ async fn create_job(state: &AppState, req: CreateJob) -> ApiResult<Value> {
     tokio::task::spawn_blocking(move || -> ApiResult<()> {
         let base = registry.resolve(&model).map_err(|e| ApiError::invalid("model", format!("{e:#}")))?;
         let positions = base.backbone_config().map_err(|e| ApiError::invalid("model", format!("{e:#}")))?.max_positions as usize;
-        let src = DataSources { train: paths[0].as_deref(), valid: paths[1].as_deref(), test: None, valid_fraction: hyper.validation_fraction, seed, max_positions: positions };
+        let src = DataSources {
+            train: paths[0].as_deref(),
+            valid: paths[1].as_deref(),
+            test: None,
+            valid_fraction: hyper.validation_fraction,
+            seed,
+            max_positions: positions,
+        };
         TaskData::load(&task, &src).map_err(|e| {
             let msg = format!("{e:#}");
-            let param = if msg.contains(&paths[1].as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "\u{0}".into())) { "validation_file" } else if task.needs_file() { "training_file" } else { "task" };
+            let param = if msg.contains(&paths[1].as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "\u{0}".into())) {
+                "validation_file"
+            } else if task.needs_file() {
+                "training_file"
+            } else {
+                "task"
+            };
             ApiError::invalid(param, msg.replace(&format!("{}/", state_files_dir(&paths)), ""))
         })?;
         Ok(())
@@ -226,7 +239,12 @@ fn event_seq(id: &str, param: &str) -> ApiResult<i64> {
     id.strip_prefix("ftevent-").and_then(|s| s.parse().ok()).ok_or_else(|| ApiError::invalid(param, format!("`{id}` is not an event id")))
 }
 
-async fn events(State(state): State<AppState>, Path(id): Path<String>, Query(q): Query<ListQuery>, headers: HeaderMap) -> ApiResult<Response> {
+async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     find(&state, &id).await?;
     let mut after = match &q.after {
         Some(a) => event_seq(a, "after")?,

@@ -56,7 +56,14 @@ pub struct Counters {
 }
 
 impl AppState {
-    pub fn new(store: Store, settings: Arc<ServeArgs>, registry: ModelRegistry, queue: Queue, events: EventSink, inference: Inference) -> Self {
+    pub fn new(
+        store: Store,
+        settings: Arc<ServeArgs>,
+        registry: ModelRegistry,
+        queue: Queue,
+        events: EventSink,
+        inference: Inference,
+    ) -> Self {
         let limiter = Arc::new(Semaphore::new(settings.max_concurrency.max(1)));
         Self { store, settings, registry, queue, events, inference, counters: Arc::default(), ready: Arc::default(), limiter }
     }
@@ -88,7 +95,11 @@ pub fn router(state: AppState) -> Router {
     let timeout = Duration::from_secs(s.request_timeout_secs);
     let mut app = Router::new();
     for route in routes() {
-        let h = if route.long { route.handler } else { route.handler.layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout)) };
+        let h = if route.long {
+            route.handler
+        } else {
+            route.handler.layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        };
         app = app.route(route.path, h);
     }
     let request_id = HeaderName::from_static("x-request-id");
@@ -109,7 +120,11 @@ pub fn router(state: AppState) -> Router {
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(origins))
                 .allow_methods([Method::GET, Method::POST, Method::DELETE])
-                .allow_headers([axum::http::header::AUTHORIZATION, axum::http::header::CONTENT_TYPE, HeaderName::from_static("idempotency-key")]),
+                .allow_headers([
+                    axum::http::header::AUTHORIZATION,
+                    axum::http::header::CONTENT_TYPE,
+                    HeaderName::from_static("idempotency-key"),
+                ]),
         );
     }
     app.with_state(state)
@@ -136,7 +151,9 @@ async fn limit_and_count(State(state): State<AppState>, req: Request, next: Next
     c.requests.fetch_add(1, Ordering::Relaxed);
     // Health checks are never shed.
     let exempt = matches!(req.uri().path(), "/health" | "/ready" | "/metrics");
-    let permit = if exempt { None } else {
+    let permit = if exempt {
+        None
+    } else {
         match state.limiter.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {

@@ -56,9 +56,24 @@ async fn metrics(State(state): State<AppState>) -> Response {
     metric("fpt_training_samples_per_second", "gauge", "Training throughput over running jobs.", state.queue.training_samples_per_second());
     metric("fpt_predictions_requests_total", "counter", "Prediction requests.", get(&s.requests));
     metric("fpt_predictions_batches_total", "counter", "Forward passes run for predictions.", get(&s.batches));
-    metric("fpt_predictions_batch_rows_total", "counter", "Rows over all prediction batches (divide by batches for the mean batch size).", get(&s.batch_rows));
-    metric("fpt_predictions_queue_wait_seconds_total", "counter", "Time prediction requests waited in the queue.", get(&s.queue_wait_us) / 1e6);
-    metric("fpt_predictions_inference_seconds_total", "counter", "Time spent running prediction batches, summed per request.", get(&s.inference_us) / 1e6);
+    metric(
+        "fpt_predictions_batch_rows_total",
+        "counter",
+        "Rows over all prediction batches (divide by batches for the mean batch size).",
+        get(&s.batch_rows),
+    );
+    metric(
+        "fpt_predictions_queue_wait_seconds_total",
+        "counter",
+        "Time prediction requests waited in the queue.",
+        get(&s.queue_wait_us) / 1e6,
+    );
+    metric(
+        "fpt_predictions_inference_seconds_total",
+        "counter",
+        "Time spent running prediction batches, summed per request.",
+        get(&s.inference_us) / 1e6,
+    );
     metric("fpt_adapter_loads_total", "counter", "Adapters loaded into the cache.", get(&s.adapter_loads));
     metric("fpt_adapter_evictions_total", "counter", "Adapters evicted from the cache.", get(&s.adapter_evictions));
     metric("fpt_predictions_rejected_total", "counter", "Prediction requests refused with 429 (queue full).", get(&s.rejected));
@@ -80,7 +95,13 @@ async fn docs() -> Html<String> {
             for (method, op) in ops.as_object().into_iter().flatten() {
                 if ["get", "post", "delete", "put", "patch"].contains(&method.as_str()) {
                     let summary = op["summary"].as_str().unwrap_or("");
-                    let _ = write!(rows, "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td></tr>", method.to_uppercase(), html_escape(path), html_escape(summary));
+                    let _ = write!(
+                        rows,
+                        "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td></tr>",
+                        method.to_uppercase(),
+                        html_escape(path),
+                        html_escape(summary)
+                    );
                 }
             }
         }

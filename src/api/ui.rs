@@ -11,8 +11,18 @@ const STYLE_CSS: &str = include_str!("../ui/style.css");
 pub fn routes() -> Vec<Route> {
     vec![
         Route { path: "/", methods: &["GET"], handler: get(|| async { Html(INDEX) }), long: false },
-        Route { path: "/ui/app.js", methods: &["GET"], handler: get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }), long: false },
-        Route { path: "/ui/style.css", methods: &["GET"], handler: get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }), long: false },
+        Route {
+            path: "/ui/app.js",
+            methods: &["GET"],
+            handler: get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+            long: false,
+        },
+        Route {
+            path: "/ui/style.css",
+            methods: &["GET"],
+            handler: get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
+            long: false,
+        },
     ]
 }
 

@@ -81,32 +81,18 @@ pub struct Array {
 }
 
 fn element_count(shape: &[usize]) -> Option<usize> {
-    shape
-        .iter()
-        .try_fold(1usize, |count, &dim| count.checked_mul(dim))
+    shape.iter().try_fold(1usize, |count, &dim| count.checked_mul(dim))
 }
 
 /// Decodes little-endian elements; `bytes` must hold exactly `shape`'s elements.
-fn decode_little_endian(
-    element: ElementType,
-    shape: &[usize],
-    bytes: &[u8],
-) -> Result<ArrayData, String> {
+fn decode_little_endian(element: ElementType, shape: &[usize], bytes: &[u8]) -> Result<ArrayData, String> {
     let needed = element_count(shape).and_then(|count| count.checked_mul(element.size()));
     if needed != Some(bytes.len()) {
-        let needed = needed.map_or("more than memory allows".to_string(), |n| {
-            format!("{n} bytes")
-        });
-        return Err(format!(
-            "shape {shape:?} of {} needs {needed}, found {} bytes",
-            element.name(),
-            bytes.len()
-        ));
+        let needed = needed.map_or("more than memory allows".to_string(), |n| format!("{n} bytes"));
+        return Err(format!("shape {shape:?} of {} needs {needed}, found {} bytes", element.name(), bytes.len()));
     }
     fn words<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
-        bytes
-            .chunks_exact(N)
-            .map(|chunk| chunk.try_into().unwrap_or([0; N]))
+        bytes.chunks_exact(N).map(|chunk| chunk.try_into().unwrap_or([0; N]))
     }
     Ok(match element {
         ElementType::F32 => ArrayData::F32(words(bytes).map(f32::from_le_bytes).collect()),
@@ -150,21 +136,13 @@ impl<'a> LiteralCursor<'a> {
         if self.eat(expected) {
             Ok(())
         } else {
-            Err(format!(
-                "expected '{expected}' at '{}'",
-                self.rest.chars().take(20).collect::<String>()
-            ))
+            Err(format!("expected '{expected}' at '{}'", self.rest.chars().take(20).collect::<String>()))
         }
     }
 
     fn string(&mut self) -> Result<&'a str, String> {
         self.skip_space();
-        let quote = self
-            .rest
-            .chars()
-            .next()
-            .filter(|c| *c == '\'' || *c == '"')
-            .ok_or("expected a quoted string")?;
+        let quote = self.rest.chars().next().filter(|c| *c == '\'' || *c == '"').ok_or("expected a quoted string")?;
         let body = &self.rest[1..];
         let end = body.find(quote).ok_or("unterminated string")?;
         self.rest = &body[end + 1..];
@@ -184,13 +162,8 @@ impl<'a> LiteralCursor<'a> {
 
     fn unsigned(&mut self) -> Result<usize, String> {
         self.skip_space();
-        let digits = self
-            .rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(self.rest.len());
-        let value = self.rest[..digits]
-            .parse()
-            .map_err(|_| "expected a dimension".to_string())?;
+        let digits = self.rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(self.rest.len());
+        let value = self.rest[..digits].parse().map_err(|_| "expected a dimension".to_string())?;
         self.rest = &self.rest[digits..];
         Ok(value)
     }
@@ -219,9 +192,7 @@ fn parse_npy_header(text: &str) -> Result<NpyHeader, String> {
         cursor.expect(':')?;
         match key {
             "descr" => {
-                let descr = cursor
-                    .string()
-                    .map_err(|_| "unsupported dtype: structured arrays are not supported")?;
+                let descr = cursor.string().map_err(|_| "unsupported dtype: structured arrays are not supported")?;
                 header.descr = Some(descr.to_string());
             }
             "fortran_order" => header.fortran_order = Some(cursor.boolean()?),
@@ -247,9 +218,7 @@ fn npy_element_type(descr: &str) -> Result<ElementType, String> {
         "<i4" => Ok(ElementType::I32),
         // Booleans are stored one byte each, 0 or 1, so they read as uint8 (handy for bit labels).
         "|u1" | "|b1" => Ok(ElementType::U8),
-        other => Err(format!(
-            "unsupported dtype '{other}' (supported: {NPY_DTYPES})"
-        )),
+        other => Err(format!("unsupported dtype '{other}' (supported: {NPY_DTYPES})")),
     }
 }
 
@@ -259,24 +228,12 @@ fn split_npy(bytes: &[u8]) -> Result<(&str, &[u8]), String> {
         return Err("not an .npy file (missing \\x93NUMPY magic)".to_string());
     }
     let (length_field, start) = match bytes.get(6) {
-        Some(1) => (
-            bytes
-                .get(8..10)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize),
-            10,
-        ),
-        Some(2 | 3) => (
-            bytes
-                .get(8..12)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize),
-            12,
-        ),
+        Some(1) => (bytes.get(8..10).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize), 10),
+        Some(2 | 3) => (bytes.get(8..12).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize), 12),
         other => return Err(format!("unsupported .npy format version {other:?}")),
     };
     let header_len = length_field.ok_or("truncated .npy header")?;
-    let header = bytes
-        .get(start..start + header_len)
-        .ok_or("truncated .npy header")?;
+    let header = bytes.get(start..start + header_len).ok_or("truncated .npy header")?;
     let header = std::str::from_utf8(header).map_err(|_| ".npy header is not text")?;
     Ok((header, &bytes[start + header_len..]))
 }
@@ -287,13 +244,8 @@ pub fn parse_npy(bytes: &[u8]) -> Result<(Vec<usize>, ArrayData), String> {
     let header = parse_npy_header(header_text)?;
     let descr = header.descr.ok_or(".npy header has no 'descr'")?;
     let shape = header.shape.ok_or(".npy header has no 'shape'")?;
-    if header
-        .fortran_order
-        .ok_or(".npy header has no 'fortran_order'")?
-    {
-        return Err(
-            "Fortran-order arrays are not supported; save with np.ascontiguousarray".to_string(),
-        );
+    if header.fortran_order.ok_or(".npy header has no 'fortran_order'")? {
+        return Err("Fortran-order arrays are not supported; save with np.ascontiguousarray".to_string());
     }
     let element = npy_element_type(&descr)?;
     Ok((shape.clone(), decode_little_endian(element, &shape, data)?))
@@ -305,40 +257,23 @@ fn array_error(name: &str, message: impl Into<String>) -> DataError {
 
 fn missing_array(container: &str, name: &str, mut available: Vec<String>) -> DataError {
     available.sort();
-    let listing = if available.is_empty() {
-        "none".to_string()
-    } else {
-        available.join(", ")
-    };
-    DataError::file(format!(
-        "{container} has no array named '{name}' (found: {listing})"
-    ))
+    let listing = if available.is_empty() { "none".to_string() } else { available.join(", ") };
+    DataError::file(format!("{container} has no array named '{name}' (found: {listing})"))
 }
 
 /// Reads the named arrays from an `.npz` archive (plain or compressed), in the order asked for.
 pub fn read_npz(bytes: &[u8], names: &[&str]) -> Result<Vec<Array>, DataError> {
-    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| DataError::file(format!("not a readable npz (zip) archive: {e}")))?;
-    let available: Vec<String> = archive
-        .file_names()
-        .map(|file| file.strip_suffix(".npy").unwrap_or(file).to_string())
-        .collect();
+    let mut archive =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| DataError::file(format!("not a readable npz (zip) archive: {e}")))?;
+    let available: Vec<String> = archive.file_names().map(|file| file.strip_suffix(".npy").unwrap_or(file).to_string()).collect();
     names
         .iter()
         .map(|&name| {
-            let mut member = archive
-                .by_name(&format!("{name}.npy"))
-                .map_err(|_| missing_array("npz archive", name, available.clone()))?;
+            let mut member = archive.by_name(&format!("{name}.npy")).map_err(|_| missing_array("npz archive", name, available.clone()))?;
             let mut npy = Vec::new();
-            member
-                .read_to_end(&mut npy)
-                .map_err(|e| array_error(name, format!("cannot decompress: {e}")))?;
+            member.read_to_end(&mut npy).map_err(|e| array_error(name, format!("cannot decompress: {e}")))?;
             let (shape, data) = parse_npy(&npy).map_err(|message| array_error(name, message))?;
-            Ok(Array {
-                name: name.to_string(),
-                shape,
-                data,
-            })
+            Ok(Array { name: name.to_string(), shape, data })
         })
         .collect()
 }
@@ -350,35 +285,22 @@ fn safetensors_element_type(dtype: Dtype) -> Result<ElementType, String> {
         Dtype::I64 => Ok(ElementType::I64),
         Dtype::I32 => Ok(ElementType::I32),
         Dtype::U8 | Dtype::BOOL => Ok(ElementType::U8),
-        other => Err(format!(
-            "unsupported dtype {other:?} (supported: F32, F64, I64, I32, U8, BOOL)"
-        )),
+        other => Err(format!("unsupported dtype {other:?} (supported: F32, F64, I64, I32, U8, BOOL)")),
     }
 }
 
 /// Reads the named tensors from a `.safetensors` file, in the order asked for.
 pub fn read_safetensors(bytes: &[u8], names: &[&str]) -> Result<Vec<Array>, DataError> {
-    let tensors = SafeTensors::deserialize(bytes)
-        .map_err(|e| DataError::file(format!("not a readable safetensors file: {e}")))?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| DataError::file(format!("not a readable safetensors file: {e}")))?;
     names
         .iter()
         .map(|&name| {
-            let view = tensors.tensor(name).map_err(|_| {
-                missing_array(
-                    "safetensors file",
-                    name,
-                    tensors.names().into_iter().map(String::from).collect(),
-                )
-            })?;
-            let element = safetensors_element_type(view.dtype())
-                .map_err(|message| array_error(name, message))?;
-            let data = decode_little_endian(element, view.shape(), view.data())
-                .map_err(|m| array_error(name, m))?;
-            Ok(Array {
-                name: name.to_string(),
-                shape: view.shape().to_vec(),
-                data,
-            })
+            let view = tensors
+                .tensor(name)
+                .map_err(|_| missing_array("safetensors file", name, tensors.names().into_iter().map(String::from).collect()))?;
+            let element = safetensors_element_type(view.dtype()).map_err(|message| array_error(name, message))?;
+            let data = decode_little_endian(element, view.shape(), view.data()).map_err(|m| array_error(name, m))?;
+            Ok(Array { name: name.to_string(), shape: view.shape().to_vec(), data })
         })
         .collect()
 }
@@ -387,13 +309,8 @@ pub fn read_safetensors(bytes: &[u8], names: &[&str]) -> Result<Vec<Array>, Data
 #[cfg(test)]
 pub(crate) fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-    let shape_text = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
+    let shape_text = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -412,12 +329,7 @@ pub(crate) fn npz_bytes(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
     use std::io::Write;
     let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
     for (name, npy) in members {
-        writer
-            .start_file(
-                format!("{name}.npy"),
-                zip::write::SimpleFileOptions::default(),
-            )
-            .unwrap();
+        writer.start_file(format!("{name}.npy"), zip::write::SimpleFileOptions::default()).unwrap();
         writer.write_all(npy).unwrap();
     }
     writer.finish().unwrap().into_inner()
@@ -434,74 +346,43 @@ mod tests {
     #[test]
     fn parses_npy_header_and_data() {
         let npy = npy_bytes("<f4", &[2, 2], &f32_bytes(&[1.0, 2.0, 3.5, -4.0]));
-        assert_eq!(
-            npy.len() % 64,
-            16,
-            "header padded to 64 bytes before 16 data bytes"
-        );
+        assert_eq!(npy.len() % 64, 16, "header padded to 64 bytes before 16 data bytes");
         let (shape, data) = parse_npy(&npy).unwrap();
         assert_eq!(shape, vec![2, 2]);
         assert_eq!(data, ArrayData::F32(vec![1.0, 2.0, 3.5, -4.0]));
-        let (shape, data) = parse_npy(&npy_bytes(
-            "<i8",
-            &[2],
-            &[
-                5, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255,
-            ],
-        ))
-        .unwrap();
+        let (shape, data) = parse_npy(&npy_bytes("<i8", &[2], &[5, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255])).unwrap();
         assert_eq!((shape, data), (vec![2], ArrayData::I64(vec![5, -1])));
     }
 
     #[test]
     fn header_parser_accepts_numpy_spellings() {
-        let header =
-            parse_npy_header("{\"descr\": \"|u1\", \"shape\": (), \"fortran_order\": False}")
-                .unwrap();
+        let header = parse_npy_header("{\"descr\": \"|u1\", \"shape\": (), \"fortran_order\": False}").unwrap();
         assert_eq!(header.shape, Some(vec![]));
         assert_eq!(header.descr.as_deref(), Some("|u1"));
-        assert!(parse_npy_header(
-            "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}"
-        )
-        .unwrap_err()
-        .contains("structured"));
+        assert!(parse_npy_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}").unwrap_err().contains("structured"));
     }
 
     #[test]
     fn refuses_unsupported_npy() {
         let err = parse_npy(&npy_bytes("<f2", &[1], &[0, 0])).unwrap_err();
-        assert_eq!(
-            err,
-            "unsupported dtype '<f2' (supported: <f4, <f8, <i8, <i4, |u1, |b1)"
-        );
+        assert_eq!(err, "unsupported dtype '<f2' (supported: <f4, <f8, <i8, <i4, |u1, |b1)");
         let mut fortran = npy_bytes("<f4", &[1], &f32_bytes(&[1.0]));
         let at = fortran.windows(5).position(|w| w == b"False").unwrap();
         fortran[at..at + 5].copy_from_slice(b"True ");
         assert!(parse_npy(&fortran).unwrap_err().contains("Fortran"));
-        assert!(parse_npy(&npy_bytes("<f4", &[3], &f32_bytes(&[1.0])))
-            .unwrap_err()
-            .contains("needs 12 bytes, found 4"));
+        assert!(parse_npy(&npy_bytes("<f4", &[3], &f32_bytes(&[1.0]))).unwrap_err().contains("needs 12 bytes, found 4"));
         assert!(parse_npy(b"\x93NUMPY\x01\x00\xff").is_err());
         assert!(parse_npy(b"PK").is_err());
     }
 
     #[test]
     fn reads_named_arrays_from_npz() {
-        let archive = npz_bytes(&[
-            ("labels", npy_bytes("|u1", &[3], &[1, 0, 1])),
-            ("x", npy_bytes("<f4", &[0], &[])),
-        ]);
+        let archive = npz_bytes(&[("labels", npy_bytes("|u1", &[3], &[1, 0, 1])), ("x", npy_bytes("<f4", &[0], &[]))]);
         let arrays = read_npz(&archive, &["labels"]).unwrap();
         assert_eq!(arrays[0].data, ArrayData::U8(vec![1, 0, 1]));
         let err = read_npz(&archive, &["inputs"]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "file: npz archive has no array named 'inputs' (found: labels, x)"
-        );
-        assert!(read_npz(b"PK\x03\x04junk", &["inputs"])
-            .unwrap_err()
-            .to_string()
-            .contains("npz"));
+        assert_eq!(err.to_string(), "file: npz archive has no array named 'inputs' (found: labels, x)");
+        assert!(read_npz(b"PK\x03\x04junk", &["inputs"]).unwrap_err().to_string().contains("npz"));
     }
 
     #[test]
@@ -510,33 +391,17 @@ mod tests {
         let halves = [0u8; 4];
         let file = safetensors::serialize(
             [
-                (
-                    "inputs",
-                    safetensors::tensor::TensorView::new(Dtype::F32, vec![1, 2], &values).unwrap(),
-                ),
-                (
-                    "half",
-                    safetensors::tensor::TensorView::new(Dtype::F16, vec![2], &halves).unwrap(),
-                ),
+                ("inputs", safetensors::tensor::TensorView::new(Dtype::F32, vec![1, 2], &values).unwrap()),
+                ("half", safetensors::tensor::TensorView::new(Dtype::F16, vec![2], &halves).unwrap()),
             ],
             None,
         )
         .unwrap();
         let arrays = read_safetensors(&file, &["inputs"]).unwrap();
-        assert_eq!(
-            (arrays[0].shape.clone(), arrays[0].data.clone()),
-            (vec![1, 2], ArrayData::F32(vec![0.5, 1.5]))
-        );
+        assert_eq!((arrays[0].shape.clone(), arrays[0].data.clone()), (vec![1, 2], ArrayData::F32(vec![0.5, 1.5])));
         let err = read_safetensors(&file, &["half"]).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("array 'half': unsupported dtype F16"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("array 'half': unsupported dtype F16"), "{err}");
         let err = read_safetensors(&file, &["labels"]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "file: safetensors file has no array named 'labels' (found: half, inputs)"
-        );
+        assert_eq!(err.to_string(), "file: safetensors file has no array named 'labels' (found: half, inputs)");
     }
 }

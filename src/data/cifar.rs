@@ -27,13 +27,7 @@ impl CifarSplit {
     /// Batch file names in the order their records are concatenated.
     pub fn batch_names(self) -> &'static [&'static str] {
         match self {
-            CifarSplit::Train => &[
-                "data_batch_1.bin",
-                "data_batch_2.bin",
-                "data_batch_3.bin",
-                "data_batch_4.bin",
-                "data_batch_5.bin",
-            ],
+            CifarSplit::Train => &["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"],
             CifarSplit::Test => &["test_batch.bin"],
         }
     }
@@ -45,21 +39,13 @@ pub(crate) fn is_whole_records(len: usize) -> bool {
 }
 
 fn empty_set() -> ImageSet {
-    ImageSet {
-        height: SIDE,
-        width: SIDE,
-        channels: CHANNELS,
-        pixels: Vec::new(),
-        labels: Vec::new(),
-    }
+    ImageSet { height: SIDE, width: SIDE, channels: CHANNELS, pixels: Vec::new(), labels: Vec::new() }
 }
 
 /// Appends planar (CHW) pixels to `out` interleaved (HWC): pixel p of plane c lands at p * channels + c.
 fn append_planar_as_interleaved(planes: &[u8], channels: usize, out: &mut Vec<u8>) {
     let plane_len = planes.len() / channels;
-    out.extend(
-        (0..plane_len).flat_map(|pixel| (0..channels).map(move |c| planes[c * plane_len + pixel])),
-    );
+    out.extend((0..plane_len).flat_map(|pixel| (0..channels).map(move |c| planes[c * plane_len + pixel])));
 }
 
 /// Validates one batch's bytes and appends its records to `set`.
@@ -77,10 +63,7 @@ fn append_batch(set: &mut ImageSet, bytes: &[u8]) -> Result<(), DataError> {
     for (index, record) in bytes.chunks_exact(RECORD_LEN).enumerate() {
         let label = record[0];
         if label >= NUM_CLASSES {
-            return Err(DataError::at_record(
-                index,
-                format!("label {label} out of range 0..9"),
-            ));
+            return Err(DataError::at_record(index, format!("label {label} out of range 0..9")));
         }
         set.labels.push(i64::from(label));
         append_planar_as_interleaved(&record[1..], CHANNELS, &mut set.pixels);
@@ -96,10 +79,7 @@ pub fn read_cifar10_bin(bytes: &[u8]) -> Result<ImageSet, DataError> {
 }
 
 /// Concatenates the split's batches in order; `load` fetches one batch's bytes by file name.
-fn read_split(
-    split: CifarSplit,
-    mut load: impl FnMut(&str) -> Result<Vec<u8>, DataError>,
-) -> Result<ImageSet, DataError> {
+fn read_split(split: CifarSplit, mut load: impl FnMut(&str) -> Result<Vec<u8>, DataError>) -> Result<ImageSet, DataError> {
     let mut set = empty_set();
     for name in split.batch_names() {
         let bytes = load(name)?;
@@ -128,11 +108,7 @@ fn extract_batches(bytes: &[u8], wanted: &[&str]) -> Result<ArchiveBatches, Data
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let path = entry
-            .path()
-            .map_err(tar_error)?
-            .to_string_lossy()
-            .into_owned();
+        let path = entry.path().map_err(tar_error)?.to_string_lossy().into_owned();
         let name = path.rsplit('/').next().unwrap_or(&path).to_string();
         seen.push(path);
         if !wanted.contains(&name.as_str()) {
@@ -144,28 +120,16 @@ fn extract_batches(bytes: &[u8], wanted: &[&str]) -> Result<ArchiveBatches, Data
             return Err(DataError::file(format!("tar archive holds {name} twice")));
         }
     }
-    Ok(ArchiveBatches {
-        by_name: batches,
-        seen_paths: seen,
-    })
+    Ok(ArchiveBatches { by_name: batches, seen_paths: seen })
 }
 
 /// Reads a split from `cifar-10-binary.tar.gz` (batches under `cifar-10-batches-bin/`).
 pub fn read_cifar10_targz(bytes: &[u8], split: CifarSplit) -> Result<ImageSet, DataError> {
-    let ArchiveBatches {
-        mut by_name,
-        seen_paths,
-    } = extract_batches(bytes, split.batch_names())?;
+    let ArchiveBatches { mut by_name, seen_paths } = extract_batches(bytes, split.batch_names())?;
     read_split(split, |name| {
         by_name.remove(name).ok_or_else(|| {
-            let listing = if seen_paths.is_empty() {
-                "nothing".to_string()
-            } else {
-                seen_paths.join(", ")
-            };
-            DataError::file(format!(
-                "tar archive has no {ARCHIVE_DIR}/{name} (found: {listing})"
-            ))
+            let listing = if seen_paths.is_empty() { "nothing".to_string() } else { seen_paths.join(", ") };
+            DataError::file(format!("tar archive has no {ARCHIVE_DIR}/{name} (found: {listing})"))
         })
     })
 }
@@ -173,15 +137,10 @@ pub fn read_cifar10_targz(bytes: &[u8], split: CifarSplit) -> Result<ImageSet, D
 /// Reads a split from an unpacked directory: either `cifar-10-batches-bin/` itself or the folder holding it.
 pub fn read_cifar10_dir(path: &Path, split: CifarSplit) -> Result<ImageSet, DataError> {
     let nested = path.join(ARCHIVE_DIR);
-    let dir = if nested.is_dir() {
-        nested
-    } else {
-        path.to_path_buf()
-    };
+    let dir = if nested.is_dir() { nested } else { path.to_path_buf() };
     read_split(split, |name| {
         let file = dir.join(name);
-        std::fs::read(&file)
-            .map_err(|e| DataError::new(file.display().to_string(), format!("cannot read: {e}")))
+        std::fs::read(&file).map_err(|e| DataError::new(file.display().to_string(), format!("cannot read: {e}")))
     })
 }
 
@@ -216,22 +175,10 @@ mod tests {
     }
 
     fn all_batches() -> Vec<(String, Vec<u8>)> {
-        let mut files: Vec<(String, Vec<u8>)> = (1..=5u8)
-            .map(|i| {
-                (
-                    format!("{ARCHIVE_DIR}/data_batch_{i}.bin"),
-                    record(i, i, 0, 0),
-                )
-            })
-            .collect();
-        files.push((
-            format!("{ARCHIVE_DIR}/test_batch.bin"),
-            [record(0, 0, 1, 2), record(9, 0, 1, 2)].concat(),
-        ));
-        files.push((
-            format!("{ARCHIVE_DIR}/batches.meta.txt"),
-            b"airplane\n".to_vec(),
-        ));
+        let mut files: Vec<(String, Vec<u8>)> =
+            (1..=5u8).map(|i| (format!("{ARCHIVE_DIR}/data_batch_{i}.bin"), record(i, i, 0, 0))).collect();
+        files.push((format!("{ARCHIVE_DIR}/test_batch.bin"), [record(0, 0, 1, 2), record(9, 0, 1, 2)].concat()));
+        files.push((format!("{ARCHIVE_DIR}/batches.meta.txt"), b"airplane\n".to_vec()));
         files
     }
 
@@ -242,10 +189,7 @@ mod tests {
     #[test]
     fn converts_planar_to_hwc() {
         let set = read_cifar10_bin(&record(4, 10, 20, 30)).unwrap();
-        assert_eq!(
-            (set.len(), set.height, set.width, set.channels),
-            (1, 32, 32, 3)
-        );
+        assert_eq!((set.len(), set.height, set.width, set.channels), (1, 32, 32, 3));
         assert_eq!(set.labels, vec![4]);
         let image = set.image(0);
         assert_eq!(&image[..3], &[10, 20, 30]);
@@ -258,10 +202,7 @@ mod tests {
         let mut bytes = vec![record(1, 0, 0, 0); 10].concat();
         bytes.push(0);
         let err = read_cifar10_bin(&bytes).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "file: truncated: 30731 bytes is not a whole number of 3073-byte CIFAR-10 records"
-        );
+        assert_eq!(err.to_string(), "file: truncated: 30731 bytes is not a whole number of 3073-byte CIFAR-10 records");
         let mut records = vec![record(1, 0, 0, 0); 13];
         records[12][0] = 11;
         let err = read_cifar10_bin(&records.concat()).unwrap_err();
@@ -285,19 +226,12 @@ mod tests {
         let mut files = all_batches();
         files.retain(|(p, _)| !p.ends_with("data_batch_4.bin"));
         let err = read_cifar10_targz(&targz(&as_refs(&files)), CifarSplit::Train).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("tar archive has no cifar-10-batches-bin/data_batch_4.bin"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("tar archive has no cifar-10-batches-bin/data_batch_4.bin"), "{err}");
         assert!(read_cifar10_targz(&targz(&as_refs(&files)), CifarSplit::Test).is_ok());
         let mut files = all_batches();
         files[5].1[RECORD_LEN] = 10;
         let err = read_cifar10_targz(&targz(&as_refs(&files)), CifarSplit::Test).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "test_batch.bin, record 1: label 10 out of range 0..9"
-        );
+        assert_eq!(err.to_string(), "test_batch.bin, record 1: label 10 out of range 0..9");
         assert!(read_cifar10_targz(b"\x1f\x8bnot really", CifarSplit::Test).is_err());
     }
 

@@ -6,10 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use super::{numbered_lines, utf8_text, DataError, SequenceSet, SequenceSetBuilder};
 
 /// Token strings by id. Unlike the LRA reference code, `]` and `)` are kept: they carry the tree structure.
-pub const VOCAB: &[&str] = &[
-    "<pad>", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "[MAX", "[MIN", "[MED", "[SM", "]",
-    "(", ")",
-];
+pub const VOCAB: &[&str] = &["<pad>", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "[MAX", "[MIN", "[MED", "[SM", "]", "(", ")"];
 pub const PAD_ID: i64 = 0;
 /// Id of digit 0; digit d has id DIGIT_BASE + d.
 const DIGIT_BASE: i64 = 1;
@@ -34,12 +31,7 @@ enum Operator {
 }
 
 impl Operator {
-    const ALL: [Operator; 4] = [
-        Operator::Max,
-        Operator::Min,
-        Operator::Median,
-        Operator::SumMod10,
-    ];
+    const ALL: [Operator; 4] = [Operator::Max, Operator::Min, Operator::Median, Operator::SumMod10];
 
     fn token(self) -> &'static str {
         match self {
@@ -99,21 +91,14 @@ fn symbol(id: i64) -> Option<Symbol> {
 
 fn token_id(token: &str) -> Option<i64> {
     // Id 0 is padding, never a word of the text.
-    VOCAB
-        .iter()
-        .skip(1)
-        .position(|&t| t == token)
-        .map(|p| p as i64 + 1)
+    VOCAB.iter().skip(1).position(|&t| t == token).map(|p| p as i64 + 1)
 }
 
 /// Splits on whitespace and maps each token to its id; unknown tokens are named in the error.
 pub fn tokenize(expr: &str) -> Result<Vec<i64>, String> {
     expr.split_whitespace()
         .enumerate()
-        .map(|(position, token)| {
-            token_id(token)
-                .ok_or_else(|| format!("unknown token '{token}' at position {}", position + 1))
-        })
+        .map(|(position, token)| token_id(token).ok_or_else(|| format!("unknown token '{token}' at position {}", position + 1)))
         .collect()
 }
 
@@ -123,11 +108,7 @@ pub fn evaluate(expr: &str) -> Result<i64, String> {
 }
 
 /// Hands a finished value to the innermost open operator, or makes it the expression's value at top level.
-fn deliver(
-    value: i64,
-    open: &mut [(Operator, Vec<i64>)],
-    result: &mut Option<i64>,
-) -> Result<(), String> {
+fn deliver(value: i64, open: &mut [(Operator, Vec<i64>)], result: &mut Option<i64>) -> Result<(), String> {
     match open.last_mut() {
         Some((_, args)) => args.push(value),
         None if result.is_some() => return Err("more than one top-level value".to_string()),
@@ -144,28 +125,19 @@ pub fn evaluate_tokens(ids: &[i64]) -> Result<i64, String> {
     let mut paren_depth = 0usize;
     for (index, &id) in ids.iter().enumerate() {
         let position = index + 1;
-        match symbol(id)
-            .ok_or_else(|| format!("token id {id} at position {position} is not a ListOps token"))?
-        {
+        match symbol(id).ok_or_else(|| format!("token id {id} at position {position} is not a ListOps token"))? {
             Symbol::Digit(value) => deliver(value, &mut open, &mut result)?,
             Symbol::Open(op) => open.push((op, Vec::new())),
             Symbol::Close => {
-                let (op, args) = open
-                    .pop()
-                    .ok_or_else(|| format!("']' at position {position} closes nothing"))?;
+                let (op, args) = open.pop().ok_or_else(|| format!("']' at position {position} closes nothing"))?;
                 if args.is_empty() {
-                    return Err(format!(
-                        "{} closed at position {position} has no arguments",
-                        op.token()
-                    ));
+                    return Err(format!("{} closed at position {position} has no arguments", op.token()));
                 }
                 deliver(op.apply(&args), &mut open, &mut result)?;
             }
             Symbol::OpenParen => paren_depth += 1,
             Symbol::CloseParen => {
-                paren_depth = paren_depth
-                    .checked_sub(1)
-                    .ok_or_else(|| format!("')' at position {position} closes nothing"))?;
+                paren_depth = paren_depth.checked_sub(1).ok_or_else(|| format!("')' at position {position} closes nothing"))?;
             }
         }
     }
@@ -180,15 +152,11 @@ pub fn evaluate_tokens(ids: &[i64]) -> Result<i64, String> {
 
 /// Whether a first line looks like a ListOps TSV row or header (used by format sniffing).
 pub(crate) fn is_tsv_line(line: &[u8]) -> bool {
-    line == HEADER.as_bytes()
-        || ((line.starts_with(b"[") || line.starts_with(b"(")) && line.contains(&b'\t'))
+    line == HEADER.as_bytes() || ((line.starts_with(b"[") || line.starts_with(b"(")) && line.contains(&b'\t'))
 }
 
 fn parse_label(text: &str) -> Result<i64, String> {
-    let label: i64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("label '{}' is not an integer", text.trim()))?;
+    let label: i64 = text.trim().parse().map_err(|_| format!("label '{}' is not an integer", text.trim()))?;
     if !(0..=9).contains(&label) {
         return Err(format!("label {label} out of range 0..9"));
     }
@@ -199,10 +167,7 @@ fn parse_label(text: &str) -> Result<i64, String> {
 fn parse_row(line: &str) -> Result<(Vec<i64>, i64), String> {
     let columns: Vec<&str> = line.split('\t').collect();
     let [source, target] = columns[..] else {
-        return Err(format!(
-            "expected 2 tab-separated columns (Source, Target), found {}",
-            columns.len()
-        ));
+        return Err(format!("expected 2 tab-separated columns (Source, Target), found {}", columns.len()));
     };
     let tokens = tokenize(source)?;
     if tokens.is_empty() {
@@ -220,8 +185,7 @@ pub fn read_tsv(bytes: &[u8], max_len: usize) -> Result<SequenceSet, DataError> 
         if line.trim().is_empty() || (line_number == 1 && line == HEADER) {
             continue;
         }
-        let (tokens, label) =
-            parse_row(line).map_err(|message| DataError::at_line(line_number, message))?;
+        let (tokens, label) = parse_row(line).map_err(|message| DataError::at_line(line_number, message))?;
         builder.push(&tokens, label);
     }
     builder.finish("ListOps rows")
@@ -247,21 +211,14 @@ pub struct GenParams {
 
 impl Default for GenParams {
     fn default() -> Self {
-        GenParams {
-            max_depth: 10,
-            max_args: 10,
-            max_length: 2000,
-            min_length: 500,
-        }
+        GenParams { max_depth: 10, max_args: 10, max_length: 2000, min_length: 500 }
     }
 }
 
 impl GenParams {
     /// The longest expression these settings can build: every argument a nested operator until max_depth.
     fn longest_possible(&self) -> usize {
-        (1..=self.max_depth).rev().fold(1usize, |child_len, _| {
-            self.max_args.saturating_mul(child_len).saturating_add(2)
-        })
+        (1..=self.max_depth).rev().fold(1usize, |child_len, _| self.max_args.saturating_mul(child_len).saturating_add(2))
     }
 
     fn check(&self) -> Result<(), DataError> {
@@ -270,37 +227,21 @@ impl GenParams {
         } else if self.max_args < 2 {
             Some("max_args must be at least 2".to_string())
         } else if self.min_length > self.max_length {
-            Some(format!(
-                "min_length {} exceeds max_length {}",
-                self.min_length, self.max_length
-            ))
+            Some(format!("min_length {} exceeds max_length {}", self.min_length, self.max_length))
         } else if self.max_length < MIN_EXPRESSION_LEN {
-            Some(format!(
-                "max_length {} is below the shortest expression ({MIN_EXPRESSION_LEN} tokens)",
-                self.max_length
-            ))
+            Some(format!("max_length {} is below the shortest expression ({MIN_EXPRESSION_LEN} tokens)", self.max_length))
         } else if self.min_length > self.longest_possible() {
-            Some(format!(
-                "min_length {} is longer than any expression with these depth/argument limits",
-                self.min_length
-            ))
+            Some(format!("min_length {} is longer than any expression with these depth/argument limits", self.min_length))
         } else {
             None
         };
-        problem.map_or(Ok(()), |message| {
-            Err(DataError::new("generator settings", message))
-        })
+        problem.map_or(Ok(()), |message| Err(DataError::new("generator settings", message)))
     }
 }
 
 /// Appends one random operator node (LRA's generate_tree) to `out`. Returns false as soon as the text passes
 /// `max_length`, since the sample would be rejected anyway; this also bounds the work per attempt.
-fn grow_operator(
-    rng: &mut ChaCha8Rng,
-    depth: usize,
-    params: &GenParams,
-    out: &mut Vec<&'static str>,
-) -> bool {
+fn grow_operator(rng: &mut ChaCha8Rng, depth: usize, params: &GenParams, out: &mut Vec<&'static str>) -> bool {
     out.push(Operator::ALL[rng.random_range(0..Operator::ALL.len())].token());
     let arg_count = rng.random_range(2..=params.max_args);
     for _ in 0..arg_count {
@@ -326,16 +267,11 @@ pub fn generate(seed: u64, n: usize, params: &GenParams) -> Result<Vec<(String, 
     params.check()?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut samples = Vec::new();
-    let mut attempts_left = n
-        .saturating_mul(ATTEMPTS_PER_SAMPLE)
-        .max(ATTEMPTS_PER_SAMPLE);
+    let mut attempts_left = n.saturating_mul(ATTEMPTS_PER_SAMPLE).max(ATTEMPTS_PER_SAMPLE);
     let mut tokens = Vec::new();
     while samples.len() < n {
         if attempts_left == 0 {
-            let message = format!(
-                "gave up: only {} of {n} expressions fell within the length limits",
-                samples.len()
-            );
+            let message = format!("gave up: only {} of {n} expressions fell within the length limits", samples.len());
             return Err(DataError::new("generator settings", message));
         }
         attempts_left -= 1;
@@ -344,8 +280,7 @@ pub fn generate(seed: u64, n: usize, params: &GenParams) -> Result<Vec<(String, 
             continue;
         }
         let expr = tokens.join(" ");
-        let value =
-            evaluate(&expr).map_err(|message| DataError::new("generated expression", message))?;
+        let value = evaluate(&expr).map_err(|message| DataError::new("generated expression", message))?;
         samples.push((expr, value));
     }
     Ok(samples)
@@ -356,22 +291,14 @@ mod tests {
     use super::*;
 
     fn small_params() -> GenParams {
-        GenParams {
-            max_depth: 4,
-            max_args: 4,
-            max_length: 40,
-            min_length: 8,
-        }
+        GenParams { max_depth: 4, max_args: 4, max_length: 40, min_length: 8 }
     }
 
     #[test]
     fn vocabulary_keeps_structure_tokens() {
         assert_eq!(vocab_size(), 18);
         assert_eq!(VOCAB[PAD_ID as usize], "<pad>");
-        assert_eq!(
-            tokenize("[MAX 0 9 ] ( )").unwrap(),
-            vec![11, 1, 10, 15, 16, 17]
-        );
+        assert_eq!(tokenize("[MAX 0 9 ] ( )").unwrap(), vec![11, 1, 10, 15, 16, 17]);
     }
 
     #[test]
@@ -384,10 +311,7 @@ mod tests {
 
     #[test]
     fn evaluates_known_expressions() {
-        assert_eq!(
-            evaluate("[MAX 4 3 [MIN 2 3 ] 1 0 [MED 1 5 8 9 2 ] ]"),
-            Ok(5)
-        );
+        assert_eq!(evaluate("[MAX 4 3 [MIN 2 3 ] 1 0 [MED 1 5 8 9 2 ] ]"), Ok(5));
         assert_eq!(evaluate("[SM 9 9 1 ]"), Ok(9));
         assert_eq!(evaluate("[MED 1 2 3 4 ]"), Ok(2));
         assert_eq!(evaluate("[MED 9 1 8 ]"), Ok(8));
@@ -405,23 +329,13 @@ mod tests {
 
     #[test]
     fn malformed_expressions_are_errors() {
-        assert_eq!(
-            evaluate("[MAX 1 2"),
-            Err("[MAX is never closed with ']'".to_string())
-        );
-        assert!(evaluate("[MAX 1 ] ]")
-            .unwrap_err()
-            .contains("closes nothing"));
+        assert_eq!(evaluate("[MAX 1 2"), Err("[MAX is never closed with ']'".to_string()));
+        assert!(evaluate("[MAX 1 ] ]").unwrap_err().contains("closes nothing"));
         assert!(evaluate("[MIN ]").unwrap_err().contains("no arguments"));
         assert!(evaluate("( [MAX 1 ]").unwrap_err().contains("never closed"));
-        assert!(evaluate("1 2")
-            .unwrap_err()
-            .contains("more than one top-level value"));
+        assert!(evaluate("1 2").unwrap_err().contains("more than one top-level value"));
         assert_eq!(evaluate(""), Err("empty expression".to_string()));
-        assert!(
-            evaluate_tokens(&[0]).is_err(),
-            "padding id is not evaluable"
-        );
+        assert!(evaluate_tokens(&[0]).is_err(), "padding id is not evaluable");
     }
 
     #[test]
@@ -439,20 +353,14 @@ mod tests {
     #[test]
     fn tsv_errors_name_the_line() {
         let err = read_tsv(b"Source\tTarget\n[MAX 1 ]\t1\n[MAX 1 ]\t1\textra\n", 10).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "line 3: expected 2 tab-separated columns (Source, Target), found 3"
-        );
+        assert_eq!(err.to_string(), "line 3: expected 2 tab-separated columns (Source, Target), found 3");
         let err = read_tsv(b"[MAX 1 ]\t1\n[MAX 1 ]\t10\n", 10).unwrap_err();
         assert_eq!(err.to_string(), "line 2: label 10 out of range 0..9");
         let err = read_tsv(b"[MAX 1 ]\tx\n", 10).unwrap_err();
         assert_eq!(err.to_string(), "line 1: label 'x' is not an integer");
         let err = read_tsv(b"[MAX 1 ]\t1\n[MAX one ]\t1\n", 10).unwrap_err();
         assert_eq!(err.to_string(), "line 2: unknown token 'one' at position 2");
-        assert_eq!(
-            read_tsv(b"Source\tTarget\n", 10).unwrap_err().to_string(),
-            "file: no ListOps rows found"
-        );
+        assert_eq!(read_tsv(b"Source\tTarget\n", 10).unwrap_err().to_string(), "file: no ListOps rows found");
     }
 
     #[test]
@@ -471,20 +379,14 @@ mod tests {
         assert_eq!(samples.len(), 50);
         for (expr, label) in &samples {
             let tokens = tokenize(expr).unwrap();
-            assert!(
-                (params.min_length..=params.max_length).contains(&tokens.len()),
-                "{expr}"
-            );
+            assert!((params.min_length..=params.max_length).contains(&tokens.len()), "{expr}");
             assert_eq!(evaluate(expr).unwrap(), *label);
             assert!((0..=9).contains(label));
         }
         let labels: std::collections::HashSet<_> = samples.iter().map(|(_, l)| l).collect();
         assert!(labels.len() > 3, "labels should vary: {labels:?}");
         let round_trip = read_tsv(to_tsv(&samples).as_bytes(), 100).unwrap();
-        assert_eq!(
-            round_trip.labels,
-            samples.iter().map(|(_, l)| *l).collect::<Vec<_>>()
-        );
+        assert_eq!(round_trip.labels, samples.iter().map(|(_, l)| *l).collect::<Vec<_>>());
     }
 
     #[test]
@@ -498,33 +400,10 @@ mod tests {
 
     #[test]
     fn impossible_settings_are_refused_not_looped() {
-        let params = GenParams {
-            min_length: 50,
-            max_length: 40,
-            ..small_params()
-        };
-        assert!(generate(1, 1, &params)
-            .unwrap_err()
-            .to_string()
-            .contains("exceeds max_length"));
-        let shallow = GenParams {
-            max_depth: 1,
-            max_args: 3,
-            max_length: 100,
-            min_length: 6,
-        };
-        assert!(generate(1, 1, &shallow)
-            .unwrap_err()
-            .to_string()
-            .contains("longer than any expression"));
-        assert!(generate(
-            1,
-            1,
-            &GenParams {
-                max_args: 1,
-                ..small_params()
-            }
-        )
-        .is_err());
+        let params = GenParams { min_length: 50, max_length: 40, ..small_params() };
+        assert!(generate(1, 1, &params).unwrap_err().to_string().contains("exceeds max_length"));
+        let shallow = GenParams { max_depth: 1, max_args: 3, max_length: 100, min_length: 6 };
+        assert!(generate(1, 1, &shallow).unwrap_err().to_string().contains("longer than any expression"));
+        assert!(generate(1, 1, &GenParams { max_args: 1, ..small_params() }).is_err());
     }
 }

@@ -24,10 +24,7 @@ pub struct DataError {
 
 impl DataError {
     pub fn new(location: impl Into<String>, message: impl Into<String>) -> Self {
-        DataError {
-            location: location.into(),
-            message: message.into(),
-        }
+        DataError { location: location.into(), message: message.into() }
     }
 
     /// A problem on a text line; `line` is 1-based, as editors show it.
@@ -109,11 +106,7 @@ impl SequenceSet {
 
     /// Length of the longest sequence (0 for an empty set).
     pub fn max_sequence_len(&self) -> usize {
-        self.offsets
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or(0)
+        self.offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
     }
 }
 
@@ -128,13 +121,7 @@ impl SequenceSetBuilder {
         if max_len == 0 {
             return Err(DataError::file("max_len must be at least 1"));
         }
-        let set = SequenceSet {
-            tokens: Vec::new(),
-            offsets: vec![0],
-            labels: Vec::new(),
-            vocab_size,
-            truncated: 0,
-        };
+        let set = SequenceSet { tokens: Vec::new(), offsets: vec![0], labels: Vec::new(), vocab_size, truncated: 0 };
         Ok(SequenceSetBuilder { set, max_len })
     }
 
@@ -249,19 +236,14 @@ impl std::fmt::Display for Format {
 pub(crate) fn utf8_text(bytes: &[u8]) -> Result<&str, DataError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     std::str::from_utf8(bytes).map_err(|e| {
-        let line = 1 + bytes[..e.valid_up_to()]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
+        let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
         DataError::at_line(line, "not valid UTF-8 text")
     })
 }
 
 /// Lines numbered from 1, with Windows line endings removed.
 pub(crate) fn numbered_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines()
-        .enumerate()
-        .map(|(index, line)| (index + 1, line))
+    text.lines().enumerate().map(|(index, line)| (index + 1, line))
 }
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -280,9 +262,7 @@ pub(crate) fn gunzip_if_compressed(bytes: &[u8]) -> Result<Cow<'_, [u8]>, DataEr
         return Ok(Cow::Borrowed(bytes));
     }
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(bytes)
-        .read_to_end(&mut out)
-        .map_err(|e| DataError::file(format!("corrupt gzip data: {e}")))?;
+    flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out).map_err(|e| DataError::file(format!("corrupt gzip data: {e}")))?;
     Ok(Cow::Owned(out))
 }
 
@@ -348,8 +328,7 @@ fn detect_gzip_format(filename: &str, bytes: &[u8]) -> Result<Format, DataError>
     if looks_like_tar(&prefix) {
         return Ok(Format::Cifar10TarGz);
     }
-    idx::sniff_magic(&prefix)
-        .ok_or_else(|| DataError::file("gzip file holds neither a tar archive nor IDX data"))
+    idx::sniff_magic(&prefix).ok_or_else(|| DataError::file("gzip file holds neither a tar archive nor IDX data"))
 }
 
 /// Text formats are told apart by their first meaningful characters; only the first line is looked at.
@@ -364,9 +343,7 @@ fn detect_text_format(bytes: &[u8]) -> Option<Format> {
         _ if listops::is_tsv_line(first_line) => Some(Format::ListopsTsv),
         b'{' if fasta::looks_like_tape_object(first_line) => Some(Format::TapeJson),
         b'{' => Some(Format::Jsonl),
-        b'[' if text[1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') => {
-            Some(Format::TapeJson)
-        }
+        b'[' if text[1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') => Some(Format::TapeJson),
         _ => None,
     }
 }
@@ -388,12 +365,7 @@ mod tests {
     fn error_display_names_location() {
         let err = DataError::at_line(7, "input has 15 values");
         assert_eq!(err.to_string(), "line 7: input has 15 values");
-        assert_eq!(
-            DataError::at_record(3, "bad")
-                .within("test_batch.bin")
-                .to_string(),
-            "test_batch.bin, record 3: bad"
-        );
+        assert_eq!(DataError::at_record(3, "bad").within("test_batch.bin").to_string(), "test_batch.bin, record 3: bad");
         assert_eq!(DataError::file("empty").to_string(), "file: empty");
     }
 
@@ -403,28 +375,13 @@ mod tests {
         let labels = idx::write_idx_labels(&[4]).unwrap();
         assert_eq!(detect_format("x", &images).unwrap(), Format::IdxImages);
         assert_eq!(detect_format("x", &labels).unwrap(), Format::IdxLabels);
-        assert_eq!(
-            detect_format("train-images.gz", &gzip(&images)).unwrap(),
-            Format::IdxImages
-        );
-        assert_eq!(
-            detect_format("x.npz", b"PK\x03\x04rest").unwrap(),
-            Format::Npz
-        );
+        assert_eq!(detect_format("train-images.gz", &gzip(&images)).unwrap(), Format::IdxImages);
+        assert_eq!(detect_format("x.npz", b"PK\x03\x04rest").unwrap(), Format::Npz);
         let mut st = 4u64.to_le_bytes().to_vec();
         st.extend_from_slice(b"{}  ");
-        assert_eq!(
-            detect_format("m.safetensors", &st).unwrap(),
-            Format::Safetensors
-        );
-        assert_eq!(
-            detect_format("data_batch_1.bin", &vec![1u8; 3073 * 2]).unwrap(),
-            Format::Cifar10Bin
-        );
-        assert_eq!(
-            detect_format("c.tar.gz", &gzip(b"anything")).unwrap(),
-            Format::Cifar10TarGz
-        );
+        assert_eq!(detect_format("m.safetensors", &st).unwrap(), Format::Safetensors);
+        assert_eq!(detect_format("data_batch_1.bin", &vec![1u8; 3073 * 2]).unwrap(), Format::Cifar10Bin);
+        assert_eq!(detect_format("c.tar.gz", &gzip(b"anything")).unwrap(), Format::Cifar10TarGz);
     }
 
     #[test]
@@ -433,60 +390,28 @@ mod tests {
         let mut header = tar::Header::new_gnu();
         header.set_size(3);
         header.set_cksum();
-        builder
-            .append_data(&mut header, "a.bin", &b"abc"[..])
-            .unwrap();
+        builder.append_data(&mut header, "a.bin", &b"abc"[..]).unwrap();
         let tar_bytes = builder.into_inner().unwrap();
-        assert_eq!(
-            detect_format("upload", &gzip(&tar_bytes)).unwrap(),
-            Format::Cifar10TarGz
-        );
+        assert_eq!(detect_format("upload", &gzip(&tar_bytes)).unwrap(), Format::Cifar10TarGz);
     }
 
     #[test]
     fn detects_text_formats() {
-        assert_eq!(
-            detect_format("a", b">seq1 3\nMKV\n").unwrap(),
-            Format::Fasta
-        );
-        assert_eq!(
-            detect_format("a", b"Source\tTarget\n[MAX 1 2 ]\t2\n").unwrap(),
-            Format::ListopsTsv
-        );
-        assert_eq!(
-            detect_format("a", b"( [MAX 1 2 ] )\t2\n").unwrap(),
-            Format::ListopsTsv
-        );
-        assert_eq!(
-            detect_format("a", b"{\"input\": [1, 2], \"label\": 0}\n").unwrap(),
-            Format::Jsonl
-        );
-        assert_eq!(
-            detect_format("a", b"\xEF\xBB\xBF  {\"input\": [1], \"label\": 0}").unwrap(),
-            Format::Jsonl
-        );
-        assert_eq!(
-            detect_format("a", b"[{\"primary\": \"MKV\", \"fold_label\": 1}]").unwrap(),
-            Format::TapeJson
-        );
-        assert_eq!(
-            detect_format("a", b"{\"primary\": \"MKV\", \"fold_label\": 1}\n").unwrap(),
-            Format::TapeJson
-        );
+        assert_eq!(detect_format("a", b">seq1 3\nMKV\n").unwrap(), Format::Fasta);
+        assert_eq!(detect_format("a", b"Source\tTarget\n[MAX 1 2 ]\t2\n").unwrap(), Format::ListopsTsv);
+        assert_eq!(detect_format("a", b"( [MAX 1 2 ] )\t2\n").unwrap(), Format::ListopsTsv);
+        assert_eq!(detect_format("a", b"{\"input\": [1, 2], \"label\": 0}\n").unwrap(), Format::Jsonl);
+        assert_eq!(detect_format("a", b"\xEF\xBB\xBF  {\"input\": [1], \"label\": 0}").unwrap(), Format::Jsonl);
+        assert_eq!(detect_format("a", b"[{\"primary\": \"MKV\", \"fold_label\": 1}]").unwrap(), Format::TapeJson);
+        assert_eq!(detect_format("a", b"{\"primary\": \"MKV\", \"fold_label\": 1}\n").unwrap(), Format::TapeJson);
     }
 
     #[test]
     fn unknown_bytes_are_an_error() {
         let err = detect_format("notes.txt", b"hello world").unwrap_err();
-        assert!(
-            err.to_string().starts_with("file: unrecognised format"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("file: unrecognised format"), "{err}");
         let err = detect_format("x.gz", &gzip(b"plain text")).unwrap_err();
-        assert!(
-            err.to_string().contains("neither a tar archive nor IDX"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("neither a tar archive nor IDX"), "{err}");
     }
 
     #[test]
@@ -494,10 +419,7 @@ mod tests {
         let lines: Vec<_> = numbered_lines("a\r\nb\n").collect();
         assert_eq!(lines, vec![(1, "a"), (2, "b")]);
         assert_eq!(utf8_text(b"\xEF\xBB\xBFok").unwrap(), "ok");
-        assert_eq!(
-            utf8_text(b"ok\nfine\nbad \xff").unwrap_err().to_string(),
-            "line 3: not valid UTF-8 text"
-        );
+        assert_eq!(utf8_text(b"ok\nfine\nbad \xff").unwrap_err().to_string(), "line 3: not valid UTF-8 text");
     }
 
     #[test]
@@ -511,10 +433,7 @@ mod tests {
         assert_eq!(set.truncated, 1);
         assert_eq!(set.max_sequence_len(), 3);
         assert!(SequenceSetBuilder::new(5, 0).is_err());
-        let empty = SequenceSetBuilder::new(5, 3)
-            .unwrap()
-            .finish("sequences")
-            .unwrap_err();
+        let empty = SequenceSetBuilder::new(5, 3).unwrap().finish("sequences").unwrap_err();
         assert_eq!(empty.to_string(), "file: no sequences found");
     }
 }

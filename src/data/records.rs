@@ -51,9 +51,7 @@ fn checked_f32(index: usize, value: f64) -> Result<f32, String> {
     }
     let narrowed = value as f32;
     if narrowed.is_infinite() {
-        return Err(format!(
-            "input value {index} ({value:e}) does not fit in float32"
-        ));
+        return Err(format!("input value {index} ({value:e}) does not fit in float32"));
     }
     Ok(narrowed)
 }
@@ -75,9 +73,7 @@ pub(crate) fn class_label(value: &Value, num_classes: Option<usize>) -> Result<i
 
 fn check_class(label: i64, num_classes: Option<usize>) -> Result<i64, String> {
     match num_classes {
-        Some(n) if usize::try_from(label).map_or(true, |l| l >= n) => {
-            Err(format!("label {label} out of range 0..{n} (num_classes)"))
-        }
+        Some(n) if usize::try_from(label).map_or(true, |l| l >= n) => Err(format!("label {label} out of range 0..{n} (num_classes)")),
         None if label < 0 => Err(format!("label {label} is negative")),
         _ => Ok(label),
     }
@@ -86,9 +82,7 @@ fn check_class(label: i64, num_classes: Option<usize>) -> Result<i64, String> {
 /// serde_json's message without its "at line 1 column 5" tail, which would misstate the file position.
 fn json_error_message(error: &serde_json::Error) -> String {
     let full = error.to_string();
-    let message = full
-        .rsplit_once(" at line ")
-        .map_or(full.as_str(), |(message, _)| message);
+    let message = full.rsplit_once(" at line ").map_or(full.as_str(), |(message, _)| message);
     format!("invalid JSON: {message} (column {})", error.column())
 }
 
@@ -106,13 +100,8 @@ pub(crate) fn parse_json_document(text: &str) -> Result<Value, DataError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LabelKind {
     Undecided,
-    Class {
-        num_classes: Option<usize>,
-    },
-    Bits {
-        per_sample: Option<usize>,
-        from_spec: bool,
-    },
+    Class { num_classes: Option<usize> },
+    Bits { per_sample: Option<usize>, from_spec: bool },
 }
 
 /// Accumulates validated records from any format.
@@ -131,32 +120,16 @@ struct RecordSetBuilder<'a> {
 impl<'a> RecordSetBuilder<'a> {
     fn new(spec: &'a RecordSpec) -> Result<Self, DataError> {
         let label_kind = match (spec.num_classes, spec.bits) {
-            (Some(_), Some(_)) => {
-                return Err(DataError::new(
-                    "spec",
-                    "num_classes and bits cannot both be set",
-                ))
-            }
-            (Some(0), None) => {
-                return Err(DataError::new("spec", "num_classes must be at least 1"))
-            }
+            (Some(_), Some(_)) => return Err(DataError::new("spec", "num_classes and bits cannot both be set")),
+            (Some(0), None) => return Err(DataError::new("spec", "num_classes must be at least 1")),
             (None, Some(0)) => return Err(DataError::new("spec", "bits must be at least 1")),
-            (Some(n), None) => LabelKind::Class {
-                num_classes: Some(n),
-            },
-            (None, Some(k)) => LabelKind::Bits {
-                per_sample: Some(k),
-                from_spec: true,
-            },
+            (Some(n), None) => LabelKind::Class { num_classes: Some(n) },
+            (None, Some(k)) => LabelKind::Bits { per_sample: Some(k), from_spec: true },
             (None, None) => LabelKind::Undecided,
         };
         match spec.input {
-            InputSpec::Continuous { token_dim: Some(0) } => {
-                return Err(DataError::new("spec", "token_dim must be at least 1"))
-            }
-            InputSpec::Tokens { vocab_size: 0 } => {
-                return Err(DataError::new("spec", "vocab_size must be at least 1"))
-            }
+            InputSpec::Continuous { token_dim: Some(0) } => return Err(DataError::new("spec", "token_dim must be at least 1")),
+            InputSpec::Tokens { vocab_size: 0 } => return Err(DataError::new("spec", "vocab_size must be at least 1")),
             _ => {}
         }
         Ok(RecordSetBuilder {
@@ -176,12 +149,7 @@ impl<'a> RecordSetBuilder<'a> {
     }
 
     /// The token size for this record: from the spec, else from the record's own shape, which must match earlier ones.
-    fn resolve_token_dim(
-        &mut self,
-        spec_dim: Option<usize>,
-        shape_dim: Option<usize>,
-        count: usize,
-    ) -> Result<usize, String> {
+    fn resolve_token_dim(&mut self, spec_dim: Option<usize>, shape_dim: Option<usize>, count: usize) -> Result<usize, String> {
         match (spec_dim, shape_dim) {
             (Some(expected), Some(found)) if found != expected => {
                 Err(format!("tokens have {found} values, expected {expected} (token_dim)"))
@@ -190,9 +158,9 @@ impl<'a> RecordSetBuilder<'a> {
                 Err(format!("input has {count} values, expected a multiple of {expected} (token_dim)"))
             }
             (Some(expected), _) => Ok(expected),
-            (None, None) => Err(format!(
-                "input is a flat list of {count} values but no token_dim was given; set token_dim or store tokens as rows"
-            )),
+            (None, None) => {
+                Err(format!("input is a flat list of {count} values but no token_dim was given; set token_dim or store tokens as rows"))
+            }
             (None, Some(0)) => Err("tokens have 0 values".to_string()),
             (None, Some(found)) => match self.learned_token_dim.replace(found) {
                 Some(earlier) if earlier != found => {
@@ -220,22 +188,14 @@ impl<'a> RecordSetBuilder<'a> {
     /// Adds a record of token ids, each in 0..vocab_size.
     fn push_ids(&mut self, ids: &[i64]) -> Result<(), String> {
         let InputSpec::Tokens { vocab_size } = self.spec.input else {
-            return Err(
-                "input holds token ids, but the dataset expects real values (tokens of token_dim)"
-                    .to_string(),
-            );
+            return Err("input holds token ids, but the dataset expects real values (tokens of token_dim)".to_string());
         };
         if ids.is_empty() {
             return Err("input is empty".to_string());
         }
-        let out_of_range = ids
-            .iter()
-            .enumerate()
-            .find(|(_, &id)| usize::try_from(id).map_or(true, |id| id >= vocab_size));
+        let out_of_range = ids.iter().enumerate().find(|(_, &id)| usize::try_from(id).map_or(true, |id| id >= vocab_size));
         if let Some((index, id)) = out_of_range {
-            return Err(format!(
-                "token id {id} at index {index} out of range 0..{vocab_size} (vocab_size)"
-            ));
+            return Err(format!("token id {id} at index {index} out of range 0..{vocab_size} (vocab_size)"));
         }
         self.ids.extend_from_slice(ids);
         self.offsets.push(self.token_total() + ids.len());
@@ -244,9 +204,7 @@ impl<'a> RecordSetBuilder<'a> {
 
     fn push_class(&mut self, label: i64) -> Result<(), String> {
         let num_classes = match self.label_kind {
-            LabelKind::Bits { .. } => {
-                return Err("label is a class index, but the dataset has bit labels".to_string())
-            }
+            LabelKind::Bits { .. } => return Err("label is a class index, but the dataset has bit labels".to_string()),
             LabelKind::Undecided => None,
             LabelKind::Class { num_classes } => num_classes,
         };
@@ -257,27 +215,16 @@ impl<'a> RecordSetBuilder<'a> {
 
     fn push_bits(&mut self, bits: &[i64]) -> Result<(), String> {
         let (per_sample, from_spec) = match self.label_kind {
-            LabelKind::Class { .. } => {
-                return Err("label is a bit array, but the dataset has class labels".to_string())
-            }
+            LabelKind::Class { .. } => return Err("label is a bit array, but the dataset has class labels".to_string()),
             LabelKind::Undecided => (None, false),
-            LabelKind::Bits {
-                per_sample,
-                from_spec,
-            } => (per_sample, from_spec),
+            LabelKind::Bits { per_sample, from_spec } => (per_sample, from_spec),
         };
         match per_sample {
             Some(expected) if bits.len() != expected && from_spec => {
-                return Err(format!(
-                    "label has {} bits, expected {expected} (bits)",
-                    bits.len()
-                ))
+                return Err(format!("label has {} bits, expected {expected} (bits)", bits.len()))
             }
             Some(expected) if bits.len() != expected => {
-                return Err(format!(
-                    "label has {} bits but earlier records have {expected} (mixed shapes)",
-                    bits.len()
-                ))
+                return Err(format!("label has {} bits but earlier records have {expected} (mixed shapes)", bits.len()))
             }
             _ if bits.is_empty() => return Err("label is an empty bit array".to_string()),
             _ => {}
@@ -285,10 +232,7 @@ impl<'a> RecordSetBuilder<'a> {
         if let Some((index, value)) = bits.iter().enumerate().find(|(_, &b)| b != 0 && b != 1) {
             return Err(format!("bit label {index} is {value}, expected 0 or 1"));
         }
-        self.label_kind = LabelKind::Bits {
-            per_sample: Some(bits.len()),
-            from_spec,
-        };
+        self.label_kind = LabelKind::Bits { per_sample: Some(bits.len()), from_spec };
         self.bits.extend(bits.iter().map(|&b| b as u8));
         Ok(())
     }
@@ -300,25 +244,15 @@ impl<'a> RecordSetBuilder<'a> {
         let inputs = match self.spec.input {
             InputSpec::Continuous { token_dim } => {
                 let token_dim = token_dim.or(self.learned_token_dim).unwrap_or(1);
-                RecordInputs::Continuous {
-                    values: self.values,
-                    token_dim,
-                }
+                RecordInputs::Continuous { values: self.values, token_dim }
             }
             InputSpec::Tokens { .. } => RecordInputs::Tokens { ids: self.ids },
         };
         let labels = match self.label_kind {
-            LabelKind::Bits { per_sample, .. } => RecordLabels::Bits {
-                bits: self.bits,
-                per_sample: per_sample.unwrap_or(0),
-            },
+            LabelKind::Bits { per_sample, .. } => RecordLabels::Bits { bits: self.bits, per_sample: per_sample.unwrap_or(0) },
             _ => RecordLabels::Class(self.classes),
         };
-        Ok(RecordSet {
-            inputs,
-            offsets: self.offsets,
-            labels,
-        })
+        Ok(RecordSet { inputs, offsets: self.offsets, labels })
     }
 }
 
@@ -329,10 +263,7 @@ fn json_values(items: &[Value]) -> Result<Vec<f32>, String> {
         .enumerate()
         .map(|(index, item)| match item.as_f64() {
             Some(value) => checked_f32(index, value),
-            None => Err(format!(
-                "input value {index} is {}, expected a number",
-                describe_json(item)
-            )),
+            None => Err(format!("input value {index} is {}, expected a number", describe_json(item))),
         })
         .collect()
 }
@@ -342,32 +273,21 @@ fn json_rows(rows: &[Value]) -> Result<(Vec<f32>, usize), String> {
     let mut values = Vec::new();
     let mut row_len = None;
     for (row_index, row) in rows.iter().enumerate() {
-        let items = row.as_array().ok_or_else(|| {
-            format!(
-                "input row {row_index} is {}, expected an array",
-                describe_json(row)
-            )
-        })?;
+        let items = row.as_array().ok_or_else(|| format!("input row {row_index} is {}, expected an array", describe_json(row)))?;
         match row_len {
             Some(first) if items.len() != first => {
-                return Err(format!(
-                    "input row {row_index} has {} values but row 0 has {first}",
-                    items.len()
-                ))
+                return Err(format!("input row {row_index} has {} values but row 0 has {first}", items.len()))
             }
             _ => row_len = Some(items.len()),
         }
-        let row_values =
-            json_values(items).map_err(|problem| format!("input row {row_index}: {problem}"))?;
+        let row_values = json_values(items).map_err(|problem| format!("input row {row_index}: {problem}"))?;
         values.extend(row_values);
     }
     Ok((values, row_len.unwrap_or(0)))
 }
 
 fn push_json_input(builder: &mut RecordSetBuilder, input: &Value) -> Result<(), String> {
-    let items = input
-        .as_array()
-        .ok_or_else(|| format!("\"input\" is {}, expected an array", describe_json(input)))?;
+    let items = input.as_array().ok_or_else(|| format!("\"input\" is {}, expected an array", describe_json(input)))?;
     match builder.spec.input {
         InputSpec::Tokens { .. } => {
             let ids = items
@@ -396,20 +316,14 @@ fn push_json_label(builder: &mut RecordSetBuilder, label: &Value) -> Result<(), 
             builder.push_bits(&bits)
         }
         Value::Number(_) => builder.push_class(json_integer(label, "label")?),
-        other => Err(format!(
-            "\"label\" is {}, expected a class index or an array of 0/1 bits",
-            describe_json(other)
-        )),
+        other => Err(format!("\"label\" is {}, expected a class index or an array of 0/1 bits", describe_json(other))),
     }
 }
 
 fn push_json_record(builder: &mut RecordSetBuilder, record: &Value) -> Result<(), String> {
-    let object = record.as_object().ok_or_else(|| {
-        format!(
-            "expected a JSON object with \"input\" and \"label\", found {}",
-            describe_json(record)
-        )
-    })?;
+    let object = record
+        .as_object()
+        .ok_or_else(|| format!("expected a JSON object with \"input\" and \"label\", found {}", describe_json(record)))?;
     let input = object.get("input").ok_or("missing \"input\"")?;
     let label = object.get("label").ok_or("missing \"label\"")?;
     push_json_input(builder, input)?;
@@ -422,8 +336,7 @@ pub fn read_jsonl(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataErro
     let mut builder = RecordSetBuilder::new(spec)?;
     for (line_number, line) in numbered_lines(text).filter(|(_, line)| !line.trim().is_empty()) {
         let record = parse_json_line(line_number, line)?;
-        push_json_record(&mut builder, &record)
-            .map_err(|message| DataError::at_line(line_number, message))?;
+        push_json_record(&mut builder, &record).map_err(|message| DataError::at_line(line_number, message))?;
     }
     builder.finish()
 }
@@ -431,11 +344,7 @@ pub fn read_jsonl(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataErro
 /// Record `index`'s real values from a float or integer array, checked to be finite float32.
 fn record_values(data: &ArrayData, range: std::ops::Range<usize>) -> Result<Vec<f32>, String> {
     let widen = |values: Vec<f64>| -> Result<Vec<f32>, String> {
-        values
-            .into_iter()
-            .enumerate()
-            .map(|(index, value)| checked_f32(index, value))
-            .collect()
+        values.into_iter().enumerate().map(|(index, value)| checked_f32(index, value)).collect()
     };
     match data {
         ArrayData::F32(v) => widen(v[range].iter().map(|&x| f64::from(x)).collect()),
@@ -454,19 +363,13 @@ fn integer_elements(array: &Array) -> Result<Vec<i64>, DataError> {
         ArrayData::U8(v) => Ok(v.iter().map(|&x| i64::from(x)).collect()),
         other => Err(DataError::new(
             format!("array '{}'", array.name),
-            format!(
-                "has dtype {}, but it must hold integers",
-                other.element_type().name()
-            ),
+            format!("has dtype {}, but it must hold integers", other.element_type().name()),
         )),
     }
 }
 
 fn shape_error(array: &Array, expected: &str) -> DataError {
-    DataError::new(
-        format!("array '{}'", array.name),
-        format!("has shape {:?}, expected {expected}", array.shape),
-    )
+    DataError::new(format!("array '{}'", array.name), format!("has shape {:?}, expected {expected}", array.shape))
 }
 
 /// Each record's index and element range in an array whose first dimension counts records.
@@ -477,10 +380,7 @@ fn record_ranges(shape: &[usize]) -> impl Iterator<Item = (usize, Range<usize>)>
 }
 
 /// Runs `push` on every record, naming the record in any error.
-fn for_each_record(
-    shape: &[usize],
-    mut push: impl FnMut(Range<usize>) -> Result<(), String>,
-) -> Result<(), DataError> {
+fn for_each_record(shape: &[usize], mut push: impl FnMut(Range<usize>) -> Result<(), String>) -> Result<(), DataError> {
     for (index, range) in record_ranges(shape) {
         push(range).map_err(|message| DataError::at_record(index, message))?;
     }
@@ -498,9 +398,7 @@ fn push_array_inputs(builder: &mut RecordSetBuilder, inputs: &Array) -> Result<(
         InputSpec::Tokens { .. } => Err(shape_error(inputs, "[N, L] token ids")),
         InputSpec::Continuous { .. } if rank == 2 || rank == 3 => {
             let shape_dim = inputs.shape.get(2).copied();
-            for_each_record(&inputs.shape, |range| {
-                builder.push_values(&record_values(&inputs.data, range)?, shape_dim)
-            })
+            for_each_record(&inputs.shape, |range| builder.push_values(&record_values(&inputs.data, range)?, shape_dim))
         }
         InputSpec::Continuous { .. } => Err(shape_error(inputs, "[N, L, D] or [N, F] real values")),
     }
@@ -510,33 +408,19 @@ fn push_array_inputs(builder: &mut RecordSetBuilder, inputs: &Array) -> Result<(
 fn push_array_labels(builder: &mut RecordSetBuilder, labels: &Array) -> Result<(), DataError> {
     let values = integer_elements(labels)?;
     match labels.shape.len() {
-        1 => for_each_record(&labels.shape, |range| {
-            builder.push_class(values[range.start])
-        }),
+        1 => for_each_record(&labels.shape, |range| builder.push_class(values[range.start])),
         2 => for_each_record(&labels.shape, |range| builder.push_bits(&values[range])),
         _ => Err(shape_error(labels, "[N] class indices or [N, k] bits")),
     }
 }
 
 /// Builds records from `inputs` and `labels` arrays, whichever container they came from.
-fn records_from_arrays(
-    inputs: &Array,
-    labels: &Array,
-    spec: &RecordSpec,
-) -> Result<RecordSet, DataError> {
+fn records_from_arrays(inputs: &Array, labels: &Array, spec: &RecordSpec) -> Result<RecordSet, DataError> {
     let mut builder = RecordSetBuilder::new(spec)?;
     let (input_count, label_count) = (inputs.shape.first().copied(), labels.shape.first().copied());
     if input_count != label_count {
-        let count = |n: Option<usize>| {
-            n.map_or("no records (a scalar)".to_string(), |n| {
-                format!("{n} records")
-            })
-        };
-        return Err(DataError::file(format!(
-            "inputs hold {} but labels hold {}",
-            count(input_count),
-            count(label_count)
-        )));
+        let count = |n: Option<usize>| n.map_or("no records (a scalar)".to_string(), |n| format!("{n} records"));
+        return Err(DataError::file(format!("inputs hold {} but labels hold {}", count(input_count), count(label_count))));
     }
     push_array_inputs(&mut builder, inputs)?;
     push_array_labels(&mut builder, labels)?;
@@ -552,18 +436,12 @@ fn records_from_named(arrays: Vec<Array>, spec: &RecordSpec) -> Result<RecordSet
 
 /// Reads records from an `.npz` holding `inputs` and `labels` arrays.
 pub fn read_npz(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError> {
-    records_from_named(
-        arrays::read_npz(bytes, &[INPUTS_ARRAY, LABELS_ARRAY])?,
-        spec,
-    )
+    records_from_named(arrays::read_npz(bytes, &[INPUTS_ARRAY, LABELS_ARRAY])?, spec)
 }
 
 /// Reads records from a `.safetensors` file holding `inputs` and `labels` tensors.
 pub fn read_safetensors(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError> {
-    records_from_named(
-        arrays::read_safetensors(bytes, &[INPUTS_ARRAY, LABELS_ARRAY])?,
-        spec,
-    )
+    records_from_named(arrays::read_safetensors(bytes, &[INPUTS_ARRAY, LABELS_ARRAY])?, spec)
 }
 
 #[cfg(test)]
@@ -574,19 +452,11 @@ mod tests {
     use safetensors::Dtype;
 
     fn continuous(token_dim: Option<usize>, num_classes: Option<usize>) -> RecordSpec {
-        RecordSpec {
-            input: InputSpec::Continuous { token_dim },
-            num_classes,
-            bits: None,
-        }
+        RecordSpec { input: InputSpec::Continuous { token_dim }, num_classes, bits: None }
     }
 
     fn tokens(vocab_size: usize) -> RecordSpec {
-        RecordSpec {
-            input: InputSpec::Tokens { vocab_size },
-            num_classes: None,
-            bits: None,
-        }
+        RecordSpec { input: InputSpec::Tokens { vocab_size }, num_classes: None, bits: None }
     }
 
     fn le_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N]) -> Vec<u8> {
@@ -604,13 +474,7 @@ mod tests {
         assert_eq!(set.len(), 2);
         assert_eq!(set.offsets, vec![0, 2, 3]);
         assert_eq!(set.token_count(0), 2);
-        assert_eq!(
-            set.inputs,
-            RecordInputs::Continuous {
-                values: vec![1.0, 2.0, 3.0, 4.0, 0.5, -0.001],
-                token_dim: 2
-            }
-        );
+        assert_eq!(set.inputs, RecordInputs::Continuous { values: vec![1.0, 2.0, 3.0, 4.0, 0.5, -0.001], token_dim: 2 });
         assert_eq!(set.labels, RecordLabels::Class(vec![1, 0]));
 
         let shaped = "{\"input\": [[1, 2, 3], [4, 5, 6]], \"label\": 3}\n{\"input\": [[7, 8, 9]], \"label\": 0}";
@@ -621,69 +485,26 @@ mod tests {
 
     #[test]
     fn reads_token_ids_and_bit_labels() {
-        let spec = RecordSpec {
-            input: InputSpec::Tokens { vocab_size: 5 },
-            num_classes: None,
-            bits: Some(3),
-        };
-        let set = read_jsonl(
-            b"{\"input\": [0, 4, 2], \"label\": [1, 0, 1]}\n{\"input\": [1], \"label\": [0, 0, 0]}",
-            &spec,
-        )
-        .unwrap();
-        assert_eq!(
-            set.inputs,
-            RecordInputs::Tokens {
-                ids: vec![0, 4, 2, 1]
-            }
-        );
-        assert_eq!(
-            set.labels,
-            RecordLabels::Bits {
-                bits: vec![1, 0, 1, 0, 0, 0],
-                per_sample: 3
-            }
-        );
+        let spec = RecordSpec { input: InputSpec::Tokens { vocab_size: 5 }, num_classes: None, bits: Some(3) };
+        let set = read_jsonl(b"{\"input\": [0, 4, 2], \"label\": [1, 0, 1]}\n{\"input\": [1], \"label\": [0, 0, 0]}", &spec).unwrap();
+        assert_eq!(set.inputs, RecordInputs::Tokens { ids: vec![0, 4, 2, 1] });
+        assert_eq!(set.labels, RecordLabels::Bits { bits: vec![1, 0, 1, 0, 0, 0], per_sample: 3 });
         assert_eq!(set.token_count(1), 1);
         let inferred = read_jsonl(b"{\"input\": [1], \"label\": [1, 1]}", &tokens(2)).unwrap();
-        assert_eq!(
-            inferred.labels,
-            RecordLabels::Bits {
-                bits: vec![1, 1],
-                per_sample: 2
-            }
-        );
+        assert_eq!(inferred.labels, RecordLabels::Bits { bits: vec![1, 1], per_sample: 2 });
     }
 
     #[test]
     fn jsonl_shape_errors_name_the_line() {
         let spec = continuous(Some(16), None);
-        let err = jsonl_error(
-            &format!("{{\"input\": {:?}, \"label\": 0}}", vec![0.5f32; 15]),
-            &spec,
-        );
-        assert_eq!(
-            err,
-            "line 1: input has 15 values, expected a multiple of 16 (token_dim)"
-        );
+        let err = jsonl_error(&format!("{{\"input\": {:?}, \"label\": 0}}", vec![0.5f32; 15]), &spec);
+        assert_eq!(err, "line 1: input has 15 values, expected a multiple of 16 (token_dim)");
         let mixed = "{\"input\": [[1, 2]], \"label\": 0}\n{\"input\": [[1, 2]], \"label\": 0}\n{\"input\": [[1, 2, 3]], \"label\": 0}";
-        assert_eq!(
-            jsonl_error(mixed, &continuous(None, None)),
-            "line 3: tokens have 3 values but earlier records have 2 (mixed shapes)"
-        );
+        assert_eq!(jsonl_error(mixed, &continuous(None, None)), "line 3: tokens have 3 values but earlier records have 2 (mixed shapes)");
         let ragged = "{\"input\": [[1, 2], [3]], \"label\": 0}";
-        assert_eq!(
-            jsonl_error(ragged, &continuous(None, None)),
-            "line 1: input row 1 has 1 values but row 0 has 2"
-        );
-        assert!(
-            jsonl_error("{\"input\": [1, 2], \"label\": 0}", &continuous(None, None))
-                .contains("no token_dim")
-        );
-        assert_eq!(
-            jsonl_error("{\"input\": [], \"label\": 0}", &spec),
-            "line 1: input is empty"
-        );
+        assert_eq!(jsonl_error(ragged, &continuous(None, None)), "line 1: input row 1 has 1 values but row 0 has 2");
+        assert!(jsonl_error("{\"input\": [1, 2], \"label\": 0}", &continuous(None, None)).contains("no token_dim"));
+        assert_eq!(jsonl_error("{\"input\": [], \"label\": 0}", &spec), "line 1: input is empty");
     }
 
     #[test]
@@ -691,41 +512,17 @@ mod tests {
         let spec = continuous(Some(1), Some(3));
         let ok = "{\"input\": [1], \"label\": 0}\n";
         assert_eq!(
-            jsonl_error(
-                &format!("{ok}{ok}{{\"input\": [1, \"NaN\"], \"label\": 0}}"),
-                &spec
-            ),
+            jsonl_error(&format!("{ok}{ok}{{\"input\": [1, \"NaN\"], \"label\": 0}}"), &spec),
             "line 3: input value 1 is a string (\"NaN\"), expected a number"
         );
-        assert_eq!(
-            jsonl_error("{\"input\": [1e300], \"label\": 0}", &spec),
-            "line 1: input value 0 (1e300) does not fit in float32"
-        );
-        assert_eq!(
-            jsonl_error("{\"input\": [1], \"label\": 3}", &spec),
-            "line 1: label 3 out of range 0..3 (num_classes)"
-        );
-        assert_eq!(
-            jsonl_error("{\"input\": [1], \"label\": 1.5}", &spec),
-            "line 1: label must be an integer, found 1.5"
-        );
-        assert_eq!(
-            jsonl_error(&format!("{ok}{{\"input\": [1]}}"), &spec),
-            "line 2: missing \"label\""
-        );
-        assert_eq!(
-            jsonl_error("{\"label\": 1}", &spec),
-            "line 1: missing \"input\""
-        );
-        assert_eq!(
-            jsonl_error("[1, 2]", &spec),
-            "line 1: expected a JSON object with \"input\" and \"label\", found an array"
-        );
+        assert_eq!(jsonl_error("{\"input\": [1e300], \"label\": 0}", &spec), "line 1: input value 0 (1e300) does not fit in float32");
+        assert_eq!(jsonl_error("{\"input\": [1], \"label\": 3}", &spec), "line 1: label 3 out of range 0..3 (num_classes)");
+        assert_eq!(jsonl_error("{\"input\": [1], \"label\": 1.5}", &spec), "line 1: label must be an integer, found 1.5");
+        assert_eq!(jsonl_error(&format!("{ok}{{\"input\": [1]}}"), &spec), "line 2: missing \"label\"");
+        assert_eq!(jsonl_error("{\"label\": 1}", &spec), "line 1: missing \"input\"");
+        assert_eq!(jsonl_error("[1, 2]", &spec), "line 1: expected a JSON object with \"input\" and \"label\", found an array");
         let err = jsonl_error(&format!("{ok}{ok}{{\"input\": [1,], \"label\": 0}}"), &spec);
-        assert!(
-            err.starts_with("line 3: invalid JSON: ") && !err.contains("at line"),
-            "{err}"
-        );
+        assert!(err.starts_with("line 3: invalid JSON: ") && !err.contains("at line"), "{err}");
         assert_eq!(jsonl_error("\n  \n", &spec), "file: no records found");
     }
 
@@ -743,59 +540,27 @@ mod tests {
             jsonl_error("{\"input\": [1.5], \"label\": 0}", &tokens(64)),
             "line 1: token id at index 0 must be an integer, found 1.5"
         );
-        let bits = RecordSpec {
-            bits: Some(2),
-            ..tokens(4)
-        };
-        assert_eq!(
-            jsonl_error("{\"input\": [1], \"label\": [1, 2]}", &bits),
-            "line 1: bit label 1 is 2, expected 0 or 1"
-        );
-        assert_eq!(
-            jsonl_error("{\"input\": [1], \"label\": [1]}", &bits),
-            "line 1: label has 1 bits, expected 2 (bits)"
-        );
-        assert_eq!(
-            jsonl_error("{\"input\": [1], \"label\": 1}", &bits),
-            "line 1: label is a class index, but the dataset has bit labels"
-        );
+        let bits = RecordSpec { bits: Some(2), ..tokens(4) };
+        assert_eq!(jsonl_error("{\"input\": [1], \"label\": [1, 2]}", &bits), "line 1: bit label 1 is 2, expected 0 or 1");
+        assert_eq!(jsonl_error("{\"input\": [1], \"label\": [1]}", &bits), "line 1: label has 1 bits, expected 2 (bits)");
+        assert_eq!(jsonl_error("{\"input\": [1], \"label\": 1}", &bits), "line 1: label is a class index, but the dataset has bit labels");
         let mixed = "{\"input\": [1], \"label\": 1}\n{\"input\": [1], \"label\": [1]}";
+        assert_eq!(jsonl_error(mixed, &tokens(4)), "line 2: label is a bit array, but the dataset has class labels");
+        assert_eq!(jsonl_error("{\"input\": [1], \"label\": -1}", &tokens(4)), "line 1: label -1 is negative");
         assert_eq!(
-            jsonl_error(mixed, &tokens(4)),
-            "line 2: label is a bit array, but the dataset has class labels"
-        );
-        assert_eq!(
-            jsonl_error("{\"input\": [1], \"label\": -1}", &tokens(4)),
-            "line 1: label -1 is negative"
-        );
-        assert_eq!(
-            jsonl_error(
-                "{\"input\": [18446744073709551615], \"label\": 0}",
-                &tokens(4)
-            ),
+            jsonl_error("{\"input\": [18446744073709551615], \"label\": 0}", &tokens(4)),
             "line 1: token id at index 0 18446744073709551615 is too large"
         );
     }
 
     #[test]
     fn spec_contradictions_are_refused() {
-        let both = RecordSpec {
-            input: InputSpec::Tokens { vocab_size: 4 },
-            num_classes: Some(2),
-            bits: Some(2),
-        };
+        let both = RecordSpec { input: InputSpec::Tokens { vocab_size: 4 }, num_classes: Some(2), bits: Some(2) };
         assert!(jsonl_error("{\"input\": [1], \"label\": 1}", &both).starts_with("spec: "));
-        assert!(
-            jsonl_error("{\"input\": [1], \"label\": 1}", &continuous(Some(0), None))
-                .contains("token_dim must be at least 1")
-        );
+        assert!(jsonl_error("{\"input\": [1], \"label\": 1}", &continuous(Some(0), None)).contains("token_dim must be at least 1"));
     }
 
-    fn npz_records(
-        inputs: Vec<u8>,
-        labels: Vec<u8>,
-        spec: &RecordSpec,
-    ) -> Result<RecordSet, DataError> {
+    fn npz_records(inputs: Vec<u8>, labels: Vec<u8>, spec: &RecordSpec) -> Result<RecordSet, DataError> {
         read_npz(&npz_bytes(&[("inputs", inputs), ("labels", labels)]), spec)
     }
 
@@ -808,43 +573,19 @@ mod tests {
         assert_eq!(set.offsets, vec![0, 3, 6]);
         assert_eq!(set.values_per_token(), 2);
         assert_eq!(set.labels, RecordLabels::Class(vec![1, 0]));
-        let flat = npy_bytes(
-            "<f8",
-            &[2, 6],
-            &le_bytes(
-                &values.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
-                f64::to_le_bytes,
-            ),
-        );
+        let flat = npy_bytes("<f8", &[2, 6], &le_bytes(&values.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), f64::to_le_bytes));
         let set = npz_records(flat, labels, &continuous(Some(3), None)).unwrap();
         assert_eq!(set.offsets, vec![0, 2, 4]);
-        assert!(
-            matches!(&set.inputs, RecordInputs::Continuous { values: v, token_dim: 3 } if v[11] == 11.0)
-        );
+        assert!(matches!(&set.inputs, RecordInputs::Continuous { values: v, token_dim: 3 } if v[11] == 11.0));
     }
 
     #[test]
     fn reads_npz_token_ids_and_bool_bits() {
-        let ids = npy_bytes(
-            "<i4",
-            &[2, 2],
-            &le_bytes(&[3i32, 1, 0, 2], i32::to_le_bytes),
-        );
+        let ids = npy_bytes("<i4", &[2, 2], &le_bytes(&[3i32, 1, 0, 2], i32::to_le_bytes));
         let bits = npy_bytes("|b1", &[2, 3], &[1, 0, 1, 0, 1, 1]);
         let set = npz_records(ids, bits, &tokens(4)).unwrap();
-        assert_eq!(
-            set.inputs,
-            RecordInputs::Tokens {
-                ids: vec![3, 1, 0, 2]
-            }
-        );
-        assert_eq!(
-            set.labels,
-            RecordLabels::Bits {
-                bits: vec![1, 0, 1, 0, 1, 1],
-                per_sample: 3
-            }
-        );
+        assert_eq!(set.inputs, RecordInputs::Tokens { ids: vec![3, 1, 0, 2] });
+        assert_eq!(set.labels, RecordLabels::Bits { bits: vec![1, 0, 1, 0, 1, 1], per_sample: 3 });
     }
 
     #[test]
@@ -857,26 +598,13 @@ mod tests {
         assert_eq!(err.to_string(), "record 5: input value 0 is NaN");
         let inputs = npy_bytes("<f4", &[5, 4], &le_bytes(&[1.0f32; 20], f32::to_le_bytes));
         let err = npz_records(inputs, labels.clone(), &continuous(Some(2), None)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "file: inputs hold 5 records but labels hold 6 records"
-        );
+        assert_eq!(err.to_string(), "file: inputs hold 5 records but labels hold 6 records");
         let floats = npy_bytes("<f4", &[6, 1], &le_bytes(&[1.0f32; 6], f32::to_le_bytes));
         let err = npz_records(floats, labels.clone(), &tokens(4)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "array 'inputs': has dtype float32, but it must hold integers"
-        );
-        let ids = npy_bytes(
-            "<i8",
-            &[6, 1],
-            &le_bytes(&[0i64, 1, 2, 3, 9, 0], i64::to_le_bytes),
-        );
+        assert_eq!(err.to_string(), "array 'inputs': has dtype float32, but it must hold integers");
+        let ids = npy_bytes("<i8", &[6, 1], &le_bytes(&[0i64, 1, 2, 3, 9, 0], i64::to_le_bytes));
         let err = npz_records(ids, labels, &tokens(4)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "record 4: token id 9 at index 0 out of range 0..4 (vocab_size)"
-        );
+        assert_eq!(err.to_string(), "record 4: token id 9 at index 0 out of range 0..4 (vocab_size)");
     }
 
     #[test]
@@ -891,11 +619,7 @@ mod tests {
         assert_eq!(err.to_string(), "record 0: label is an empty bit array");
         let cube = npy_bytes("<i8", &[2, 1, 1], &le_bytes(&[0i64, 1], i64::to_le_bytes));
         let err = npz_records(cube, labels, &tokens(4)).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("array 'inputs': has shape [2, 1, 1]"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("array 'inputs': has shape [2, 1, 1]"), "{err}");
         let err = read_npz(&npz_bytes(&[("inputs", ids)]), &tokens(4)).unwrap_err();
         assert!(err.to_string().contains("no array named 'labels'"), "{err}");
     }
@@ -908,14 +632,8 @@ mod tests {
             let input_bytes = le_bytes(values, f32::to_le_bytes);
             safetensors::serialize(
                 [
-                    (
-                        "inputs",
-                        TensorView::new(Dtype::F32, vec![2, 2, 2], &input_bytes).unwrap(),
-                    ),
-                    (
-                        "labels",
-                        TensorView::new(Dtype::I64, vec![2], &labels).unwrap(),
-                    ),
+                    ("inputs", TensorView::new(Dtype::F32, vec![2, 2, 2], &input_bytes).unwrap()),
+                    ("labels", TensorView::new(Dtype::I64, vec![2], &labels).unwrap()),
                 ],
                 None,
             )
@@ -927,11 +645,7 @@ mod tests {
         values[7] = f32::INFINITY;
         let err = read_safetensors(&serialize(&values), &continuous(Some(2), Some(3))).unwrap_err();
         assert_eq!(err.to_string(), "record 1: input value 3 is infinite");
-        let err =
-            read_safetensors(&serialize(&[0.0; 8]), &continuous(Some(4), Some(3))).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "record 0: tokens have 2 values, expected 4 (token_dim)"
-        );
+        let err = read_safetensors(&serialize(&[0.0; 8]), &continuous(Some(4), Some(3))).unwrap_err();
+        assert_eq!(err.to_string(), "record 0: tokens have 2 values, expected 4 (token_dim)");
     }
 }

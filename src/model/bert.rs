@@ -35,12 +35,24 @@ pub struct BertConfig {
     pub initializer_range: f64,
 }
 
-fn d_512() -> i64 { 512 }
-fn d_2() -> i64 { 2 }
-fn d_gelu() -> String { "gelu".into() }
-fn d_1e12() -> f64 { 1e-12 }
-fn d_01() -> f64 { 0.1 }
-fn d_002() -> f64 { 0.02 }
+fn d_512() -> i64 {
+    512
+}
+fn d_2() -> i64 {
+    2
+}
+fn d_gelu() -> String {
+    "gelu".into()
+}
+fn d_1e12() -> f64 {
+    1e-12
+}
+fn d_01() -> f64 {
+    0.1
+}
+fn d_002() -> f64 {
+    0.02
+}
 
 impl BertConfig {
     pub fn backbone_config(&self) -> Result<BackboneConfig> {
@@ -149,7 +161,11 @@ impl Bert {
         let l = embeds.size()[1];
         let pos = if self.position.dim() == 2 { self.position.narrow(0, 0, l) } else { self.position.narrow(1, 0, l) };
         let x = self.embed_ln.forward(&(embeds + pos + &self.token_type0));
-        if train && self.cfg.embed_dropout > 0.0 { x.dropout(self.cfg.embed_dropout, true) } else { x }
+        if train && self.cfg.embed_dropout > 0.0 {
+            x.dropout(self.cfg.embed_dropout, true)
+        } else {
+            x
+        }
     }
 }
 

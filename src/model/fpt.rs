@@ -331,7 +331,8 @@ impl AdapterMeta {
 
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
         Self::parse(&meta.metadata().clone().unwrap_or_default()).with_context(|| format!("{} is not an fpt adapter", path.display()))
     }
 }

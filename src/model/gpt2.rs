@@ -34,13 +34,27 @@ pub struct Gpt2Config {
     pub initializer_range: f64,
 }
 
-fn d_768() -> i64 { 768 }
-fn d_12() -> i64 { 12 }
-fn d_1024() -> i64 { 1024 }
-fn d_gelu_new() -> String { "gelu_new".into() }
-fn d_1e5() -> f64 { 1e-5 }
-fn d_01() -> f64 { 0.1 }
-fn d_002() -> f64 { 0.02 }
+fn d_768() -> i64 {
+    768
+}
+fn d_12() -> i64 {
+    12
+}
+fn d_1024() -> i64 {
+    1024
+}
+fn d_gelu_new() -> String {
+    "gelu_new".into()
+}
+fn d_1e5() -> f64 {
+    1e-5
+}
+fn d_01() -> f64 {
+    0.1
+}
+fn d_002() -> f64 {
+    0.02
+}
 
 impl Gpt2Config {
     pub fn backbone_config(&self) -> Result<BackboneConfig> {
@@ -149,7 +163,11 @@ impl Gpt2 {
         let l = embeds.size()[1];
         let pos = if self.wpe.dim() == 2 { self.wpe.narrow(0, 0, l) } else { self.wpe.narrow(1, 0, l) };
         let x = embeds + pos;
-        if train && self.cfg.embed_dropout > 0.0 { x.dropout(self.cfg.embed_dropout, true) } else { x }
+        if train && self.cfg.embed_dropout > 0.0 {
+            x.dropout(self.cfg.embed_dropout, true)
+        } else {
+            x
+        }
     }
 }
 

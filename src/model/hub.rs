@@ -56,10 +56,7 @@ pub fn find_or_download(name: &str) -> Result<Option<PathBuf>> {
 }
 
 fn download(repo: &str, cache: &Path) -> Result<PathBuf> {
-    let client = reqwest::blocking::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(3600))
-        .build()?;
+    let client = reqwest::blocking::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(3600)).build()?;
     let base = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
     let root = cache.join(format!("models--{}", repo.replace('/', "--")));
     let snap = root.join("snapshots").join("main");

@@ -35,7 +35,15 @@ pub struct FreezeSwitches {
 
 impl Default for FreezeSwitches {
     fn default() -> Self {
-        Self { pretrained: true, freeze_attn: true, freeze_ff: true, freeze_ln: false, freeze_pos: false, freeze_in: false, freeze_out: false }
+        Self {
+            pretrained: true,
+            freeze_attn: true,
+            freeze_ff: true,
+            freeze_ln: false,
+            freeze_pos: false,
+            freeze_in: false,
+            freeze_out: false,
+        }
     }
 }
 
@@ -73,7 +81,11 @@ pub struct Param {
 impl Param {
     /// The tensor in its checkpoint layout.
     pub fn checkpoint_tensor(&self) -> Tensor {
-        if self.transposed { self.tensor.tr().contiguous() } else { self.tensor.shallow_clone() }
+        if self.transposed {
+            self.tensor.tr().contiguous()
+        } else {
+            self.tensor.shallow_clone()
+        }
     }
 }
 

@@ -58,7 +58,11 @@ pub fn view_to_tensor(view: &safetensors::tensor::TensorView<'_>, device: Device
         other => bail!("unsupported dtype {other:?}"),
     };
     let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
-    let t = if matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) { t.to_kind(Kind::Float) } else { t.to_kind(Kind::Int64) };
+    let t = if matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) {
+        t.to_kind(Kind::Float)
+    } else {
+        t.to_kind(Kind::Int64)
+    };
     Ok(t.to_device(device))
 }
 
@@ -84,8 +88,7 @@ pub fn tensor_bytes(t: &Tensor) -> (Dtype, Vec<usize>, Vec<u8>) {
 /// Writes named tensors plus a metadata map to `path` atomically (temp file + rename), so a
 /// reader never sees half a file.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
-    let raw: Vec<(String, (Dtype, Vec<usize>, Vec<u8>))> =
-        tensors.iter().map(|(n, t)| (n.clone(), tensor_bytes(t))).collect();
+    let raw: Vec<(String, (Dtype, Vec<usize>, Vec<u8>))> = tensors.iter().map(|(n, t)| (n.clone(), tensor_bytes(t))).collect();
     let views = raw
         .iter()
         .map(|(n, (dtype, shape, bytes))| Ok((n.as_str(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)?)))

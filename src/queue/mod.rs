@@ -169,7 +169,14 @@ fn worker_loop(inner: &Arc<Inner>) {
     }
 }
 
-fn event(job_id: &str, level: &'static str, kind: &'static str, message: impl Into<String>, data: Option<serde_json::Value>, step: Option<i64>) -> NewEvent {
+fn event(
+    job_id: &str,
+    level: &'static str,
+    kind: &'static str,
+    message: impl Into<String>,
+    data: Option<serde_json::Value>,
+    step: Option<i64>,
+) -> NewEvent {
     NewEvent { job_id: job_id.to_string(), level, kind, message: message.into(), data, step }
 }
 
@@ -198,7 +205,8 @@ fn run_job(inner: &Arc<Inner>, job: JobRow) {
     let outcome = match result {
         Ok(r) => r,
         Err(panic) => {
-            let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let msg =
+                panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
             Err(anyhow::anyhow!("training crashed: {msg}"))
         }
     };
@@ -209,7 +217,13 @@ fn run_job(inner: &Arc<Inner>, job: JobRow) {
             tracing::error!(error = format!("{e:#}"), "job failed");
             inner.cfg.events.send(event(&job.id, "error", "message", format!("Job failed: {e:#}"), None, None));
             inner.cfg.events.flush_blocking();
-            inner.rt.block_on(store.finish_job(&job.id, "failed", None, Some(&json!({"code": "training_failed", "message": format!("{e:#}"), "param": null})), None))
+            inner.rt.block_on(store.finish_job(
+                &job.id,
+                "failed",
+                None,
+                Some(&json!({"code": "training_failed", "message": format!("{e:#}"), "param": null})),
+                None,
+            ))
         }
     };
     if let Err(e) = done {
@@ -257,7 +271,14 @@ fn finish(inner: &Arc<Inner>, job: &JobRow, o: Outcome, model_id: String) -> Res
             inner.rt.block_on(store.transition(&job.id, &["running"], "paused")).map(|_| ())
         }
         Ending::Interrupted => {
-            ev.send(event(&job.id, "info", "message", format!("Server stopping: job checkpointed at step {} and queued again", o.steps), None, None));
+            ev.send(event(
+                &job.id,
+                "info",
+                "message",
+                format!("Server stopping: job checkpointed at step {} and queued again", o.steps),
+                None,
+                None,
+            ));
             ev.flush_blocking();
             inner.rt.block_on(store.transition(&job.id, &["running"], "queued")).map(|_| ())
         }
@@ -285,7 +306,8 @@ fn train_job(inner: &Arc<Inner>, job: &JobRow, control: &Control) -> Result<(Out
     // Whatever was recorded past the checkpoint this run restarts from is redone: drop it.
     let resume_step = checkpoint::latest(&ckpt_dir)?.map_or(0, |l| l.step);
     inner.rt.block_on(store.truncate_metrics_after(&job.id, resume_step as i64))?;
-    let message = if resume_step > 0 { format!("Job resumed from the checkpoint of step {resume_step}") } else { "Job started".to_string() };
+    let message =
+        if resume_step > 0 { format!("Job resumed from the checkpoint of step {resume_step}") } else { "Job started".to_string() };
     cfg.events.send(event(&job.id, "info", "message", message, None, None));
 
     let base = cfg.registry.resolve(&job.model)?;
@@ -316,7 +338,13 @@ fn train_job(inner: &Arc<Inner>, job: &JobRow, control: &Control) -> Result<(Out
         &job.id,
         "info",
         "message",
-        format!("Training {} of {} parameters ({:.3}%) on {} samples", report.trained, report.total, 100.0 * report.trained_fraction, task.info.train_samples),
+        format!(
+            "Training {} of {} parameters ({:.3}%) on {} samples",
+            report.trained,
+            report.total,
+            100.0 * report.trained_fraction,
+            task.info.train_samples
+        ),
         Some(json!({"parameters": report, "data": task.info})),
         None,
     ));

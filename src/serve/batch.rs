@@ -87,7 +87,8 @@ impl Worker {
             return Ok(());
         }
         let layers = AdapterLayers::read(path, self.cfg.device)?;
-        let spec: TaskSpec = serde_json::from_value(layers.meta.task.clone()).context("the adapter's task is not one this version knows")?;
+        let spec: TaskSpec =
+            serde_json::from_value(layers.meta.task.clone()).context("the adapter's task is not one this version knows")?;
         let key = BackboneKey {
             base: layers.meta.base_model.clone(),
             init_seed: (!layers.meta.switches.pretrained).then_some(layers.meta.init_seed),
@@ -183,11 +184,13 @@ impl Worker {
         let t0 = Instant::now();
         let a = &self.adapters[&j.model_id];
         let m = a.own_model.as_ref().unwrap();
-        let r = batch_from_samples(&a.spec, &a.layers.meta.shape, m.max_positions(), &j.samples).map_err(|e| PredictError::Invalid(e.to_string())).map(|b| {
-            let dev = self.cfg.device;
-            let logits = m.forward(&b.inputs.to_device(dev), b.lengths.map(|l| l.to_device(dev)).as_ref(), false);
-            predictions(&a.objective, &logits)
-        });
+        let r = batch_from_samples(&a.spec, &a.layers.meta.shape, m.max_positions(), &j.samples)
+            .map_err(|e| PredictError::Invalid(e.to_string()))
+            .map(|b| {
+                let dev = self.cfg.device;
+                let logits = m.forward(&b.inputs.to_device(dev), b.lengths.map(|l| l.to_device(dev)).as_ref(), false);
+                predictions(&a.objective, &logits)
+            });
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.batch_rows.fetch_add(j.samples.len() as u64, Ordering::Relaxed);
         self.reply(j, r, t0);
@@ -221,12 +224,16 @@ impl Worker {
             return;
         }
         let lmax = parts.iter().map(|(e, _)| e.size()[1]).max().unwrap();
-        let embeds: Vec<Tensor> = parts.iter().map(|(e, _)| if e.size()[1] < lmax { e.constant_pad_nd([0, 0, 0, lmax - e.size()[1]]) } else { e.shallow_clone() }).collect();
+        let embeds: Vec<Tensor> = parts
+            .iter()
+            .map(|(e, _)| if e.size()[1] < lmax { e.constant_pad_nd([0, 0, 0, lmax - e.size()[1]]) } else { e.shallow_clone() })
+            .collect();
         let embeds = Tensor::cat(&embeds, 0);
         let lengths = Tensor::cat(&parts.iter().map(|(_, l)| l.shallow_clone()).collect::<Vec<_>>(), 0).to_device(dev);
         let b = embeds.size()[0];
         let padded = i64::try_from(lengths.min()).unwrap() < lmax;
-        let key_mask = padded.then(|| Tensor::arange(lmax, (Kind::Int64, dev)).unsqueeze(0).lt_tensor(&lengths.unsqueeze(1)).view([b, 1, 1, lmax]));
+        let key_mask =
+            padded.then(|| Tensor::arange(lmax, (Kind::Int64, dev)).unsqueeze(0).lt_tensor(&lengths.unsqueeze(1)).view([b, 1, 1, lmax]));
         let row_counts: Vec<i64> = parts.iter().map(|(e, _)| e.size()[0]).collect();
         // Every row reads out its batch's largest k last tokens; each head then takes its own last k.
         let kmax = good.iter().map(|j| self.adapters[&j.model_id].layers.meta.shape.readout_tokens).max().unwrap();
@@ -259,7 +266,8 @@ impl Worker {
     /// stacked per row (rows of adapters that did not train a slot take the backbone's).
     fn row_slots(&self, key: &BackboneKey, ids: &[String], rows: &[i64]) -> HashMap<String, Tensor> {
         let originals = &self.backbones[key].originals;
-        let adapters: Vec<HashMap<&str, &Tensor>> = ids.iter().map(|id| self.adapters[id].layers.slots.iter().map(|(n, t)| (n.as_str(), t)).collect()).collect();
+        let adapters: Vec<HashMap<&str, &Tensor>> =
+            ids.iter().map(|id| self.adapters[id].layers.slots.iter().map(|(n, t)| (n.as_str(), t)).collect()).collect();
         let single = ids.windows(2).all(|w| w[0] == w[1]);
         originals
             .iter()
@@ -269,10 +277,15 @@ impl Worker {
                 let t = if single {
                     pick(0)
                 } else {
-                    let per_row: Vec<Tensor> = (0..ids.len()).map(|i| pick(i).unsqueeze(0).expand(expand_shape(rows[i], orig), false)).collect();
+                    let per_row: Vec<Tensor> =
+                        (0..ids.len()).map(|i| pick(i).unsqueeze(0).expand(expand_shape(rows[i], orig), false)).collect();
                     let stacked = Tensor::cat(&per_row, 0);
                     // [d] -> [B, 1, d] broadcasts over tokens; [P, d] -> [B, P, d] already does.
-                    if orig.dim() == 1 { stacked.unsqueeze(1) } else { stacked }
+                    if orig.dim() == 1 {
+                        stacked.unsqueeze(1)
+                    } else {
+                        stacked
+                    }
                 };
                 (name.clone(), t)
             })

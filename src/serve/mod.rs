@@ -115,7 +115,13 @@ impl Inference {
     }
 
     /// Predicts for `samples` with the adapter at `adapter` (known to the caller as `model_id`).
-    pub async fn predict(&self, model_id: &str, adapter: PathBuf, samples: Vec<Value>, timeout: Duration) -> Result<PredictOutput, PredictError> {
+    pub async fn predict(
+        &self,
+        model_id: &str,
+        adapter: PathBuf,
+        samples: Vec<Value>,
+        timeout: Duration,
+    ) -> Result<PredictOutput, PredictError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();

@@ -134,7 +134,14 @@ impl Store {
 
     pub async fn insert_file(&self, f: &FileRow) -> Result<()> {
         sqlx::query("INSERT INTO files (id, filename, purpose, bytes, format, samples, created_at, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-            .bind(&f.id).bind(&f.filename).bind(&f.purpose).bind(f.bytes).bind(&f.format).bind(f.samples).bind(f.created_at).bind(&f.path)
+            .bind(&f.id)
+            .bind(&f.filename)
+            .bind(&f.purpose)
+            .bind(f.bytes)
+            .bind(&f.format)
+            .bind(f.samples)
+            .bind(f.created_at)
+            .bind(&f.path)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -181,11 +188,13 @@ impl Store {
     }
 
     pub async fn jobs(&self, page: &Page<'_>) -> Result<Vec<JobRow>> {
-        Ok(sqlx::query_as("SELECT * FROM jobs WHERE (?1 IS NULL OR rowid < (SELECT rowid FROM jobs WHERE id = ?1)) ORDER BY rowid DESC LIMIT ?2")
-            .bind(page.after)
-            .bind(page.limit)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(
+            "SELECT * FROM jobs WHERE (?1 IS NULL OR rowid < (SELECT rowid FROM jobs WHERE id = ?1)) ORDER BY rowid DESC LIMIT ?2",
+        )
+        .bind(page.after)
+        .bind(page.limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Claims the oldest queued job in one statement; it becomes `running`.
@@ -223,7 +232,14 @@ impl Store {
         Ok(())
     }
 
-    pub async fn finish_job(&self, id: &str, status: &str, result: Option<&serde_json::Value>, error: Option<&serde_json::Value>, model: Option<&str>) -> Result<()> {
+    pub async fn finish_job(
+        &self,
+        id: &str,
+        status: &str,
+        result: Option<&serde_json::Value>,
+        error: Option<&serde_json::Value>,
+        model: Option<&str>,
+    ) -> Result<()> {
         sqlx::query("UPDATE jobs SET status = ?, finished_at = ?, result = COALESCE(?, result), error = ?, fine_tuned_model = COALESCE(?, fine_tuned_model) WHERE id = ?")
             .bind(status)
             .bind(now())
@@ -251,7 +267,13 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for e in events {
             sqlx::query("INSERT INTO events (job_id, created_at, level, type, message, data, step) VALUES (?, ?, ?, ?, ?, ?, ?)")
-                .bind(&e.job_id).bind(now()).bind(e.level).bind(e.kind).bind(&e.message).bind(e.data.as_ref().map(|d| d.to_string())).bind(e.step)
+                .bind(&e.job_id)
+                .bind(now())
+                .bind(e.level)
+                .bind(e.kind)
+                .bind(&e.message)
+                .bind(e.data.as_ref().map(|d| d.to_string()))
+                .bind(e.step)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -285,7 +307,12 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query("INSERT OR REPLACE INTO models (id, job_id, base_model, created_at, path, checkpoint_step) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&c.model_id).bind(&c.job_id).bind(base_model).bind(c.created_at).bind(&c.path).bind(c.step_number)
+            .bind(&c.model_id)
+            .bind(&c.job_id)
+            .bind(base_model)
+            .bind(c.created_at)
+            .bind(&c.path)
+            .bind(c.step_number)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -306,7 +333,12 @@ impl Store {
 
     pub async fn insert_model(&self, m: &ModelRow) -> Result<()> {
         sqlx::query("INSERT OR REPLACE INTO models (id, job_id, base_model, created_at, path, checkpoint_step) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&m.id).bind(&m.job_id).bind(&m.base_model).bind(m.created_at).bind(&m.path).bind(m.checkpoint_step)
+            .bind(&m.id)
+            .bind(&m.job_id)
+            .bind(&m.base_model)
+            .bind(m.created_at)
+            .bind(&m.path)
+            .bind(m.checkpoint_step)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -320,13 +352,16 @@ impl Store {
     }
 
     pub async fn models(&self) -> Result<Vec<ModelRow>> {
-        Ok(sqlx::query_as("SELECT id, job_id, base_model, created_at, path, checkpoint_step FROM models WHERE deleted = 0 ORDER BY rowid DESC")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(
+            "SELECT id, job_id, base_model, created_at, path, checkpoint_step FROM models WHERE deleted = 0 ORDER BY rowid DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn delete_model(&self, id: &str) -> Result<bool> {
-        Ok(sqlx::query("UPDATE models SET deleted = 1 WHERE id = ? AND deleted = 0").bind(id).execute(&self.pool).await?.rows_affected() > 0)
+        Ok(sqlx::query("UPDATE models SET deleted = 1 WHERE id = ? AND deleted = 0").bind(id).execute(&self.pool).await?.rows_affected()
+            > 0)
     }
 
     // ---- idempotency
@@ -342,7 +377,11 @@ impl Store {
 
     pub async fn save_idempotent_response(&self, key: &str, route: &str, status: u16, body: &str) -> Result<()> {
         sqlx::query("INSERT OR IGNORE INTO idempotency (key, route, status, body, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(key).bind(route).bind(status as i64).bind(body).bind(now())
+            .bind(key)
+            .bind(route)
+            .bind(status as i64)
+            .bind(body)
+            .bind(now())
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use tch::{Kind, Tensor};
 
 use super::images::{Augment, ImageTransform};
-use super::{DataInfo, DataSources, Data, Features, Objective, Split, TaskData, TaskSpec};
+use super::{Data, DataInfo, DataSources, Features, Objective, Split, TaskData, TaskSpec};
 use crate::data::records::{InputSpec, RecordSpec};
 use crate::data::{self, cifar::CifarSplit, ImageSet, RecordInputs, RecordLabels, RecordSet, SequenceSet};
 use crate::model::fpt::{HeadShape, InputKind};
@@ -52,25 +52,45 @@ pub(super) fn load(spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
                 };
                 (gen(src.seed, *n_train)?, Some(gen(src.seed ^ 0xfeed, *n_valid)?))
             } else {
-                let read = |p: &Path| -> Result<SequenceSet> { Ok(data::listops::read_tsv(&read_file(p)?, max_len).map_err(|e| named(p, e))?) };
+                let read =
+                    |p: &Path| -> Result<SequenceSet> { Ok(data::listops::read_tsv(&read_file(p)?, max_len).map_err(|e| named(p, e))?) };
                 (read(src.train.unwrap())?, src.valid.map(read).transpose()?)
             };
             let truncated = tr.truncated + va.as_ref().map_or(0, |v| v.truncated);
-            let test = src.test.map(|p| -> Result<Split> { Ok(seq_split(&data::listops::read_tsv(&read_file(p)?, max_len).map_err(|e| named(p, e))?)) }).transpose()?;
-            (seq_split(&check_seq_classes(tr, 10)?), va.map(|v| check_seq_classes(v, 10).map(|v| seq_split(&v))).transpose()?, test, tokens(vocab, 10), truncated)
+            let test = src
+                .test
+                .map(|p| -> Result<Split> { Ok(seq_split(&data::listops::read_tsv(&read_file(p)?, max_len).map_err(|e| named(p, e))?)) })
+                .transpose()?;
+            (
+                seq_split(&check_seq_classes(tr, 10)?),
+                va.map(|v| check_seq_classes(v, 10).map(|v| seq_split(&v))).transpose()?,
+                test,
+                tokens(vocab, 10),
+                truncated,
+            )
         }
         TaskSpec::RemoteHomology { max_len, num_classes } => {
             let max_len = (*max_len).min(positions);
             let read = |p: &Path| -> Result<SequenceSet> {
                 let bytes = read_file(p)?;
-                let set = if bytes.first() == Some(&b'>') { data::fasta::read_fasta(&bytes, max_len) } else { data::fasta::read_tape_json(&bytes, max_len) };
+                let set = if bytes.first() == Some(&b'>') {
+                    data::fasta::read_fasta(&bytes, max_len)
+                } else {
+                    data::fasta::read_tape_json(&bytes, max_len)
+                };
                 check_seq_classes(set.map_err(|e| named(p, e))?, *num_classes)
             };
             let tr = read(src.train.unwrap())?;
             let va = src.valid.map(read).transpose()?;
             let te = src.test.map(read).transpose()?;
             let truncated = tr.truncated + va.as_ref().map_or(0, |v| v.truncated) + te.as_ref().map_or(0, |v| v.truncated);
-            (seq_split(&tr), va.as_ref().map(seq_split), te.as_ref().map(seq_split), tokens(data::fasta::vocab_size() as i64, *num_classes as i64), truncated)
+            (
+                seq_split(&tr),
+                va.as_ref().map(seq_split),
+                te.as_ref().map(seq_split),
+                tokens(data::fasta::vocab_size() as i64, *num_classes as i64),
+                truncated,
+            )
         }
         TaskSpec::SequenceClassification { input_dim, vocab_size, num_classes, max_len } => {
             let input = match (input_dim, vocab_size) {
@@ -97,7 +117,11 @@ pub(super) fn load(spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
             if tokens_needed > positions {
                 bail!("task `image_classification` needs {tokens_needed} tokens, the backbone has {positions} positions");
             }
-            let rs = RecordSpec { input: InputSpec::Continuous { token_dim: Some(height * width * channels) }, num_classes: Some(*num_classes), bits: None };
+            let rs = RecordSpec {
+                input: InputSpec::Continuous { token_dim: Some(height * width * channels) },
+                num_classes: Some(*num_classes),
+                bits: None,
+            };
             let t = ImageTransform { patch: *patch_size as i64, mean: vec![0.0; *channels], std: vec![1.0; *channels], augment: None };
             let dims = [*height as i64, *width as i64, *channels as i64];
             let read = |p: &Path| read_records(p, &rs).and_then(|r| record_images(&r, dims, &t).with_context(|| p.display().to_string()));
@@ -116,8 +140,21 @@ pub(super) fn load(spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
     if seq_len > positions {
         bail!("task `{}` needs {seq_len} tokens, the backbone has {positions} positions", spec.name());
     }
-    let info = DataInfo { train_samples: train.len(), valid_samples: valid.len(), test_samples: test.as_ref().map_or(0, |t| t.len()), seq_len, truncated };
-    Ok(TaskData { spec: spec.clone(), shape, objective: Objective::Classes, info, seed: src.seed, data: Data::Loaded { train, valid, test } })
+    let info = DataInfo {
+        train_samples: train.len(),
+        valid_samples: valid.len(),
+        test_samples: test.as_ref().map_or(0, |t| t.len()),
+        seq_len,
+        truncated,
+    };
+    Ok(TaskData {
+        spec: spec.clone(),
+        shape,
+        objective: Objective::Classes,
+        info,
+        seed: src.seed,
+        data: Data::Loaded { train, valid, test },
+    })
 }
 
 fn classes(dim: i64, n: i64) -> HeadShape {
@@ -147,7 +184,11 @@ fn named(p: &Path, e: data::DataError) -> anyhow::Error {
 /// split as validation when no validation file is named.
 type ImageReader<'a> = &'a dyn Fn(&Path) -> Result<ImageSet>;
 
-fn image_splits(src: &DataSources<'_>, read: impl Fn(&Path) -> Result<ImageSet>, read_test: Option<ImageReader<'_>>) -> Result<(ImageSet, Option<ImageSet>, Option<ImageSet>)> {
+fn image_splits(
+    src: &DataSources<'_>,
+    read: impl Fn(&Path) -> Result<ImageSet>,
+    read_test: Option<ImageReader<'_>>,
+) -> Result<(ImageSet, Option<ImageSet>, Option<ImageSet>)> {
     let train_path = src.train.unwrap();
     let train = read(train_path)?;
     let valid = match (src.valid, read_test) {
@@ -156,10 +197,13 @@ fn image_splits(src: &DataSources<'_>, read: impl Fn(&Path) -> Result<ImageSet>,
         (None, Some(rt)) if is_archive(train_path) => Some(rt(train_path)?),
         (None, _) => None,
     };
-    let test = src.test.map(|p| match read_test {
-        Some(rt) if is_archive(p) => rt(p),
-        _ => read(p),
-    }).transpose()?;
+    let test = src
+        .test
+        .map(|p| match read_test {
+            Some(rt) if is_archive(p) => rt(p),
+            _ => read(p),
+        })
+        .transpose()?;
     Ok((train, valid, test))
 }
 
@@ -190,11 +234,19 @@ fn check_seq_classes(s: SequenceSet, n: usize) -> Result<SequenceSet> {
 pub fn read_mnist(p: &Path) -> Result<ImageSet> {
     let bytes = read_file(p)?;
     if let Some(pair) = tar_members(&bytes)? {
-        let img = pair.iter().find(|(n, _)| n.contains("images")).with_context(|| format!("{}: no *images-idx3* file in the archive", p.display()))?;
-        let lab = pair.iter().find(|(n, _)| n.contains("labels")).with_context(|| format!("{}: no *labels-idx1* file in the archive", p.display()))?;
+        let img = pair
+            .iter()
+            .find(|(n, _)| n.contains("images"))
+            .with_context(|| format!("{}: no *images-idx3* file in the archive", p.display()))?;
+        let lab = pair
+            .iter()
+            .find(|(n, _)| n.contains("labels"))
+            .with_context(|| format!("{}: no *labels-idx1* file in the archive", p.display()))?;
         return Ok(data::idx::load_idx_pair(&img.1, &lab.1).map_err(|e| named(p, e))?);
     }
-    let labels = labels_beside(p).with_context(|| format!("{}: no labels file beside it (expected a name with `labels-idx1` in place of `images-idx3`)", p.display()))?;
+    let labels = labels_beside(p).with_context(|| {
+        format!("{}: no labels file beside it (expected a name with `labels-idx1` in place of `images-idx3`)", p.display())
+    })?;
     Ok(data::idx::load_idx_pair(&bytes, &read_file(&labels)?).map_err(|e| named(p, e))?)
 }
 
@@ -254,7 +306,8 @@ fn greyscale(s: ImageSet) -> ImageSet {
 }
 
 fn image_split(s: ImageSet, t: &ImageTransform) -> Split {
-    let x = Tensor::from_slice(&s.pixels).view([s.len() as i64, s.height as i64, s.width as i64, s.channels as i64]).to_kind(Kind::Float) / 255.0;
+    let x = Tensor::from_slice(&s.pixels).view([s.len() as i64, s.height as i64, s.width as i64, s.channels as i64]).to_kind(Kind::Float)
+        / 255.0;
     Split { features: Features::Images { x, transform: t.clone() }, targets: Tensor::from_slice(&s.labels) }
 }
 

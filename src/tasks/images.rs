@@ -49,9 +49,8 @@ fn augment(x: &Tensor, a: &Augment) -> Tensor {
         let padded = x.constant_pad_nd([p, p, p, p]);
         let offs = Tensor::randint(2 * p + 1, [b, 2], (Kind::Int64, x.device()));
         let offs: Vec<i64> = Vec::try_from(offs.view([-1])).unwrap();
-        let rows: Vec<Tensor> = (0..b as usize)
-            .map(|i| padded.get(i as i64).narrow(1, offs[2 * i], h).narrow(2, offs[2 * i + 1], w))
-            .collect();
+        let rows: Vec<Tensor> =
+            (0..b as usize).map(|i| padded.get(i as i64).narrow(1, offs[2 * i], h).narrow(2, offs[2 * i + 1], w)).collect();
         x = Tensor::stack(&rows, 0);
     }
     if a.flip {
@@ -92,7 +91,12 @@ mod tests {
 
     #[test]
     fn augmentation_keeps_shape_and_is_seeded() {
-        let t = ImageTransform { patch: 4, mean: vec![0.5; 3], std: vec![0.25; 3], augment: Some(Augment { crop_padding: 4, flip: true, max_rotation_deg: 20.0 }) };
+        let t = ImageTransform {
+            patch: 4,
+            mean: vec![0.5; 3],
+            std: vec![0.25; 3],
+            augment: Some(Augment { crop_padding: 4, flip: true, max_rotation_deg: 20.0 }),
+        };
         let x = Tensor::rand([3, 32, 32, 3], (Kind::Float, tch::Device::Cpu));
         tch::manual_seed(1);
         let a = t.apply(&x, true);

@@ -47,7 +47,9 @@ impl Batch {
 pub enum Objective {
     Classes,
     /// Each read-out token predicts `per_token` bits, two logits each; the loss is per-bit CE.
-    Bits { per_token: i64 },
+    Bits {
+        per_token: i64,
+    },
 }
 
 /// Summed loss and counts over a batch; `exact` counts rows with every bit right (bit tasks).
@@ -116,7 +118,9 @@ impl Split {
                     }
                 }
             }
-            Features::Images { x, transform } => Batch { inputs: transform.apply(&x.index_select(0, &index), train), lengths: None, targets },
+            Features::Images { x, transform } => {
+                Batch { inputs: transform.apply(&x.index_select(0, &index), train), lengths: None, targets }
+            }
         }
     }
 
@@ -136,7 +140,9 @@ impl Split {
     fn subset(&self, idx: &[i64]) -> Split {
         let index = Tensor::from_slice(idx);
         let features = match &self.features {
-            Features::Tokens { x, lengths } => Features::Tokens { x: x.index_select(0, &index), lengths: lengths.as_ref().map(|l| l.index_select(0, &index)) },
+            Features::Tokens { x, lengths } => {
+                Features::Tokens { x: x.index_select(0, &index), lengths: lengths.as_ref().map(|l| l.index_select(0, &index)) }
+            }
             Features::Images { x, transform } => Features::Images { x: x.index_select(0, &index), transform: transform.clone() },
         };
         Split { features, targets: self.targets.index_select(0, &index) }

@@ -38,11 +38,18 @@ enum Form {
 
 fn form(spec: &TaskSpec, shape: &HeadShape) -> Form {
     let cifar = |grey: bool| {
-        let (mean, std, patch, c) = if grey { (vec![0.0], vec![1.0], 1, 1) } else { (super::files::CIFAR_MEAN.to_vec(), super::files::CIFAR_STD.to_vec(), 4, 3) };
+        let (mean, std, patch, c) =
+            if grey { (vec![0.0], vec![1.0], 1, 1) } else { (super::files::CIFAR_MEAN.to_vec(), super::files::CIFAR_STD.to_vec(), 4, 3) };
         Form::Image { h: 32, w: 32, c, scale: 255.0, transform: ImageTransform { patch, mean, std, augment: None } }
     };
     match spec {
-        TaskSpec::Mnist {} => Form::Image { h: 28, w: 28, c: 1, scale: 255.0, transform: ImageTransform { patch: 4, mean: vec![0.0], std: vec![1.0], augment: None } },
+        TaskSpec::Mnist {} => Form::Image {
+            h: 28,
+            w: 28,
+            c: 1,
+            scale: 255.0,
+            transform: ImageTransform { patch: 4, mean: vec![0.0], std: vec![1.0], augment: None },
+        },
         TaskSpec::Cifar10 { .. } => cifar(false),
         TaskSpec::Cifar10Lra {} => cifar(true),
         TaskSpec::ImageClassification { height, width, channels, patch_size, .. } => Form::Image {
@@ -54,7 +61,9 @@ fn form(spec: &TaskSpec, shape: &HeadShape) -> Form {
         },
         TaskSpec::Listops { .. } => Form::Ids { vocab: vocab(shape), text: Some(crate::data::listops::tokenize) },
         TaskSpec::RemoteHomology { .. } => Form::Ids { vocab: vocab(shape), text: Some(crate::data::fasta::encode_protein) },
-        TaskSpec::BitMemory { n_bits, patch_size, n_patterns, .. } => Form::Vectors { dim: *patch_size, fixed: Some((n_patterns + 1) * n_bits / patch_size) },
+        TaskSpec::BitMemory { n_bits, patch_size, n_patterns, .. } => {
+            Form::Vectors { dim: *patch_size, fixed: Some((n_patterns + 1) * n_bits / patch_size) }
+        }
         TaskSpec::BitXor { n_bits, .. } => Form::Vectors { dim: 1, fixed: Some(2 * n_bits) },
         TaskSpec::SequenceClassification { .. } => match shape.input {
             InputKind::Continuous { dim } => Form::Vectors { dim: dim as usize, fixed: None },
@@ -127,7 +136,11 @@ pub fn batch_from_samples(spec: &TaskSpec, shape: &HeadShape, max_positions: i64
                     (Value::Array(a), _) => a
                         .iter()
                         .enumerate()
-                        .map(|(j, v)| v.as_i64().filter(|&x| (0..vocab).contains(&x)).ok_or_else(|| err(i, format!("token {j} is not an id in 0..{}", vocab - 1))))
+                        .map(|(j, v)| {
+                            v.as_i64()
+                                .filter(|&x| (0..vocab).contains(&x))
+                                .ok_or_else(|| err(i, format!("token {j} is not an id in 0..{}", vocab - 1)))
+                        })
                         .collect::<Result<_, _>>()?,
                     _ => return Err(err(i, "expected an array of token ids")),
                 };

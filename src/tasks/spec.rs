@@ -71,19 +71,45 @@ pub enum TaskSpec {
     },
 }
 
-fn d_1() -> usize { 1 }
-fn d_4() -> usize { 4 }
-fn d_5() -> usize { 5 }
-fn d_10() -> usize { 10 }
-fn d_50() -> usize { 50 }
-fn d_500() -> usize { 500 }
-fn d_512() -> usize { 512 }
-fn d_1000() -> usize { 1000 }
-fn d_1024() -> usize { 1024 }
-fn d_1195() -> usize { 1195 }
-fn d_2000() -> usize { 2000 }
-fn d_half() -> f64 { 0.5 }
-fn d_true() -> bool { true }
+fn d_1() -> usize {
+    1
+}
+fn d_4() -> usize {
+    4
+}
+fn d_5() -> usize {
+    5
+}
+fn d_10() -> usize {
+    10
+}
+fn d_50() -> usize {
+    50
+}
+fn d_500() -> usize {
+    500
+}
+fn d_512() -> usize {
+    512
+}
+fn d_1000() -> usize {
+    1000
+}
+fn d_1024() -> usize {
+    1024
+}
+fn d_1195() -> usize {
+    1195
+}
+fn d_2000() -> usize {
+    2000
+}
+fn d_half() -> f64 {
+    0.5
+}
+fn d_true() -> bool {
+    true
+}
 
 /// A field of the task that is wrong, named as the API names it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -168,7 +194,10 @@ impl TaskSpec {
             }
             TaskSpec::ImageClassification { height, width, channels, patch_size, num_classes } => {
                 if *patch_size == 0 || height % patch_size != 0 || width % patch_size != 0 || *height == 0 || *width == 0 {
-                    return Err(bad("patch_size", format!("height {height} and width {width} must be positive multiples of patch_size {patch_size}")));
+                    return Err(bad(
+                        "patch_size",
+                        format!("height {height} and width {width} must be positive multiples of patch_size {patch_size}"),
+                    ));
                 }
                 if *channels == 0 {
                     return Err(bad("channels", "must be at least 1"));

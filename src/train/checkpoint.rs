@@ -63,10 +63,7 @@ pub fn save(dir: &Path, model: &FptModel, adam: &Adam, state: &LoopState, meta: 
         tensors.push((format!("m/{n}"), m));
         tensors.push((format!("v/{n}"), v));
     }
-    let state_meta = HashMap::from([
-        ("loop".to_string(), serde_json::to_string(state)?),
-        ("adam_t".to_string(), adam.t.to_string()),
-    ]);
+    let state_meta = HashMap::from([("loop".to_string(), serde_json::to_string(state)?), ("adam_t".to_string(), adam.t.to_string())]);
     let state_file = dir.join(format!("step-{:08}.state.safetensors", state.step));
     write_safetensors(&state_file, &tensors, state_meta)?;
     let latest = Latest {

@@ -330,12 +330,16 @@ impl Trainer<'_> {
             }
             if stop_early {
                 ending = Ending::EarlyStopped;
-                report(Progress::Message(format!("early stop at step {step}: no better validation accuracy in {} evaluations", cfg.patience)));
+                report(Progress::Message(format!(
+                    "early stop at step {step}: no better validation accuracy in {} evaluations",
+                    cfg.patience
+                )));
                 break;
             }
         }
         let best = checkpoint::best_path(&self.checkpoint_dir);
-        let adapter = if best.exists() { Some(best) } else { checkpoint::latest(&self.checkpoint_dir)?.map(|l| self.checkpoint_dir.join(l.adapter)) };
+        let adapter =
+            if best.exists() { Some(best) } else { checkpoint::latest(&self.checkpoint_dir)?.map(|l| self.checkpoint_dir.join(l.adapter)) };
         let finished = matches!(ending, Ending::Finished | Ending::EarlyStopped);
         let test = if finished && self.task.has_test() { self.test_with(adapter.as_deref())? } else { None };
         let wall = started.elapsed().as_secs_f64();

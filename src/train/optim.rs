@@ -59,10 +59,18 @@ impl Adam {
         if self.params.is_empty() {
             return 0.0;
         }
-        let grads: Vec<Tensor> = self.params.iter().map(|p| {
-            let g = p.grad();
-            if g.defined() { g.reshape([-1]) } else { p.detach().zeros_like().reshape([-1]) }
-        }).collect();
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| {
+                let g = p.grad();
+                if g.defined() {
+                    g.reshape([-1])
+                } else {
+                    p.detach().zeros_like().reshape([-1])
+                }
+            })
+            .collect();
         let mut g = Tensor::cat(&grads, 0);
         let norm = f64::try_from(g.norm().to_kind(Kind::Double)).unwrap();
         if max_norm > 0.0 {

@@ -18,7 +18,12 @@ pub fn python() -> PathBuf {
 
 pub fn run_python(args: &[&str]) -> String {
     let out = Command::new(python()).args(args).env("HF_HUB_OFFLINE", "1").current_dir(root()).output().expect("running python");
-    assert!(out.status.success(), "python {args:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

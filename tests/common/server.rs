@@ -32,7 +32,19 @@ impl Server {
     /// side by side, and OpenMP teams spinning on shared cores slow every one of them down.
     pub fn start_on(data_dir: &Path, extra: &[&str]) -> Server {
         let models = super::tiny_models();
-        let mut args: Vec<String> = vec!["serve".into(), "--bind".into(), "127.0.0.1:0".into(), "--data-dir".into(), data_dir.display().to_string(), "--models-dir".into(), models.display().to_string(), "--precision".into(), "fp32".into(), "--threads".into(), "1".into()];
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--models-dir".into(),
+            models.display().to_string(),
+            "--precision".into(),
+            "fp32".into(),
+            "--threads".into(),
+            "1".into(),
+        ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_fpt"))
             .args(&args)
@@ -86,7 +98,8 @@ impl Server {
     }
 
     pub fn upload(&self, name: &str, bytes: Vec<u8>) -> Response {
-        let form = multipart::Form::new().text("purpose", "fine-tune").part("file", multipart::Part::bytes(bytes).file_name(name.to_string()));
+        let form =
+            multipart::Form::new().text("purpose", "fine-tune").part("file", multipart::Part::bytes(bytes).file_name(name.to_string()));
         self.req(reqwest::Method::POST, "/v1/files").multipart(form).send().unwrap()
     }
 

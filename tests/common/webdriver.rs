@@ -34,9 +34,17 @@ impl Browser {
         }
         let profile = tempfile::tempdir().unwrap().keep();
         let args = vec![
-            "--headless=new".to_string(), "--no-sandbox".into(), "--disable-gpu".into(), "--disable-dev-shm-usage".into(),
-            "--disable-quic".into(), "--no-first-run".into(), "--disable-background-networking".into(), "--disable-component-update".into(),
-            "--disable-sync".into(), format!("--window-size={width},{height}"), format!("--user-data-dir={}", profile.display()),
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--disable-quic".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            format!("--window-size={width},{height}"),
+            format!("--user-data-dir={}", profile.display()),
         ];
         let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}});
         let r: Value = http.post(format!("{root}/session")).json(&caps).send().unwrap().json().unwrap();
@@ -68,7 +76,14 @@ impl Browser {
     pub fn wait_for(&self, css: &str, limit: Duration) -> String {
         let start = Instant::now();
         loop {
-            let v: Value = self.http.post(format!("{}/element", self.base)).json(&json!({"using": "css selector", "value": css})).send().unwrap().json().unwrap();
+            let v: Value = self
+                .http
+                .post(format!("{}/element", self.base))
+                .json(&json!({"using": "css selector", "value": css}))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
             if let Some(id) = v["value"][ELEMENT].as_str() {
                 return id.to_string();
             }
@@ -96,12 +111,19 @@ impl Browser {
     pub fn draw(&self, css: &str, path: &[(i64, i64)]) {
         let id = self.wait_for(css, Duration::from_secs(10));
         let origin = json!({ELEMENT: id});
-        let mut actions = vec![json!({"type": "pointerMove", "duration": 0, "origin": origin, "x": path[0].0, "y": path[0].1}), json!({"type": "pointerDown", "button": 0})];
+        let mut actions = vec![
+            json!({"type": "pointerMove", "duration": 0, "origin": origin, "x": path[0].0, "y": path[0].1}),
+            json!({"type": "pointerDown", "button": 0}),
+        ];
         for &(x, y) in &path[1..] {
             actions.push(json!({"type": "pointerMove", "duration": 30, "origin": origin, "x": x, "y": y}));
         }
         actions.push(json!({"type": "pointerUp", "button": 0}));
-        self.call(reqwest::Method::POST, "/actions", Some(json!({"actions": [{"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": actions}]})));
+        self.call(
+            reqwest::Method::POST,
+            "/actions",
+            Some(json!({"actions": [{"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": actions}]})),
+        );
     }
 
     pub fn set_window(&self, width: u32, height: u32) {
