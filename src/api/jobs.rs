@@ -113,6 +113,7 @@ async fn create_job(state: &AppState, req: CreateJob) -> ApiResult<Value> {
     let (model, task, hyper, seed) = (req.model.clone(), req.task.clone(), req.hyperparameters.clone(), req.seed);
     // Load the data once against the task and the backbone's positions: a mismatch is the
     // client's error, named now rather than as a failed job later.
+    let files_dir = format!("{}/", file_path(&state.settings.data_dir, "").display().to_string().trim_end_matches('/'));
     tokio::task::spawn_blocking(move || -> ApiResult<()> {
         let base = registry.resolve(&model).map_err(|e| ApiError::invalid("model", format!("{e:#}")))?;
         let positions = base.backbone_config().map_err(|e| ApiError::invalid("model", format!("{e:#}")))?.max_positions as usize;
@@ -126,14 +127,16 @@ async fn create_job(state: &AppState, req: CreateJob) -> ApiResult<Value> {
         };
         TaskData::load(&task, &src).map_err(|e| {
             let msg = format!("{e:#}");
-            let param = if msg.contains(&paths[1].as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "\u{0}".into())) {
+            let in_valid = paths[1].as_ref().is_some_and(|p| msg.contains(&p.display().to_string()));
+            let param = if in_valid {
                 "validation_file"
             } else if task.needs_file() {
                 "training_file"
             } else {
                 "task"
             };
-            ApiError::invalid(param, msg.replace(&format!("{}/", state_files_dir(&paths)), ""))
+            // Clients know files by id: the folder they live in stays out of the message.
+            ApiError::invalid(param, msg.replace(&files_dir, ""))
         })?;
         Ok(())
     })
@@ -163,11 +166,6 @@ async fn create_job(state: &AppState, req: CreateJob) -> ApiResult<Value> {
     state.store.insert_job(&job).await?;
     state.queue.notify();
     Ok(job_object(&job))
-}
-
-/// The folder uploaded files live in, hidden from error messages (clients know files by id).
-fn state_files_dir(paths: &[Option<std::path::PathBuf>]) -> String {
-    paths.iter().flatten().next().and_then(|p| p.parent()).map(|p| p.display().to_string()).unwrap_or_default()
 }
 
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {

@@ -192,7 +192,7 @@ impl FptModel {
     }
 
     pub fn param_report(&self) -> ParamReport {
-        let total: i64 = self.params.iter().filter(|p| p.group != Group::Other || true).map(|p| p.tensor.numel() as i64).sum();
+        let total: i64 = self.params.iter().map(|p| p.tensor.numel() as i64).sum();
         let trained: i64 = self.trained().map(|p| p.tensor.numel() as i64).sum();
         ParamReport {
             total,

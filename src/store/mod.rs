@@ -306,15 +306,15 @@ impl Store {
             .bind(&c.id).bind(&c.job_id).bind(c.step_number).bind(c.created_at).bind(&c.metrics).bind(&c.model_id).bind(&c.path)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT OR REPLACE INTO models (id, job_id, base_model, created_at, path, checkpoint_step) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&c.model_id)
-            .bind(&c.job_id)
-            .bind(base_model)
-            .bind(c.created_at)
-            .bind(&c.path)
-            .bind(c.step_number)
-            .execute(&mut *tx)
-            .await?;
+        let model = ModelRow {
+            id: c.model_id.clone(),
+            job_id: c.job_id.clone(),
+            base_model: base_model.to_string(),
+            created_at: c.created_at,
+            path: c.path.clone(),
+            checkpoint_step: Some(c.step_number),
+        };
+        upsert_model(&mut *tx, &model).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -332,16 +332,7 @@ impl Store {
     }
 
     pub async fn insert_model(&self, m: &ModelRow) -> Result<()> {
-        sqlx::query("INSERT OR REPLACE INTO models (id, job_id, base_model, created_at, path, checkpoint_step) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&m.id)
-            .bind(&m.job_id)
-            .bind(&m.base_model)
-            .bind(m.created_at)
-            .bind(&m.path)
-            .bind(m.checkpoint_step)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        upsert_model(&self.pool, m).await
     }
 
     pub async fn model(&self, id: &str) -> Result<Option<ModelRow>> {
@@ -386,4 +377,18 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// One fine-tuned model (a job's result or a checkpoint), in a transaction or not.
+async fn upsert_model<'e, E: sqlx::Executor<'e, Database = sqlx::Sqlite>>(exec: E, m: &ModelRow) -> Result<()> {
+    sqlx::query("INSERT OR REPLACE INTO models (id, job_id, base_model, created_at, path, checkpoint_step) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(&m.id)
+        .bind(&m.job_id)
+        .bind(&m.base_model)
+        .bind(m.created_at)
+        .bind(&m.path)
+        .bind(m.checkpoint_step)
+        .execute(exec)
+        .await?;
+    Ok(())
 }
