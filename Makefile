@@ -8,16 +8,21 @@ MINILM := models/all-MiniLM-L6-v2
 MNIST := datasets/mnist/train-images-idx3-ubyte
 CARGO_ENV := HF_HUB_OFFLINE=1
 
-.PHONY: setup browser build serve test bench experiment
+.PHONY: setup browser postgres build serve test bench experiment
 
 ## setup: project venv (torch 2.11.0 as libtorch, transformers as the test oracle), ./libtorch link,
 ## the offline base models in ./models, and the real MNIST digits in ./datasets/mnist.
-setup: $(SETUP_STAMP) libtorch $(MINILM)/model.safetensors $(MNIST) browser
+setup: $(SETUP_STAMP) libtorch $(MINILM)/model.safetensors $(MNIST) browser postgres
 
 ## browser: Debian's Chromium and ChromeDriver for the dashboard's end-to-end test.
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+## postgres: Debian's PostgreSQL server binaries; integration tests start private throwaway clusters.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
 $(SETUP_STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

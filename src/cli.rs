@@ -42,6 +42,8 @@ pub enum Command {
     Models(CommonArgs),
     /// Run the HTTP service.
     Serve(crate::config::ServeArgs),
+    /// Run training workers only, against a shared database and artifact store.
+    Worker(crate::config::WorkerArgs),
     /// Benchmark training and inference speed.
     Bench(crate::bench::BenchArgs),
     /// Load-test a running server's predictions across several fine-tuned models.
@@ -226,6 +228,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sweep(a) => sweep(a),
         Command::Models(a) => models(a),
         Command::Serve(a) => crate::server::serve_blocking(a),
+        Command::Worker(a) => crate::server::work_blocking(a),
         Command::Bench(a) => crate::bench::run(a),
         Command::Loadtest(a) => crate::loadtest::run(a),
         Command::Experiment(a) => crate::experiment::run(a),

@@ -1,12 +1,14 @@
 //! Settings of the HTTP service: flags, each with an environment variable, and an optional TOML
 //! file whose keys (the flags' names with underscores) fill in what the command line left at its default.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::artifacts::Artifacts;
 use crate::cli::{CommonArgs, Precision};
+use crate::store::Store;
 
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
@@ -62,6 +64,56 @@ pub struct ServeArgs {
     /// A TOML file of settings.
     #[arg(long, env = "FPT_CONFIG")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub shared: SharedState,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Where the state every node shares lives: the job store and the artifacts. The defaults make one
+/// self-contained node: SQLite and a folder, both inside `--data-dir`.
+#[derive(Args, Clone, Debug)]
+pub struct SharedState {
+    /// `postgres://user:password@host/db` for many nodes (default: SQLite at `<data-dir>/fpt.db`).
+    #[arg(long, env = "FPT_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Uploaded files, checkpoints and adapters: a folder or an object-store URL such as
+    /// `s3://bucket/prefix` (default: `<data-dir>`).
+    #[arg(long, env = "FPT_ARTIFACTS")]
+    pub artifacts: Option<String>,
+    /// Seconds a running job stays its worker's without a heartbeat before another worker takes it over.
+    #[arg(long, env = "FPT_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..))]
+    pub lease_secs: i64,
+}
+
+impl SharedState {
+    /// Connects to the job store (running its migrations) and opens the artifact store;
+    /// `data_dir` holds the defaults and this node's cache.
+    pub async fn open(&self, data_dir: &Path) -> Result<(Store, Artifacts)> {
+        let store = match &self.database_url {
+            Some(url) => Store::connect(url).await?,
+            None => Store::open(&data_dir.join("fpt.db")).await?,
+        };
+        let location = self.artifacts.clone().unwrap_or_else(|| data_dir.display().to_string());
+        let artifacts = Artifacts::open(&location, &data_dir.join("cache"))?;
+        Ok((store, artifacts))
+    }
+}
+
+/// `fpt worker`: training workers with no HTTP server, for the machines beside the API nodes.
+#[derive(Args, Clone, Debug)]
+pub struct WorkerArgs {
+    /// This node's scratch folder (jobs' working copies, the artifact cache); with the defaults of
+    /// `--database-url` and `--artifacts`, also the shared state of a one-machine setup.
+    #[arg(long, env = "FPT_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Training workers in this process (default: one per GPU, one on CPU).
+    #[arg(long, env = "FPT_WORKERS")]
+    pub workers: Option<usize>,
+    #[arg(long, value_enum, env = "FPT_PRECISION", default_value_t = Precision::Auto)]
+    pub precision: Precision,
+    #[command(flatten)]
+    pub shared: SharedState,
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -13,6 +13,7 @@
 //!   the prediction batcher;
 //! - [`cli`]: the `fpt` command line.
 pub mod api;
+pub mod artifacts;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -1,5 +1,6 @@
-//! Starting the service: settings, database, workers, inference thread, router; graceful shutdown
-//! on SIGTERM/Ctrl-C (stop accepting, checkpoint running jobs, queue them again, exit).
+//! Starting the service (settings, database, workers, inference thread, router) or a worker-only
+//! node; graceful shutdown on SIGTERM/Ctrl-C (stop accepting, checkpoint running jobs, queue them
+//! again, exit).
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +9,12 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
 use crate::api::{router, AppState};
-use crate::config::ServeArgs;
+use crate::config::{ServeArgs, WorkerArgs};
 use crate::model::{parse_device, ModelRegistry};
 use crate::queue::events::EventSink;
 use crate::queue::{Queue, QueueConfig};
 use crate::serve::{Inference, ServeConfig};
-use crate::store::Store;
+use crate::store::Backend;
 
 pub fn serve_blocking(args: ServeArgs) -> Result<()> {
     let args = args.resolve()?;
@@ -33,22 +34,28 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
         tch::set_num_threads(args.common.threads);
     }
     let device = parse_device(&args.common.device)?;
-    let store = Store::open(&args.data_dir.join("fpt.db")).await?;
-    let requeued = store.requeue_running().await?;
-    if requeued > 0 {
-        tracing::info!(jobs = requeued, "jobs that were running when the server stopped are queued again");
+    let (store, artifacts) = args.shared.open(&args.data_dir).await?;
+    let workers = if args.no_workers { 0 } else { args.workers.unwrap_or_else(default_workers) };
+    // An embedded (SQLite) service with workers is the only node: what was running when it stopped
+    // resumes at once. Shared PostgreSQL nodes wait for a dead worker's lease to run out instead.
+    if store.backend() == Backend::Sqlite && workers > 0 {
+        let requeued = store.requeue_running().await?;
+        if requeued > 0 {
+            tracing::info!(jobs = requeued, "jobs that were running when the server stopped are queued again");
+        }
     }
     let registry = ModelRegistry::new(&args.common.models_dir);
     let events = EventSink::start(store.clone());
-    let workers = if args.no_workers { 0 } else { args.workers.unwrap_or_else(|| (tch::Cuda::device_count() as usize).max(1)) };
     let queue = Queue::start(QueueConfig {
         store: store.clone(),
         events: events.clone(),
         registry: registry.clone(),
-        data_dir: args.data_dir.clone(),
+        artifacts: artifacts.clone(),
+        work_dir: args.data_dir.join("work"),
         device,
         precision: args.precision,
         workers,
+        lease_seconds: args.shared.lease_secs,
     });
     let inference = Inference::start(
         ServeConfig {
@@ -62,12 +69,50 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
         },
         registry.clone(),
     );
-    let state = AppState::new(store, Arc::new(args), registry, queue.clone(), events, inference);
+    let state = AppState::new(store, Arc::new(args), registry, queue.clone(), events, inference, artifacts);
     state.ready.store(true, Ordering::SeqCst);
     let app = router(state.clone());
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("shutting down: checkpointing running jobs");
     state.ready.store(false, Ordering::SeqCst);
+    queue.shutdown().await;
+    Ok(())
+}
+
+fn default_workers() -> usize {
+    (tch::Cuda::device_count() as usize).max(1)
+}
+
+pub fn work_blocking(args: WorkerArgs) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(work(args))
+}
+
+/// A worker-only node: claims jobs from the shared database until SIGTERM, then checkpoints what
+/// it runs and hands it back to the queue.
+pub async fn work(args: WorkerArgs) -> Result<()> {
+    if args.common.threads > 0 {
+        tch::set_num_threads(args.common.threads);
+    }
+    let device = parse_device(&args.common.device)?;
+    let (store, artifacts) = args.shared.open(&args.data_dir).await?;
+    let workers = args.workers.unwrap_or_else(default_workers).max(1);
+    let events = EventSink::start(store.clone());
+    let queue = Queue::start(QueueConfig {
+        store,
+        events,
+        registry: ModelRegistry::new(&args.common.models_dir),
+        artifacts,
+        work_dir: args.data_dir.join("work"),
+        device,
+        precision: args.precision,
+        workers,
+        lease_seconds: args.shared.lease_secs,
+    });
+    tracing::info!(workers, device = crate::queue::device_kind(device), "worker node started");
+    // Tests and tools wait for this line.
+    println!("fpt worker ready: {workers} workers on {}", crate::queue::device_kind(device));
+    shutdown_signal().await;
+    tracing::info!("shutting down: checkpointing running jobs");
     queue.shutdown().await;
     Ok(())
 }

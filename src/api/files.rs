@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::{idempotency_key, idempotent, list_of, AppState, ListQuery, Route};
-use crate::queue::file_path;
+use crate::artifacts::file_key;
 use crate::store::{new_id, now, FileRow, Page};
 
 pub fn routes() -> Vec<Route> {
@@ -69,10 +69,9 @@ async fn receive(state: &AppState, mut multipart: Multipart) -> ApiResult<Value>
     .map_err(|e| ApiError::Internal(e.into()))?;
     let info = info.map_err(|e| ApiError::invalid("file", format!("{filename}: {e}")))?;
     let id = new_id("file");
-    let path = file_path(&state.settings.data_dir, &id);
+    let key = file_key(&id);
     let len = bytes.len();
-    let p = path.clone();
-    tokio::task::spawn_blocking(move || crate::fsutil::write_atomic(&p, &bytes)).await.map_err(|e| ApiError::Internal(e.into()))??;
+    state.artifacts.put(&key, bytes).await?;
     let row = FileRow {
         id,
         filename,
@@ -81,7 +80,7 @@ async fn receive(state: &AppState, mut multipart: Multipart) -> ApiResult<Value>
         format: info.format.into(),
         samples: Some(info.samples as i64),
         created_at: now(),
-        path: path.to_string_lossy().into(),
+        path: key,
     };
     state.store.insert_file(&row).await?;
     Ok(file_object(&row))
@@ -105,13 +104,16 @@ async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
     let f = find(&state, &id).await?;
     state.store.delete_file(&id).await?;
     // Jobs that used the file keep their own record of it; the bytes go.
-    let _ = tokio::fs::remove_file(&f.path).await;
+    if let Err(e) = state.artifacts.delete(&f.path).await {
+        tracing::warn!(file = %id, error = format!("{e:#}"), "deleting a file's bytes");
+    }
     Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
 }
 
 async fn content(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let f = find(&state, &id).await?;
-    let file = tokio::fs::File::open(&f.path).await.map_err(|e| ApiError::Internal(e.into()))?;
+    let path = state.artifacts.local(&f.path).await?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::Internal(e.into()))?;
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok(([("content-type", "application/octet-stream")], body).into_response())
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::error::{parse_json, ApiError, ApiResult};
 use super::{idempotency_key, idempotent, list_of, AppState, ListQuery, Route};
-use crate::queue::{file_path, Method};
+use crate::queue::Method;
 use crate::store::{new_id, now, EventRow, JobRow, Page};
 use crate::tasks::{DataSources, TaskData, TaskSpec};
 use crate::train::{Command, TrainConfig};
@@ -48,6 +48,13 @@ pub struct CreateJob {
     pub seed: u64,
     pub suffix: Option<String>,
     pub metadata: Option<serde_json::Map<String, Value>>,
+    /// The device kind the job must train on: any (default), cpu or cuda.
+    #[serde(default = "any_device")]
+    pub device: String,
+}
+
+fn any_device() -> String {
+    "any".into()
 }
 
 fn default_model() -> String {
@@ -66,7 +73,7 @@ pub fn job_object(j: &JobRow) -> Value {
         "training_file": j.training_file, "validation_file": j.validation_file,
         "seed": j.seed, "suffix": j.suffix, "trained_steps": j.trained_steps,
         "result": parse(&j.result).unwrap_or(json!({})), "error": parse(&j.error),
-        "metadata": parse(&j.metadata),
+        "metadata": parse(&j.metadata), "device": j.device,
     })
 }
 
@@ -96,6 +103,9 @@ async fn create_job(state: &AppState, req: CreateJob) -> ApiResult<Value> {
             return Err(ApiError::invalid("suffix", "1 to 40 characters of letters, digits, `-` and `_`"));
         }
     }
+    if !matches!(req.device.as_str(), "any" | "cpu" | "cuda") {
+        return Err(ApiError::invalid("device", format!("device `{}` is not one of any, cpu, cuda", req.device)));
+    }
     if req.task.needs_file() && req.training_file.is_none() {
         return Err(ApiError::invalid("training_file", format!("task `{}` needs a training file", req.task.name())));
     }
@@ -103,8 +113,8 @@ async fn create_job(state: &AppState, req: CreateJob) -> ApiResult<Value> {
     for (param, id) in [("training_file", &req.training_file), ("validation_file", &req.validation_file)] {
         paths.push(match id {
             Some(id) => {
-                state.store.file(id).await?.ok_or_else(|| ApiError::invalid(param, format!("file `{id}` not found")))?;
-                Some(file_path(&state.settings.data_dir, id))
+                let f = state.store.file(id).await?.ok_or_else(|| ApiError::invalid(param, format!("file `{id}` not found")))?;
+                Some(state.artifacts.local(&f.path).await?)
             }
             None => None,
         });
@@ -113,7 +123,7 @@ async fn create_job(state: &AppState, req: CreateJob) -> ApiResult<Value> {
     let (model, task, hyper, seed) = (req.model.clone(), req.task.clone(), req.hyperparameters.clone(), req.seed);
     // Load the data once against the task and the backbone's positions: a mismatch is the
     // client's error, named now rather than as a failed job later.
-    let files_dir = format!("{}/", file_path(&state.settings.data_dir, "").display().to_string().trim_end_matches('/'));
+    let files_dir = paths.iter().flatten().filter_map(|p| p.parent()).map(|d| format!("{}/", d.display())).next().unwrap_or_default();
     tokio::task::spawn_blocking(move || -> ApiResult<()> {
         let base = registry.resolve(&model).map_err(|e| ApiError::invalid("model", format!("{e:#}")))?;
         let positions = base.backbone_config().map_err(|e| ApiError::invalid("model", format!("{e:#}")))?.max_positions as usize;
@@ -162,6 +172,9 @@ async fn create_job(state: &AppState, req: CreateJob) -> ApiResult<Value> {
         error: None,
         metadata: req.metadata.map(|m| Value::Object(m).to_string()),
         desired: "run".into(),
+        worker: None,
+        lease_until: None,
+        device: req.device,
     };
     state.store.insert_job(&job).await?;
     state.queue.notify();

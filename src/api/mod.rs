@@ -24,6 +24,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::artifacts::Artifacts;
 use crate::config::ServeArgs;
 use crate::model::ModelRegistry;
 use crate::queue::events::EventSink;
@@ -41,6 +42,7 @@ pub struct AppState {
     pub queue: Queue,
     pub events: EventSink,
     pub inference: Inference,
+    pub artifacts: Artifacts,
     pub counters: Arc<Counters>,
     pub ready: Arc<AtomicBool>,
     limiter: Arc<Semaphore>,
@@ -63,9 +65,10 @@ impl AppState {
         queue: Queue,
         events: EventSink,
         inference: Inference,
+        artifacts: Artifacts,
     ) -> Self {
         let limiter = Arc::new(Semaphore::new(settings.max_concurrency.max(1)));
-        Self { store, settings, registry, queue, events, inference, counters: Arc::default(), ready: Arc::default(), limiter }
+        Self { store, settings, registry, queue, events, inference, artifacts, counters: Arc::default(), ready: Arc::default(), limiter }
     }
 }
 

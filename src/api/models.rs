@@ -69,14 +69,14 @@ async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
 
 async fn adapter(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let m = find_fine_tuned(&state, &id).await?;
-    let bytes = tokio::fs::read(&m.path).await.map_err(|e| ApiError::Internal(e.into()))?;
+    let bytes = tokio::fs::read(state.artifacts.local(&m.path).await?).await.map_err(|e| ApiError::Internal(e.into()))?;
     let disposition = format!("attachment; filename=\"{}.safetensors\"", m.id);
     Ok(([("content-type", "application/octet-stream".to_string()), ("content-disposition", disposition)], bytes).into_response())
 }
 
 async fn load(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let m = find_fine_tuned(&state, &id).await?;
-    state.inference.load(&m.id, m.path.clone().into()).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    state.inference.load(&m.id, state.artifacts.local(&m.path).await?).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(Json(fine_tuned_object(&m, state.inference.loaded().contains(&m.id))))
 }
 

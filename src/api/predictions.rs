@@ -29,7 +29,7 @@ async fn predict(State(state): State<AppState>, ApiJson(req): ApiJson<PredictReq
     }
     let m = find_fine_tuned(&state, &req.model).await?;
     let timeout = std::time::Duration::from_millis(state.settings.prediction_timeout_ms);
-    let out = state.inference.predict(&m.id, m.path.clone().into(), req.inputs, timeout).await.map_err(|e| match e {
+    let out = state.inference.predict(&m.id, state.artifacts.local(&m.path).await?, req.inputs, timeout).await.map_err(|e| match e {
         PredictError::Invalid(msg) => {
             let param = msg.split(':').next().unwrap_or("inputs").to_string();
             ApiError::invalid(param, msg)

@@ -1,7 +1,10 @@
 //! The job queue and its worker pool. Jobs wait in the database (`queued`); each worker is a plain
-//! thread (training never runs on the async runtime) that claims the oldest one with a single
-//! statement, trains it with the shared engine, and records events, checkpoints and the outcome.
-//! Cancel and pause reach a running job through its `Control`, checked every step.
+//! thread (training never runs on the async runtime) that claims the oldest job its device can run
+//! with a single statement, trains it with the shared engine, and records events, checkpoints and
+//! the outcome. Workers may live in the API's process or in `fpt worker` processes on other
+//! machines: a claimed job is leased, a heartbeat renews the lease and carries cancel/pause
+//! requests to the worker, and a job whose worker died is claimed again when its lease runs out
+//! and resumes from the last checkpoint in the shared artifact store.
 pub mod events;
 
 use std::collections::HashMap;
@@ -17,11 +20,12 @@ use serde_json::json;
 use tch::Device;
 use tokio::runtime::Handle;
 
+use crate::artifacts::{file_key, job_key, Artifacts};
 use crate::cli::Precision;
 use crate::model::fpt::{FptModel, ModelSpec};
 use crate::model::params::FreezeSwitches;
 use crate::model::ModelRegistry;
-use crate::store::{new_id, now, CheckpointRow, JobRow, ModelRow, NewEvent, Store};
+use crate::store::{new_id, now, CheckpointRow, JobEnd, JobRow, Lease, ModelRow, NewEvent, Store};
 use crate::tasks::{DataSources, TaskData, TaskSpec};
 use crate::train::{checkpoint, Command, Control, Ending, Outcome, Progress, TrainConfig, Trainer};
 use events::EventSink;
@@ -46,13 +50,10 @@ impl Default for Method {
     }
 }
 
-/// Where a job's files live, derived from ids the server made (never from user input).
-pub fn job_dir(data_dir: &Path, job_id: &str) -> PathBuf {
-    data_dir.join("jobs").join(job_id)
-}
-
-pub fn file_path(data_dir: &Path, file_id: &str) -> PathBuf {
-    data_dir.join("files").join(file_id)
+/// A job's local working folder on this node (its checkpoints while it trains), derived from ids
+/// the server made (never from user input).
+fn work_dir(work: &Path, job_id: &str) -> PathBuf {
+    work.join("jobs").join(job_id)
 }
 
 /// Everything a worker needs, shared by all workers.
@@ -60,16 +61,39 @@ pub struct QueueConfig {
     pub store: Store,
     pub events: EventSink,
     pub registry: ModelRegistry,
-    pub data_dir: PathBuf,
+    pub artifacts: Artifacts,
+    /// This node's scratch folder: jobs train here and copy their checkpoints to `artifacts`.
+    pub work_dir: PathBuf,
     pub device: Device,
     pub precision: Precision,
     pub workers: usize,
+    /// How long a claimed job stays this node's without a heartbeat.
+    pub lease_seconds: i64,
+}
+
+/// The device kind a job may ask for and a worker advertises.
+pub fn device_kind(device: Device) -> &'static str {
+    if device.is_cuda() {
+        "cuda"
+    } else {
+        "cpu"
+    }
+}
+
+/// A job running in this process.
+struct Running {
+    control: Control,
+    lease: Lease,
+    /// The lease ran out and another worker took the job: record nothing more for it.
+    lost: Arc<AtomicBool>,
 }
 
 struct Inner {
     cfg: QueueConfig,
     rt: Handle,
-    controls: Mutex<HashMap<String, Control>>,
+    /// Unique among every worker sharing the database: host, process, thread.
+    node: String,
+    controls: Mutex<HashMap<String, Running>>,
     wake: (Mutex<bool>, Condvar),
     stopping: AtomicBool,
     running: AtomicUsize,
@@ -84,12 +108,13 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Starts `cfg.workers` worker threads (none for an API-only node).
+    /// Starts `cfg.workers` worker threads (none for an API-only node) and their heartbeat.
     pub fn start(cfg: QueueConfig) -> Self {
         let workers = cfg.workers;
         let inner = Arc::new(Inner {
             cfg,
             rt: Handle::current(),
+            node: node_name(),
             controls: Mutex::new(HashMap::new()),
             wake: (Mutex::new(false), Condvar::new()),
             stopping: AtomicBool::new(false),
@@ -99,9 +124,15 @@ impl Queue {
         let threads = (0..workers)
             .map(|i| {
                 let inner = inner.clone();
-                std::thread::Builder::new().name(format!("fpt-worker-{i}")).spawn(move || worker_loop(&inner)).expect("spawning a worker")
+                std::thread::Builder::new()
+                    .name(format!("fpt-worker-{i}"))
+                    .spawn(move || worker_loop(&inner, i))
+                    .expect("spawning a worker")
             })
             .collect();
+        if workers > 0 {
+            tokio::spawn(heartbeat(inner.clone()));
+        }
         Self { inner, threads: Arc::new(Mutex::new(threads)) }
     }
 
@@ -115,8 +146,8 @@ impl Queue {
     /// Signals a job running in this process; false when it is not running here.
     pub fn signal(&self, job_id: &str, c: Command) -> bool {
         match self.inner.controls.lock().unwrap().get(job_id) {
-            Some(ctl) => {
-                ctl.set(c);
+            Some(r) => {
+                r.control.set(c);
                 true
             }
             None => false,
@@ -134,8 +165,8 @@ impl Queue {
     /// Graceful stop: running jobs checkpoint and go back to the queue; workers exit.
     pub async fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
-        for c in self.inner.controls.lock().unwrap().values() {
-            c.set(Command::Shutdown);
+        for r in self.inner.controls.lock().unwrap().values() {
+            r.control.set(Command::Shutdown);
         }
         self.notify();
         let threads: Vec<_> = std::mem::take(&mut *self.threads.lock().unwrap());
@@ -149,10 +180,55 @@ impl Queue {
     }
 }
 
-fn worker_loop(inner: &Arc<Inner>) {
+/// `host-pid`: names this process's workers in the jobs they hold.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
+    format!("{}-{}", host.unwrap_or_else(|| "node".into()), std::process::id())
+}
+
+/// Renews the lease of every job running here, often enough that a lease never lapses while its
+/// worker lives, and hands the worker what a client asked of the job meanwhile (from any API node).
+async fn heartbeat(inner: Arc<Inner>) {
+    let period = Duration::from_millis((inner.cfg.lease_seconds.max(1) as u64 * 1000 / 3).clamp(200, 1000));
     while !inner.stopping.load(Ordering::SeqCst) {
-        match inner.rt.block_on(inner.cfg.store.claim_job()) {
-            Ok(Some(job)) => run_job(inner, job),
+        tokio::time::sleep(period).await;
+        let running: Vec<(String, Control, Lease, Arc<AtomicBool>)> = {
+            let map = inner.controls.lock().unwrap();
+            map.iter().map(|(id, r)| (id.clone(), r.control.clone(), r.lease.clone(), r.lost.clone())).collect()
+        };
+        for (id, control, lease, lost) in running {
+            match inner.cfg.store.renew_lease(&id, &lease).await {
+                Ok(Some(desired)) => apply_desired(&control, &desired),
+                Ok(None) => {
+                    tracing::warn!(job = %id, "lease lost: another worker has taken the job over; stopping it here");
+                    lost.store(true, Ordering::SeqCst);
+                    control.set(Command::Cancel);
+                }
+                // A database hiccup: the lease has two more periods to go before it lapses.
+                Err(e) => tracing::warn!(job = %id, error = format!("{e:#}"), "renewing a lease"),
+            }
+        }
+    }
+}
+
+/// What a client asked (`desired`) reaches the training loop; a shutdown in progress stands.
+fn apply_desired(control: &Control, desired: &str) {
+    if control.get() != Command::Run {
+        return;
+    }
+    match desired {
+        "cancel" => control.set(Command::Cancel),
+        "pause" => control.set(Command::Pause),
+        _ => {}
+    }
+}
+
+fn worker_loop(inner: &Arc<Inner>, index: usize) {
+    let lease = Lease { worker: format!("{}-w{index}", inner.node), seconds: inner.cfg.lease_seconds };
+    let kind = device_kind(inner.cfg.device);
+    while !inner.stopping.load(Ordering::SeqCst) {
+        match inner.rt.block_on(inner.cfg.store.claim_job(&lease, kind)) {
+            Ok(Some(job)) => run_job(inner, job, &lease),
             Ok(None) => {
                 let (lock, cv) = &inner.wake;
                 let mut woken = lock.lock().unwrap();
@@ -180,27 +256,28 @@ fn event(
     NewEvent { job_id: job_id.to_string(), level, kind, message: message.into(), data, step }
 }
 
-fn run_job(inner: &Arc<Inner>, job: JobRow) {
-    let span = tracing::info_span!("job", id = %job.id);
+fn run_job(inner: &Arc<Inner>, job: JobRow, lease: &Lease) {
+    let span = tracing::info_span!("job", id = %job.id, worker = %lease.worker);
     let _g = span.enter();
     let control = Control::default();
-    inner.controls.lock().unwrap().insert(job.id.clone(), control.clone());
+    let lost = Arc::new(AtomicBool::new(false));
+    let running = Running { control: control.clone(), lease: lease.clone(), lost: lost.clone() };
+    inner.controls.lock().unwrap().insert(job.id.clone(), running);
     inner.running.fetch_add(1, Ordering::SeqCst);
     // A cancel or pause that arrived between the claim and the registration above.
     if let Ok(Some(j)) = inner.rt.block_on(inner.cfg.store.job(&job.id)) {
-        match j.desired.as_str() {
-            "cancel" => control.set(Command::Cancel),
-            "pause" => control.set(Command::Pause),
-            _ => {}
-        }
+        apply_desired(&control, &j.desired);
     }
     if inner.stopping.load(Ordering::SeqCst) {
         control.set(Command::Shutdown);
     }
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| train_job(inner, &job, &control)));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| train_job(inner, &job, &control, &lost)));
     inner.controls.lock().unwrap().remove(&job.id);
     inner.samples_per_second.lock().unwrap().remove(&job.id);
     inner.running.fetch_sub(1, Ordering::SeqCst);
+    if lost.load(Ordering::SeqCst) {
+        return;
+    }
     let store = &inner.cfg.store;
     let outcome = match result {
         Ok(r) => r,
@@ -212,40 +289,40 @@ fn run_job(inner: &Arc<Inner>, job: JobRow) {
     };
     inner.cfg.events.flush_blocking();
     let done = match outcome {
-        Ok((o, model)) => finish(inner, &job, o, model),
+        Ok((o, model)) => finish(inner, &job, lease, o, model),
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "job failed");
             inner.cfg.events.send(event(&job.id, "error", "message", format!("Job failed: {e:#}"), None, None));
             inner.cfg.events.flush_blocking();
-            inner.rt.block_on(store.finish_job(
-                &job.id,
-                "failed",
-                None,
-                Some(&json!({"code": "training_failed", "message": format!("{e:#}"), "param": null})),
-                None,
-            ))
+            let error = json!({"code": "training_failed", "message": format!("{e:#}"), "param": null});
+            let end = JobEnd { status: "failed", result: None, error: Some(&error), model: None };
+            inner.rt.block_on(store.finish_job(&job.id, &lease.worker, &end)).map(|_| ())
         }
     };
     if let Err(e) = done {
         tracing::error!(error = format!("{e:#}"), "recording the job's outcome");
     }
+    // Paused and interrupted jobs resume from the shared store, here or on another node.
+    let _ = std::fs::remove_dir_all(work_dir(&inner.cfg.work_dir, &job.id));
 }
 
-fn finish(inner: &Arc<Inner>, job: &JobRow, o: Outcome, model_id: String) -> Result<()> {
+fn finish(inner: &Arc<Inner>, job: &JobRow, lease: &Lease, o: Outcome, model_id: String) -> Result<()> {
     let store = &inner.cfg.store;
     let ev = &inner.cfg.events;
+    let end = |status, result: Option<&serde_json::Value>, model: Option<&str>| {
+        inner.rt.block_on(store.finish_job(&job.id, &lease.worker, &JobEnd { status, result, error: None, model })).map(|_| ())
+    };
     match o.ending {
         Ending::Finished | Ending::EarlyStopped => {
             let kept = o.adapter.clone().context("training produced no adapter")?;
-            let dir = job_dir(&inner.cfg.data_dir, &job.id);
-            let final_path = dir.join("final.adapter.safetensors");
-            crate::fsutil::write_atomic(&final_path, &std::fs::read(&kept)?)?;
+            let key = job_key(&job.id, "final.adapter.safetensors");
+            inner.rt.block_on(inner.cfg.artifacts.put_file(&key, &kept))?;
             inner.rt.block_on(store.insert_model(&ModelRow {
                 id: model_id.clone(),
                 job_id: job.id.clone(),
                 base_model: job.model.clone(),
                 created_at: now(),
-                path: final_path.to_string_lossy().into(),
+                path: key,
                 checkpoint_step: None,
             }))?;
             let result = json!({
@@ -258,17 +335,17 @@ fn finish(inner: &Arc<Inner>, job: &JobRow, o: Outcome, model_id: String) -> Res
             });
             ev.send(event(&job.id, "info", "message", format!("Job succeeded: fine-tuned model {model_id}"), Some(result.clone()), None));
             ev.flush_blocking();
-            inner.rt.block_on(store.finish_job(&job.id, "succeeded", Some(&result), None, Some(&model_id)))
+            end("succeeded", Some(&result), Some(&model_id))
         }
         Ending::Cancelled => {
             ev.send(event(&job.id, "info", "message", "Job cancelled", None, None));
             ev.flush_blocking();
-            inner.rt.block_on(store.finish_job(&job.id, "cancelled", None, None, None))
+            end("cancelled", None, None)
         }
         Ending::Paused => {
             ev.send(event(&job.id, "info", "message", format!("Job paused at step {}", o.steps), None, None));
             ev.flush_blocking();
-            inner.rt.block_on(store.transition(&job.id, &["running"], "paused")).map(|_| ())
+            inner.rt.block_on(store.release_job(&job.id, &lease.worker, "paused")).map(|_| ())
         }
         Ending::Interrupted => {
             ev.send(event(
@@ -280,7 +357,7 @@ fn finish(inner: &Arc<Inner>, job: &JobRow, o: Outcome, model_id: String) -> Res
                 None,
             ));
             ev.flush_blocking();
-            inner.rt.block_on(store.transition(&job.id, &["running"], "queued")).map(|_| ())
+            inner.rt.block_on(store.release_job(&job.id, &lease.worker, "queued")).map(|_| ())
         }
     }
 }
@@ -294,15 +371,52 @@ pub fn model_id(job: &JobRow) -> String {
     }
 }
 
+/// The checkpoint files, newest last, copied to the shared store in this order so that
+/// `latest.json` never names a file the store lacks.
+fn checkpoint_files(dir: &Path) -> Result<Vec<String>> {
+    let latest = checkpoint::latest(dir)?.context("a checkpoint was reported but latest.json is missing")?;
+    let mut names = vec![latest.adapter, latest.state];
+    if checkpoint::best_path(dir).exists() {
+        names.push("best.adapter.safetensors".into());
+    }
+    names.push("latest.json".into());
+    Ok(names)
+}
+
+fn checkpoint_key(job_id: &str, name: &str) -> String {
+    job_key(job_id, &format!("checkpoints/{name}"))
+}
+
+/// Makes `dir` hold the job's latest checkpoint from the shared store (whichever node wrote it),
+/// or nothing when the store has none: the store, not this node's scratch, says where a job is.
+fn restore_checkpoint(inner: &Arc<Inner>, job_id: &str, dir: &Path) -> Result<()> {
+    let artifacts = &inner.cfg.artifacts;
+    let _ = std::fs::remove_dir_all(dir);
+    let latest_key = checkpoint_key(job_id, "latest.json");
+    if !inner.rt.block_on(artifacts.exists(&latest_key))? {
+        return Ok(());
+    }
+    let text = inner.rt.block_on(artifacts.get(&latest_key))?;
+    let latest: checkpoint::Latest = serde_json::from_slice(&text).with_context(|| format!("artifact {latest_key} is corrupt"))?;
+    for name in [&latest.adapter, &latest.state] {
+        inner.rt.block_on(artifacts.download(&checkpoint_key(job_id, name), &dir.join(name)))?;
+    }
+    let best = checkpoint_key(job_id, "best.adapter.safetensors");
+    if inner.rt.block_on(artifacts.exists(&best))? {
+        inner.rt.block_on(artifacts.download(&best, &checkpoint::best_path(dir)))?;
+    }
+    crate::fsutil::write_atomic(&dir.join("latest.json"), &text)
+}
+
 /// Loads a job's model and data and trains it; returns the outcome and the model id.
-fn train_job(inner: &Arc<Inner>, job: &JobRow, control: &Control) -> Result<(Outcome, String)> {
+fn train_job(inner: &Arc<Inner>, job: &JobRow, control: &Control, lost: &AtomicBool) -> Result<(Outcome, String)> {
     let cfg = &inner.cfg;
     let store = &cfg.store;
     let spec: TaskSpec = serde_json::from_str(&job.task).context("stored task")?;
     let hyper: TrainConfig = serde_json::from_str(&job.hyperparameters).context("stored hyperparameters")?;
     let method: Method = serde_json::from_str(&job.method).context("stored method")?;
-    let dir = job_dir(&cfg.data_dir, &job.id);
-    let ckpt_dir = dir.join("checkpoints");
+    let ckpt_dir = work_dir(&cfg.work_dir, &job.id).join("checkpoints");
+    restore_checkpoint(inner, &job.id, &ckpt_dir)?;
     // Whatever was recorded past the checkpoint this run restarts from is redone: drop it.
     let resume_step = checkpoint::latest(&ckpt_dir)?.map_or(0, |l| l.step);
     inner.rt.block_on(store.truncate_metrics_after(&job.id, resume_step as i64))?;
@@ -311,8 +425,8 @@ fn train_job(inner: &Arc<Inner>, job: &JobRow, control: &Control) -> Result<(Out
     cfg.events.send(event(&job.id, "info", "message", message, None, None));
 
     let base = cfg.registry.resolve(&job.model)?;
-    let file = |id: &Option<String>| id.as_ref().map(|f| file_path(&cfg.data_dir, f));
-    let (train, valid) = (file(&job.training_file), file(&job.validation_file));
+    let file = |id: &Option<String>| id.as_ref().map(|f| inner.rt.block_on(cfg.artifacts.local(&file_key(f)))).transpose();
+    let (train, valid) = (file(&job.training_file)?, file(&job.validation_file)?);
     let task = TaskData::load(
         &spec,
         &DataSources {
@@ -368,8 +482,12 @@ fn train_job(inner: &Arc<Inner>, job: &JobRow, control: &Control) -> Result<(Out
             cfg.events.steps(&job.id, m.step as i64);
         }
         Progress::Checkpoint { step, adapter, metrics } => {
+            if lost.load(Ordering::SeqCst) {
+                return; // the job's new worker owns its checkpoints now
+            }
             // Events up to this step become durable before the checkpoint is recorded.
             cfg.events.flush_blocking();
+            let name = adapter.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let row = CheckpointRow {
                 id: new_id("ftckpt"),
                 job_id: job.id.clone(),
@@ -377,10 +495,17 @@ fn train_job(inner: &Arc<Inner>, job: &JobRow, control: &Control) -> Result<(Out
                 created_at: now(),
                 metrics: metrics.map(|m| json!({"step": step, "valid_loss": m.loss, "valid_accuracy": m.accuracy}).to_string()),
                 model_id: format!("{model_id}-step-{step}"),
-                path: adapter.to_string_lossy().into(),
+                path: checkpoint_key(&job.id, &name),
             };
-            if let Err(e) = inner.rt.block_on(store.insert_checkpoint(&row, &job.model)) {
-                tracing::error!(error = format!("{e:#}"), "recording a checkpoint");
+            let dir = adapter.parent().unwrap_or(Path::new("."));
+            let saved = checkpoint_files(dir).and_then(|names| {
+                for n in names {
+                    inner.rt.block_on(cfg.artifacts.put_file(&checkpoint_key(&job.id, &n), &dir.join(&n)))?;
+                }
+                inner.rt.block_on(store.insert_checkpoint(&row, &job.model))
+            });
+            if let Err(e) = saved {
+                tracing::error!(error = format!("{e:#}"), "storing a checkpoint");
             }
             cfg.events.steps(&job.id, step as i64);
         }

@@ -1,13 +1,15 @@
-//! The service's state in SQLite (WAL) through sqlx: files, jobs, events, checkpoints, models,
-//! idempotency keys. Every query lives here, so another backend (PostgreSQL) has one place to fill.
+//! The service's state through sqlx: files, jobs, events, checkpoints, models, idempotency keys.
+//! Two backends behind one type: SQLite (embedded, one node) and PostgreSQL (shared by API nodes and
+//! workers on many machines). Every query lives here and is written once in the SQL both speak
+//! (`$n` parameters, `ON CONFLICT`, `RETURNING`); the one difference, how a worker claims a job, is
+//! spelled out in `claim_job`.
 use std::path::Path;
-use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, SqlitePool};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor, FromRow};
 
 pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
@@ -18,9 +20,23 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..24])
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A worker's hold on the job it runs: its id, and until when (unix seconds) the lease lasts.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub worker: String,
+    pub seconds: i64,
 }
 
 #[derive(Debug, Clone, FromRow, Serialize, Deserialize)]
@@ -56,6 +72,9 @@ pub struct JobRow {
     pub error: Option<String>,
     pub metadata: Option<String>,
     pub desired: String,
+    pub worker: Option<String>,
+    pub lease_until: Option<i64>,
+    pub device: String,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -110,20 +129,50 @@ pub struct Page<'a> {
 }
 
 impl Store {
-    /// Opens (creating) the database and applies the migrations.
+    /// Opens (creating) a SQLite database file and applies the migrations.
     pub async fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Self::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Connects to `sqlite://…` or `postgres://…` and applies that dialect's migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            bail!("--database-url must start with sqlite:// or postgres://, got `{}`", redact(url));
+        };
+        let mut opts = AnyPoolOptions::new().acquire_timeout(std::time::Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            // WAL lets the SSE readers run beside the writers; the busy timeout covers the rest.
+            opts = opts.max_connections(8).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        } else {
+            opts = opts.max_connections(16);
+        }
+        let pool = opts.connect(url).await.with_context(|| format!("connecting to {}", redact(url)))?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await,
+        }
+        .with_context(|| format!("migrating {}", redact(url)))?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     pub async fn ping(&self) -> bool {
@@ -133,31 +182,35 @@ impl Store {
     // ---- files
 
     pub async fn insert_file(&self, f: &FileRow) -> Result<()> {
-        sqlx::query("INSERT INTO files (id, filename, purpose, bytes, format, samples, created_at, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-            .bind(&f.id)
-            .bind(&f.filename)
-            .bind(&f.purpose)
-            .bind(f.bytes)
-            .bind(&f.format)
-            .bind(f.samples)
-            .bind(f.created_at)
-            .bind(&f.path)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO files (id, filename, purpose, bytes, format, samples, created_at, path) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&f.id)
+        .bind(&f.filename)
+        .bind(&f.purpose)
+        .bind(f.bytes)
+        .bind(&f.format)
+        .bind(f.samples)
+        .bind(f.created_at)
+        .bind(&f.path)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     pub async fn file(&self, id: &str) -> Result<Option<FileRow>> {
-        Ok(sqlx::query_as("SELECT id, filename, purpose, bytes, format, samples, created_at, path FROM files WHERE id = ? AND deleted = 0")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(
+            "SELECT id, filename, purpose, bytes, format, samples, created_at, path FROM files WHERE id = $1 AND deleted = 0",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn files(&self, page: &Page<'_>) -> Result<Vec<FileRow>> {
         Ok(sqlx::query_as(
             "SELECT id, filename, purpose, bytes, format, samples, created_at, path FROM files WHERE deleted = 0
-             AND (?1 IS NULL OR rowid < (SELECT rowid FROM files WHERE id = ?1)) ORDER BY rowid DESC LIMIT ?2",
+             AND ($1 IS NULL OR rowid < (SELECT rowid FROM files WHERE id = $1)) ORDER BY rowid DESC LIMIT $2",
         )
         .bind(page.after)
         .bind(page.limit)
@@ -166,30 +219,31 @@ impl Store {
     }
 
     pub async fn delete_file(&self, id: &str) -> Result<bool> {
-        Ok(sqlx::query("UPDATE files SET deleted = 1 WHERE id = ? AND deleted = 0").bind(id).execute(&self.pool).await?.rows_affected() > 0)
+        Ok(sqlx::query("UPDATE files SET deleted = 1 WHERE id = $1 AND deleted = 0").bind(id).execute(&self.pool).await?.rows_affected()
+            > 0)
     }
 
     // ---- jobs
 
     pub async fn insert_job(&self, j: &JobRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO jobs (id, model, task, status, created_at, hyperparameters, method, training_file, validation_file, seed, suffix, metadata)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, model, task, status, created_at, hyperparameters, method, training_file, validation_file, seed, suffix, metadata, device)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&j.id).bind(&j.model).bind(&j.task).bind(&j.status).bind(j.created_at).bind(&j.hyperparameters).bind(&j.method)
-        .bind(&j.training_file).bind(&j.validation_file).bind(j.seed).bind(&j.suffix).bind(&j.metadata)
+        .bind(&j.training_file).bind(&j.validation_file).bind(j.seed).bind(&j.suffix).bind(&j.metadata).bind(&j.device)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<JobRow>> {
-        Ok(sqlx::query_as("SELECT * FROM jobs WHERE id = ?").bind(id).fetch_optional(&self.pool).await?)
+        Ok(sqlx::query_as("SELECT * FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?)
     }
 
     pub async fn jobs(&self, page: &Page<'_>) -> Result<Vec<JobRow>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM jobs WHERE (?1 IS NULL OR rowid < (SELECT rowid FROM jobs WHERE id = ?1)) ORDER BY rowid DESC LIMIT ?2",
+            "SELECT * FROM jobs WHERE ($1 IS NULL OR rowid < (SELECT rowid FROM jobs WHERE id = $1)) ORDER BY rowid DESC LIMIT $2",
         )
         .bind(page.after)
         .bind(page.limit)
@@ -197,23 +251,59 @@ impl Store {
         .await?)
     }
 
-    /// Claims the oldest queued job in one statement; it becomes `running`.
-    pub async fn claim_job(&self) -> Result<Option<JobRow>> {
-        Ok(sqlx::query_as(
-            "UPDATE jobs SET status = 'running', desired = 'run', started_at = COALESCE(started_at, ?1)
-             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1) RETURNING *",
+    /// Claims, in one statement, the oldest job this worker can run: a queued one, or a running one
+    /// whose worker stopped renewing its lease (it resumes from its last checkpoint). A reclaimed
+    /// job keeps what a client last asked of it (`desired`); a queued one starts afresh as `run`.
+    /// PostgreSQL workers on many machines skip the rows another one is claiming; SQLite has one
+    /// writer at a time, so the same statement is atomic there without the lock clause.
+    pub async fn claim_job(&self, lease: &Lease, device: &str) -> Result<Option<JobRow>> {
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE jobs SET status = 'running', worker = $1, lease_until = $2, started_at = COALESCE(started_at, $3),
+                 desired = CASE WHEN status = 'running' THEN desired ELSE 'run' END
+             WHERE id = (SELECT id FROM jobs WHERE (status = 'queued' OR (status = 'running' AND lease_until < $3))
+                         AND device IN ('any', $4) ORDER BY created_at, rowid LIMIT 1 {lock})
+             RETURNING *"
+        );
+        let t = now();
+        Ok(sqlx::query_as(&sql).bind(&lease.worker).bind(t + lease.seconds).bind(t).bind(device).fetch_optional(&self.pool).await?)
+    }
+
+    /// Renews a lease; returns what a client asks of the job now, or None when this worker no
+    /// longer holds it (it expired and another worker took the job over).
+    pub async fn renew_lease(&self, job_id: &str, lease: &Lease) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("UPDATE jobs SET lease_until = $1 WHERE id = $2 AND worker = $3 AND status = 'running' RETURNING desired")
+            .bind(now() + lease.seconds)
+            .bind(job_id)
+            .bind(&lease.worker)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// A worker hands a running job back (`queued` to run again, or `paused`); a no-op when the
+    /// worker lost the job to another one meanwhile.
+    pub async fn release_job(&self, job_id: &str, worker: &str, status: &str) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE jobs SET status = $1, worker = NULL, lease_until = NULL WHERE id = $2 AND worker = $3 AND status = 'running'",
         )
-        .bind(now())
-        .fetch_optional(&self.pool)
-        .await?)
+        .bind(status)
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0)
     }
 
     /// Moves a job from one of `from` to `to`; false when it was in none of them.
     pub async fn transition(&self, id: &str, from: &[&str], to: &str) -> Result<bool> {
-        let placeholders = vec!["?"; from.len()].join(", ");
+        let placeholders = (5..5 + from.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
         let finished = matches!(to, "succeeded" | "failed" | "cancelled");
         let sql = format!(
-            "UPDATE jobs SET status = ?, finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE id = ? AND status IN ({placeholders})"
+            "UPDATE jobs SET status = $1, finished_at = CASE WHEN $2 THEN $3 ELSE finished_at END WHERE id = $4 AND status IN ({placeholders})"
         );
         let mut q = sqlx::query(&sql).bind(to).bind(finished).bind(now()).bind(id);
         for f in from {
@@ -223,42 +313,46 @@ impl Store {
     }
 
     pub async fn set_desired(&self, id: &str, desired: &str) -> Result<()> {
-        sqlx::query("UPDATE jobs SET desired = ? WHERE id = ?").bind(desired).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE jobs SET desired = $1 WHERE id = $2").bind(desired).bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
     pub async fn set_progress(&self, id: &str, steps: i64) -> Result<()> {
-        sqlx::query("UPDATE jobs SET trained_steps = ? WHERE id = ?").bind(steps).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE jobs SET trained_steps = $1 WHERE id = $2").bind(steps).bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
-    pub async fn finish_job(
-        &self,
-        id: &str,
-        status: &str,
-        result: Option<&serde_json::Value>,
-        error: Option<&serde_json::Value>,
-        model: Option<&str>,
-    ) -> Result<()> {
-        sqlx::query("UPDATE jobs SET status = ?, finished_at = ?, result = COALESCE(?, result), error = ?, fine_tuned_model = COALESCE(?, fine_tuned_model) WHERE id = ?")
-            .bind(status)
-            .bind(now())
-            .bind(result.map(|r| r.to_string()))
-            .bind(error.map(|e| e.to_string()))
-            .bind(model)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Records how a worker's job ended; false (and nothing written) when the worker no longer holds it.
+    pub async fn finish_job(&self, id: &str, worker: &str, end: &JobEnd<'_>) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE jobs SET status = $1, finished_at = $2, result = COALESCE($3, result), error = $4,
+                 fine_tuned_model = COALESCE($5, fine_tuned_model), worker = NULL, lease_until = NULL
+             WHERE id = $6 AND worker = $7 AND status = 'running'",
+        )
+        .bind(end.status)
+        .bind(now())
+        .bind(end.result.map(|r| r.to_string()))
+        .bind(end.error.map(|e| e.to_string()))
+        .bind(end.model)
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0)
     }
 
-    /// After a crash: jobs that were running go back to the queue (they resume from their checkpoint).
+    /// After a crash of the embedded (single-node) service: every running job goes back to the
+    /// queue at once and resumes from its checkpoint, rather than waiting out its lease.
     pub async fn requeue_running(&self) -> Result<u64> {
-        Ok(sqlx::query("UPDATE jobs SET status = 'queued' WHERE status = 'running'").execute(&self.pool).await?.rows_affected())
+        Ok(sqlx::query("UPDATE jobs SET status = 'queued', worker = NULL, lease_until = NULL WHERE status = 'running'")
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     pub async fn count_status(&self, status: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = ?").bind(status).fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = $1").bind(status).fetch_one(&self.pool).await?)
     }
 
     // ---- events
@@ -266,7 +360,7 @@ impl Store {
     pub async fn insert_events(&self, events: &[NewEvent]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for e in events {
-            sqlx::query("INSERT INTO events (job_id, created_at, level, type, message, data, step) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            sqlx::query("INSERT INTO events (job_id, created_at, level, type, message, data, step) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                 .bind(&e.job_id)
                 .bind(now())
                 .bind(e.level)
@@ -283,7 +377,7 @@ impl Store {
 
     /// Events of a job after `after_seq`, oldest first.
     pub async fn events(&self, job_id: &str, after_seq: i64, limit: i64) -> Result<Vec<EventRow>> {
-        Ok(sqlx::query_as("SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+        Ok(sqlx::query_as("SELECT * FROM events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
             .bind(job_id)
             .bind(after_seq)
             .bind(limit)
@@ -293,8 +387,8 @@ impl Store {
 
     /// Drops metrics past a checkpoint a resumed run will redo, so the history stays contiguous.
     pub async fn truncate_metrics_after(&self, job_id: &str, step: i64) -> Result<()> {
-        sqlx::query("DELETE FROM events WHERE job_id = ? AND step > ?").bind(job_id).bind(step).execute(&self.pool).await?;
-        sqlx::query("DELETE FROM checkpoints WHERE job_id = ? AND step_number > ?").bind(job_id).bind(step).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM events WHERE job_id = $1 AND step > $2").bind(job_id).bind(step).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM checkpoints WHERE job_id = $1 AND step_number > $2").bind(job_id).bind(step).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -302,10 +396,20 @@ impl Store {
 
     pub async fn insert_checkpoint(&self, c: &CheckpointRow, base_model: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT OR REPLACE INTO checkpoints (id, job_id, step_number, created_at, metrics, model_id, path) VALUES (?, ?, ?, ?, ?, ?, ?)")
-            .bind(&c.id).bind(&c.job_id).bind(c.step_number).bind(c.created_at).bind(&c.metrics).bind(&c.model_id).bind(&c.path)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO checkpoints (id, job_id, step_number, created_at, metrics, model_id, path) VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (job_id, step_number) DO UPDATE SET id = excluded.id, created_at = excluded.created_at, metrics = excluded.metrics,
+                 model_id = excluded.model_id, path = excluded.path",
+        )
+        .bind(&c.id)
+        .bind(&c.job_id)
+        .bind(c.step_number)
+        .bind(c.created_at)
+        .bind(&c.metrics)
+        .bind(&c.model_id)
+        .bind(&c.path)
+        .execute(&mut *tx)
+        .await?;
         let model = ModelRow {
             id: c.model_id.clone(),
             job_id: c.job_id.clone(),
@@ -321,8 +425,8 @@ impl Store {
 
     pub async fn checkpoints(&self, job_id: &str, page: &Page<'_>) -> Result<Vec<CheckpointRow>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM checkpoints WHERE job_id = ?1 AND (?2 IS NULL OR step_number < (SELECT step_number FROM checkpoints WHERE id = ?2))
-             ORDER BY step_number DESC LIMIT ?3",
+            "SELECT * FROM checkpoints WHERE job_id = $1 AND ($2 IS NULL OR step_number < (SELECT step_number FROM checkpoints WHERE id = $2))
+             ORDER BY step_number DESC LIMIT $3",
         )
         .bind(job_id)
         .bind(page.after)
@@ -336,7 +440,7 @@ impl Store {
     }
 
     pub async fn model(&self, id: &str) -> Result<Option<ModelRow>> {
-        Ok(sqlx::query_as("SELECT id, job_id, base_model, created_at, path, checkpoint_step FROM models WHERE id = ? AND deleted = 0")
+        Ok(sqlx::query_as("SELECT id, job_id, base_model, created_at, path, checkpoint_step FROM models WHERE id = $1 AND deleted = 0")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?)
@@ -351,14 +455,14 @@ impl Store {
     }
 
     pub async fn delete_model(&self, id: &str) -> Result<bool> {
-        Ok(sqlx::query("UPDATE models SET deleted = 1 WHERE id = ? AND deleted = 0").bind(id).execute(&self.pool).await?.rows_affected()
+        Ok(sqlx::query("UPDATE models SET deleted = 1 WHERE id = $1 AND deleted = 0").bind(id).execute(&self.pool).await?.rows_affected()
             > 0)
     }
 
     // ---- idempotency
 
     pub async fn idempotent_response(&self, key: &str, route: &str) -> Result<Option<(u16, String)>> {
-        let row: Option<(i64, String)> = sqlx::query_as("SELECT status, body FROM idempotency WHERE key = ? AND route = ?")
+        let row: Option<(i64, String)> = sqlx::query_as("SELECT status, body FROM idempotency WHERE key = $1 AND route = $2")
             .bind(key)
             .bind(route)
             .fetch_optional(&self.pool)
@@ -367,7 +471,7 @@ impl Store {
     }
 
     pub async fn save_idempotent_response(&self, key: &str, route: &str, status: u16, body: &str) -> Result<()> {
-        sqlx::query("INSERT OR IGNORE INTO idempotency (key, route, status, body, created_at) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO idempotency (key, route, status, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
             .bind(key)
             .bind(route)
             .bind(status as i64)
@@ -380,15 +484,38 @@ impl Store {
 }
 
 /// One fine-tuned model (a job's result or a checkpoint), in a transaction or not.
-async fn upsert_model<'e, E: sqlx::Executor<'e, Database = sqlx::Sqlite>>(exec: E, m: &ModelRow) -> Result<()> {
-    sqlx::query("INSERT OR REPLACE INTO models (id, job_id, base_model, created_at, path, checkpoint_step) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(&m.id)
-        .bind(&m.job_id)
-        .bind(&m.base_model)
-        .bind(m.created_at)
-        .bind(&m.path)
-        .bind(m.checkpoint_step)
-        .execute(exec)
-        .await?;
+async fn upsert_model<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(exec: E, m: &ModelRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO models (id, job_id, base_model, created_at, path, checkpoint_step) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (id) DO UPDATE SET job_id = excluded.job_id, base_model = excluded.base_model, created_at = excluded.created_at,
+             path = excluded.path, checkpoint_step = excluded.checkpoint_step, deleted = 0",
+    )
+    .bind(&m.id)
+    .bind(&m.job_id)
+    .bind(&m.base_model)
+    .bind(m.created_at)
+    .bind(&m.path)
+    .bind(m.checkpoint_step)
+    .execute(exec)
+    .await?;
     Ok(())
+}
+
+/// How a job ended, as its worker records it.
+pub struct JobEnd<'a> {
+    pub status: &'a str,
+    pub result: Option<&'a serde_json::Value>,
+    pub error: Option<&'a serde_json::Value>,
+    pub model: Option<&'a str>,
+}
+
+/// A database URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme && url[scheme + 3..at].contains(':') => {
+            let user = url[scheme + 3..at].split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }

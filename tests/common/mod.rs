@@ -81,5 +81,6 @@ pub fn tiny_models() -> &'static Path {
 pub fn registry() -> fpt::model::ModelRegistry {
     fpt::model::ModelRegistry::new(tiny_models())
 }
+pub mod postgres;
 pub mod server;
 pub mod webdriver;
