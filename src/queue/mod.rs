@@ -271,7 +271,7 @@ fn run_job(inner: &Arc<Inner>, job: JobRow, lease: &Lease) {
     if inner.stopping.load(Ordering::SeqCst) {
         control.set(Command::Shutdown);
     }
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| train_job(inner, &job, &control, &lost)));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| train_job(inner, &job, &lease.worker, &control, &lost)));
     inner.controls.lock().unwrap().remove(&job.id);
     inner.samples_per_second.lock().unwrap().remove(&job.id);
     inner.running.fetch_sub(1, Ordering::SeqCst);
@@ -409,7 +409,7 @@ fn restore_checkpoint(inner: &Arc<Inner>, job_id: &str, dir: &Path) -> Result<()
 }
 
 /// Loads a job's model and data and trains it; returns the outcome and the model id.
-fn train_job(inner: &Arc<Inner>, job: &JobRow, control: &Control, lost: &AtomicBool) -> Result<(Outcome, String)> {
+fn train_job(inner: &Arc<Inner>, job: &JobRow, worker: &str, control: &Control, lost: &AtomicBool) -> Result<(Outcome, String)> {
     let cfg = &inner.cfg;
     let store = &cfg.store;
     let spec: TaskSpec = serde_json::from_str(&job.task).context("stored task")?;
@@ -420,8 +420,11 @@ fn train_job(inner: &Arc<Inner>, job: &JobRow, control: &Control, lost: &AtomicB
     // Whatever was recorded past the checkpoint this run restarts from is redone: drop it.
     let resume_step = checkpoint::latest(&ckpt_dir)?.map_or(0, |l| l.step);
     inner.rt.block_on(store.truncate_metrics_after(&job.id, resume_step as i64))?;
-    let message =
-        if resume_step > 0 { format!("Job resumed from the checkpoint of step {resume_step}") } else { "Job started".to_string() };
+    let message = if resume_step > 0 {
+        format!("Job resumed from the checkpoint of step {resume_step} on worker {worker}")
+    } else {
+        format!("Job started on worker {worker}")
+    };
     cfg.events.send(event(&job.id, "info", "message", message, None, None));
 
     let base = cfg.registry.resolve(&job.model)?;
