@@ -240,7 +240,7 @@ impl Worker {
         let positions = (lengths.unsqueeze(1) - kmax + Tensor::arange(kmax, (Kind::Int64, dev)).unsqueeze(0)).clamp_min(0);
         let ids: Vec<String> = good.iter().map(|j| j.model_id.clone()).collect();
         let hs = {
-            let slots = self.row_slots(key, &ids, &row_counts);
+            let slots = self.row_slots(key, &ids, &row_counts, lmax);
             let shared = self.backbones.get_mut(key).unwrap();
             set_slots(shared.backbone.as_mut(), &slots);
             let hs = shared.backbone.forward_readout(&embeds, key_mask.as_ref(), false, &positions);
@@ -263,8 +263,10 @@ impl Worker {
     }
 
     /// Each slot's tensor for this batch: the adapter's own when every row uses one adapter, else
-    /// stacked per row (rows of adapters that did not train a slot take the backbone's).
-    fn row_slots(&self, key: &BackboneKey, ids: &[String], rows: &[i64]) -> HashMap<String, Tensor> {
+    /// stacked per row (rows of adapters that did not train a slot take the backbone's). Position
+    /// tables (the 2-D slots) keep only the batch's `len` positions: the backbone reads no others,
+    /// and stacking GPT-2's 1,024 rows per request would copy megabytes for 49 tokens.
+    fn row_slots(&self, key: &BackboneKey, ids: &[String], rows: &[i64], len: i64) -> HashMap<String, Tensor> {
         let originals = &self.backbones[key].originals;
         let adapters: Vec<HashMap<&str, &Tensor>> =
             ids.iter().map(|id| self.adapters[id].layers.slots.iter().map(|(n, t)| (n.as_str(), t)).collect()).collect();
@@ -273,12 +275,23 @@ impl Worker {
             .iter()
             .filter(|(name, _)| adapters.iter().any(|a| a.contains_key(name.as_str())))
             .map(|(name, orig)| {
-                let pick = |i: usize| adapters[i].get(name.as_str()).map(|t| (*t).shallow_clone()).unwrap_or_else(|| orig.shallow_clone());
+                let pick = |i: usize| {
+                    let t = adapters[i].get(name.as_str()).copied().unwrap_or(orig);
+                    if t.dim() == 2 {
+                        t.narrow(0, 0, len)
+                    } else {
+                        t.shallow_clone()
+                    }
+                };
                 let t = if single {
                     pick(0)
                 } else {
-                    let per_row: Vec<Tensor> =
-                        (0..ids.len()).map(|i| pick(i).unsqueeze(0).expand(expand_shape(rows[i], orig), false)).collect();
+                    let per_row: Vec<Tensor> = (0..ids.len())
+                        .map(|i| {
+                            let t = pick(i);
+                            t.unsqueeze(0).expand(expand_shape(rows[i], &t), false)
+                        })
+                        .collect();
                     let stacked = Tensor::cat(&per_row, 0);
                     // [d] -> [B, 1, d] broadcasts over tokens; [P, d] -> [B, P, d] already does.
                     if orig.dim() == 1 {
