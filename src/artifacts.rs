@@ -61,11 +61,12 @@ impl Artifacts {
         Ok(got.bytes().await.with_context(|| format!("fetching artifact {key}"))?.to_vec())
     }
 
-    pub async fn exists(&self, key: &str) -> Result<bool> {
-        match self.store.head(&self.key(key)?).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("looking up artifact {key}")),
+    /// The artifact, or None when the store has no such key (one round trip, not a look-up and a get).
+    pub async fn get_if_exists(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.store.get(&self.key(key)?).await {
+            Ok(got) => Ok(Some(got.bytes().await.with_context(|| format!("fetching artifact {key}"))?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("fetching artifact {key}")),
         }
     }
 
@@ -129,8 +130,8 @@ mod tests {
         let a = Artifacts::open(dir.path().join("store").to_str().unwrap(), &dir.path().join("cache")).unwrap();
         a.put("jobs/j1/x.bin", b"abc".to_vec()).await.unwrap();
         assert_eq!(a.get("jobs/j1/x.bin").await.unwrap(), b"abc");
-        assert!(a.exists("jobs/j1/x.bin").await.unwrap());
-        assert!(!a.exists("jobs/j1/y.bin").await.unwrap());
+        assert_eq!(a.get_if_exists("jobs/j1/x.bin").await.unwrap().as_deref(), Some(&b"abc"[..]));
+        assert!(a.get_if_exists("jobs/j1/y.bin").await.unwrap().is_none());
         // Read in place: the folder's own file, not a cached copy.
         let p = a.local("jobs/j1/x.bin").await.unwrap();
         assert!(p.starts_with(std::fs::canonicalize(dir.path().join("store")).unwrap()));
@@ -139,7 +140,7 @@ mod tests {
             assert!(a.put(bad, vec![1]).await.is_err(), "{bad} accepted");
         }
         a.delete("jobs/j1/x.bin").await.unwrap();
-        assert!(!a.exists("jobs/j1/x.bin").await.unwrap());
+        assert!(a.get_if_exists("jobs/j1/x.bin").await.unwrap().is_none());
         a.delete("jobs/j1/x.bin").await.unwrap();
     }
 

@@ -275,7 +275,9 @@ fn run_job(inner: &Arc<Inner>, job: JobRow, lease: &Lease) {
     inner.controls.lock().unwrap().remove(&job.id);
     inner.samples_per_second.lock().unwrap().remove(&job.id);
     inner.running.fetch_sub(1, Ordering::SeqCst);
+    let scratch = work_dir(&inner.cfg.work_dir, &job.id);
     if lost.load(Ordering::SeqCst) {
+        let _ = std::fs::remove_dir_all(&scratch);
         return;
     }
     let store = &inner.cfg.store;
@@ -303,7 +305,7 @@ fn run_job(inner: &Arc<Inner>, job: JobRow, lease: &Lease) {
         tracing::error!(error = format!("{e:#}"), "recording the job's outcome");
     }
     // Paused and interrupted jobs resume from the shared store, here or on another node.
-    let _ = std::fs::remove_dir_all(work_dir(&inner.cfg.work_dir, &job.id));
+    let _ = std::fs::remove_dir_all(&scratch);
 }
 
 fn finish(inner: &Arc<Inner>, job: &JobRow, lease: &Lease, o: Outcome, model_id: String) -> Result<()> {
@@ -393,17 +395,15 @@ fn restore_checkpoint(inner: &Arc<Inner>, job_id: &str, dir: &Path) -> Result<()
     let artifacts = &inner.cfg.artifacts;
     let _ = std::fs::remove_dir_all(dir);
     let latest_key = checkpoint_key(job_id, "latest.json");
-    if !inner.rt.block_on(artifacts.exists(&latest_key))? {
+    let Some(text) = inner.rt.block_on(artifacts.get_if_exists(&latest_key))? else {
         return Ok(());
-    }
-    let text = inner.rt.block_on(artifacts.get(&latest_key))?;
+    };
     let latest: checkpoint::Latest = serde_json::from_slice(&text).with_context(|| format!("artifact {latest_key} is corrupt"))?;
     for name in [&latest.adapter, &latest.state] {
         inner.rt.block_on(artifacts.download(&checkpoint_key(job_id, name), &dir.join(name)))?;
     }
-    let best = checkpoint_key(job_id, "best.adapter.safetensors");
-    if inner.rt.block_on(artifacts.exists(&best))? {
-        inner.rt.block_on(artifacts.download(&best, &checkpoint::best_path(dir)))?;
+    if let Some(best) = inner.rt.block_on(artifacts.get_if_exists(&checkpoint_key(job_id, "best.adapter.safetensors")))? {
+        crate::fsutil::write_atomic(&checkpoint::best_path(dir), &best)?;
     }
     crate::fsutil::write_atomic(&dir.join("latest.json"), &text)
 }
