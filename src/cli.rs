@@ -30,7 +30,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Train an adapter on a frozen backbone.
+    /// Train an adapter on a frozen backbone. A repeated option takes its last value, so that
+    /// the command lines `fpt experiment --dry-run` prints (spec, group, grid) run as they read.
+    #[command(args_override_self = true)]
     Train(TrainArgs),
     /// Evaluate an adapter on a dataset file.
     Eval(EvalArgs),
@@ -261,7 +263,7 @@ impl ModelArgs {
         Ok(spec)
     }
 
-    fn train_config(&self, lr: f64, n_train: usize) -> Result<TrainConfig> {
+    pub(crate) fn train_config(&self, lr: f64, n_train: usize) -> Result<TrainConfig> {
         let n_steps = match self.epochs {
             Some(e) if n_train > 0 => ((e * n_train as f64) / self.batch_size as f64).ceil().max(1.0) as u64,
             _ => self.steps,

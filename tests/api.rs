@@ -287,6 +287,25 @@ fn the_same_idempotency_key_creates_one_job() {
 }
 
 #[test]
+fn a_replayed_upload_answers_the_first_file_after_reading_the_whole_body() {
+    let s = Server::start(&["--no-workers"]);
+    // Big enough that the client is still sending when a replay could be answered.
+    let data = sign_dataset(20_000, 7);
+    let send = || {
+        let form = reqwest::blocking::multipart::Form::new()
+            .text("purpose", "fine-tune")
+            .part("file", reqwest::blocking::multipart::Part::bytes(data.clone()).file_name("big.jsonl"));
+        let r = s.client.post(format!("{}/v1/files", s.url)).header("Idempotency-Key", "upload-1").multipart(form).send().unwrap();
+        (r.headers().get("idempotent-replayed").is_some(), r.json::<Value>().unwrap())
+    };
+    let (first, second, third) = (send(), send(), send());
+    assert!(!first.0 && second.0 && third.0);
+    assert_eq!(first.1["id"], second.1["id"]);
+    assert_eq!(first.1["id"], third.1["id"]);
+    assert_eq!(s.get_json("/v1/files")["data"].as_array().unwrap().len(), 1);
+}
+
+#[test]
 fn too_many_concurrent_requests_get_429_with_retry_after() {
     let s = Server::start(&["--max-concurrency", "1"]);
     // Hold the only slot with an upload whose body never finishes arriving.

@@ -1,8 +1,12 @@
 //! `fpt experiment`: a small grid on a tiny backbone writes its table, CSV, report and plots, and a
-//! second run finds the finished runs and does not redo them.
+//! second run finds the finished runs and does not redo them; the same grid runs as jobs of a real
+//! `fpt serve`; the specs in experiments/ all expand into runs whose arguments parse.
 mod common;
 
+use std::path::Path;
 use std::process::Command;
+
+use common::server::Server;
 
 #[test]
 fn a_grid_writes_its_results_and_resumes() {
@@ -48,8 +52,8 @@ freeze = ["output_only", "+ln"]
     let md = std::fs::read_to_string(&report).unwrap();
     assert!(
         md.contains("The paper's numbers would go here.")
-            && md.contains("| xor | default | random |")
-            && md.contains("| xor_unfreezing | output_only | pretrained |"),
+            && md.contains("| xor | tiny-gpt2 | default | random |")
+            && md.contains("| xor_unfreezing | tiny-gpt2 | output_only | pretrained |"),
         "{md}"
     );
     for plot in ["curve-xor.svg", "curve-xor_unfreezing.svg", "accuracy_vs_parameters.svg"] {
@@ -62,4 +66,119 @@ freeze = ["output_only", "+ln"]
     let second = run();
     assert!(second.status.success());
     assert_eq!(String::from_utf8_lossy(&second.stderr).matches("done before").count(), 6);
+}
+
+/// A tiny MNIST-format pair: `n` 28x28 images whose label is the brightest quarter of the image.
+fn write_idx_pair(dir: &Path, prefix: &str, n: usize, seed: u64) {
+    let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = || {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (rng >> 33) as u32
+    };
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let label = (next() % 4) as u8;
+        for r in 0..28 {
+            for c in 0..28 {
+                let quarter = (r / 14) * 2 + c / 14;
+                images.push(if quarter == label as usize { 200 + (next() % 56) as u8 } else { (next() % 60) as u8 });
+            }
+        }
+        labels.push(label);
+    }
+    let header =
+        |magic: u32, dims: &[u32]| -> Vec<u8> { std::iter::once(magic).chain(dims.iter().copied()).flat_map(u32::to_be_bytes).collect() };
+    let mut img = header(0x803, &[n as u32, 28, 28]);
+    img.extend(images);
+    let mut lab = header(0x801, &[n as u32]);
+    lab.extend(labels);
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), img).unwrap();
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), lab).unwrap();
+}
+
+#[test]
+fn a_grid_runs_as_jobs_of_the_service_and_reattaches_to_them() {
+    let server = Server::start(&[]);
+    let dir = common::tempdir();
+    write_idx_pair(dir.path(), "train", 96, 1);
+    write_idx_pair(dir.path(), "valid", 32, 2);
+    let out = dir.path().join("out");
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"name = "via-service"
+out_dir = "{out}"
+args = ["--model", "tiny-gpt2", "--batch-size", "8", "--steps", "50"]
+
+[[group]]
+name = "digits"
+task = '{{"type":"mnist","patch_size":7}}'
+args = ["--train", "{train}", "--valid", "{valid}", "--steps", "6", "--eval-every", "3"]
+seeds = [0, 1]
+"#,
+            out = out.display(),
+            train = dir.path().join("train-images-idx3-ubyte").display(),
+            valid = dir.path().join("valid-images-idx3-ubyte").display(),
+        ),
+    )
+    .unwrap();
+    let run =
+        || Command::new(env!("CARGO_BIN_EXE_fpt")).args(["experiment", spec.to_str().unwrap(), "--server", &server.url]).output().unwrap();
+    let first = run();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let results: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results.len(), 4, "2 inits x 2 seeds");
+    let jobs = server.get_json("/v1/fine_tuning/jobs?limit=100");
+    let jobs = jobs["data"].as_array().unwrap();
+    assert_eq!(jobs.len(), 4, "one job per run");
+    for r in &results {
+        let job = server.job(r["summary"]["job"].as_str().unwrap());
+        assert_eq!(job["status"], "succeeded");
+        assert_eq!(job["metadata"]["experiment"], "via-service");
+        // The group's --steps wins over the spec's.
+        assert_eq!(job["hyperparameters"]["n_steps"], 6);
+        assert_eq!(job["method"]["fpt"]["pretrained"], r["init"] == "pretrained");
+        assert_eq!(job["seed"], r["seed"]);
+        assert_eq!(r["summary"]["best_valid_accuracy"], job["result"]["best_valid_accuracy"]);
+        assert!(r["summary"]["trainable_parameters"].as_i64().unwrap() > 0, "{r}");
+        let steps: Vec<u64> = r["curve"].as_array().unwrap().iter().map(|c| c[0].as_u64().unwrap()).collect();
+        assert_eq!(steps.last(), Some(&6), "the curve comes from the job's metrics events: {steps:?}");
+        assert!(r["curve"].as_array().unwrap().iter().any(|c| c[2].is_number()), "validation points in the curve");
+    }
+    // The two data files were uploaded once each (the images travel in a tar with their labels).
+    let files = server.get_json("/v1/files");
+    let files = files["data"].as_array().unwrap();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files.iter().all(|f| f["format"] == "mnist_idx"), "{files:?}");
+
+    // A restart that lost its results file finds the same jobs and files instead of adding new ones.
+    std::fs::remove_file(out.join("results.json")).unwrap();
+    let second = run();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(server.get_json("/v1/fine_tuning/jobs?limit=100")["data"].as_array().unwrap().len(), 4);
+    assert_eq!(server.get_json("/v1/files")["data"].as_array().unwrap().len(), 2);
+    let again: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let ids = |v: &[serde_json::Value]| v.iter().map(|r| r["summary"]["job"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&results));
+}
+
+#[test]
+fn the_specs_in_the_repo_expand_into_runs_whose_arguments_parse() {
+    for spec in ["experiments/cpu-suite.toml", "experiments/paper-gpu.toml"] {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_fpt")).args(["experiment", spec, "--dry-run"]).current_dir(common::root()).output().unwrap();
+        assert!(out.status.success(), "{spec}: {}", String::from_utf8_lossy(&out.stderr));
+        let lines = String::from_utf8(out.stdout).unwrap();
+        assert!(lines.lines().count() >= 10 && lines.lines().all(|l| l.starts_with("fpt train --task ")), "{spec}: {lines}");
+    }
+    let gpu = Command::new(env!("CARGO_BIN_EXE_fpt"))
+        .args(["experiment", "experiments/paper-gpu.toml", "--dry-run"])
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let gpu = String::from_utf8(gpu.stdout).unwrap();
+    for backbone in ["--model gpt2 ", "--model gpt2-medium ", "--model gpt2-large "] {
+        assert!(gpu.contains(backbone), "the full-size spec runs {backbone}");
+    }
 }

@@ -73,6 +73,16 @@ fn mnist_trains_on_real_digits_with_49_tokens_of_16() {
 }
 
 #[test]
+fn mnist_in_7x7_patches_is_16_tokens_of_49_and_other_sides_are_refused() {
+    let t = trains(r#"{"type":"mnist","patch_size":7}"#, Some(&mnist("train-images-idx3-ubyte")), Some(&mnist("test-images-idx3-ubyte")));
+    let b = t.eval_batches(EvalSplit::Valid, 5).remove(0);
+    assert_eq!(b.inputs.size(), [5, 16, 49]);
+    let e = TaskSpec::parse_cli(r#"{"type":"mnist","patch_size":5}"#).unwrap().validate().unwrap_err();
+    assert_eq!(e.field, "task.patch_size");
+    assert!(e.message.contains("28"), "{}", e.message);
+}
+
+#[test]
 fn mnist_without_its_labels_file_is_refused() {
     let dir = common::tempdir();
     let p = write(dir.path(), "digits-images-idx3-ubyte", &std::fs::read(mnist("test-images-idx3-ubyte")).unwrap());

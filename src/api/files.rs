@@ -29,11 +29,22 @@ pub fn file_object(f: &FileRow) -> Value {
            "purpose": f.purpose, "format": f.format, "samples": f.samples, "status": "processed"})
 }
 
-async fn upload(State(state): State<AppState>, headers: HeaderMap, multipart: Multipart) -> Response {
+async fn upload(State(state): State<AppState>, headers: HeaderMap, mut multipart: Multipart) -> Response {
     let key = idempotency_key(&headers);
+    if let Some(k) = &key {
+        // A replay still reads the body it will not store: answering while the client is still
+        // sending cuts the connection under it, and the client sees an error, not the replay.
+        if matches!(state.store.idempotent_response(k, ROUTE).await, Ok(Some(_))) {
+            while let Ok(Some(mut field)) = multipart.next_field().await {
+                while let Ok(Some(_)) = field.chunk().await {}
+            }
+        }
+    }
     let s = state.clone();
-    idempotent(&state, key, "POST /v1/files", || async move { receive(&s, multipart).await.map(|v| (StatusCode::OK, v)) }).await
+    idempotent(&state, key, ROUTE, || async move { receive(&s, multipart).await.map(|v| (StatusCode::OK, v)) }).await
 }
+
+const ROUTE: &str = "POST /v1/files";
 
 async fn receive(state: &AppState, mut multipart: Multipart) -> ApiResult<Value> {
     let limit = state.settings.max_upload_mb << 20;

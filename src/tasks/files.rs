@@ -17,11 +17,17 @@ pub(super) const CIFAR_STD: [f64; 3] = [0.2470, 0.2435, 0.2616];
 pub(super) fn load(spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
     let positions = src.max_positions;
     let (train, valid, test, shape, truncated) = match spec {
-        TaskSpec::Mnist {} => {
-            let t = ImageTransform { patch: 4, mean: vec![0.0], std: vec![1.0], augment: None };
+        TaskSpec::Mnist { patch_size } => {
+            let t = ImageTransform { patch: *patch_size as i64, mean: vec![0.0], std: vec![1.0], augment: None };
             let read = |p: &Path| read_mnist(p).and_then(|s| check_classes(s, 10));
             let (a, b, c) = image_splits(src, read, None)?;
-            (image_split(a, &t), b.map(|s| image_split(s, &t)), c.map(|s| image_split(s, &t)), classes(16, 10), 0)
+            (
+                image_split(a, &t),
+                b.map(|s| image_split(s, &t)),
+                c.map(|s| image_split(s, &t)),
+                classes((patch_size * patch_size) as i64, 10),
+                0,
+            )
         }
         TaskSpec::Cifar10 { augment } => {
             let aug = augment.then_some(Augment { crop_padding: 4, flip: true, max_rotation_deg: 20.0 });

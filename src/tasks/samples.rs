@@ -43,12 +43,12 @@ fn form(spec: &TaskSpec, shape: &HeadShape) -> Form {
         Form::Image { h: 32, w: 32, c, scale: 255.0, transform: ImageTransform { patch, mean, std, augment: None } }
     };
     match spec {
-        TaskSpec::Mnist {} => Form::Image {
+        TaskSpec::Mnist { patch_size } => Form::Image {
             h: 28,
             w: 28,
             c: 1,
             scale: 255.0,
-            transform: ImageTransform { patch: 4, mean: vec![0.0], std: vec![1.0], augment: None },
+            transform: ImageTransform { patch: *patch_size as i64, mean: vec![0.0], std: vec![1.0], augment: None },
         },
         TaskSpec::Cifar10 { .. } => cifar(false),
         TaskSpec::Cifar10Lra {} => cifar(true),

@@ -4,6 +4,9 @@
 //! random, by freeze setting) and accuracy against trained parameters.
 //!
 //! A run is written as `fpt train` arguments, so a spec reads like the command lines it stands for.
+//! Runs train in this process, or with `--server` as jobs of a running fpt service (`service`).
+mod service;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -25,6 +28,16 @@ pub struct ExperimentArgs {
     /// Only rebuild the table and plots from an earlier run's results.json.
     #[arg(long)]
     pub report_only: bool,
+    /// Submit the runs as fine-tuning jobs to this fpt service (e.g. http://127.0.0.1:8080) and
+    /// wait on them, instead of training here; data files are uploaded to it.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The service's API key, when it has keys.
+    #[arg(long, env = "FPT_API_KEY")]
+    pub api_key: Option<String>,
+    /// Print each run's `fpt train` arguments and stop.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +65,9 @@ struct Group {
     task: String,
     #[serde(default)]
     args: Vec<String>,
+    /// Backbones to run the group on (`--model` values); empty: the one the arguments name.
+    #[serde(default)]
+    backbones: Vec<String>,
     #[serde(default = "both_inits")]
     inits: Vec<String>,
     #[serde(default = "default_freeze")]
@@ -75,19 +91,23 @@ fn default_seeds() -> Vec<u64> {
     vec![0]
 }
 
-/// Freeze presets: the recipe's default and the paper's successive unfreezing (Table 10).
+/// Freeze presets: the recipe's default, the paper's successive unfreezing (Table 10), the default
+/// with the feed-forward layers trained too (its CIFAR-10 ablation), and everything trained.
 fn freeze_flags(preset: &str) -> Result<Vec<&'static str>> {
     Ok(match preset {
         "default" | "+positions" => vec![],
         "output_only" => vec!["--freeze-ln", "--freeze-pos", "--freeze-in"],
         "+ln" => vec!["--freeze-pos", "--freeze-in"],
         "+input" => vec!["--freeze-pos"],
+        "+ff" => vec!["--freeze-ff=false"],
         "full" => vec!["--freeze-attn=false", "--freeze-ff=false"],
-        other => anyhow::bail!("unknown freeze preset `{other}` (default, output_only, +ln, +input, +positions, full)"),
+        other => anyhow::bail!("unknown freeze preset `{other}` (default, output_only, +ln, +input, +positions, +ff, full)"),
     })
 }
 
+/// A run's arguments: the spec's, then the group's, then the grid's; a later one wins.
 #[derive(Parser)]
+#[command(args_override_self = true)]
 struct Wrap {
     #[command(flatten)]
     m: ModelArgs,
@@ -97,6 +117,8 @@ struct Wrap {
 struct RunRecord {
     group: String,
     task: String,
+    #[serde(default)]
+    backbone: String,
     init: String,
     freeze: String,
     lr: f64,
@@ -105,10 +127,36 @@ struct RunRecord {
     curve: Vec<(u64, f64, Option<f64>)>,
 }
 
+/// A finished run: its summary (`fpt train`'s JSON) and its curve (step, train loss, valid accuracy).
+struct Finished {
+    summary: Value,
+    curve: Vec<(u64, f64, Option<f64>)>,
+}
+
+/// Where the runs train.
+enum Runner {
+    Here,
+    Service(service::Service),
+}
+
 pub fn run(a: ExperimentArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.spec).with_context(|| format!("reading {}", a.spec.display()))?;
     let spec: Spec = toml::from_str(&text).with_context(|| format!("{} is not a valid experiment spec", a.spec.display()))?;
     let out = a.out_dir.clone().unwrap_or_else(|| spec.out_dir.clone());
+    if a.dry_run {
+        for run in plan(&spec)? {
+            let adapter = out.join("runs").join(format!("{}.safetensors", run.name));
+            let args: Vec<String> = run.argv[1..].iter().map(|a| shell_quote(a)).collect();
+            println!(
+                "fpt train {} --lr {:e} --seed {} --out {}",
+                args.join(" "),
+                run.lr,
+                run.seed,
+                shell_quote(&adapter.display().to_string())
+            );
+        }
+        return Ok(());
+    }
     std::fs::create_dir_all(out.join("runs"))?;
     let results_path = out.join("results.json");
     // Finished runs are kept in results.json as they complete: a stopped suite resumes where it was.
@@ -116,7 +164,15 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
         Ok(t) => serde_json::from_str(&t).with_context(|| format!("{} is corrupt", results_path.display()))?,
         Err(_) => Vec::new(),
     };
-    let records: Vec<RunRecord> = if a.report_only { done } else { run_grid(&spec, &out, done, &results_path)? };
+    let records: Vec<RunRecord> = if a.report_only {
+        done
+    } else {
+        let mut runner = match &a.server {
+            Some(url) => Runner::Service(service::Service::new(url, a.api_key.clone())?),
+            None => Runner::Here,
+        };
+        run_grid(&spec, &out, done, &results_path, &mut runner)?
+    };
     std::fs::write(&results_path, serde_json::to_string_pretty(&records)?)?;
     write_csv(&out.join("results.csv"), &records)?;
     std::fs::write(out.join("results.md"), table(&spec, &records))?;
@@ -130,52 +186,115 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path) -> Result<Vec<RunRecord>> {
-    let mut records = Vec::new();
+/// A word as a POSIX shell reads it back: quoted when it holds anything but plain characters.
+fn shell_quote(a: &str) -> String {
+    if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+/// One cell of the grid, with the `fpt train` arguments it stands for.
+struct PlannedRun {
+    name: String,
+    group: String,
+    task: String,
+    backbone: String,
+    init: String,
+    freeze: String,
+    lr: f64,
+    seed: u64,
+    argv: Vec<String>,
+}
+
+/// The grid, expanded in the spec's order; every run's arguments are parsed here, so a bad spec
+/// fails before the first run starts.
+fn plan(spec: &Spec) -> Result<Vec<PlannedRun>> {
+    let mut runs = Vec::new();
     for g in &spec.group {
-        for init in &g.inits {
-            for preset in &g.freeze {
-                for &lr in &g.lrs {
-                    for &seed in &g.seeds {
-                        let name = format!("{}-{init}-{}-lr{lr:e}-s{seed}", g.name, preset.replace('+', "plus_"));
-                        let same = |r: &&RunRecord| {
-                            r.group == g.name && r.task == g.task && &r.init == init && &r.freeze == preset && r.lr == lr && r.seed == seed
-                        };
-                        if let Some(r) = done.iter().find(same) {
-                            eprintln!("[{}] {name}: done before", spec.name);
-                            records.push(r.clone());
-                            continue;
+        let backbones: Vec<Option<&String>> = if g.backbones.is_empty() { vec![None] } else { g.backbones.iter().map(Some).collect() };
+        for backbone in backbones {
+            for init in &g.inits {
+                for preset in &g.freeze {
+                    for &lr in &g.lrs {
+                        for &seed in &g.seeds {
+                            let mut argv: Vec<String> = vec!["fpt".into(), "--task".into(), g.task.clone()];
+                            argv.extend(spec.args.iter().cloned());
+                            argv.extend(g.args.iter().cloned());
+                            if let Some(b) = backbone {
+                                argv.extend(["--model".to_string(), b.clone()]);
+                            }
+                            if init == "random" {
+                                argv.push("--no-pretrained".into());
+                            }
+                            argv.extend(freeze_flags(preset)?.iter().map(|s| s.to_string()));
+                            let m = Wrap::try_parse_from(&argv).with_context(|| format!("group `{}`: bad arguments {argv:?}", g.name))?.m;
+                            let tag = backbone.map(|b| format!("-{}", b.replace(['/', ':'], "_"))).unwrap_or_default();
+                            runs.push(PlannedRun {
+                                name: format!("{}{tag}-{init}-{}-lr{lr:e}-s{seed}", g.name, preset.replace('+', "plus_")),
+                                group: g.name.clone(),
+                                task: g.task.clone(),
+                                backbone: m.model.clone(),
+                                init: init.clone(),
+                                freeze: preset.clone(),
+                                lr,
+                                seed,
+                                argv,
+                            });
                         }
-                        let mut argv: Vec<String> = vec!["fpt".into(), "--task".into(), g.task.clone()];
-                        argv.extend(spec.args.iter().cloned());
-                        argv.extend(g.args.iter().cloned());
-                        if init == "random" {
-                            argv.push("--no-pretrained".into());
-                        }
-                        argv.extend(freeze_flags(preset)?.iter().map(|s| s.to_string()));
-                        let m = Wrap::try_parse_from(&argv).with_context(|| format!("group `{}`: bad arguments {argv:?}", g.name))?.m;
-                        eprintln!("[{}] {name}", spec.name);
-                        let adapter = out.join("runs").join(format!("{name}.safetensors"));
-                        let ckpt = out.join("runs").join(format!("{name}.ckpt"));
-                        let _ = std::fs::remove_dir_all(&ckpt);
-                        let r = train_once(&m, lr, seed, &adapter, &ckpt, true)?;
-                        let _ = std::fs::remove_dir_all(&ckpt);
-                        eprintln!("{}", r.summary);
-                        records.push(RunRecord {
-                            group: g.name.clone(),
-                            task: g.task.clone(),
-                            init: init.clone(),
-                            freeze: preset.clone(),
-                            lr,
-                            seed,
-                            summary: r.summary,
-                            curve: r.curve.iter().map(|c| (c.step, c.train_loss, c.valid_accuracy)).collect(),
-                        });
-                        crate::fsutil::write_atomic(results_path, serde_json::to_string_pretty(&records)?.as_bytes())?;
                     }
                 }
             }
         }
+    }
+    Ok(runs)
+}
+
+fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, runner: &mut Runner) -> Result<Vec<RunRecord>> {
+    let mut records = Vec::new();
+    for run in plan(spec)? {
+        let name = &run.name;
+        let same = |r: &&RunRecord| {
+            r.group == run.group
+                && r.task == run.task
+                && (r.backbone == run.backbone || r.backbone.is_empty())
+                && r.init == run.init
+                && r.freeze == run.freeze
+                && r.lr == run.lr
+                && r.seed == run.seed
+        };
+        if let Some(r) = done.iter().find(same) {
+            eprintln!("[{}] {name}: done before", spec.name);
+            records.push(RunRecord { backbone: run.backbone.clone(), ..r.clone() });
+            continue;
+        }
+        eprintln!("[{}] {name}", spec.name);
+        let m = Wrap::try_parse_from(&run.argv)?.m;
+        let r = match runner {
+            Runner::Here => {
+                let adapter = out.join("runs").join(format!("{name}.safetensors"));
+                let ckpt = out.join("runs").join(format!("{name}.ckpt"));
+                let _ = std::fs::remove_dir_all(&ckpt);
+                let r = train_once(&m, run.lr, run.seed, &adapter, &ckpt, true)?;
+                let _ = std::fs::remove_dir_all(&ckpt);
+                Finished { summary: r.summary, curve: r.curve.iter().map(|c| (c.step, c.train_loss, c.valid_accuracy)).collect() }
+            }
+            Runner::Service(s) => s.run(&spec.name, name, &m, run.lr, run.seed)?,
+        };
+        eprintln!("{}", r.summary);
+        records.push(RunRecord {
+            group: run.group,
+            task: run.task,
+            backbone: run.backbone,
+            init: run.init,
+            freeze: run.freeze,
+            lr: run.lr,
+            seed: run.seed,
+            summary: r.summary,
+            curve: r.curve,
+        });
+        crate::fsutil::write_atomic(results_path, serde_json::to_string_pretty(&records)?.as_bytes())?;
     }
     Ok(records)
 }
@@ -186,14 +305,15 @@ fn acc(r: &RunRecord) -> f64 {
 
 fn write_csv(path: &Path, records: &[RunRecord]) -> Result<()> {
     let mut s = String::from(
-        "group,task,init,freeze,lr,seed,steps,best_valid_accuracy,final_valid_accuracy,train_loss,trainable_parameters,wall_seconds\n",
+        "group,task,backbone,init,freeze,lr,seed,steps,best_valid_accuracy,final_valid_accuracy,train_loss,trainable_parameters,wall_seconds\n",
     );
     for r in records {
         let f = |k: &str| r.summary[k].to_string();
         s.push_str(&format!(
-            "{},\"{}\",{},{},{},{},{},{},{},{},{},{}\n",
+            "{},\"{}\",{},{},{},{},{},{},{},{},{},{},{}\n",
             r.group,
             r.task.replace('"', "\"\""),
+            r.backbone,
             r.init,
             r.freeze,
             r.lr,
@@ -209,19 +329,27 @@ fn write_csv(path: &Path, records: &[RunRecord]) -> Result<()> {
     Ok(std::fs::write(path, s)?)
 }
 
-/// Mean and spread (max - min) of best validation accuracy per (group, init, freeze, lr).
+/// Mean and spread (max - min) of best validation accuracy per (group, backbone, freeze, init, lr).
 fn table(spec: &Spec, records: &[RunRecord]) -> String {
-    let mut cells: BTreeMap<(String, String, String, String), Vec<f64>> = BTreeMap::new();
+    let mut cells: BTreeMap<(String, String, String, String, String), Vec<f64>> = BTreeMap::new();
     for r in records {
-        cells.entry((r.group.clone(), r.freeze.clone(), r.init.clone(), format!("{:e}", r.lr))).or_default().push(acc(r));
+        let key = (r.group.clone(), r.backbone.clone(), r.freeze.clone(), r.init.clone(), format!("{:e}", r.lr));
+        cells.entry(key).or_default().push(acc(r));
     }
-    let mut s = format!("### {}\n\n{}\n\n| group | freeze | init | lr | runs | best valid accuracy (mean) | spread over seeds |\n|---|---|---|---|---|---|---|\n", spec.name, spec.description);
-    for ((g, f, i, lr), v) in &cells {
-        let mean = v.iter().sum::<f64>() / v.len() as f64;
-        let spread = v.iter().cloned().fold(f64::MIN, f64::max) - v.iter().cloned().fold(f64::MAX, f64::min);
-        s.push_str(&format!("| {g} | {f} | {i} | {lr} | {} | {:.2}% | {:.2} pts |\n", v.len(), 100.0 * mean, 100.0 * spread));
+    let mut s = format!(
+        "### {}\n\n{}\n\n| group | backbone | freeze | init | lr | runs | best valid accuracy (mean) | spread over seeds |\n|---|---|---|---|---|---|---|---|\n",
+        spec.name, spec.description
+    );
+    for ((g, b, f, i, lr), v) in &cells {
+        let (mean, spread) = mean_spread(v);
+        s.push_str(&format!("| {g} | {b} | {f} | {i} | {lr} | {} | {:.2}% | {:.2} pts |\n", v.len(), 100.0 * mean, 100.0 * spread));
     }
     s
+}
+
+fn mean_spread(v: &[f64]) -> (f64, f64) {
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    (mean, v.iter().cloned().fold(f64::MIN, f64::max) - v.iter().cloned().fold(f64::MAX, f64::min))
 }
 
 /// The whole report: provenance (command, commit, machine), the spec's preamble, the table, plots.
@@ -260,16 +388,18 @@ fn report_text(spec: &Spec, records: &[RunRecord], out: &Path) -> String {
 /// Plain sentences: does pretrained beat random init by more than the spread over seeds?
 fn findings(records: &[RunRecord]) -> String {
     let mut s = String::from("\n### Pretrained against random init\n\n");
-    let groups: std::collections::BTreeSet<&str> = records.iter().map(|r| r.group.as_str()).collect();
-    for g in groups {
+    let cells: std::collections::BTreeSet<(&str, &str)> = records.iter().map(|r| (r.group.as_str(), r.backbone.as_str())).collect();
+    let several = cells.iter().map(|c| c.1).collect::<std::collections::BTreeSet<_>>().len() > 1;
+    for (g, b) in cells {
         let stats = |init: &str| {
-            let v: Vec<f64> = records.iter().filter(|r| r.group == g && r.init == init && r.freeze == "default").map(acc).collect();
+            let v: Vec<f64> =
+                records.iter().filter(|r| r.group == g && r.backbone == b && r.init == init && r.freeze == "default").map(acc).collect();
             (!v.is_empty()).then(|| {
-                let mean = v.iter().sum::<f64>() / v.len() as f64;
-                let spread = v.iter().cloned().fold(f64::MIN, f64::max) - v.iter().cloned().fold(f64::MAX, f64::min);
+                let (mean, spread) = mean_spread(&v);
                 (mean, spread, v.len())
             })
         };
+        let g = if several { format!("{g} ({b})") } else { g.to_string() };
         if let (Some((p, sp, n)), Some((r, sr, m))) = (stats("pretrained"), stats("random")) {
             let margin = 100.0 * (p - r);
             let spread = 100.0 * sp.max(sr);
@@ -311,7 +441,7 @@ fn plot_curves(out: &Path, records: &[RunRecord]) -> Result<()> {
             let pts: Vec<(f64, f64)> = r.curve.iter().filter_map(|c| c.2.map(|a| (c.0 as f64, a))).collect();
             chart
                 .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
-                .label(format!("{} {} lr {:e} s{}", r.init, r.freeze, r.lr, r.seed))
+                .label(format!("{} {} {} lr {:e} s{}", r.backbone, r.init, r.freeze, r.lr, r.seed))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
         }
         chart
