@@ -55,6 +55,6 @@ test: setup
 bench: build
 	./target/release/fpt bench
 
-## experiment: the CPU suite of docs/results.md (about an hour on 2 cores); regenerates it and its plots.
+## experiment: the CPU suite of docs/results.md (about 40 minutes on 2 cores); regenerates it and its plots.
 experiment: build
 	./target/release/fpt experiment experiments/cpu-suite.toml
