@@ -66,6 +66,22 @@ freeze = ["output_only", "+ln"]
     let second = run();
     assert!(second.status.success());
     assert_eq!(String::from_utf8_lossy(&second.stderr).matches("done before").count(), 6);
+
+    // A group whose arguments changed runs again; the others stay done.
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        text.replace(r#"args = ["--steps", "10", "--eval-every", "10"]"#, r#"args = ["--steps", "12", "--eval-every", "6"]"#),
+    )
+    .unwrap();
+    let third = run();
+    assert!(third.status.success(), "{}", String::from_utf8_lossy(&third.stderr));
+    assert_eq!(String::from_utf8_lossy(&third.stderr).matches("done before").count(), 4);
+    let results: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let steps =
+        |group: &str| results.iter().filter(|r| r["group"] == group).map(|r| r["summary"]["steps"].as_i64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(steps("xor_unfreezing"), [12, 12]);
+    assert_eq!(steps("xor"), [20, 20, 20, 20]);
 }
 
 /// A tiny MNIST-format pair: `n` 28x28 images whose label is the brightest quarter of the image.

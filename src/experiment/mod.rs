@@ -123,6 +123,10 @@ struct RunRecord {
     freeze: String,
     lr: f64,
     seed: u64,
+    /// The run's `fpt train` arguments: a run whose spec changed is run again. Empty in results
+    /// written before they were recorded, which match on the fields above alone.
+    #[serde(default)]
+    args: Vec<String>,
     summary: Value,
     curve: Vec<(u64, f64, Option<f64>)>,
 }
@@ -257,13 +261,9 @@ fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, 
     for run in plan(spec)? {
         let name = &run.name;
         let same = |r: &&RunRecord| {
-            r.group == run.group
-                && r.task == run.task
-                && (r.backbone == run.backbone || r.backbone.is_empty())
-                && r.init == run.init
-                && r.freeze == run.freeze
-                && r.lr == run.lr
-                && r.seed == run.seed
+            let cell = r.group == run.group && r.init == run.init && r.freeze == run.freeze && r.lr == run.lr && r.seed == run.seed;
+            let legacy = r.args.is_empty() && r.task == run.task && (r.backbone == run.backbone || r.backbone.is_empty());
+            cell && (r.args == run.argv || legacy)
         };
         if let Some(r) = done.iter().find(same) {
             eprintln!("[{}] {name}: done before", spec.name);
@@ -292,6 +292,7 @@ fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, 
             freeze: run.freeze,
             lr: run.lr,
             seed: run.seed,
+            args: run.argv,
             summary: r.summary,
             curve: r.curve,
         });
