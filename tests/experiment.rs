@@ -177,6 +177,15 @@ seeds = [0, 1]
     let again: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let ids = |v: &[serde_json::Value]| v.iter().map(|r| r["summary"]["job"].clone()).collect::<Vec<_>>();
     assert_eq!(ids(&again), ids(&results));
+
+    // A changed spec is new work: its runs go to the service again, as new jobs.
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, text.replace(r#""--steps", "6""#, r#""--steps", "4""#)).unwrap();
+    let third = run();
+    assert!(third.status.success(), "{}", String::from_utf8_lossy(&third.stderr));
+    assert_eq!(server.get_json("/v1/fine_tuning/jobs?limit=100")["data"].as_array().unwrap().len(), 8);
+    let changed: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert!(changed.iter().all(|r| r["summary"]["steps"] == 4), "{changed:?}");
 }
 
 #[test]

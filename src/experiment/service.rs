@@ -1,9 +1,9 @@
 //! Runs an experiment's grid through a running fpt service instead of in this process: each run's
 //! data files are uploaded once, the run is submitted as a fine-tuning job, waited on, and its
 //! learning curve read back from the job's metrics events. Jobs are created with an idempotency key
-//! named after the spec and the run, so a restarted experiment picks up its jobs where they are
-//! instead of submitting them again; uploads are keyed by their content's hash, so a restart does
-//! not store the same data twice either.
+//! named after the spec, the run and its request, so a restarted experiment picks up its jobs where
+//! they are instead of submitting them again; uploads are keyed by their content's hash, so a
+//! restart does not store the same data twice either.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,12 +50,10 @@ impl Service {
             "seed": seed,
             "metadata": {"experiment": experiment, "run": name},
         });
-        let job = self.json(
-            self.http
-                .post(format!("{}/v1/fine_tuning/jobs", self.base))
-                .header("Idempotency-Key", format!("fpt-experiment/{experiment}/{name}"))
-                .json(&body),
-        )?;
+        // The key names the run and what it asks for: a restart finds its job, a changed spec makes a new one.
+        let digest = hex::encode(&Sha256::digest(body.to_string().as_bytes())[..8]);
+        let key = format!("fpt-experiment/{experiment}/{name}/{digest}");
+        let job = self.json(self.http.post(format!("{}/v1/fine_tuning/jobs", self.base)).header("Idempotency-Key", key).json(&body))?;
         let id = job["id"].as_str().context("the service answered a job without an id")?.to_string();
         eprintln!("  job {id}");
         let job = self.wait(&id)?;
