@@ -200,7 +200,7 @@ fn shell_quote(a: &str) -> String {
     }
 }
 
-/// One cell of the grid, with the `fpt train` arguments it stands for.
+/// One cell of the grid, with the `fpt train` arguments it stands for, parsed.
 struct PlannedRun {
     name: String,
     group: String,
@@ -211,6 +211,7 @@ struct PlannedRun {
     lr: f64,
     seed: u64,
     argv: Vec<String>,
+    m: ModelArgs,
 }
 
 /// The grid, expanded in the spec's order; every run's arguments are parsed here, so a bad spec
@@ -219,38 +220,38 @@ fn plan(spec: &Spec) -> Result<Vec<PlannedRun>> {
     let mut runs = Vec::new();
     for g in &spec.group {
         let backbones: Vec<Option<&String>> = if g.backbones.is_empty() { vec![None] } else { g.backbones.iter().map(Some).collect() };
-        for backbone in backbones {
-            for init in &g.inits {
-                for preset in &g.freeze {
-                    for &lr in &g.lrs {
-                        for &seed in &g.seeds {
-                            let mut argv: Vec<String> = vec!["fpt".into(), "--task".into(), g.task.clone()];
-                            argv.extend(spec.args.iter().cloned());
-                            argv.extend(g.args.iter().cloned());
-                            if let Some(b) = backbone {
-                                argv.extend(["--model".to_string(), b.clone()]);
-                            }
-                            if init == "random" {
-                                argv.push("--no-pretrained".into());
-                            }
-                            argv.extend(freeze_flags(preset)?.iter().map(|s| s.to_string()));
-                            let m = Wrap::try_parse_from(&argv).with_context(|| format!("group `{}`: bad arguments {argv:?}", g.name))?.m;
-                            let tag = backbone.map(|b| format!("-{}", b.replace(['/', ':'], "_"))).unwrap_or_default();
-                            runs.push(PlannedRun {
-                                name: format!("{}{tag}-{init}-{}-lr{lr:e}-s{seed}", g.name, preset.replace('+', "plus_")),
-                                group: g.name.clone(),
-                                task: g.task.clone(),
-                                backbone: m.model.clone(),
-                                init: init.clone(),
-                                freeze: preset.clone(),
-                                lr,
-                                seed,
-                                argv,
-                            });
-                        }
-                    }
-                }
+        let cells = backbones.iter().flat_map(|&b| {
+            g.inits.iter().flat_map(move |init| {
+                g.freeze
+                    .iter()
+                    .flat_map(move |preset| g.lrs.iter().flat_map(move |&lr| g.seeds.iter().map(move |&seed| (b, init, preset, lr, seed))))
+            })
+        });
+        for (backbone, init, preset, lr, seed) in cells {
+            let mut argv: Vec<String> = vec!["fpt".into(), "--task".into(), g.task.clone()];
+            argv.extend(spec.args.iter().cloned());
+            argv.extend(g.args.iter().cloned());
+            if let Some(b) = backbone {
+                argv.extend(["--model".to_string(), b.clone()]);
             }
+            if init == "random" {
+                argv.push("--no-pretrained".into());
+            }
+            argv.extend(freeze_flags(preset)?.iter().map(|s| s.to_string()));
+            let m = Wrap::try_parse_from(&argv).with_context(|| format!("group `{}`: bad arguments {argv:?}", g.name))?.m;
+            let tag = backbone.map(|b| format!("-{}", b.replace(['/', ':'], "_"))).unwrap_or_default();
+            runs.push(PlannedRun {
+                name: format!("{}{tag}-{init}-{}-lr{lr:e}-s{seed}", g.name, preset.replace('+', "plus_")),
+                group: g.name.clone(),
+                task: g.task.clone(),
+                backbone: m.model.clone(),
+                init: init.clone(),
+                freeze: preset.clone(),
+                lr,
+                seed,
+                argv,
+                m,
+            });
         }
     }
     Ok(runs)
@@ -271,17 +272,17 @@ fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, 
             continue;
         }
         eprintln!("[{}] {name}", spec.name);
-        let m = Wrap::try_parse_from(&run.argv)?.m;
+        let m = &run.m;
         let r = match runner {
             Runner::Here => {
                 let adapter = out.join("runs").join(format!("{name}.safetensors"));
                 let ckpt = out.join("runs").join(format!("{name}.ckpt"));
                 let _ = std::fs::remove_dir_all(&ckpt);
-                let r = train_once(&m, run.lr, run.seed, &adapter, &ckpt, true)?;
+                let r = train_once(m, run.lr, run.seed, &adapter, &ckpt, true)?;
                 let _ = std::fs::remove_dir_all(&ckpt);
                 Finished { summary: r.summary, curve: r.curve.iter().map(|c| (c.step, c.train_loss, c.valid_accuracy)).collect() }
             }
-            Runner::Service(s) => s.run(&spec.name, name, &m, run.lr, run.seed)?,
+            Runner::Service(s) => s.run(&spec.name, name, m, run.lr, run.seed)?,
         };
         eprintln!("{}", r.summary);
         records.push(RunRecord {

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::Finished;
 use crate::cli::ModelArgs;
+use crate::tasks::files::labels_beside;
 
 pub struct Service {
     base: String,
@@ -157,19 +158,19 @@ impl Service {
 /// file beside it (the service refuses half a pair); everything else as it is.
 fn upload_bytes(path: &Path) -> Result<(String, Vec<u8>)> {
     let name = path.file_name().and_then(|n| n.to_str()).with_context(|| format!("{} has no file name", path.display()))?.to_string();
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    if !name.contains("images-idx3") {
-        return Ok((name, read(path)?));
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if !matches!(crate::data::detect_format(&name, &bytes), Ok(crate::data::Format::IdxImages)) {
+        return Ok((name, bytes));
     }
-    let labels = path.with_file_name(name.replace("images-idx3", "labels-idx1"));
+    let labels = labels_beside(path).with_context(|| format!("{}: no IDX labels file beside it", path.display()))?;
+    let label_bytes = std::fs::read(&labels).with_context(|| format!("reading {}", labels.display()))?;
     let mut tar = tar::Builder::new(Vec::new());
-    for p in [path, labels.as_path()] {
-        let bytes = read(p)?;
+    for (p, b) in [(path, &bytes), (labels.as_path(), &label_bytes)] {
         let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
+        header.set_size(b.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        tar.append_data(&mut header, p.file_name().unwrap(), bytes.as_slice())?;
+        tar.append_data(&mut header, p.file_name().unwrap(), b.as_slice())?;
     }
     Ok((format!("{name}.tar"), tar.into_inner()?))
 }

@@ -256,7 +256,8 @@ pub fn read_mnist(p: &Path) -> Result<ImageSet> {
     Ok(data::idx::load_idx_pair(&bytes, &read_file(&labels)?).map_err(|e| named(p, e))?)
 }
 
-fn labels_beside(p: &Path) -> Option<PathBuf> {
+/// The IDX labels file beside an images file (`images-idx3` -> `labels-idx1` in its name).
+pub fn labels_beside(p: &Path) -> Option<PathBuf> {
     let name = p.file_name()?.to_string_lossy();
     let candidate = p.with_file_name(name.replace("images-idx3", "labels-idx1").replace("images", "labels"));
     (candidate != p && candidate.exists()).then_some(candidate)
