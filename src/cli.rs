@@ -137,6 +137,10 @@ pub struct ModelArgs {
     /// Held out from --train when there is no --valid.
     #[arg(long, default_value_t = 0.1)]
     pub validation_fraction: f64,
+    /// Dropout inside the backbone (hidden, attention, embeddings) instead of its config's (0.1 in
+    /// GPT-2 and MiniLM, the recipe's); the input layer's 0.1 stays.
+    #[arg(long)]
+    pub backbone_dropout: Option<f64>,
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true)]
     pub freeze_attn: bool,
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true)]
@@ -280,6 +284,7 @@ impl ModelArgs {
             checkpoint_every: self.checkpoint_every,
             patience: self.patience,
             validation_fraction: self.validation_fraction,
+            backbone_dropout: self.backbone_dropout,
             ..TrainConfig::default()
         };
         cfg.validate()?;
@@ -318,7 +323,8 @@ pub fn train_once(m: &ModelArgs, lr: f64, seed: u64, out: &Path, ckpt: &Path, qu
         device,
         seed,
         frozen_kind: m.precision.frozen_kind(device),
-    })?;
+    })?
+    .with_backbone_dropout(cfg.backbone_dropout);
     let report = model.param_report();
     if task.info.truncated > 0 {
         eprintln!("note: {} samples were cut to the backbone's {} positions", task.info.truncated, max_positions);

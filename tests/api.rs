@@ -30,7 +30,7 @@ fn the_whole_life_of_a_job() {
     let f = s.get_json(&format!("/v1/files/{train}"));
     assert_eq!((f["object"].as_str(), f["format"].as_str(), f["samples"].as_i64()), (Some("file"), Some("jsonl"), Some(200)));
     let id = s.create_job(json!({"model": "tiny-gpt2", "task": task(), "training_file": train, "validation_file": valid,
-        "hyperparameters": {"n_steps": 40, "eval_every": 10, "checkpoint_every": 20, "batch_size": 8}, "suffix": "life", "metadata": {"k": "v"}}));
+        "hyperparameters": {"n_steps": 40, "eval_every": 10, "checkpoint_every": 20, "batch_size": 8, "backbone_dropout": 0.0}, "suffix": "life", "metadata": {"k": "v"}}));
 
     // Watch it over SSE to [DONE].
     let resp = s.get(&format!("/v1/fine_tuning/jobs/{id}/events?stream=true"));
@@ -63,6 +63,7 @@ fn the_whole_life_of_a_job() {
     assert_eq!(j["status"], "succeeded", "{j}");
     assert_eq!(j["trained_steps"], 40);
     assert_eq!(j["metadata"]["k"], "v");
+    assert_eq!(j["hyperparameters"]["backbone_dropout"], 0.0);
     assert!(j["result"]["valid_accuracy"].as_f64().unwrap() >= 0.0);
     let model = j["fine_tuned_model"].as_str().unwrap().to_string();
     assert!(model.starts_with("ft-life-"), "{model}");
@@ -212,6 +213,14 @@ fn bad_input_gets_the_documented_status_and_error_object() {
         422,
     );
     assert_eq!(e["param"], "hyperparameters.learning_rate");
+    let e = error_of(
+        s.post(
+            "/v1/fine_tuning/jobs",
+            &json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "hyperparameters": {"backbone_dropout": 1}}),
+        ),
+        422,
+    );
+    assert_eq!(e["param"], "hyperparameters.backbone_dropout");
     let e = error_of(s.post("/v1/fine_tuning/jobs", &json!({"model": "tiny-gpt2", "task": {"type": "no_such_task"}})), 422);
     assert_eq!(e["param"], "task.type");
     let e = error_of(s.post("/v1/fine_tuning/jobs", &json!({"model": "no-such-model", "task": {"type": "bit_xor"}})), 422);

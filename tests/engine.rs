@@ -182,6 +182,22 @@ fn the_same_seed_gives_identical_metrics() {
 }
 
 #[test]
+fn backbone_dropout_overrides_the_checkpoints_own() {
+    let base = tiny();
+    let task = xor_task(7);
+    let m = model(&base, &task, FreezeSwitches::default(), 7);
+    assert!(m.backbone.config().hidden_dropout > 0.0, "the tiny checkpoint keeps transformers' 0.1");
+    let x = Tensor::randn([4, 6, m.hidden()], (Kind::Float, Device::Cpu));
+    let twice = |m: &FptModel| (m.backbone.forward(&x, None, true), m.backbone.forward(&x, None, true));
+    let (a, b) = twice(&m);
+    assert!(!a.allclose(&b, 1e-6, 1e-6, false), "the checkpoint's dropout draws differ between passes");
+    let m = m.with_backbone_dropout(Some(0.0));
+    let (a, b) = twice(&m);
+    assert!(a.equal(&b), "no dropout: training passes agree");
+    assert!(a.allclose(&m.backbone.forward(&x, None, false), 1e-6, 1e-6, false), "and equal the evaluation pass");
+}
+
+#[test]
 fn a_tiny_backbone_learns_bit_xor() {
     // A random 2-layer backbone cannot route bits between tokens while frozen; trained whole it
     // learns XOR quickly (the pretrained, frozen case is shown with all-MiniLM-L6-v2 in the README).

@@ -174,6 +174,10 @@ impl Backbone for Bert {
         &self.cfg
     }
 
+    fn config_mut(&mut self) -> &mut BackboneConfig {
+        &mut self.cfg
+    }
+
     fn forward(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool) -> Tensor {
         let mut x = self.embed(embeds, train);
         for layer in &self.layers {

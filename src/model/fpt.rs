@@ -153,6 +153,15 @@ impl FptModel {
         Ok(model)
     }
 
+    /// Sets the backbone's dropouts (hidden, attention, embeddings) to `p`, when given.
+    pub fn with_backbone_dropout(mut self, p: Option<f64>) -> Self {
+        if let Some(p) = p {
+            let c = self.backbone.config_mut();
+            (c.hidden_dropout, c.attn_dropout, c.embed_dropout) = (p, p, p);
+        }
+        self
+    }
+
     pub fn hidden(&self) -> i64 {
         self.backbone.config().hidden
     }

@@ -176,6 +176,10 @@ impl Backbone for Gpt2 {
         &self.cfg
     }
 
+    fn config_mut(&mut self) -> &mut BackboneConfig {
+        &mut self.cfg
+    }
+
     /// Causal attention only, as the reference: with right padding, real tokens never see padding,
     /// so `key_mask` is not needed and ignored.
     fn forward(&self, embeds: &Tensor, _key_mask: Option<&Tensor>, train: bool) -> Tensor {

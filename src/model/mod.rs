@@ -45,6 +45,7 @@ pub struct BackboneConfig {
 /// A transformer fed with input embeddings [B, L, hidden]; returns the last hidden states.
 pub trait Backbone: Send {
     fn config(&self) -> &BackboneConfig;
+    fn config_mut(&mut self) -> &mut BackboneConfig;
     /// `key_mask`: [B, 1, 1, L] bool, true for real tokens (None: no padding).
     fn forward(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool) -> Tensor;
     /// The last hidden states at `positions` ([B, k] int64) only: [B, k, hidden]. Backbones may skip

@@ -449,7 +449,8 @@ fn train_job(inner: &Arc<Inner>, job: &JobRow, worker: &str, control: &Control, 
         device: cfg.device,
         seed: job.seed as u64,
         frozen_kind: cfg.precision.frozen_kind(cfg.device),
-    })?;
+    })?
+    .with_backbone_dropout(hyper.backbone_dropout);
     let report = model.param_report();
     cfg.events.send(event(
         &job.id,
