@@ -63,6 +63,8 @@ freeze = ["output_only", "+ln"]
     let trained =
         |freeze: &str| results.iter().find(|r| r["freeze"] == freeze).unwrap()["summary"]["trainable_parameters"].as_i64().unwrap();
     assert!(trained("output_only") < trained("+ln") && trained("+ln") < trained("default"));
+    // The chain takes no default from the xor group: its runs train for other steps.
+    assert!(md.contains("+ln") && md.contains("-> +input - -> default -\n"), "{md}");
     let second = run();
     assert!(second.status.success());
     assert_eq!(String::from_utf8_lossy(&second.stderr).matches("done before").count(), 6);
@@ -71,7 +73,7 @@ freeze = ["output_only", "+ln"]
     let text = std::fs::read_to_string(&spec).unwrap();
     std::fs::write(
         &spec,
-        text.replace(r#"args = ["--steps", "10", "--eval-every", "10"]"#, r#"args = ["--steps", "12", "--eval-every", "6"]"#),
+        text.replace(r#"args = ["--steps", "10", "--eval-every", "10"]"#, r#"args = ["--steps", "20", "--eval-every", "10"]"#),
     )
     .unwrap();
     let third = run();
@@ -80,8 +82,17 @@ freeze = ["output_only", "+ln"]
     let results: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let steps =
         |group: &str| results.iter().filter(|r| r["group"] == group).map(|r| r["summary"]["steps"].as_i64().unwrap()).collect::<Vec<_>>();
-    assert_eq!(steps("xor_unfreezing"), [12, 12]);
+    assert_eq!(steps("xor_unfreezing"), [20, 20]);
     assert_eq!(steps("xor"), [20, 20, 20, 20]);
+    // Now its runs differ from the xor group's only in their freeze flags: the chain ends on them.
+    let xor_default: Vec<f64> = results
+        .iter()
+        .filter(|r| r["group"] == "xor" && r["init"] == "pretrained")
+        .map(|r| r["summary"]["best_valid_accuracy"].as_f64().unwrap())
+        .collect();
+    let md = std::fs::read_to_string(&report).unwrap();
+    let mean = 100.0 * xor_default.iter().sum::<f64>() / xor_default.len() as f64;
+    assert!(md.contains(&format!("-> +input - -> default {mean:.1}%\n")), "{md}");
 }
 
 /// A tiny MNIST-format pair: `n` 28x28 images whose label is the brightest quarter of the image.

@@ -426,20 +426,24 @@ fn findings(records: &[RunRecord]) -> String {
 }
 
 /// The successive-unfreezing chain (output only -> +LN -> +input -> +positions = default), mean
-/// best accuracy over seeds, for every task and backbone that ran the first preset; the default
-/// may come from another group with the same task.
+/// best accuracy over seeds, for every setting that ran the first preset; the default may come from
+/// another group whose runs differ only in their freeze flags (same task, backbone, arguments).
 fn unfreezing(records: &[RunRecord]) -> String {
     let chain = ["output_only", "+ln", "+input", "default"];
+    // Arguments less the freeze flags (seed and lr are not among them); empty in legacy results.
+    let setting = |r: &RunRecord| -> Vec<String> { r.args.iter().filter(|a| !a.starts_with("--freeze-")).cloned().collect() };
+    let pretrained = || records.iter().filter(|r| r.init == "pretrained");
     let mut out = String::new();
-    let cells: std::collections::BTreeSet<(&str, &str)> =
-        records.iter().filter(|r| r.freeze == "output_only").map(|r| (r.task.as_str(), r.backbone.as_str())).collect();
-    for (task, backbone) in cells {
+    let cells: std::collections::BTreeSet<(&str, &str, &str, Vec<String>)> = pretrained()
+        .filter(|r| r.freeze == "output_only")
+        .map(|r| (r.group.as_str(), r.task.as_str(), r.backbone.as_str(), setting(r)))
+        .collect();
+    for (group, task, backbone, args) in cells {
         let steps: Vec<String> = chain
             .iter()
             .map(|preset| {
-                let v: Vec<f64> = records
-                    .iter()
-                    .filter(|r| r.task == task && r.backbone == backbone && r.init == "pretrained" && r.freeze == *preset)
+                let v: Vec<f64> = pretrained()
+                    .filter(|r| r.task == task && r.backbone == backbone && r.freeze == *preset && setting(r) == args)
                     .map(acc)
                     .collect();
                 if v.is_empty() {
@@ -449,7 +453,7 @@ fn unfreezing(records: &[RunRecord]) -> String {
                 }
             })
             .collect();
-        out.push_str(&format!("- `{task}` on {backbone}: {}\n", steps.join(" -> ")));
+        out.push_str(&format!("- {group}, `{task}` on {backbone}: {}\n", steps.join(" -> ")));
     }
     if out.is_empty() {
         return out;
