@@ -93,6 +93,21 @@ freeze = ["output_only", "+ln"]
     let md = std::fs::read_to_string(&report).unwrap();
     let mean = 100.0 * xor_default.iter().sum::<f64>() / xor_default.len() as f64;
     assert!(md.contains(&format!("-> +input - -> default {mean:.1}%\n")), "{md}");
+
+    // Runs recorded without their arguments (results from before they were kept) run again.
+    let stripped: Vec<serde_json::Value> = results
+        .into_iter()
+        .map(|mut r| {
+            if r["group"] == "xor_unfreezing" {
+                r.as_object_mut().unwrap().remove("args");
+            }
+            r
+        })
+        .collect();
+    std::fs::write(out.join("results.json"), serde_json::to_string(&stripped).unwrap()).unwrap();
+    let fourth = run();
+    assert!(fourth.status.success(), "{}", String::from_utf8_lossy(&fourth.stderr));
+    assert_eq!(String::from_utf8_lossy(&fourth.stderr).matches("done before").count(), 4);
 }
 
 /// A tiny MNIST-format pair: `n` 28x28 images whose label is the brightest quarter of the image.

@@ -123,8 +123,8 @@ struct RunRecord {
     freeze: String,
     lr: f64,
     seed: u64,
-    /// The run's `fpt train` arguments: a run whose spec changed is run again. Empty in results
-    /// written before they were recorded, which match on the fields above alone.
+    /// The run's `fpt train` arguments: a run whose spec changed is run again, and so is one from
+    /// results written before they were recorded (empty here).
     #[serde(default)]
     args: Vec<String>,
     summary: Value,
@@ -263,12 +263,11 @@ fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, 
         let name = &run.name;
         let same = |r: &&RunRecord| {
             let cell = r.group == run.group && r.init == run.init && r.freeze == run.freeze && r.lr == run.lr && r.seed == run.seed;
-            let legacy = r.args.is_empty() && r.task == run.task && (r.backbone == run.backbone || r.backbone.is_empty());
-            cell && (r.args == run.argv || legacy)
+            cell && r.args == run.argv
         };
         if let Some(r) = done.iter().find(same) {
             eprintln!("[{}] {name}: done before", spec.name);
-            records.push(RunRecord { backbone: run.backbone.clone(), ..r.clone() });
+            records.push(r.clone());
             continue;
         }
         eprintln!("[{}] {name}", spec.name);
@@ -430,7 +429,7 @@ fn findings(records: &[RunRecord]) -> String {
 /// another group whose runs differ only in their freeze flags (same task, backbone, arguments).
 fn unfreezing(records: &[RunRecord]) -> String {
     let chain = ["output_only", "+ln", "+input", "default"];
-    // Arguments less the freeze flags (seed and lr are not among them); empty in legacy results.
+    // Arguments less the freeze flags (seed and lr are not among them).
     let setting = |r: &RunRecord| -> Vec<String> { r.args.iter().filter(|a| !a.starts_with("--freeze-")).cloned().collect() };
     let pretrained = || records.iter().filter(|r| r.init == "pretrained");
     let mut out = String::new();
