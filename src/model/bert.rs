@@ -151,7 +151,7 @@ impl Bert {
         let attn_p = if train { self.cfg.attn_dropout } else { 0.0 };
         let a = merge_heads(&attention(&q, &k, &v, key_mask, false, attn_p));
         let x = l.attn_ln.forward(&(drop(l.attn_out.forward(&a)) + rows));
-        let m = l.output.forward(&activation(&l.intermediate.forward(&x), &self.cfg.activation));
+        let m = l.output.forward_own(&activation(&l.intermediate.forward_own(&x), &self.cfg.activation));
         l.output_ln.forward(&(drop(m) + &x))
     }
 }

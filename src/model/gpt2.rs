@@ -155,7 +155,7 @@ impl Gpt2 {
             }
         };
         let x = x + drop(blk.attn_proj.forward(&merge_heads(&a)), self.cfg.hidden_dropout);
-        let m = blk.mlp_proj.forward(&activation(&blk.c_fc.forward(&blk.ln_2.forward(&x)), &self.cfg.activation));
+        let m = blk.mlp_proj.forward_own(&activation(&blk.c_fc.forward_own(&blk.ln_2.forward(&x)), &self.cfg.activation));
         x + drop(m, self.cfg.hidden_dropout)
     }
 
