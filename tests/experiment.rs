@@ -50,6 +50,11 @@ freeze = ["output_only", "+ln"]
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7);
     let md = std::fs::read_to_string(&report).unwrap();
+    // Every run records the commit that ran it, and the report names it.
+    let head = Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert!(!head.is_empty() && results.iter().all(|r| r["commit"] == head.as_str()), "{head}");
+    assert!(md.contains(&format!("at commit `{head}` on")), "{md}");
     assert!(
         md.contains("The paper's numbers would go here.")
             && md.contains("| xor | tiny-gpt2 | default | random |")
