@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use tch::Tensor;
 
+use super::dropout::dropout;
 use super::layers::{activation, attention, known_activation, merge_heads, split_heads, Dense, LayerNorm};
 use super::params::{Builder, Group, Init};
 use super::{Arch, Backbone, BackboneConfig};
@@ -141,7 +142,7 @@ impl Bert {
     /// One layer; with `only` ([B, k] positions) the queries and everything after attention are
     /// computed for those tokens alone (keys and values still come from every token).
     fn layer(&self, l: &Layer, x: &Tensor, key_mask: Option<&Tensor>, train: bool, only: Option<&Tensor>) -> Tensor {
-        let drop = |t: Tensor| if train && self.cfg.hidden_dropout > 0.0 { t.dropout(self.cfg.hidden_dropout, true) } else { t };
+        let drop = |t: Tensor| if train { dropout(&t, self.cfg.hidden_dropout) } else { t };
         let h = self.cfg.heads;
         let rows = match only {
             Some(pos) => super::gather_rows(x, pos),
@@ -161,8 +162,8 @@ impl Bert {
         let l = embeds.size()[1];
         let pos = if self.position.dim() == 2 { self.position.narrow(0, 0, l) } else { self.position.narrow(1, 0, l) };
         let x = self.embed_ln.forward(&(embeds + pos + &self.token_type0));
-        if train && self.cfg.embed_dropout > 0.0 {
-            x.dropout(self.cfg.embed_dropout, true)
+        if train {
+            dropout(&x, self.cfg.embed_dropout)
         } else {
             x
         }

@@ -183,7 +183,7 @@ impl FptModel {
             InputLayer::Embedding(e) => Tensor::embedding(e, inputs, -1, false, false),
         };
         if train {
-            h = h.dropout(0.1, true);
+            h = super::dropout::dropout(&h, 0.1);
         }
         let (b, l) = (h.size()[0], h.size()[1]);
         let key_mask = lengths.map(|len| {

@@ -4,6 +4,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use tch::Tensor;
 
+use super::dropout::dropout;
 use super::layers::{activation, attention, known_activation, merge_heads, split_heads, Dense, LayerNorm};
 use super::params::{Builder, Group, Init};
 use super::{Arch, Backbone, BackboneConfig};
@@ -138,7 +139,7 @@ impl Gpt2 {
     /// One block; with `only` ([B, k] positions) the queries, and everything after attention, are
     /// computed for those tokens alone (keys and values still come from every token).
     fn block(&self, blk: &Block, x: &Tensor, train: bool, only: Option<&Tensor>) -> Tensor {
-        let drop = |t: Tensor, p: f64| if train && p > 0.0 { t.dropout(p, true) } else { t };
+        let drop = |t: Tensor, p: f64| if train { dropout(&t, p) } else { t };
         let h = blk.ln_1.forward(x);
         let qkv = blk.c_attn.forward(&h).split(self.cfg.hidden, -1);
         let (k, v) = (split_heads(&qkv[1], self.cfg.heads), split_heads(&qkv[2], self.cfg.heads));
@@ -163,8 +164,8 @@ impl Gpt2 {
         let l = embeds.size()[1];
         let pos = if self.wpe.dim() == 2 { self.wpe.narrow(0, 0, l) } else { self.wpe.narrow(1, 0, l) };
         let x = embeds + pos;
-        if train && self.cfg.embed_dropout > 0.0 {
-            x.dropout(self.cfg.embed_dropout, true)
+        if train {
+            dropout(&x, self.cfg.embed_dropout)
         } else {
             x
         }

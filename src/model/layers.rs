@@ -1,5 +1,5 @@
 //! Leaf layers shared by the backbones: dense, layer norm, multi-head attention.
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// `y = x W^T + b`, W kept as [out, in] whatever the checkpoint's layout.
 pub struct Dense {
@@ -63,8 +63,29 @@ pub fn merge_heads(x: &Tensor) -> Tensor {
 }
 
 /// Fused attention (`scaled_dot_product_attention`); `key_mask` is [B, 1, 1, L] bool, true = attend.
+/// With dropout on the CPU, the attention is written out (as ATen's own math fallback does there)
+/// so that its dropout draws its mask in Rust, see [`super::dropout`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: Option<&Tensor>, causal: bool, dropout: f64) -> Tensor {
+    if dropout > 0.0 && q.device() == Device::Cpu {
+        let probs = attention_probs(q, k, key_mask, causal);
+        return super::dropout::dropout(&probs, dropout).matmul(v);
+    }
     Tensor::scaled_dot_product_attention(q, k, v, key_mask, dropout, causal, None, false)
+}
+
+/// softmax(q k^T / sqrt(d) + masks) as [B, H, Lq, Lk]; causal: query i sees keys 0..=i (as SDPA).
+pub fn attention_probs(q: &Tensor, k: &Tensor, key_mask: Option<&Tensor>, causal: bool) -> Tensor {
+    let d = *q.size().last().unwrap();
+    let mut scores = q.matmul(&k.transpose(-2, -1)) / (d as f64).sqrt();
+    let (lq, lk) = (q.size()[2], k.size()[2]);
+    if causal {
+        let future = Tensor::ones([lq, lk], (Kind::Bool, q.device())).triu(1);
+        scores = scores.masked_fill(&future, f64::NEG_INFINITY);
+    }
+    if let Some(m) = key_mask {
+        scores = scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY);
+    }
+    scores.softmax(-1, scores.kind())
 }
 
 /// The activations transformers names in configs.
@@ -84,4 +105,24 @@ pub fn known_activation(name: &str) -> bool {
 
 pub fn is_float(t: &Tensor) -> bool {
     matches!(t.kind(), Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_out_attention_matches_the_fused_kernel() {
+        tch::manual_seed(0);
+        let opts = (Kind::Float, Device::Cpu);
+        let (q, k, v) = (Tensor::randn([2, 3, 5, 8], opts), Tensor::randn([2, 3, 5, 8], opts), Tensor::randn([2, 3, 5, 8], opts));
+        let lengths = Tensor::from_slice(&[5i64, 3]);
+        let key_mask = Tensor::arange(5, (Kind::Int64, Device::Cpu)).unsqueeze(0).lt_tensor(&lengths.unsqueeze(1)).view([2, 1, 1, 5]);
+        for (mask, causal) in [(None, true), (Some(&key_mask), false)] {
+            let ours = attention_probs(&q, &k, mask, causal).matmul(&v);
+            let fused = attention(&q, &k, &v, mask, causal, 0.0);
+            let err = (ours - fused).abs().max().double_value(&[]);
+            assert!(err < 1e-5, "causal {causal}: max error {err}");
+        }
+    }
 }

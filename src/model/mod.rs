@@ -1,5 +1,6 @@
 //! Backbones (GPT-2, BERT) behind one trait, the base-model registry, and the FPT model around them.
 pub mod bert;
+pub mod dropout;
 pub mod fpt;
 pub mod gpt2;
 pub mod hub;
