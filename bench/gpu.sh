@@ -17,5 +17,5 @@ fi
 "$PY" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.cuda.is_available())'
 for b in 16 64; do
   timeout 200 ./bench/fpt bench --device cuda --batch "$b" --threads 16 --python "$PY" --out-dir "$OUT/batch$b" \
-    --precisions bf16 --cases tiny,gpt2-mnist,gpt2-cifar10,minilm 2>&1 | tee "$OUT/batch$b.txt" || true
+    --rounds 1 --precisions bf16 --cases tiny,gpt2-mnist,gpt2-cifar10,minilm 2>&1 | tee "$OUT/batch$b.txt" || true
 done

@@ -143,9 +143,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&a.out_dir)?;
     let device = crate::model::parse_device(&a.device)?;
-    let peak = json!({"fp32": matmul_peak(Kind::Float, device, a.threads), "bf16": matmul_peak(Kind::BFloat16, device, a.threads)});
-    eprintln!("matmul peak (GFLOP/s, {} threads): {peak}", a.threads);
-    let mut rows = Vec::new();
+    let measure_peak =
+        || json!({"fp32": matmul_peak(Kind::Float, device, a.threads), "bf16": matmul_peak(Kind::BFloat16, device, a.threads)});
+    let first_peak = measure_peak();
+    eprintln!("matmul peak (GFLOP/s, {} threads): {first_peak}", a.threads);
+    let mut runs = Vec::new();
     for case in cases().into_iter().filter(|c| a.cases.is_empty() || a.cases.iter().any(|n| n == c.name)) {
         // GPU steps take milliseconds: run ten times as many for stable timings.
         let scale = if device.is_cuda() { 10 } else { 1 };
@@ -164,11 +166,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 }
             }
             let (ours, reference) = (best_round(&ours), best_round(&reference));
-            let row = summarise(&case, precision, &ours, &reference, &peak);
-            eprintln!("{row}");
-            rows.push(row);
+            let sps = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+            eprintln!(
+                "{} {precision}: train {:.1} vs {:.1}, infer {:.1} vs {:.1} samples/s (ours vs reference, best of {})",
+                case.name,
+                sps(&ours, "train_samples_per_s"),
+                sps(&reference, "train_samples_per_s"),
+                sps(&ours, "infer_samples_per_s"),
+                sps(&reference, "infer_samples_per_s"),
+                a.rounds.max(1)
+            );
+            runs.push((case.clone(), precision.to_string(), ours, reference));
         }
     }
+    // The peak is measured again at the end and the better kept, as the rounds are: a peak taken
+    // while something else held the cores would inflate every MFU.
+    let last_peak = measure_peak();
+    let best = |k: &str| first_peak[k].as_f64().unwrap_or(0.0).max(last_peak[k].as_f64().unwrap_or(0.0));
+    let peak = json!({"fp32": best("fp32"), "bf16": best("bf16"), "first": first_peak, "last": last_peak});
+    let rows: Vec<Value> =
+        runs.iter().map(|(case, precision, ours, reference)| summarise(case, precision, ours, reference, &peak)).collect();
     print_table(&rows, &peak);
     let out = a.out_dir.join("bench.json");
     std::fs::write(
