@@ -273,3 +273,30 @@ fn python_and_transformers_reproduce_the_adapter_logits() {
         assert!(diff < 1e-4, "{name}: logits differ by {diff:e}");
     }
 }
+
+#[test]
+fn rows_of_one_length_read_out_by_slicing_as_by_positions() {
+    // Without lengths the model slices the last k tokens (no gather, no mask for k = 1); with
+    // full lengths it gathers positions under a causal mask: the same logits either way.
+    let models = common::models_dir();
+    for (name, k) in [("gpt2-b", 1), ("gpt2-b", 3), ("bert-a", 4)] {
+        let base = ModelRegistry::new(&models).resolve(name).unwrap();
+        let shape = HeadShape { input: InputKind::Continuous { dim: 5 }, output_dim: 3, readout_tokens: k };
+        let spec = ModelSpec {
+            base: &base,
+            shape,
+            switches: FreezeSwitches::default(),
+            task: serde_json::json!({}),
+            device: Device::Cpu,
+            seed: 2,
+            frozen_kind: None,
+        };
+        let m = FptModel::new(spec).unwrap();
+        let x = Tensor::randn([4, 9, 5], (Kind::Float, Device::Cpu));
+        let full = Tensor::full([4], 9, (Kind::Int64, Device::Cpu));
+        let (sliced, gathered) = tch::no_grad(|| (m.forward(&x, None, false), m.forward(&x, Some(&full), false)));
+        assert_eq!(sliced.size(), [4, k, 3]);
+        let diff = f64::try_from((sliced - gathered).abs().max().to_kind(Kind::Double)).unwrap();
+        assert!(diff < 1e-5, "{name}, k = {k}: logits differ by {diff:e}");
+    }
+}

@@ -12,7 +12,7 @@ use tch::Tensor;
 use super::dropout::dropout;
 use super::layers::{activation, attention, known_activation, merge_heads, split_heads, Dense, LayerNorm};
 use super::params::{Builder, Group, Init};
-use super::{Arch, Backbone, BackboneConfig};
+use super::{Arch, Backbone, BackboneConfig, Readout};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
@@ -139,13 +139,13 @@ impl Bert {
         Ok(Self { cfg, position, token_type0, embed_ln, layers })
     }
 
-    /// One layer; with `only` ([B, k] positions) the queries and everything after attention are
+    /// One layer; with `only` the queries and everything after attention are
     /// computed for those tokens alone (keys and values still come from every token).
-    fn layer(&self, l: &Layer, x: &Tensor, key_mask: Option<&Tensor>, train: bool, only: Option<&Tensor>) -> Tensor {
+    fn layer(&self, l: &Layer, x: &Tensor, key_mask: Option<&Tensor>, train: bool, only: Option<Readout<'_>>) -> Tensor {
         let drop = |t: Tensor| if train { dropout(&t, self.cfg.hidden_dropout) } else { t };
         let h = self.cfg.heads;
         let rows = match only {
-            Some(pos) => super::gather_rows(x, pos),
+            Some(readout) => readout.rows(x),
             None => x.shallow_clone(),
         };
         let (q, k, v) = (split_heads(&l.query.forward(&rows), h), split_heads(&l.key.forward(x), h), split_heads(&l.value.forward(x), h));
@@ -187,13 +187,13 @@ impl Backbone for Bert {
         x
     }
 
-    fn forward_readout(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool, positions: &Tensor) -> Tensor {
+    fn forward_readout(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool, readout: Readout<'_>) -> Tensor {
         let mut x = self.embed(embeds, train);
         let n = self.layers.len();
         for layer in &self.layers[..n - 1] {
             x = self.layer(layer, &x, key_mask, train, None);
         }
-        self.layer(&self.layers[n - 1], &x, key_mask, train, Some(positions))
+        self.layer(&self.layers[n - 1], &x, key_mask, train, Some(readout))
     }
 
     fn adapter_slots_mut(&mut self) -> Vec<(String, &mut Tensor)> {

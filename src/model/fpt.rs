@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 use super::layers::Dense;
 use super::params::{FreezeSwitches, Group, Param};
 use super::weights::{read_safetensors, write_safetensors};
-use super::{Arch, Backbone, BaseModel, ModelRegistry};
+use super::{Arch, Backbone, BaseModel, ModelRegistry, Readout};
 
 pub const ADAPTER_FORMAT: &str = "fpt-adapter/1";
 
@@ -191,12 +191,12 @@ impl FptModel {
             pos.lt_tensor(&len.unsqueeze(1)).view([b, 1, 1, l])
         });
         let k = self.shape.readout_tokens;
-        let last = match lengths {
-            None => Tensor::full([b, 1], l, (Kind::Int64, self.device)),
-            Some(len) => len.unsqueeze(1),
+        let positions = lengths.map(|len| len.unsqueeze(1) - k + Tensor::arange(k, (Kind::Int64, self.device)).unsqueeze(0));
+        let readout = match &positions {
+            Some(p) => Readout::At(p),
+            None => Readout::Last(k),
         };
-        let positions = last - k + Tensor::arange(k, (Kind::Int64, self.device)).unsqueeze(0);
-        let read = self.backbone.forward_readout(&h, key_mask.as_ref(), train, &positions);
+        let read = self.backbone.forward_readout(&h, key_mask.as_ref(), train, readout);
         self.output.forward(&read)
     }
 

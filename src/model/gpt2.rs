@@ -7,7 +7,7 @@ use tch::Tensor;
 use super::dropout::dropout;
 use super::layers::{activation, attention, known_activation, merge_heads, split_heads, Dense, LayerNorm};
 use super::params::{Builder, Group, Init};
-use super::{Arch, Backbone, BackboneConfig};
+use super::{Arch, Backbone, BackboneConfig, Readout};
 
 /// The fields of GPT-2's `config.json` we use, with Hugging Face's names and defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -136,9 +136,9 @@ impl Gpt2 {
         Ok(Self { cfg, wpe, blocks, ln_f })
     }
 
-    /// One block; with `only` ([B, k] positions) the queries, and everything after attention, are
-    /// computed for those tokens alone (keys and values still come from every token).
-    fn block(&self, blk: &Block, x: &Tensor, train: bool, only: Option<&Tensor>) -> Tensor {
+    /// One block; with `only` the queries, and everything after attention, are computed for the
+    /// read-out tokens alone (keys and values still come from every token).
+    fn block(&self, blk: &Block, x: &Tensor, train: bool, only: Option<Readout<'_>>) -> Tensor {
         let drop = |t: Tensor, p: f64| if train { dropout(&t, p) } else { t };
         let h = blk.ln_1.forward(x);
         let qkv = blk.c_attn.forward(&h).split(self.cfg.hidden, -1);
@@ -146,13 +146,10 @@ impl Gpt2 {
         let attn_p = if train { self.cfg.attn_dropout } else { 0.0 };
         let (x, a) = match only {
             None => (x.shallow_clone(), attention(&split_heads(&qkv[0], self.cfg.heads), &k, &v, None, true, attn_p)),
-            Some(pos) => {
-                // Causal for the chosen queries: position p sees keys 0..=p.
-                let l = x.size()[1];
-                let keys = Tensor::arange(l, (tch::Kind::Int64, x.device())).view([1, 1, l]);
-                let mask = keys.le_tensor(&pos.unsqueeze(-1)).unsqueeze(1);
-                let q = split_heads(&super::gather_rows(&qkv[0], pos), self.cfg.heads);
-                (super::gather_rows(x, pos), attention(&q, &k, &v, Some(&mask), false, attn_p))
+            Some(readout) => {
+                let mask = readout.causal_mask(x.size()[1], x.device());
+                let q = split_heads(&readout.rows(&qkv[0]), self.cfg.heads);
+                (readout.rows(x), attention(&q, &k, &v, mask.as_ref(), false, attn_p))
             }
         };
         let x = x + drop(blk.attn_proj.forward(&merge_heads(&a)), self.cfg.hidden_dropout);
@@ -191,13 +188,13 @@ impl Backbone for Gpt2 {
         self.ln_f.forward(&x)
     }
 
-    fn forward_readout(&self, embeds: &Tensor, _key_mask: Option<&Tensor>, train: bool, positions: &Tensor) -> Tensor {
+    fn forward_readout(&self, embeds: &Tensor, _key_mask: Option<&Tensor>, train: bool, readout: Readout<'_>) -> Tensor {
         let mut x = self.embed(embeds, train);
         let n = self.blocks.len();
         for blk in &self.blocks[..n - 1] {
             x = self.block(blk, &x, train, None);
         }
-        self.ln_f.forward(&self.block(&self.blocks[n - 1], &x, train, Some(positions)))
+        self.ln_f.forward(&self.block(&self.blocks[n - 1], &x, train, Some(readout)))
     }
 
     fn adapter_slots_mut(&mut self) -> Vec<(String, &mut Tensor)> {

@@ -49,11 +49,10 @@ pub trait Backbone: Send {
     fn config_mut(&mut self) -> &mut BackboneConfig;
     /// `key_mask`: [B, 1, 1, L] bool, true for real tokens (None: no padding).
     fn forward(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool) -> Tensor;
-    /// The last hidden states at `positions` ([B, k] int64) only: [B, k, hidden]. Backbones may skip
-    /// the last layer's work for every other token (its keys and values still see all of them).
-    fn forward_readout(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool, positions: &Tensor) -> Tensor {
-        let hs = self.forward(embeds, key_mask, train);
-        gather_rows(&hs, positions)
+    /// The last hidden states of the read-out tokens only: [B, k, hidden]. Backbones may skip the
+    /// last layer's work for every other token (its keys and values still see all of them).
+    fn forward_readout(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool, readout: Readout<'_>) -> Tensor {
+        readout.rows(&self.forward(embeds, key_mask, train))
     }
     /// The layer-norm and position tensors by Hugging Face name: the slots an adapter fills. Serving
     /// swaps in per-row stacks ([B, 1, d], [B, P, d]) to run many adapters in one batch.
@@ -61,6 +60,37 @@ pub trait Backbone: Send {
 }
 
 /// Rows `positions` ([B, k]) of `hs` ([B, L, H]): [B, k, H].
+/// The tokens a read-out needs.
+#[derive(Clone, Copy)]
+pub enum Readout<'a> {
+    /// The last k tokens of every row (rows of one length): slices, with no gather and, for k = 1, no mask.
+    Last(i64),
+    /// Per-row positions [B, k] int64 (right-padded rows of different lengths).
+    At(&'a Tensor),
+}
+
+impl Readout<'_> {
+    /// The read-out rows [B, k, d] of `hs` [B, L, d].
+    pub fn rows(&self, hs: &Tensor) -> Tensor {
+        match *self {
+            Readout::Last(k) => hs.narrow(1, hs.size()[1] - k, k),
+            Readout::At(positions) => gather_rows(hs, positions),
+        }
+    }
+
+    /// Causal attention of the read-out queries over `l` keys (position p sees keys 0..=p), as a
+    /// [B or 1, 1, k, l] bool mask; None when no key is in any query's future (the last token alone).
+    pub fn causal_mask(&self, l: i64, device: Device) -> Option<Tensor> {
+        let positions = match *self {
+            Readout::Last(1) => return None,
+            Readout::Last(k) => Tensor::arange_start(l - k, l, (Kind::Int64, device)).unsqueeze(0),
+            Readout::At(p) => p.shallow_clone(),
+        };
+        let keys = Tensor::arange(l, (Kind::Int64, device)).view([1, 1, l]);
+        Some(keys.le_tensor(&positions.unsqueeze(-1)).unsqueeze(1))
+    }
+}
+
 pub fn gather_rows(hs: &Tensor, positions: &Tensor) -> Tensor {
     let (b, k) = (positions.size()[0], positions.size()[1]);
     let h = *hs.size().last().unwrap();

@@ -11,6 +11,7 @@ use tch::{Kind, Tensor};
 use super::{publish_loaded, Msg, PredictError, PredictJob, PredictOutput, ServeConfig, ServeStats};
 use crate::model::fpt::{AdapterLayers, FptModel};
 use crate::model::params::FreezeSwitches;
+use crate::model::Readout;
 use crate::model::{Backbone, ModelRegistry};
 use crate::tasks::samples::{batch_from_samples, predictions};
 use crate::tasks::{objective_for, Objective, TaskSpec};
@@ -238,12 +239,13 @@ impl Worker {
         // Every row reads out its batch's largest k last tokens; each head then takes its own last k.
         let kmax = good.iter().map(|j| self.adapters[&j.model_id].layers.meta.shape.readout_tokens).max().unwrap();
         let positions = (lengths.unsqueeze(1) - kmax + Tensor::arange(kmax, (Kind::Int64, dev)).unsqueeze(0)).clamp_min(0);
+        let readout = if padded || kmax > lmax { Readout::At(&positions) } else { Readout::Last(kmax) };
         let ids: Vec<String> = good.iter().map(|j| j.model_id.clone()).collect();
         let hs = {
             let slots = self.row_slots(key, &ids, &row_counts, lmax);
             let shared = self.backbones.get_mut(key).unwrap();
             set_slots(shared.backbone.as_mut(), &slots);
-            let hs = shared.backbone.forward_readout(&embeds, key_mask.as_ref(), false, &positions);
+            let hs = shared.backbone.forward_readout(&embeds, key_mask.as_ref(), false, readout);
             set_slots(shared.backbone.as_mut(), &shared.originals);
             hs
         };

@@ -50,17 +50,20 @@ pub fn golden_index() -> Vec<GoldenEntry> {
 }
 
 /// A folder of base models for tests: tiny GPT-2/BERT from the fixtures plus the real MiniLM.
+/// Made once per test binary: tests running in parallel must not see it half-built.
 pub fn models_dir() -> PathBuf {
-    let g = golden_dir();
-    let dir = g.join("models");
-    if !dir.exists() {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let g = golden_dir();
+        let dir = g.join("models");
         std::fs::create_dir_all(&dir).unwrap();
         for e in golden_index() {
             let src = if Path::new(&e.dir).is_absolute() { PathBuf::from(&e.dir) } else { g.join(&e.dir) };
             std::os::unix::fs::symlink(src, dir.join(&e.name)).unwrap();
         }
-    }
-    dir
+        dir
+    })
+    .clone()
 }
 
 pub fn tempdir() -> tempfile::TempDir {
