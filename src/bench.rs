@@ -145,8 +145,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let device = crate::model::parse_device(&a.device)?;
     let measure_peak =
         || json!({"fp32": matmul_peak(Kind::Float, device, a.threads), "bf16": matmul_peak(Kind::BFloat16, device, a.threads)});
-    let first_peak = measure_peak();
-    eprintln!("matmul peak (GFLOP/s, {} threads): {first_peak}", a.threads);
+    // The peak is measured before every case and at the end, and the best kept, as the rounds are:
+    // a peak taken while something else held the cores would inflate every MFU.
+    let mut peaks = vec![measure_peak()];
+    eprintln!("matmul peak (GFLOP/s, {} threads): {}", a.threads, peaks[0]);
     let mut runs = Vec::new();
     for case in cases().into_iter().filter(|c| a.cases.is_empty() || a.cases.iter().any(|n| n == c.name)) {
         // GPU steps take milliseconds: run ten times as many for stable timings.
@@ -157,6 +159,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             infer_batches: case.infer_batches * scale,
             ..case
         };
+        if !runs.is_empty() {
+            peaks.push(measure_peak());
+        }
         for precision in a.precisions.iter().map(String::as_str) {
             let (mut ours, mut reference) = (Vec::new(), Vec::new());
             for _ in 0..a.rounds.max(1) {
@@ -179,11 +184,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             runs.push((case.clone(), precision.to_string(), ours, reference));
         }
     }
-    // The peak is measured again at the end and the better kept, as the rounds are: a peak taken
-    // while something else held the cores would inflate every MFU.
-    let last_peak = measure_peak();
-    let best = |k: &str| first_peak[k].as_f64().unwrap_or(0.0).max(last_peak[k].as_f64().unwrap_or(0.0));
-    let peak = json!({"fp32": best("fp32"), "bf16": best("bf16"), "first": first_peak, "last": last_peak});
+    peaks.push(measure_peak());
+    let best = |k: &str| peaks.iter().filter_map(|p| p[k].as_f64()).fold(0.0, f64::max);
+    let peak = json!({"fp32": best("fp32"), "bf16": best("bf16"), "measured": peaks});
     let rows: Vec<Value> =
         runs.iter().map(|(case, precision, ours, reference)| summarise(case, precision, ours, reference, &peak)).collect();
     print_table(&rows, &peak);
