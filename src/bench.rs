@@ -33,7 +33,7 @@ pub struct BenchArgs {
     /// Batch size override (GPU tables use 16 and 64).
     #[arg(long)]
     pub batch: Option<i64>,
-    /// Timed steps and batches for `--case` (default: the case's own).
+    /// Timed steps and batches (default: each case's own).
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long, default_value = "auto")]
@@ -155,8 +155,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let scale = if device.is_cuda() { 10 } else { 1 };
         let case = Case {
             batch: a.batch.unwrap_or(case.batch),
-            train_steps: case.train_steps * scale,
-            infer_batches: case.infer_batches * scale,
+            train_steps: a.steps.unwrap_or(case.train_steps) * scale,
+            infer_batches: a.steps.unwrap_or(case.infer_batches) * scale,
             ..case
         };
         if !runs.is_empty() {

@@ -154,3 +154,32 @@ fn a_hub_model_that_cannot_be_had_fails_at_once_with_directions() {
         assert!(t.elapsed() < Duration::from_secs(15), "no hang");
     }
 }
+
+#[test]
+fn bench_compares_ours_with_the_reference_in_one_table() {
+    let out_dir = common::tempdir();
+    let out = Command::new(env!("CARGO_BIN_EXE_fpt"))
+        .args(["bench", "--cases", "tiny", "--precisions", "fp32", "--rounds", "2", "--steps", "10", "--out-dir"])
+        .arg(out_dir.path())
+        .arg("--python")
+        .arg(common::python())
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(table.lines().any(|l| l.starts_with("tiny") && l.contains("fp32")), "no tiny row in:\n{table}");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("bench.json")).unwrap()).unwrap();
+    let row = &json["rows"][0];
+    assert_eq!(json["rows"].as_array().unwrap().len(), 1);
+    for side in ["ours_rounds", "ref_rounds"] {
+        assert_eq!(row[side].as_array().map(Vec::len), Some(2), "{side}: two rounds each");
+    }
+    let best = row["ours_rounds"].as_array().unwrap().iter().map(|r| r["train_samples_per_s"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert_eq!(row["ours_train_sps"].as_f64(), Some(best), "the table keeps our best round");
+    let ratio = row["train_ratio"].as_f64().unwrap();
+    let want = best / row["ref_train_sps"].as_f64().unwrap();
+    assert!(ratio.is_finite() && ratio > 0.0 && (ratio - want).abs() < 1e-9, "ratio {ratio}, want {want}");
+    assert_eq!(json["peak_gflops"]["measured"].as_array().map(Vec::len), Some(2), "the peak before the case and at the end");
+    assert!(row["ref_peak_rss_mb"].as_f64().unwrap() > 0.0 && row["ours_peak_rss_mb"].as_f64().unwrap() > 0.0);
+}
