@@ -147,6 +147,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         || json!({"fp32": matmul_peak(Kind::Float, device, a.threads), "bf16": matmul_peak(Kind::BFloat16, device, a.threads)});
     // The peak is measured before every case and at the end, and the best kept, as the rounds are:
     // a peak taken while something else held the cores would inflate every MFU.
+    let rounds = a.rounds.max(1);
     let mut peaks = vec![measure_peak()];
     eprintln!("matmul peak (GFLOP/s, {} threads): {}", a.threads, peaks[0]);
     let mut runs = Vec::new();
@@ -164,7 +165,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         for precision in a.precisions.iter().map(String::as_str) {
             let (mut ours, mut reference) = (Vec::new(), Vec::new());
-            for _ in 0..a.rounds.max(1) {
+            for _ in 0..rounds {
                 ours.push(spawn_ours(&case, precision, &a)?);
                 if !a.no_reference {
                     reference.push(run_reference(&case, precision, &a).unwrap_or_else(|e| json!({"error": format!("{e:#}")})));
@@ -179,7 +180,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 sps(&reference, "train_samples_per_s"),
                 sps(&ours, "infer_samples_per_s"),
                 sps(&reference, "infer_samples_per_s"),
-                a.rounds.max(1)
+                rounds
             );
             runs.push((case.clone(), precision.to_string(), ours, reference));
         }
@@ -194,7 +195,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     std::fs::write(
         &out,
         serde_json::to_string_pretty(
-            &json!({"peak_gflops": peak, "rows": rows, "threads": a.threads, "device": a.device, "rounds": a.rounds}),
+            &json!({"peak_gflops": peak, "rows": rows, "threads": a.threads, "device": a.device, "rounds": rounds}),
         )?,
     )?;
     eprintln!("results in {}", out.display());

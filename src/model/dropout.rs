@@ -22,7 +22,7 @@ pub fn dropout(x: &Tensor, p: f64) -> Tensor {
 }
 
 /// A float tensor of `size` holding 0 (dropped) or 1 / (1 - p) (kept), seeded from torch's generator.
-pub fn keep_mask(size: &[i64], p: f64) -> Tensor {
+fn keep_mask(size: &[i64], p: f64) -> Tensor {
     let seed = i64::try_from(Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))).expect("a scalar seed");
     seeded_keep_mask(size, p, seed as u64)
 }

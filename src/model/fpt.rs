@@ -192,10 +192,7 @@ impl FptModel {
         });
         let k = self.shape.readout_tokens;
         let positions = lengths.map(|len| len.unsqueeze(1) - k + Tensor::arange(k, (Kind::Int64, self.device)).unsqueeze(0));
-        let readout = match &positions {
-            Some(p) => Readout::At(p),
-            None => Readout::Last(k),
-        };
+        let readout = positions.as_ref().map_or(Readout::Last(k), Readout::At);
         let read = self.backbone.forward_readout(&h, key_mask.as_ref(), train, readout);
         self.output.forward(&read)
     }

@@ -74,7 +74,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: Option<&Tensor>, 
 }
 
 /// softmax(q k^T / sqrt(d) + masks) as [B, H, Lq, Lk]; causal: query i sees keys 0..=i (as SDPA).
-pub fn attention_probs(q: &Tensor, k: &Tensor, key_mask: Option<&Tensor>, causal: bool) -> Tensor {
+fn attention_probs(q: &Tensor, k: &Tensor, key_mask: Option<&Tensor>, causal: bool) -> Tensor {
     let d = *q.size().last().unwrap();
     let mut scores = q.matmul(&k.transpose(-2, -1)) / (d as f64).sqrt();
     let (lq, lk) = (q.size()[2], k.size()[2]);

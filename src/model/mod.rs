@@ -59,7 +59,6 @@ pub trait Backbone: Send {
     fn adapter_slots_mut(&mut self) -> Vec<(String, &mut Tensor)>;
 }
 
-/// Rows `positions` ([B, k]) of `hs` ([B, L, H]): [B, k, H].
 /// The tokens a read-out needs.
 #[derive(Clone, Copy)]
 pub enum Readout<'a> {
@@ -91,7 +90,8 @@ impl Readout<'_> {
     }
 }
 
-pub fn gather_rows(hs: &Tensor, positions: &Tensor) -> Tensor {
+/// Rows `positions` ([B, k]) of `hs` ([B, L, H]): [B, k, H].
+fn gather_rows(hs: &Tensor, positions: &Tensor) -> Tensor {
     let (b, k) = (positions.size()[0], positions.size()[1]);
     let h = *hs.size().last().unwrap();
     hs.gather(1, &positions.unsqueeze(-1).expand([b, k, h], false), false)

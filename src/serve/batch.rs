@@ -238,8 +238,10 @@ impl Worker {
         let row_counts: Vec<i64> = parts.iter().map(|(e, _)| e.size()[0]).collect();
         // Every row reads out its batch's largest k last tokens; each head then takes its own last k.
         let kmax = good.iter().map(|j| self.adapters[&j.model_id].layers.meta.shape.readout_tokens).max().unwrap();
-        let positions = (lengths.unsqueeze(1) - kmax + Tensor::arange(kmax, (Kind::Int64, dev)).unsqueeze(0)).clamp_min(0);
-        let readout = if padded || kmax > lmax { Readout::At(&positions) } else { Readout::Last(kmax) };
+        // Rows of one length (and at least kmax tokens) slice their last kmax tokens; others gather.
+        let positions = (padded || kmax > lmax)
+            .then(|| (lengths.unsqueeze(1) - kmax + Tensor::arange(kmax, (Kind::Int64, dev)).unsqueeze(0)).clamp_min(0));
+        let readout = positions.as_ref().map_or(Readout::Last(kmax), Readout::At);
         let ids: Vec<String> = good.iter().map(|j| j.model_id.clone()).collect();
         let hs = {
             let slots = self.row_slots(key, &ids, &row_counts, lmax);
