@@ -56,6 +56,8 @@ pub fn models_dir() -> PathBuf {
     DIR.get_or_init(|| {
         let g = golden_dir();
         let dir = g.join("models");
+        // A folder left by an earlier process with the same id would hold the same links.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         for e in golden_index() {
             let src = if Path::new(&e.dir).is_absolute() { PathBuf::from(&e.dir) } else { g.join(&e.dir) };
