@@ -2,9 +2,13 @@
 //!
 //! ATen's CPU Bernoulli sampler is serial and costs about 8 ns an element (a hundred times an
 //! elementwise multiply): a third of a small model's training step, a tenth of GPT-2 small's.
-//! Here the keep mask comes from a xoshiro256++ stream seeded from torch's generator, so
-//! `tch::manual_seed` still fixes every mask; the distribution is the same (keep with 1 - p, scale
-//! kept values by 1 / (1 - p)), the stream is not torch's. Other devices keep torch's dropout.
+//! Here the keep masks come from xoshiro256++ streams, one per thread, which the trainer reseeds
+//! every step: a run's masks are a function of (seed, step) whatever other threads draw (torch's
+//! generator is one for the whole process, shared by concurrent jobs and tests). The distribution
+//! is dropout's (keep with 1 - p, scale kept values by 1 / (1 - p)); the stream is not torch's.
+//! Other devices keep torch's dropout.
+use std::cell::RefCell;
+
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use tch::{Device, Kind, Tensor};
@@ -21,10 +25,18 @@ pub fn dropout(x: &Tensor, p: f64) -> Tensor {
     x * keep_mask(&x.size(), p)
 }
 
-/// A float tensor of `size` holding 0 (dropped) or 1 / (1 - p) (kept), seeded from torch's generator.
+thread_local! {
+    static STREAM: RefCell<SmallRng> = RefCell::new(SmallRng::seed_from_u64(0));
+}
+
+/// Restarts this thread's dropout stream at `seed`.
+pub fn reseed(seed: u64) {
+    STREAM.with(|s| *s.borrow_mut() = SmallRng::seed_from_u64(seed));
+}
+
+/// A float tensor of `size` holding 0 (dropped) or 1 / (1 - p) (kept), from this thread's stream.
 fn keep_mask(size: &[i64], p: f64) -> Tensor {
-    let seed = i64::try_from(Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))).expect("a scalar seed");
-    seeded_keep_mask(size, p, seed as u64)
+    seeded_keep_mask(size, p, STREAM.with(|s| s.borrow_mut().next_u64()))
 }
 
 fn seeded_keep_mask(size: &[i64], p: f64, seed: u64) -> Tensor {
@@ -64,6 +76,16 @@ mod tests {
         assert_eq!(m.lt(0.0).sum(Kind::Int64).int64_value(&[]), 0);
         assert!(seeded_keep_mask(&[1001, 999], 0.1, 7).equal(&m), "same seed, same mask");
         assert!(!seeded_keep_mask(&[1001, 999], 0.1, 8).equal(&m), "another seed, another mask");
+    }
+
+    #[test]
+    fn reseeding_the_thread_repeats_its_masks_whatever_other_threads_draw() {
+        reseed(11);
+        let a = keep_mask(&[64, 64], 0.5);
+        std::thread::spawn(|| keep_mask(&[64, 64], 0.5)).join().unwrap();
+        reseed(11);
+        assert!(keep_mask(&[64, 64], 0.5).equal(&a), "same seed, same mask");
+        assert!(!keep_mask(&[64, 64], 0.5).equal(&a), "the next draw differs");
     }
 
     #[test]

@@ -377,9 +377,12 @@ impl Trainer<'_> {
 
     /// One optimiser step; returns (loss, correct, total) of its batch.
     fn step(&self, adam: &mut Adam, step: u64, lr: f64) -> (f64, i64, i64) {
-        // Dropout and augmentation draw from torch's generator: seeding it per step makes a run a
-        // function of (seed, step), which is what lets a resumed run continue exactly.
-        tch::manual_seed(step_seed(self.seed ^ DROPOUT_SALT, step) as i64);
+        // Augmentation (and dropout off the CPU) draw from torch's generator, CPU dropout from this
+        // thread's stream: seeding both per step makes a run a function of (seed, step), which is
+        // what lets a resumed run continue exactly.
+        let seed = step_seed(self.seed ^ DROPOUT_SALT, step);
+        tch::manual_seed(seed as i64);
+        crate::model::dropout::reseed(seed);
         let batch = self.task.train_batch(step, self.cfg.batch_size).to_device(self.model.device);
         adam.zero_grad();
         let n = batch.size();
