@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tch::Tensor;
 
 use super::dropout::dropout;
-use super::layers::{activation, attention, known_activation, merge_heads, split_heads, Dense, LayerNorm};
+use super::layers::{attention, known_activation, merge_heads, split_heads, Dense, LayerNorm};
 use super::params::{Builder, Group, Init};
 use super::{Arch, Backbone, BackboneConfig, Readout};
 
@@ -109,10 +109,7 @@ fn layer_norm(b: &mut Builder, name: &str, d: i64, eps: f64) -> Result<LayerNorm
 
 /// nn.Linear: stored as [out, in], our layout already.
 fn linear(b: &mut Builder, name: &str, d_in: i64, d_out: i64, group: Group, std: f64) -> Result<Dense> {
-    Ok(Dense {
-        weight: b.get(&format!("{name}.weight"), &[d_out, d_in], group, Init::Normal(std))?,
-        bias: b.get(&format!("{name}.bias"), &[d_out], group, Init::Zeros)?,
-    })
+    b.dense(name, d_in, d_out, group, std, false)
 }
 
 impl Bert {
@@ -152,7 +149,7 @@ impl Bert {
         let attn_p = if train { self.cfg.attn_dropout } else { 0.0 };
         let a = merge_heads(&attention(&q, &k, &v, key_mask, false, attn_p));
         let x = l.attn_ln.forward(&(drop(l.attn_out.forward(&a)) + rows));
-        let m = l.output.forward_own(&activation(&l.intermediate.forward_own(&x), &self.cfg.activation));
+        let m = l.output.forward_own(&l.intermediate.forward_activated(&x, &self.cfg.activation));
         l.output_ln.forward(&(drop(m) + &x))
     }
 }

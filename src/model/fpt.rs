@@ -118,7 +118,7 @@ impl FptModel {
                 let b = Tensor::zeros([hidden], (Kind::Float, dev));
                 params.push(new_param("input.weight", Group::Input, &w));
                 params.push(new_param("input.bias", Group::Input, &b));
-                InputLayer::Linear(Dense { weight: w, bias: b })
+                InputLayer::Linear(Dense::new(w, b))
             }
             InputKind::Tokens { vocab } => {
                 let e = Tensor::randn([vocab, hidden], (Kind::Float, Device::Cpu)).to_device(dev);
@@ -127,7 +127,7 @@ impl FptModel {
             }
         };
         let (w, b) = torch_linear_init(hidden, spec.shape.output_dim);
-        let output = Dense { weight: w.to_device(dev), bias: b.to_device(dev) };
+        let output = Dense::new(w.to_device(dev), b.to_device(dev));
         params.push(new_param("output.weight", Group::Output, &output.weight));
         params.push(new_param("output.bias", Group::Output, &output.bias));
         let base_sha256 = if spec.switches.pretrained { spec.base.sha256()? } else { String::new() };
@@ -362,10 +362,10 @@ impl AdapterLayers {
         let mut by_name: HashMap<String, Tensor> = tensors.into_iter().collect();
         let mut take = |n: &str| by_name.remove(n).with_context(|| format!("{}: no `{n}` tensor", path.display()));
         let input = match meta.shape.input {
-            InputKind::Continuous { .. } => InputLayer::Linear(Dense { weight: take("input.weight")?, bias: take("input.bias")? }),
+            InputKind::Continuous { .. } => InputLayer::Linear(Dense::new(take("input.weight")?, take("input.bias")?)),
             InputKind::Tokens { .. } => InputLayer::Embedding(take("input.embedding")?),
         };
-        let output = Dense { weight: take("output.weight")?, bias: take("output.bias")? };
+        let output = Dense::new(take("output.weight")?, take("output.bias")?);
         let mut slots: Vec<(String, Tensor)> = by_name.into_iter().collect();
         slots.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Self { input, output, slots, meta, bytes })

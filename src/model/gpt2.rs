@@ -5,7 +5,7 @@ use serde::Deserialize;
 use tch::Tensor;
 
 use super::dropout::dropout;
-use super::layers::{activation, attention, known_activation, merge_heads, split_heads, Dense, LayerNorm};
+use super::layers::{attention, known_activation, merge_heads, split_heads, Dense, LayerNorm};
 use super::params::{Builder, Group, Init};
 use super::{Arch, Backbone, BackboneConfig, Readout};
 
@@ -108,10 +108,7 @@ fn layer_norm(b: &mut Builder, name: &str, d: i64, eps: f64) -> Result<LayerNorm
 
 /// GPT-2's Conv1D: stored as [in, out].
 fn conv1d(b: &mut Builder, name: &str, d_in: i64, d_out: i64, group: Group, std: f64) -> Result<Dense> {
-    Ok(Dense {
-        weight: b.get_transposed(&format!("{name}.weight"), &[d_in, d_out], group, Init::Normal(std))?,
-        bias: b.get(&format!("{name}.bias"), &[d_out], group, Init::Zeros)?,
-    })
+    b.dense(name, d_in, d_out, group, std, true)
 }
 
 impl Gpt2 {
@@ -153,7 +150,7 @@ impl Gpt2 {
             }
         };
         let x = x + drop(blk.attn_proj.forward(&merge_heads(&a)), self.cfg.hidden_dropout);
-        let m = blk.mlp_proj.forward_own(&activation(&blk.c_fc.forward_own(&blk.ln_2.forward(&x)), &self.cfg.activation));
+        let m = blk.mlp_proj.forward_own(&blk.c_fc.forward_activated(&blk.ln_2.forward(&x), &self.cfg.activation));
         x + drop(m, self.cfg.hidden_dropout)
     }
 

@@ -1,13 +1,27 @@
 //! Leaf layers shared by the backbones: dense, layer norm, multi-head attention.
 use tch::{Device, Kind, Tensor};
 
+use super::onednn::{Fused, Packed};
+
 /// `y = x W^T + b`, W kept as [out, in] whatever the checkpoint's layout.
 pub struct Dense {
     pub weight: Tensor,
     pub bias: Tensor,
+    /// The weight packed for oneDNN: frozen layers on the CPU (see [`super::onednn`]).
+    packed: Option<Packed>,
 }
 
 impl Dense {
+    pub fn new(weight: Tensor, bias: Tensor) -> Self {
+        Self { weight, bias, packed: None }
+    }
+
+    /// A layer whose weight gets no gradient: its matmuls go through oneDNN where it runs.
+    pub fn frozen(weight: Tensor, bias: Tensor) -> Self {
+        let packed = Packed::new(&weight);
+        Self { weight, bias, packed }
+    }
+
     /// In the caller's dtype (frozen weights may be held in bf16: computed in theirs, cast back).
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let y = self.forward_own(x);
@@ -22,11 +36,28 @@ impl Dense {
     /// to fp32 between its ops, as under autocast; the residual add promotes the result to fp32.
     /// (Attention stays fp32: its bf16 kernel triples the error against fp32 on the real MiniLM.)
     pub fn forward_own(&self, x: &Tensor) -> Tensor {
+        let x = self.cast(x);
+        match &self.packed {
+            Some(p) => p.linear(&x, &self.bias),
+            None => x.linear(&self.weight, Some(&self.bias)),
+        }
+    }
+
+    /// `activation(x W^T + b)` in the weight's dtype; oneDNN applies the activation inside the
+    /// matmul when no gradient flows back through it (inference).
+    pub fn forward_activated(&self, x: &Tensor, act: &str) -> Tensor {
+        match (&self.packed, Fused::from_name(act)) {
+            (Some(p), Some(fused)) if !x.requires_grad() => p.linear_fused(&self.cast(x), &self.bias, fused),
+            _ => activation(&self.forward_own(x), act),
+        }
+    }
+
+    fn cast(&self, x: &Tensor) -> Tensor {
         let k = self.weight.kind();
         if x.kind() != k {
-            x.to_kind(k).linear(&self.weight, Some(&self.bias))
+            x.to_kind(k)
         } else {
-            x.linear(&self.weight, Some(&self.bias))
+            x.shallow_clone()
         }
     }
 }

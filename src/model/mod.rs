@@ -5,6 +5,7 @@ pub mod fpt;
 pub mod gpt2;
 pub mod hub;
 pub mod layers;
+pub mod onednn;
 pub mod params;
 pub mod weights;
 
@@ -156,8 +157,8 @@ impl BaseModel {
         } else {
             Source::Random
         };
-        let mut b = Builder::new(source, device);
-        b.frozen_kind = frozen_kind.map(|k| (k, *switches));
+        let mut b = Builder::new(source, device, *switches);
+        b.frozen_kind = frozen_kind;
         let backbone: Box<dyn Backbone> = match self.arch {
             Arch::Gpt2 => Box::new(gpt2::Gpt2::build(cfg, &mut b)?),
             Arch::Bert => {

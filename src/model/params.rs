@@ -4,6 +4,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::layers::Dense;
 use super::weights::Checkpoint;
 
 /// The groups the recipe's freeze switches act on.
@@ -101,23 +102,28 @@ pub struct Builder<'a> {
     pub source: Source<'a>,
     pub device: Device,
     pub params: Vec<Param>,
+    pub switches: FreezeSwitches,
     /// Holds frozen matmul weights (attention, feed-forward) in this dtype, e.g. bf16.
-    pub frozen_kind: Option<(Kind, FreezeSwitches)>,
+    pub frozen_kind: Option<Kind>,
 }
 
 impl<'a> Builder<'a> {
-    pub fn new(source: Source<'a>, device: Device) -> Self {
-        Self { source, device, params: Vec::new(), frozen_kind: None }
+    pub fn new(source: Source<'a>, device: Device, switches: FreezeSwitches) -> Self {
+        Self { source, device, params: Vec::new(), switches, frozen_kind: None }
+    }
+
+    /// A linear layer from `name.weight` ([out, in] once in our layout) and `name.bias`; a frozen
+    /// one is packed for oneDNN where that runs.
+    pub fn dense(&mut self, name: &str, d_in: i64, d_out: i64, group: Group, std: f64, transposed: bool) -> Result<Dense> {
+        let shape = if transposed { [d_in, d_out] } else { [d_out, d_in] };
+        let weight = self.fetch(&format!("{name}.weight"), &shape, group, Init::Normal(std), transposed)?;
+        let bias = self.get(&format!("{name}.bias"), &[d_out], group, Init::Zeros)?;
+        Ok(if self.switches.trains(group) { Dense::new(weight, bias) } else { Dense::frozen(weight, bias) })
     }
 
     /// A tensor named `name` of `shape` (the checkpoint's layout), in our layout.
     pub fn get(&mut self, name: &str, shape: &[i64], group: Group, init: Init) -> Result<Tensor> {
         self.fetch(name, shape, group, init, false)
-    }
-
-    /// Like `get` for a weight the checkpoint stores as [in, out]; we keep it as [out, in].
-    pub fn get_transposed(&mut self, name: &str, shape: &[i64], group: Group, init: Init) -> Result<Tensor> {
-        self.fetch(name, shape, group, init, true)
     }
 
     fn fetch(&mut self, name: &str, shape: &[i64], group: Group, init: Init, transposed: bool) -> Result<Tensor> {
@@ -134,7 +140,7 @@ impl<'a> Builder<'a> {
         };
         let t = if transposed { t.tr().contiguous() } else { t };
         let t = match self.frozen_kind {
-            Some((kind, sw)) if matches!(group, Group::Attn | Group::Ff) && !sw.trains(group) => t.to_kind(kind),
+            Some(kind) if matches!(group, Group::Attn | Group::Ff) && !self.switches.trains(group) => t.to_kind(kind),
             _ => t,
         };
         self.params.push(Param { name: name.to_string(), group, transposed, tensor: t.shallow_clone() });
