@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use tch::Tensor;
 
-use super::dropout::dropout;
+use super::dropout::{add_dropped, dropout};
 use super::layers::{attention, known_activation, merge_heads, split_heads, Dense, LayerNorm};
 use super::params::{Builder, Group, Init};
 use super::{Arch, Backbone, BackboneConfig, Readout};
@@ -139,7 +139,6 @@ impl Bert {
     /// One layer; with `only` the queries and everything after attention are
     /// computed for those tokens alone (keys and values still come from every token).
     fn layer(&self, l: &Layer, x: &Tensor, key_mask: Option<&Tensor>, train: bool, only: Option<Readout<'_>>) -> Tensor {
-        let drop = |t: Tensor| if train { dropout(&t, self.cfg.hidden_dropout) } else { t };
         let h = self.cfg.heads;
         let rows = match only {
             Some(readout) => readout.rows(x),
@@ -148,9 +147,10 @@ impl Bert {
         let (q, k, v) = (split_heads(&l.query.forward(&rows), h), split_heads(&l.key.forward(x), h), split_heads(&l.value.forward(x), h));
         let attn_p = if train { self.cfg.attn_dropout } else { 0.0 };
         let a = merge_heads(&attention(&q, &k, &v, key_mask, false, attn_p));
-        let x = l.attn_ln.forward(&(drop(l.attn_out.forward(&a)) + rows));
+        let p = self.cfg.hidden_dropout;
+        let x = l.attn_ln.forward(&add_dropped(&rows, &l.attn_out.forward(&a), p, train));
         let m = l.output.forward_own(&l.intermediate.forward_activated(&x, &self.cfg.activation));
-        l.output_ln.forward(&(drop(m) + &x))
+        l.output_ln.forward(&add_dropped(&x, &m, p, train))
     }
 }
 

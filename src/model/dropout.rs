@@ -25,6 +25,18 @@ pub fn dropout(x: &Tensor, p: f64) -> Tensor {
     x * keep_mask(&x.size(), p)
 }
 
+/// `x + dropout(h, p)`, on the CPU in one pass (`addcmul` with the keep mask) instead of a
+/// multiply and an add: the residual connections of every block. No dropout when `train` is false.
+pub fn add_dropped(x: &Tensor, h: &Tensor, p: f64, train: bool) -> Tensor {
+    if !train || p <= 0.0 {
+        return x + h;
+    }
+    if x.device() != Device::Cpu {
+        return x + h.dropout(p, true);
+    }
+    x.addcmul(h, &keep_mask(&h.size(), p))
+}
+
 thread_local! {
     static STREAM: RefCell<SmallRng> = RefCell::new(SmallRng::seed_from_u64(0));
 }
@@ -96,6 +108,22 @@ mod tests {
         assert!(x.grad().equal(&y.detach()), "d(sum)/dx is the mask, which is y for x = 1");
         let zeros = y.eq(0.0).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
         assert!(zeros > 0.15 && zeros < 0.35, "dropped fraction {zeros}");
+    }
+
+    #[test]
+    fn residual_dropout_in_one_pass_is_the_add_of_the_dropped_branch() {
+        let x = Tensor::randn([8, 40], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let h = Tensor::randn([8, 40], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        reseed(3);
+        let fused = add_dropped(&x, &h, 0.2, true);
+        reseed(3);
+        let apart = &x + dropout(&h, 0.2);
+        assert!(fused.allclose(&apart, 1e-6, 1e-7, false), "same mask, same sum");
+        fused.sum(Kind::Float).backward();
+        assert!(x.grad().equal(&Tensor::ones([8, 40], (Kind::Float, Device::Cpu))), "the residual passes its gradient through");
+        let dropped = h.grad().eq(0.0).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+        assert!(dropped > 0.05 && dropped < 0.4, "the branch's gradient is masked: {dropped} dropped");
+        assert!(add_dropped(&x, &h, 0.2, false).equal(&(&x + &h)), "no dropout outside training");
     }
 
     #[test]

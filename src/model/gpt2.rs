@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use tch::Tensor;
 
-use super::dropout::dropout;
+use super::dropout::{add_dropped, dropout};
 use super::layers::{attention, known_activation, merge_heads, split_heads, Dense, LayerNorm};
 use super::params::{Builder, Group, Init};
 use super::{Arch, Backbone, BackboneConfig, Readout};
@@ -136,7 +136,6 @@ impl Gpt2 {
     /// One block; with `only` the queries, and everything after attention, are computed for the
     /// read-out tokens alone (keys and values still come from every token).
     fn block(&self, blk: &Block, x: &Tensor, train: bool, only: Option<Readout<'_>>) -> Tensor {
-        let drop = |t: Tensor, p: f64| if train { dropout(&t, p) } else { t };
         let h = blk.ln_1.forward(x);
         let qkv = blk.c_attn.forward(&h).split(self.cfg.hidden, -1);
         let (k, v) = (split_heads(&qkv[1], self.cfg.heads), split_heads(&qkv[2], self.cfg.heads));
@@ -149,9 +148,10 @@ impl Gpt2 {
                 (readout.rows(x), attention(&q, &k, &v, mask.as_ref(), false, attn_p))
             }
         };
-        let x = x + drop(blk.attn_proj.forward(&merge_heads(&a)), self.cfg.hidden_dropout);
+        let p = self.cfg.hidden_dropout;
+        let x = add_dropped(&x, &blk.attn_proj.forward(&merge_heads(&a)), p, train);
         let m = blk.mlp_proj.forward_own(&blk.c_fc.forward_activated(&blk.ln_2.forward(&x), &self.cfg.activation));
-        x + drop(m, self.cfg.hidden_dropout)
+        add_dropped(&x, &m, p, train)
     }
 
     fn embed(&self, embeds: &Tensor, train: bool) -> Tensor {
