@@ -170,6 +170,32 @@ fn resumed_run_matches_an_uninterrupted_one() {
 }
 
 #[test]
+fn models_built_at_once_on_many_threads_draw_as_if_built_alone() {
+    // Random init (not pretrained) draws every backbone tensor from torch's shared generator.
+    let base = tiny();
+    let task = xor_task(0);
+    let (shape, spec) = (task.shape, serde_json::to_value(&task.spec).unwrap());
+    let switches = FreezeSwitches { pretrained: false, ..FreezeSwitches::default() };
+    let build = |seed: u64| {
+        let spec = ModelSpec { base: &base, shape, switches, task: spec.clone(), device: Device::Cpu, seed, frozen_kind: None };
+        FptModel::new(spec).unwrap().params.iter().map(|p| (p.name.clone(), p.tensor.copy())).collect::<Vec<_>>()
+    };
+    let at_once: Vec<Vec<_>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u64).map(|seed| s.spawn(move || (0..3).map(|_| build(seed)).collect::<Vec<_>>())).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let alone: Vec<_> = (0..4u64).map(build).collect();
+    for (seed, builds) in at_once.iter().enumerate() {
+        for built in builds {
+            for ((name, t), (_, reference)) in built.iter().zip(&alone[seed]) {
+                assert!(t.equal(reference), "seed {seed}: {name} differs from a build alone");
+            }
+        }
+    }
+    assert!(!alone[0][0].1.equal(&alone[1][0].1), "different seeds draw different weights");
+}
+
+#[test]
 fn the_same_seed_gives_identical_metrics() {
     let base = tiny();
     let task = xor_task(4);

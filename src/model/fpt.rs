@@ -108,7 +108,7 @@ fn torch_linear_init(d_in: i64, d_out: i64) -> (Tensor, Tensor) {
 
 impl FptModel {
     pub fn new(spec: ModelSpec<'_>) -> Result<Self> {
-        tch::manual_seed(spec.seed as i64);
+        let draws = super::seed_torch(spec.seed);
         let (backbone, mut params) = spec.base.build(&spec.switches, spec.device, spec.frozen_kind)?;
         let hidden = backbone.config().hidden;
         let dev = spec.device;
@@ -130,6 +130,7 @@ impl FptModel {
         let output = Dense::new(w.to_device(dev), b.to_device(dev));
         params.push(new_param("output.weight", Group::Output, &output.weight));
         params.push(new_param("output.bias", Group::Output, &output.bias));
+        drop(draws);
         let base_sha256 = if spec.switches.pretrained { spec.base.sha256()? } else { String::new() };
         let model = Self {
             base_name: spec.base.name.clone(),

@@ -11,7 +11,7 @@ pub mod weights;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -245,6 +245,16 @@ pub fn parse_device(s: &str) -> Result<Device> {
     })
 }
 
+/// Seeds torch's process-wide generator and keeps it to this thread until the guard drops: draws
+/// made meanwhile cannot interleave with those of another thread that seeds it this way
+/// (concurrent jobs, parallel tests). Hold it only around draws: it serialises them.
+pub fn seed_torch(seed: u64) -> MutexGuard<'static, ()> {
+    static GENERATOR: Mutex<()> = Mutex::new(());
+    let guard = GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tch::manual_seed(seed as i64);
+    guard
+}
+
 /// Writes a checkpoint folder (`config.json` + `model.safetensors`, Hugging Face names and layouts)
 /// with transformers' random init: tiny backbones for tests, real shapes for benchmarks.
 pub fn write_random_checkpoint(dir: &Path, config: &serde_json::Value, seed: u64) -> Result<BaseModel> {
@@ -256,9 +266,10 @@ pub fn write_random_checkpoint(dir: &Path, config: &serde_json::Value, seed: u64
         std::fs::write(&weights, b"")?;
     }
     let base = BaseModel::open(&dir.file_name().unwrap_or_default().to_string_lossy(), dir)?;
-    tch::manual_seed(seed as i64);
+    let draws = seed_torch(seed);
     let switches = FreezeSwitches { pretrained: false, ..FreezeSwitches::default() };
     let (_, params) = base.build(&switches, Device::Cpu, None)?;
+    drop(draws);
     let tensors: Vec<(String, Tensor)> = params.iter().map(|p| (p.name.clone(), p.checkpoint_tensor())).collect();
     weights::write_safetensors(&weights, &tensors, HashMap::from([("format".to_string(), "pt".to_string())]))?;
     Ok(base)

@@ -116,11 +116,10 @@ impl Worker {
         if layers.meta.switches.pretrained && base.sha256()? != layers.meta.base_sha256 {
             bail!("the adapter was trained on other weights of base model `{}` (sha256 mismatch)", key.base);
         }
-        if let Some(seed) = key.init_seed {
-            tch::manual_seed(seed as i64);
-        }
+        let draws = key.init_seed.map(crate::model::seed_torch);
         let switches = FreezeSwitches { pretrained: key.init_seed.is_none(), ..FreezeSwitches::default() };
         let (mut backbone, _) = base.build(&switches, self.cfg.device, self.cfg.frozen_kind)?;
+        drop(draws);
         let max_positions = backbone.config().max_positions;
         let originals = backbone.adapter_slots_mut().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
         self.backbones.insert(key.clone(), Shared { backbone, originals, max_positions });

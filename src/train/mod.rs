@@ -379,11 +379,15 @@ impl Trainer<'_> {
     fn step(&self, adam: &mut Adam, step: u64, lr: f64) -> (f64, i64, i64) {
         // Augmentation (and dropout off the CPU) draw from torch's generator, CPU dropout from this
         // thread's stream: seeding both per step makes a run a function of (seed, step), which is
-        // what lets a resumed run continue exactly.
+        // what lets a resumed run continue exactly. The batch's draws hold the generator alone;
+        // dropout off the CPU draws later, from its device's generator (one job per device).
         let seed = step_seed(self.seed ^ DROPOUT_SALT, step);
-        tch::manual_seed(seed as i64);
         crate::model::dropout::reseed(seed);
-        let batch = self.task.train_batch(step, self.cfg.batch_size).to_device(self.model.device);
+        let batch = {
+            let _draws = crate::model::seed_torch(seed);
+            self.task.train_batch(step, self.cfg.batch_size)
+        };
+        let batch = batch.to_device(self.model.device);
         adam.zero_grad();
         let n = batch.size();
         let (mut loss, mut correct, mut total) = (0.0, 0, 0);
