@@ -108,8 +108,11 @@ fn torch_linear_init(d_in: i64, d_out: i64) -> (Tensor, Tensor) {
 
 impl FptModel {
     pub fn new(spec: ModelSpec<'_>) -> Result<Self> {
-        let draws = super::seed_torch(spec.seed);
+        // A random-init backbone draws from the seeded generator; a pretrained one is read (and
+        // packed) without holding it, and the new layers draw the same values either way.
+        let early = (!spec.switches.pretrained).then(|| super::seed_torch(spec.seed));
         let (backbone, mut params) = spec.base.build(&spec.switches, spec.device, spec.frozen_kind)?;
+        let draws = early.unwrap_or_else(|| super::seed_torch(spec.seed));
         let hidden = backbone.config().hidden;
         let dev = spec.device;
         let input = match spec.shape.input {

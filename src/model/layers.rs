@@ -129,9 +129,10 @@ pub fn activation(x: &Tensor, name: &str) -> Tensor {
     }
 }
 
-/// Whether `name` is an activation we implement (checked when a config is read).
+/// Whether `name` is an activation we implement (checked when a config is read): those oneDNN
+/// can also fuse, so the two paths accept the same names.
 pub fn known_activation(name: &str) -> bool {
-    matches!(name, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" | "relu" | "silu" | "swish" | "gelu")
+    Fused::from_name(name).is_some()
 }
 
 pub fn is_float(t: &Tensor) -> bool {

@@ -52,10 +52,6 @@ struct FrozenLinear : public torch::autograd::Function<FrozenLinear> {
   }
 };
 
-char* error_text(const char* what) {
-  return strdup(what);
-}
-
 }  // namespace
 
 extern "C" {
@@ -78,7 +74,7 @@ char* fpt_onednn_pack(const at::Tensor* w, at::Tensor** out) {
     *out = new at::Tensor(stack[0].toTensor());
     return nullptr;
   } catch (const std::exception& e) {
-    return error_text(e.what());
+    return strdup(e.what());
   }
 }
 
@@ -94,7 +90,7 @@ char* fpt_onednn_linear(const at::Tensor* x, const at::Tensor* packed, const at:
     }
     return nullptr;
   } catch (const std::exception& e) {
-    return error_text(e.what());
+    return strdup(e.what());
   }
 }
 
