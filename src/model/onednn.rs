@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn packed_linear_matches_aten_forward_and_backward() {
         assert!(runs(Kind::Float), "the PyTorch wheel's libtorch has oneDNN");
-        tch::manual_seed(0);
+        let _draws = crate::model::seed_torch(0);
         for (kind, tol) in [(Kind::Float, 1e-5), (Kind::BFloat16, 2e-2)] {
             let w = Tensor::randn([48, 32], (Kind::Float, Device::Cpu)).to_kind(kind);
             let b = Tensor::randn([48], (Kind::Float, Device::Cpu)).to_kind(kind);
@@ -165,7 +165,7 @@ mod tests {
 
     #[test]
     fn fused_activations_match_aten() {
-        tch::manual_seed(1);
+        let _draws = crate::model::seed_torch(1);
         let w = Tensor::randn([40, 16], (Kind::Float, Device::Cpu));
         let b = Tensor::randn([40], (Kind::Float, Device::Cpu));
         let x = Tensor::randn([2, 7, 16], (Kind::Float, Device::Cpu));
