@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use fpt::model::fpt::{paper_param_count, FptModel, HeadShape, InputKind, ModelSpec};
 use fpt::model::params::{FreezeSwitches, Group};
 use fpt::model::weights::{read_safetensors, write_safetensors};
-use fpt::model::{BaseModel, ModelRegistry};
+use fpt::model::{seeded, BaseModel, ModelRegistry};
 use fpt::tasks::{DataSources, TaskData, TaskSpec};
 use fpt::train::{Command, Control, Metrics, Progress, TrainConfig, Trainer};
 use tch::{Device, Kind, Tensor};
@@ -325,11 +325,4 @@ fn rows_of_one_length_read_out_by_slicing_as_by_positions() {
         let diff = f64::try_from((sliced - gathered).abs().max().to_kind(Kind::Double)).unwrap();
         assert!(diff < 1e-5, "{name}, k = {k}: logits differ by {diff:e}");
     }
-}
-
-/// Test inputs drawn holding torch's generator, as every seeded draw in the crate is: an unheld
-/// draw on another test's thread could land inside a run that must be reproducible.
-fn seeded(seed: u64, draw: impl FnOnce() -> Tensor) -> Tensor {
-    let _draws = fpt::model::seed_torch(seed);
-    draw()
 }

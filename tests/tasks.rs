@@ -109,10 +109,7 @@ fn cifar10_trains_with_augmentation_on_64_tokens_of_48() {
     let t = trains(r#"{"type":"cifar10"}"#, Some(&tr), Some(&va));
     // Augmentation is seeded: the same step gives the same batch. The generator is held, as the
     // trainer holds it, so another test's training cannot draw in between.
-    let augmented = |size| {
-        let _draws = fpt::model::seed_torch(5);
-        t.train_batch(1, size).inputs
-    };
+    let augmented = |size| fpt::model::seeded(5, || t.train_batch(1, size).inputs);
     assert_eq!(augmented(2).size(), [2, 64, 48]);
     assert!(augmented(4).equal(&augmented(4)));
 }

@@ -255,6 +255,13 @@ pub fn seed_torch(seed: u64) -> MutexGuard<'static, ()> {
     guard
 }
 
+/// `draw()` with torch's generator seeded and held (see [`seed_torch`]). Tests draw their random
+/// inputs this way too: an unheld draw on one thread could land inside another's seeded run.
+pub fn seeded<T>(seed: u64, draw: impl FnOnce() -> T) -> T {
+    let _draws = seed_torch(seed);
+    draw()
+}
+
 /// Writes a checkpoint folder (`config.json` + `model.safetensors`, Hugging Face names and layouts)
 /// with transformers' random init: tiny backbones for tests, real shapes for benchmarks.
 pub fn write_random_checkpoint(dir: &Path, config: &serde_json::Value, seed: u64) -> Result<BaseModel> {
@@ -266,10 +273,8 @@ pub fn write_random_checkpoint(dir: &Path, config: &serde_json::Value, seed: u64
         std::fs::write(&weights, b"")?;
     }
     let base = BaseModel::open(&dir.file_name().unwrap_or_default().to_string_lossy(), dir)?;
-    let draws = seed_torch(seed);
     let switches = FreezeSwitches { pretrained: false, ..FreezeSwitches::default() };
-    let (_, params) = base.build(&switches, Device::Cpu, None)?;
-    drop(draws);
+    let (_, params) = seeded(seed, || base.build(&switches, Device::Cpu, None))?;
     let tensors: Vec<(String, Tensor)> = params.iter().map(|p| (p.name.clone(), p.checkpoint_tensor())).collect();
     weights::write_safetensors(&weights, &tensors, HashMap::from([("format".to_string(), "pt".to_string())]))?;
     Ok(base)

@@ -73,6 +73,7 @@ fn augment(x: &Tensor, a: &Augment) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::seeded;
 
     #[test]
     fn a_patch_values_land_in_its_token_in_p1_p2_c_order() {
@@ -97,16 +98,9 @@ mod tests {
             std: vec![0.25; 3],
             augment: Some(Augment { crop_padding: 4, flip: true, max_rotation_deg: 20.0 }),
         };
-        let x = {
-            let _draws = crate::model::seed_torch(0);
-            Tensor::rand([3, 32, 32, 3], (Kind::Float, tch::Device::Cpu))
-        };
         // Each seeded draw holds the generator, so other tests' draws cannot fall in between.
-        let augmented = |seed| {
-            let _draws = crate::model::seed_torch(seed);
-            t.apply(&x, true)
-        };
-        let (a, b) = (augmented(1), augmented(1));
+        let x = seeded(0, || Tensor::rand([3, 32, 32, 3], (Kind::Float, tch::Device::Cpu)));
+        let (a, b) = (seeded(1, || t.apply(&x, true)), seeded(1, || t.apply(&x, true)));
         assert_eq!(a.size(), [3, 64, 48]);
         assert!(a.equal(&b));
         let plain = t.apply(&x, false);

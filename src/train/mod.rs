@@ -383,11 +383,7 @@ impl Trainer<'_> {
         // dropout off the CPU draws later, from its device's generator (one job per device).
         let seed = step_seed(self.seed ^ DROPOUT_SALT, step);
         crate::model::dropout::reseed(seed);
-        let batch = {
-            let _draws = crate::model::seed_torch(seed);
-            self.task.train_batch(step, self.cfg.batch_size)
-        };
-        let batch = batch.to_device(self.model.device);
+        let batch = crate::model::seeded(seed, || self.task.train_batch(step, self.cfg.batch_size)).to_device(self.model.device);
         adam.zero_grad();
         let n = batch.size();
         let (mut loss, mut correct, mut total) = (0.0, 0, 0);
