@@ -148,7 +148,11 @@ mod tests {
         for (kind, tol) in [(Kind::Float, 1e-5), (Kind::BFloat16, 2e-2)] {
             let w = Tensor::randn([48, 32], (Kind::Float, Device::Cpu)).to_kind(kind);
             let b = Tensor::randn([48], (Kind::Float, Device::Cpu)).to_kind(kind);
-            let p = Packed::new(&w).unwrap();
+            // A CPU without native bf16 (no AVX512-BF16/AMX) keeps bf16 layers on ATen: nothing is packed.
+            let Some(p) = Packed::new(&w) else {
+                assert!(kind == Kind::BFloat16 && !runs(kind), "{kind:?} was not packed");
+                continue;
+            };
             for rows in [1, 20, 300] {
                 let x = Tensor::randn([rows, 32], (Kind::Float, Device::Cpu)).to_kind(kind).set_requires_grad(true);
                 let xr = x.detach().set_requires_grad(true);
