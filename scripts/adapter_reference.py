@@ -4,7 +4,8 @@ This is the independent reference that proves the fpt adapter file is
 self-describing: given only the adapter, the frozen base checkpoint and some
 inputs, it recomputes the logits without any fpt code.
 
-Adapter format ("fpt-adapter/1"): one safetensors file holding
+Adapter format ("fpt-adapter/2"; "/1" is the same without task_state): one
+safetensors file holding
   * the trained backbone tensors, named as in the HF model (GPT2Model names
     without "transformer.", e.g. h.0.ln_1.weight, ln_f.bias, wpe.weight;
     BertModel names, e.g. embeddings.position_embeddings.weight,
@@ -14,7 +15,8 @@ Adapter format ("fpt-adapter/1"): one safetensors file holding
   * output.weight [d_out, hidden], output.bias [d_out];
 and string metadata: format, arch ("gpt2"|"bert"), base_model,
 base_model_sha256, task (JSON), fpt (JSON), input_kind, input_dim,
-output_dim, readout_tokens (k), hidden_size.
+output_dim, readout_tokens (k), hidden_size, and task_state (JSON: what the
+task fitted on its training split; {} when it fitted nothing).
 
 Forward (eval, dropout off, fp32, eager attention):
   h  = x @ input.weight.T + input.bias      (or input.embedding[x])
@@ -48,7 +50,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
 
-FORMAT = "fpt-adapter/1"
+FORMATS = ("fpt-adapter/1", "fpt-adapter/2")
 HEAD_PREFIXES = ("input.", "output.")
 # Keys a base checkpoint may carry that are not parameters of the bare model.
 IGNORED_BASE_SUFFIXES = (".attn.bias", ".attn.masked_bias", "position_ids")
@@ -74,8 +76,8 @@ def read_adapter(path):
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("format") != FORMAT:
-        die(f"{path}: metadata format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format") not in FORMATS:
+        die(f"{path}: metadata format is {meta.get('format')!r}, expected one of {FORMATS!r}")
     required = ["arch", "base_model", "base_model_sha256", "task", "fpt",
                 "input_kind", "input_dim", "output_dim", "readout_tokens",
                 "hidden_size"]

@@ -1,14 +1,18 @@
 //! Settings of the HTTP service: flags, each with an environment variable, and an optional TOML
 //! file whose keys (the flags' names with underscores) fill in what the command line left at its default.
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
 use crate::artifacts::Artifacts;
-use crate::cli::{CommonArgs, Precision};
+use crate::flags::CommonArgs;
+use crate::job::Limits;
+use crate::model::Precision;
 use crate::store::Store;
+use crate::tasks::TaskLimits;
 
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
@@ -65,9 +69,50 @@ pub struct ServeArgs {
     #[arg(long, env = "FPT_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
     pub shared: SharedState,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// The bounds of what one job may ask for (the rest of `crate::job::Limits` keeps its defaults).
+#[derive(Args, Clone, Debug)]
+pub struct LimitArgs {
+    /// Largest `n_steps` of a job.
+    #[arg(long, env = "FPT_MAX_STEPS", default_value_t = Limits::default().max_steps)]
+    pub max_steps: u64,
+    /// Most checkpoints one job may write (`n_steps / checkpoint_every`).
+    #[arg(long, env = "FPT_MAX_CHECKPOINTS", default_value_t = Limits::default().max_checkpoints)]
+    pub max_checkpoints: u64,
+    /// Most samples of a generated split (bit tasks, generated ListOps).
+    #[arg(long, env = "FPT_MAX_GENERATED_SAMPLES", default_value_t = TaskLimits::default().max_generated_samples)]
+    pub max_generated_samples: usize,
+    /// Most classes of a classification head.
+    #[arg(long, env = "FPT_MAX_CLASSES", default_value_t = TaskLimits::default().max_classes)]
+    pub max_classes: usize,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        let task = TaskLimits { max_generated_samples: self.max_generated_samples, max_classes: self.max_classes, ..TaskLimits::default() };
+        Limits { max_steps: self.max_steps, max_checkpoints: self.max_checkpoints, task, ..Limits::default() }
+    }
+}
+
+/// What the HTTP handlers need of the settings: plain values, made once from the flags.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Bearer keys accepted on `/v1/*` (none: the API is open, on loopback only).
+    pub api_keys: Vec<String>,
+    pub max_upload_bytes: usize,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    /// Requests served at once; more get 429.
+    pub max_concurrency: usize,
+    pub cors_origins: Vec<String>,
+    pub prediction_timeout: Duration,
+    pub limits: Limits,
 }
 
 /// Where the state every node shares lives: the job store and the artifacts. The defaults make one
@@ -113,6 +158,8 @@ pub struct WorkerArgs {
     #[arg(long, value_enum, env = "FPT_PRECISION", default_value_t = Precision::Auto)]
     pub precision: Precision,
     #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
     pub shared: SharedState,
     #[command(flatten)]
     pub common: CommonArgs,
@@ -136,6 +183,20 @@ struct FileSettings {
 }
 
 impl ServeArgs {
+    /// The handlers' settings.
+    pub fn api_settings(&self) -> ApiSettings {
+        ApiSettings {
+            api_keys: self.api_keys.clone(),
+            max_upload_bytes: self.max_upload_mb << 20,
+            max_body_bytes: self.max_body_mb << 20,
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            max_concurrency: self.max_concurrency.max(1),
+            cors_origins: self.cors_origins.clone(),
+            prediction_timeout: Duration::from_millis(self.prediction_timeout_ms),
+            limits: self.limits.limits(),
+        }
+    }
+
     /// Applies the TOML file (if any) and checks the settings make a safe server.
     pub fn resolve(mut self) -> Result<Self> {
         if let Some(path) = &self.config {

@@ -9,9 +9,11 @@
 //! - [`data`]: dataset file formats, parsed and validated up front;
 //! - [`tasks`]: the paper's tasks and generic ones, turning data into token batches;
 //! - [`train`]: the engine the command line and the service's workers share;
+//! - [`job`]: a fine-tuning run, whoever asks for it: the validated spec, its one parse, building a
+//!   run and its summary, a job's states;
 //! - [`store`], [`queue`], [`serve`], [`api`], [`server`]: the HTTP service, its job queue and workers,
 //!   the prediction batcher;
-//! - [`cli`]: the `fpt` command line.
+//! - [`flags`] and [`cli`]: the `fpt` command line (only the binary's entry uses `cli`).
 pub mod api;
 pub mod artifacts;
 pub mod bench;
@@ -19,8 +21,11 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod experiment;
+pub mod flags;
 pub mod fsutil;
+pub mod job;
 pub mod loadtest;
+pub mod metrics;
 pub mod model;
 pub mod queue;
 pub mod serve;

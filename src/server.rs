@@ -54,6 +54,7 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
         work_dir: args.data_dir.join("work"),
         device,
         precision: args.precision,
+        limits: args.limits.limits(),
         workers,
         lease_seconds: args.shared.lease_secs,
     });
@@ -69,7 +70,7 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
         },
         registry.clone(),
     );
-    let state = AppState::new(store, Arc::new(args), registry, queue.clone(), events, inference, artifacts);
+    let state = AppState::new(store, Arc::new(args.api_settings()), registry, queue.clone(), events, inference, artifacts);
     state.ready.store(true, Ordering::SeqCst);
     let app = router(state.clone());
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
@@ -105,12 +106,14 @@ pub async fn work(args: WorkerArgs) -> Result<()> {
         work_dir: args.data_dir.join("work"),
         device,
         precision: args.precision,
+        limits: args.limits.limits(),
         workers,
         lease_seconds: args.shared.lease_secs,
     });
-    tracing::info!(workers, device = crate::queue::device_kind(device), "worker node started");
+    let kind = crate::job::DeviceKind::of(device).as_str();
+    tracing::info!(workers, device = kind, "worker node started");
     // Tests and tools wait for this line.
-    println!("fpt worker ready: {workers} workers on {}", crate::queue::device_kind(device));
+    println!("fpt worker ready: {workers} workers on {kind}");
     shutdown_signal().await;
     tracing::info!("shutting down: checkpointing running jobs");
     queue.shutdown().await;

@@ -99,14 +99,17 @@ fn the_whole_life_of_a_job() {
     assert!(listed.contains(&"tiny-gpt2") && listed.contains(&model.as_str()), "{listed:?}");
     let adapter = s.get(&format!("/v1/models/{model}/adapter")).bytes().unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&adapter).unwrap();
-    assert_eq!(meta.metadata().as_ref().unwrap()["format"], "fpt-adapter/1");
+    assert_eq!(meta.metadata().as_ref().unwrap()["format"], "fpt-adapter/2");
 }
 
 #[test]
 fn cancel_while_running_stops_within_two_seconds() {
     let s = Server::start(&[]);
     let train = s.upload_ok("train.jsonl", sign_dataset(100, 3));
-    let id = s.create_job(job_body(&train, 1_000_000, json!({})));
+    // A job that would run for hours; checkpoints every 1,000 steps keep it within the 1,000 a job may write.
+    let mut body = job_body(&train, 1_000_000, json!({}));
+    body["hyperparameters"]["checkpoint_every"] = json!(1000);
+    let id = s.create_job(body);
     s.wait_for(&id, Duration::from_secs(60), |st| st == "running");
     while s.job(&id)["trained_steps"].as_i64().unwrap() < 10 {
         std::thread::sleep(Duration::from_millis(20));
@@ -393,4 +396,66 @@ fn metrics_are_prometheus_text() {
         assert!(text.contains(&format!("# TYPE {name}")), "{name} missing");
     }
     assert_eq!(s.get("/ready").status(), 200);
+}
+
+/// Peak resident memory of a process (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
+    kb / 1024.0
+}
+
+/// Each of these aborted the server, burnt a core, or answered 500 before sizes were bounded at the
+/// parse (a 40 TB validation split, a 1e8-sample generation, capacity overflows, a worker crash in
+/// C++): now each is a 422 naming the field and the bound, and the server stays small and up.
+#[test]
+fn every_size_a_job_asks_for_is_bounded_at_the_parse() {
+    let s = Server::start(&["--max-body-mb", "1"]);
+    let xor = |extra: Value| {
+        let mut t = json!({"type": "bit_xor"});
+        for (k, v) in extra.as_object().unwrap() {
+            t[k] = v.clone();
+        }
+        json!({"model": "tiny-gpt2", "task": t})
+    };
+    let cases = [
+        (xor(json!({"n_bits": 5, "n_valid": 1_000_000_000_000u64})), "task.n_valid", "200000"),
+        (xor(json!({"n_bits": 1u64 << 63})), "task.n_bits", "16384"),
+        (json!({"model": "tiny-gpt2", "task": {"type": "listops", "generate": true, "n_train": 100_000_000}}), "task.n_train", "200000"),
+        (json!({"model": "tiny-gpt2", "task": {"type": "listops", "generate": true, "max_len": 0}}), "task.max_len", "3..="),
+        (
+            json!({"model": "tiny-gpt2", "task": {"type": "image_classification", "height": 8, "width": 8, "channels": 1u64 << 61, "num_classes": 2}, "training_file": "file-x"}),
+            "task.channels",
+            "64",
+        ),
+        (
+            json!({"model": "tiny-gpt2", "task": {"type": "sequence_classification", "input_dim": 2, "num_classes": 1u64 << 40}, "training_file": "file-x"}),
+            "task.num_classes",
+            "65536",
+        ),
+        (
+            json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "hyperparameters": {"n_steps": u64::MAX}}),
+            "hyperparameters.n_steps",
+            "10000000",
+        ),
+        (
+            json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "hyperparameters": {"n_steps": 5000, "checkpoint_every": 1}}),
+            "hyperparameters.checkpoint_every",
+            "1000 checkpoints",
+        ),
+        (json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "seed": u64::MAX}), "seed", "9223372036854775807"),
+        (json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "metadata": {"k": "v".repeat(513)}}), "metadata.k", "512"),
+    ];
+    for (body, param, bound) in cases {
+        let e = error_of(s.post("/v1/fine_tuning/jobs", &body), 422);
+        assert_eq!(e["param"], param, "{body}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(bound), "{param}: the bound `{bound}` is named in {e}");
+    }
+    // A prediction body over the limit names the limit (it said "limit 0 bytes").
+    let big = json!({"model": "x", "inputs": vec![vec![0.5f32; 1000]; 300]});
+    let e = error_of(s.post("/v1/predictions", &big), 413);
+    assert!(e["message"].as_str().unwrap().contains(&(1usize << 20).to_string()), "{e}");
+    assert_eq!(s.get("/health").status(), 200);
+    let rss = peak_rss_mib(s.child.id());
+    assert!(rss < 1024.0, "the server's peak RSS was {rss:.0} MiB: something was allocated before its size was checked");
 }

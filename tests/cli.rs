@@ -183,3 +183,26 @@ fn bench_compares_ours_with_the_reference_in_one_table() {
     assert_eq!(json["peak_gflops"]["measured"].as_array().map(Vec::len), Some(2), "the peak before the case and at the end");
     assert!(row["ref_peak_rss_mb"].as_f64().unwrap() > 0.0 && row["ours_peak_rss_mb"].as_f64().unwrap() > 0.0);
 }
+
+/// The command line parses a run with the API's checks and bounds, and names the flag.
+#[test]
+fn a_bad_or_oversized_flag_is_named_before_anything_runs() {
+    let dir = common::tempdir();
+    let out = dir.path().join("x.safetensors");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--steps", "0"], "--steps: "),
+        (&["--steps", "18446744073709551615"], "--steps: must be within 1..=10000000"),
+        (&["--task", r#"{"type":"bit_xor","n_valid":1000000000000}"#], "--task field `n_valid`: "),
+        (&["--task", "mnist"], "--train: task `mnist` needs a training file"),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["train", "--model", "tiny-gpt2", "--task", "bit_xor", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let t = Instant::now();
+        let o = fpt(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{extra:?}: {err}");
+        assert!(t.elapsed() < Duration::from_secs(20), "{extra:?} ran before failing");
+        assert!(!out.exists());
+    }
+}

@@ -116,12 +116,22 @@ fn adapter_holds_exactly_the_trained_tensors_and_round_trips() {
     assert!(names.contains(&"h.0.ln_1.weight") && names.contains(&"ln_f.bias") && names.contains(&"wpe.weight"));
     assert!(names.contains(&"input.weight") && names.contains(&"output.bias"));
     assert!(!names.iter().any(|n| n.contains("attn") || n.contains("mlp")), "{names:?}");
-    assert_eq!(meta["format"], "fpt-adapter/1");
+    assert_eq!(meta["format"], "fpt-adapter/2");
+    assert_eq!(meta["task_state"], "{}");
     assert_eq!(meta["base_model_sha256"], base.sha256().unwrap());
     let loaded = FptModel::load_adapter(&path, &common::registry(), Device::Cpu, None).unwrap();
     let x = task.eval_batches(fpt::tasks::EvalSplit::Valid, 16).remove(0);
     let (a, b) = tch::no_grad(|| (m.forward(&x.inputs, None, false), loaded.forward(&x.inputs, None, false)));
     assert!(a.equal(&b));
+    // An adapter of the first format (no task_state) still loads, as having fitted nothing.
+    let mut old_meta = meta.clone();
+    old_meta.insert("format".into(), "fpt-adapter/1".into());
+    old_meta.remove("task_state");
+    let old = dir.path().join("old.safetensors");
+    write_safetensors(&old, &tensors, old_meta).unwrap();
+    let loaded = FptModel::load_adapter(&old, &common::registry(), Device::Cpu, None).unwrap();
+    assert_eq!(loaded.task_state, serde_json::json!({}));
+    assert!(tch::no_grad(|| loaded.forward(&x.inputs, None, false)).equal(&a));
 }
 
 #[test]
@@ -160,9 +170,7 @@ fn resumed_run_matches_an_uninterrupted_one() {
     assert_eq!(out1.steps, 20);
     // A new model in a new "process": everything comes from the checkpoint.
     let (second, out2) = run(&model(&base, &task, FreezeSwitches::default(), 3), &task, &cfg, 3, dir.path(), None);
-    let strip = |v: Vec<Metrics>| {
-        v.into_iter().map(|m| (m.step, m.train_loss, m.train_accuracy, m.valid_loss, m.valid_accuracy)).collect::<Vec<_>>()
-    };
+    let strip = |v: Vec<Metrics>| v.into_iter().map(|m| (m.step, m.values)).collect::<Vec<_>>();
     let mut resumed = strip(first);
     resumed.extend(strip(second));
     assert_eq!(resumed, strip(full));
@@ -201,7 +209,7 @@ fn the_same_seed_gives_identical_metrics() {
     let task = xor_task(4);
     let (a, _) = run(&model(&base, &task, FreezeSwitches::default(), 4), &task, &small_cfg(15), 4, common::tempdir().path(), None);
     let (b, _) = run(&model(&base, &task, FreezeSwitches::default(), 4), &task, &small_cfg(15), 4, common::tempdir().path(), None);
-    let strip = |v: &[Metrics]| v.iter().map(|m| (m.train_loss, m.valid_accuracy)).collect::<Vec<_>>();
+    let strip = |v: &[Metrics]| v.iter().map(|m| (m.get("train_loss"), m.get("valid_accuracy"))).collect::<Vec<_>>();
     assert_eq!(strip(&a), strip(&b));
     let (c, _) = run(&model(&base, &task, FreezeSwitches::default(), 5), &task, &small_cfg(15), 5, common::tempdir().path(), None);
     assert_ne!(strip(&a), strip(&c), "another seed gives another run");
@@ -234,7 +242,7 @@ fn a_tiny_backbone_learns_bit_xor() {
     let cfg =
         TrainConfig { n_steps: 400, batch_size: 32, eval_every: 100, checkpoint_every: 0, learning_rate: 3e-3, ..TrainConfig::default() };
     let (_, out) = run(&m, &task, &cfg, 6, common::tempdir().path(), None);
-    let best = out.best_valid_accuracy.unwrap();
+    let best = out.best_valid.unwrap();
     assert!(best >= 0.97, "bit accuracy {best}");
 }
 

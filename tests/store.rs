@@ -2,7 +2,9 @@
 //! PostgreSQL server started for the test (Debian's package; `make setup` installs it).
 mod common;
 
-use fpt::store::{new_id, now, Backend, CheckpointRow, FileRow, JobEnd, JobRow, Lease, ModelRow, NewEvent, Page, Store};
+use fpt::job::status::JobError;
+use fpt::job::{DataFiles, Desired, DeviceKind, JobStatus, Limits, Method, RawSpec, RunSummary, TrainSpec};
+use fpt::store::{new_id, now, Backend, CheckpointRow, FileRow, Job, JobEnd, Lease, ModelRow, NewEvent, Page, Store};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -13,7 +15,7 @@ async fn the_store_contract_holds_on_sqlite() {
     contract(&store).await;
     // Migrations are idempotent: opening again keeps the data.
     let again = Store::open(&dir.path().join("fpt.db")).await.unwrap();
-    assert!(again.count_status("succeeded").await.unwrap() > 0);
+    assert!(again.count_status(JobStatus::Succeeded).await.unwrap() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -24,7 +26,34 @@ async fn the_store_contract_holds_on_postgres() {
     assert_eq!(store.backend(), Backend::Postgres);
     contract(&store).await;
     let again = Store::connect(&url).await.unwrap();
-    assert!(again.count_status("succeeded").await.unwrap() > 0);
+    assert!(again.count_status(JobStatus::Succeeded).await.unwrap() > 0);
+}
+
+/// A row that does not decode into its types is an error that names the job and the column,
+/// never a silent null.
+#[tokio::test]
+async fn a_corrupt_job_row_is_an_error_naming_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fpt.db");
+    let store = Store::open(&path).await.unwrap();
+    let (good, bad) = (job("any"), job("any"));
+    store.insert_job(&good).await.unwrap();
+    store.insert_job(&bad).await.unwrap();
+    let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    for (column, value) in [("task", r#"{"type":"no_such_task"}"#), ("status", "runnning"), ("result", "[1]")] {
+        sqlx::query(&format!("UPDATE jobs SET {column} = $1 WHERE id = $2")).bind(value).bind(&bad.id).execute(&raw).await.unwrap();
+        let err = format!("{:#}", store.job(&bad.id).await.unwrap_err());
+        assert!(err.contains(&bad.id) && err.contains(column), "{column}: {err}");
+        let err = format!("{:#}", store.jobs(&Page { after: None, limit: 10 }).await.unwrap_err());
+        assert!(err.contains(&bad.id), "{err}");
+        sqlx::query(&format!("UPDATE jobs SET {column} = (SELECT {column} FROM jobs WHERE id = $1) WHERE id = $2"))
+            .bind(&good.id)
+            .bind(&bad.id)
+            .execute(&raw)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.job(&bad.id).await.unwrap().unwrap().spec, good.spec);
 }
 
 #[tokio::test]
@@ -45,31 +74,28 @@ async fn contract(store: &Store) {
     idempotency(store).await;
 }
 
-fn job(device: &str) -> JobRow {
-    JobRow {
-        id: new_id("ftjob"),
+fn job(device: &str) -> Job {
+    let raw = RawSpec {
         model: "tiny".into(),
-        task: json!({"type": "bit_xor"}).to_string(),
-        status: "queued".into(),
-        created_at: now(),
-        started_at: None,
-        finished_at: None,
-        fine_tuned_model: None,
-        hyperparameters: "{}".into(),
-        method: "{}".into(),
-        training_file: None,
-        validation_file: None,
+        task: serde_json::from_value(json!({"type": "bit_xor"})).unwrap(),
+        hyperparameters: Default::default(),
+        method: Method::default(),
         seed: 0,
-        suffix: None,
-        trained_steps: 0,
-        result: None,
-        error: None,
-        metadata: None,
-        desired: "run".into(),
-        worker: None,
-        lease_until: None,
+        files: DataFiles::<String>::default(),
         device: device.into(),
-    }
+    };
+    Job::queued(TrainSpec::parse(raw, &Limits::default()).unwrap(), None, None, None)
+}
+
+fn summary(steps: u64) -> RunSummary {
+    serde_json::from_value(
+        json!({"steps": steps, "best_step": null, "samples_per_second": 1.0, "wall_seconds": 1.0, "valid_accuracy": 0.5}),
+    )
+    .unwrap()
+}
+
+fn end(status: JobStatus) -> JobEnd<'static> {
+    JobEnd { status, result: None, error: None, model: None }
 }
 
 fn lease(worker: &str, seconds: i64) -> Lease {
@@ -110,61 +136,63 @@ async fn claims(store: &Store) {
     }
     let w = lease("w-cpu", 60);
     // Oldest first; a CPU worker never gets the CUDA job.
-    let first = store.claim_job(&w, "cpu").await.unwrap().unwrap();
-    assert_eq!((first.id.as_str(), first.status.as_str(), first.worker.as_deref()), (a.id.as_str(), "running", Some("w-cpu")));
+    let first = store.claim_job(&w, DeviceKind::Cpu).await.unwrap().unwrap();
+    assert_eq!((first.id.as_str(), first.status, first.worker.as_deref()), (a.id.as_str(), JobStatus::Running, Some("w-cpu")));
+    assert_eq!(first.spec, a.spec, "the spec reads back as stored");
     assert!(first.lease_until.unwrap() >= now() + 59);
-    assert_eq!(store.claim_job(&w, "cpu").await.unwrap().unwrap().id, b.id);
-    assert!(store.claim_job(&w, "cpu").await.unwrap().is_none());
-    assert_eq!(store.claim_job(&lease("w-gpu", 60), "cuda").await.unwrap().unwrap().id, gpu.id);
+    assert_eq!(store.claim_job(&w, DeviceKind::Cpu).await.unwrap().unwrap().id, b.id);
+    assert!(store.claim_job(&w, DeviceKind::Cpu).await.unwrap().is_none());
+    assert_eq!(store.claim_job(&lease("w-gpu", 60), DeviceKind::Cuda).await.unwrap().unwrap().id, gpu.id);
     // Only the holder records the outcome.
-    let result = json!({"steps": 3});
-    let end = JobEnd { status: "succeeded", result: Some(&result), error: None, model: Some("ft-x") };
-    assert!(!store.finish_job(&a.id, "w-other", &end).await.unwrap());
-    assert!(store.finish_job(&a.id, "w-cpu", &end).await.unwrap());
+    let result = summary(3);
+    let done_end = JobEnd { status: JobStatus::Succeeded, result: Some(&result), error: None, model: Some("ft-x") };
+    assert!(!store.finish_job(&a.id, "w-other", &done_end).await.unwrap());
+    assert!(store.finish_job(&a.id, "w-cpu", &done_end).await.unwrap());
     let done = store.job(&a.id).await.unwrap().unwrap();
-    assert_eq!((done.status.as_str(), done.fine_tuned_model.as_deref(), done.worker), ("succeeded", Some("ft-x"), None));
+    assert_eq!((done.status, done.fine_tuned_model.as_deref(), done.worker), (JobStatus::Succeeded, Some("ft-x"), None));
+    assert_eq!(done.result.as_ref(), Some(&result));
     assert!(done.finished_at.is_some());
     // Handing a job back queues it for anyone; a queued job can be paused and resumed.
-    assert!(store.release_job(&b.id, "w-cpu", "queued").await.unwrap());
-    assert!(!store.release_job(&b.id, "w-cpu", "queued").await.unwrap(), "released twice");
-    assert!(store.transition(&b.id, &["queued"], "paused").await.unwrap());
-    assert!(!store.transition(&b.id, &["queued", "running"], "cancelled").await.unwrap());
-    assert!(store.transition(&b.id, &["paused"], "cancelled").await.unwrap());
+    assert!(store.release_job(&b.id, "w-cpu", JobStatus::Queued).await.unwrap());
+    assert!(!store.release_job(&b.id, "w-cpu", JobStatus::Queued).await.unwrap(), "released twice");
+    assert!(store.transition(&b.id, &[JobStatus::Queued], JobStatus::Paused).await.unwrap());
+    assert!(!store.transition(&b.id, &[JobStatus::Queued, JobStatus::Running], JobStatus::Cancelled).await.unwrap());
+    assert!(store.transition(&b.id, &[JobStatus::Paused], JobStatus::Cancelled).await.unwrap());
     assert!(store.job(&b.id).await.unwrap().unwrap().finished_at.is_some());
-    let end = JobEnd { status: "cancelled", result: None, error: None, model: None };
-    assert!(store.finish_job(&gpu.id, "w-gpu", &end).await.unwrap());
+    let error = JobError { code: "training_failed".into(), message: "boom".into(), param: None };
+    let failed = JobEnd { status: JobStatus::Failed, result: None, error: Some(&error), model: None };
+    assert!(store.finish_job(&gpu.id, "w-gpu", &failed).await.unwrap());
+    assert_eq!(store.job(&gpu.id).await.unwrap().unwrap().error, Some(error));
 }
 
 async fn leases(store: &Store) {
     let j = job("any");
     store.insert_job(&j).await.unwrap();
     let short = lease("w-dies", 1);
-    assert_eq!(store.claim_job(&short, "cpu").await.unwrap().unwrap().id, j.id);
+    assert_eq!(store.claim_job(&short, DeviceKind::Cpu).await.unwrap().unwrap().id, j.id);
     // While the lease holds, nobody else gets the job; renewing it reports what clients ask.
-    assert!(store.claim_job(&lease("w-b", 60), "cpu").await.unwrap().is_none());
-    assert_eq!(store.renew_lease(&j.id, &short).await.unwrap().as_deref(), Some("run"));
-    store.set_desired(&j.id, "pause").await.unwrap();
-    assert_eq!(store.renew_lease(&j.id, &short).await.unwrap().as_deref(), Some("pause"));
+    assert!(store.claim_job(&lease("w-b", 60), DeviceKind::Cpu).await.unwrap().is_none());
+    assert_eq!(store.renew_lease(&j.id, &short).await.unwrap(), Some(Desired::Run));
+    store.set_desired(&j.id, Desired::Pause).await.unwrap();
+    assert_eq!(store.renew_lease(&j.id, &short).await.unwrap(), Some(Desired::Pause));
     // The holder stops renewing: once the lease has run out another worker takes the job over,
     // keeping what the client asked, and the old holder can neither renew nor finish it.
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let taken = store.claim_job(&lease("w-b", 60), "cpu").await.unwrap().unwrap();
-    assert_eq!((taken.id.as_str(), taken.worker.as_deref(), taken.desired.as_str()), (j.id.as_str(), Some("w-b"), "pause"));
+    let taken = store.claim_job(&lease("w-b", 60), DeviceKind::Cpu).await.unwrap().unwrap();
+    assert_eq!((taken.id.as_str(), taken.worker.as_deref(), taken.desired), (j.id.as_str(), Some("w-b"), Desired::Pause));
     assert_eq!(store.renew_lease(&j.id, &short).await.unwrap(), None);
-    let end = JobEnd { status: "succeeded", result: None, error: None, model: None };
-    assert!(!store.finish_job(&j.id, "w-dies", &end).await.unwrap());
-    assert!(!store.release_job(&j.id, "w-dies", "queued").await.unwrap());
-    assert!(store.release_job(&j.id, "w-b", "paused").await.unwrap());
+    assert!(!store.finish_job(&j.id, "w-dies", &end(JobStatus::Succeeded)).await.unwrap());
+    assert!(!store.release_job(&j.id, "w-dies", JobStatus::Queued).await.unwrap());
+    assert!(store.release_job(&j.id, "w-b", JobStatus::Paused).await.unwrap());
     // The embedded service's restart path: every running job back to the queue.
     let k = job("any");
     store.insert_job(&k).await.unwrap();
-    store.claim_job(&lease("w-c", 60), "cpu").await.unwrap().unwrap();
+    store.claim_job(&lease("w-c", 60), DeviceKind::Cpu).await.unwrap().unwrap();
     assert_eq!(store.requeue_running().await.unwrap(), 1);
     let back = store.job(&k.id).await.unwrap().unwrap();
-    assert_eq!((back.status.as_str(), back.worker), ("queued", None));
-    let end = JobEnd { status: "succeeded", result: None, error: None, model: None };
-    store.claim_job(&lease("w-c", 60), "cpu").await.unwrap().unwrap();
-    assert!(store.finish_job(&k.id, "w-c", &end).await.unwrap());
+    assert_eq!((back.status, back.worker), (JobStatus::Queued, None));
+    store.claim_job(&lease("w-c", 60), DeviceKind::Cpu).await.unwrap().unwrap();
+    assert!(store.finish_job(&k.id, "w-c", &end(JobStatus::Succeeded)).await.unwrap());
 }
 
 /// Eight workers claim twenty jobs at once: each job goes to exactly one of them.
@@ -180,7 +208,7 @@ async fn concurrent_claims_are_exclusive(store: &Store) {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
-            while let Some(j) = store.claim_job(&lease(&format!("w{w}"), 60), "cpu").await.unwrap() {
+            while let Some(j) = store.claim_job(&lease(&format!("w{w}"), 60), DeviceKind::Cpu).await.unwrap() {
                 got.push(j.id);
             }
             got
@@ -195,8 +223,7 @@ async fn concurrent_claims_are_exclusive(store: &Store) {
     assert_eq!(claimed, ids);
     for id in &ids {
         let j = store.job(id).await.unwrap().unwrap();
-        let end = JobEnd { status: "succeeded", result: None, error: None, model: None };
-        assert!(store.finish_job(id, j.worker.as_deref().unwrap(), &end).await.unwrap());
+        assert!(store.finish_job(id, j.worker.as_deref().unwrap(), &end(JobStatus::Succeeded)).await.unwrap());
     }
 }
 

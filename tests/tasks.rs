@@ -37,7 +37,7 @@ fn trains(task_json: &str, train: Option<&Path>, valid: Option<&Path>) -> TaskDa
         .unwrap();
     assert_eq!(out.steps, 3);
     let v = out.valid.expect("evaluated on the validation split");
-    assert!(v.loss.is_finite() && (0.0..=1.0).contains(&v.accuracy), "{task_json}: {v:?}");
+    assert!(v.loss.is_finite() && (0.0..=1.0).contains(&v.metrics["accuracy"]), "{task_json}: {v:?}");
     task
 }
 
@@ -77,7 +77,7 @@ fn mnist_in_7x7_patches_is_16_tokens_of_49_and_other_sides_are_refused() {
     let t = trains(r#"{"type":"mnist","patch_size":7}"#, Some(&mnist("train-images-idx3-ubyte")), Some(&mnist("test-images-idx3-ubyte")));
     let b = t.eval_batches(EvalSplit::Valid, 5).remove(0);
     assert_eq!(b.inputs.size(), [5, 16, 49]);
-    let e = TaskSpec::parse_cli(r#"{"type":"mnist","patch_size":5}"#).unwrap().validate().unwrap_err();
+    let e = TaskSpec::parse_cli(r#"{"type":"mnist","patch_size":5}"#).unwrap().validate(&Default::default()).unwrap_err();
     assert_eq!(e.field, "task.patch_size");
     assert!(e.message.contains("28"), "{}", e.message);
 }

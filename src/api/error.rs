@@ -77,21 +77,20 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// A JSON body parsed into `T`: malformed JSON is a 400, a wrong value a 422 naming its field.
 pub struct ApiJson<T>(pub T);
 
-impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+impl<T> axum::extract::FromRequest<super::AppState> for ApiJson<T>
 where
     T: serde::de::DeserializeOwned,
-    S: Send + Sync,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: axum::extract::Request, state: &super::AppState) -> Result<Self, ApiError> {
         let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         if !ct.starts_with("application/json") {
             return Err(ApiError::bad_request("expected a JSON body (content-type: application/json)"));
         }
         let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge { limit: 0 }
+                ApiError::TooLarge { limit: state.settings.max_body_bytes }
             } else {
                 ApiError::bad_request(e.body_text())
             }

@@ -47,7 +47,7 @@ async fn upload(State(state): State<AppState>, headers: HeaderMap, mut multipart
 const ROUTE: &str = "POST /v1/files";
 
 async fn receive(state: &AppState, mut multipart: Multipart) -> ApiResult<Value> {
-    let limit = state.settings.max_upload_mb << 20;
+    let limit = state.settings.max_upload_bytes;
     let (mut file, mut purpose, mut filename) = (None, None, String::from("upload"));
     while let Some(mut field) = multipart.next_field().await.map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))? {
         match field.name().unwrap_or("") {

@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 
 use super::error::{parse_json, ApiError, ApiResult};
 use super::{idempotency_key, idempotent, list_of, AppState, ListQuery, Route};
-use crate::queue::Method;
-use crate::store::{new_id, now, EventRow, JobRow, Page};
-use crate::tasks::{DataSources, TaskData, TaskSpec};
-use crate::train::{Command, TrainConfig};
+use crate::job::{check_metadata, check_suffix, prepare_data, DataFiles, Effect, JobStatus, Method, RawSpec, Request, TrainSpec};
+use crate::store::{EventRow, Job, Page};
+use crate::tasks::{SpecError, TaskSpec};
+use crate::train::TrainConfig;
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -61,22 +61,51 @@ fn default_model() -> String {
     "gpt2".into()
 }
 
-pub fn job_object(j: &JobRow) -> Value {
-    let parse = |s: &Option<String>| s.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok());
+impl CreateJob {
+    /// The request's run, for the one parse.
+    fn raw(&self) -> RawSpec<String> {
+        RawSpec {
+            model: self.model.clone(),
+            task: self.task.clone(),
+            hyperparameters: self.hyperparameters.clone(),
+            method: self.method.clone(),
+            seed: self.seed,
+            files: DataFiles { train: self.training_file.clone(), valid: self.validation_file.clone(), test: None },
+            device: self.device.clone(),
+        }
+    }
+}
+
+/// Where an uploaded file named by a request is kept on this node.
+async fn local_file(state: &AppState, param: &str, id: &Option<String>) -> ApiResult<Option<std::path::PathBuf>> {
+    let Some(id) = id else { return Ok(None) };
+    let f = state.store.file(id).await?.ok_or_else(|| ApiError::invalid(param, format!("file `{id}` not found")))?;
+    Ok(Some(state.artifacts.local(&f.path).await?))
+}
+
+impl From<SpecError> for ApiError {
+    fn from(e: SpecError) -> Self {
+        ApiError::invalid(e.field, e.message)
+    }
+}
+
+pub fn job_object(j: &Job) -> Value {
+    let spec = &j.spec;
     json!({
-        "id": j.id, "object": "fine_tuning.job", "model": j.model,
-        "task": serde_json::from_str::<Value>(&j.task).unwrap_or(Value::Null),
+        "id": j.id, "object": "fine_tuning.job", "model": spec.model,
+        "task": spec.task,
         "status": j.status, "created_at": j.created_at, "started_at": j.started_at, "finished_at": j.finished_at,
         "fine_tuned_model": j.fine_tuned_model,
-        "hyperparameters": serde_json::from_str::<Value>(&j.hyperparameters).unwrap_or(Value::Null),
-        "method": serde_json::from_str::<Value>(&j.method).unwrap_or(Value::Null),
-        "training_file": j.training_file, "validation_file": j.validation_file,
-        "seed": j.seed, "suffix": j.suffix, "trained_steps": j.trained_steps,
-        "result": parse(&j.result).unwrap_or(json!({})), "error": parse(&j.error),
-        "metadata": parse(&j.metadata), "device": j.device,
+        "hyperparameters": spec.hyperparameters,
+        "method": spec.method(),
+        "training_file": spec.files.train, "validation_file": spec.files.valid,
+        "seed": spec.seed, "suffix": j.suffix, "trained_steps": j.trained_steps,
+        "result": j.result.as_ref().map_or(json!({}), |r| json!(r)), "error": j.error,
+        "metadata": j.metadata, "device": spec.device.as_str(),
     })
 }
 
+#[tracing::instrument(skip_all, fields(job))]
 async fn create(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let key = idempotency_key(&headers);
     let s = state.clone();
@@ -85,97 +114,41 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: axum::b
             return Err(ApiError::bad_request("expected a JSON body (content-type: application/json)"));
         }
         let req: CreateJob = parse_json(&body)?;
-        create_job(&s, req).await.map(|v| (StatusCode::OK, v))
+        let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+        create_job(&s, req, request_id).await.map(|v| (StatusCode::OK, v))
     })
     .await
 }
 
-/// Validates a job request completely (model, task, hyperparameters, files against the task)
+/// Parses a job request completely (model, task, hyperparameters, files against the task)
 /// before anything is queued.
-async fn create_job(state: &AppState, req: CreateJob) -> ApiResult<Value> {
-    req.task.validate().map_err(|e| ApiError::invalid(e.field, e.message))?;
-    req.hyperparameters.validate().map_err(|e| ApiError::invalid(e.field, e.message))?;
-    if req.method.kind != "fpt" {
-        return Err(ApiError::invalid("method.type", format!("method `{}` is not supported (fpt)", req.method.kind)));
-    }
+async fn create_job(state: &AppState, req: CreateJob, request_id: Option<String>) -> ApiResult<Value> {
+    let spec = TrainSpec::parse(req.raw(), &state.settings.limits)?;
     if let Some(s) = &req.suffix {
-        if s.is_empty() || s.len() > 40 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(ApiError::invalid("suffix", "1 to 40 characters of letters, digits, `-` and `_`"));
-        }
+        check_suffix(s)?;
     }
-    if !matches!(req.device.as_str(), "any" | "cpu" | "cuda") {
-        return Err(ApiError::invalid("device", format!("device `{}` is not one of any, cpu, cuda", req.device)));
+    if let Some(m) = &req.metadata {
+        check_metadata(m)?;
     }
-    if req.task.needs_file() && req.training_file.is_none() {
-        return Err(ApiError::invalid("training_file", format!("task `{}` needs a training file", req.task.name())));
-    }
-    let mut paths = Vec::new();
-    for (param, id) in [("training_file", &req.training_file), ("validation_file", &req.validation_file)] {
-        paths.push(match id {
-            Some(id) => {
-                let f = state.store.file(id).await?.ok_or_else(|| ApiError::invalid(param, format!("file `{id}` not found")))?;
-                Some(state.artifacts.local(&f.path).await?)
-            }
-            None => None,
-        });
-    }
-    let registry = state.registry.clone();
-    let (model, task, hyper, seed) = (req.model.clone(), req.task.clone(), req.hyperparameters.clone(), req.seed);
+    let train = local_file(state, "training_file", &spec.files.train).await?;
+    let valid = local_file(state, "validation_file", &spec.files.valid).await?;
+    let dirs: Vec<String> =
+        [&train, &valid].into_iter().flatten().filter_map(|p| p.parent()).map(|d| format!("{}/", d.display())).collect();
+    let local = spec.clone().with_files(DataFiles { train, valid, test: None });
+    let (registry, limits) = (state.registry.clone(), state.settings.limits.clone());
     // Load the data once against the task and the backbone's positions: a mismatch is the
     // client's error, named now rather than as a failed job later.
-    let files_dir = paths.iter().flatten().filter_map(|p| p.parent()).map(|d| format!("{}/", d.display())).next().unwrap_or_default();
-    tokio::task::spawn_blocking(move || -> ApiResult<()> {
-        let base = registry.resolve(&model).map_err(|e| ApiError::invalid("model", format!("{e:#}")))?;
-        let positions = base.backbone_config().map_err(|e| ApiError::invalid("model", format!("{e:#}")))?.max_positions as usize;
-        let src = DataSources {
-            train: paths[0].as_deref(),
-            valid: paths[1].as_deref(),
-            test: None,
-            valid_fraction: hyper.validation_fraction,
-            seed,
-            max_positions: positions,
-        };
-        TaskData::load(&task, &src).map_err(|e| {
-            let msg = format!("{e:#}");
-            let in_valid = paths[1].as_ref().is_some_and(|p| msg.contains(&p.display().to_string()));
-            let param = if in_valid {
-                "validation_file"
-            } else if task.needs_file() {
-                "training_file"
-            } else {
-                "task"
-            };
+    tokio::task::spawn_blocking(move || {
+        prepare_data(&local, &registry, &limits).map(|_| ()).map_err(|e| {
             // Clients know files by id: the folder they live in stays out of the message.
-            ApiError::invalid(param, msg.replace(&files_dir, ""))
-        })?;
-        Ok(())
+            let msg = dirs.iter().fold(format!("{e}"), |m, d| m.replace(d.as_str(), ""));
+            ApiError::invalid(e.field, msg)
+        })
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;
-    let job = JobRow {
-        id: new_id("ftjob"),
-        model: req.model,
-        task: serde_json::to_string(&req.task).unwrap(),
-        status: "queued".into(),
-        created_at: now(),
-        started_at: None,
-        finished_at: None,
-        fine_tuned_model: None,
-        hyperparameters: serde_json::to_string(&req.hyperparameters).unwrap(),
-        method: serde_json::to_string(&req.method).unwrap(),
-        training_file: req.training_file,
-        validation_file: req.validation_file,
-        seed: req.seed as i64,
-        suffix: req.suffix,
-        trained_steps: 0,
-        result: None,
-        error: None,
-        metadata: req.metadata.map(|m| Value::Object(m).to_string()),
-        desired: "run".into(),
-        worker: None,
-        lease_until: None,
-        device: req.device,
-    };
+    let job = Job::queued(spec, req.suffix, req.metadata, request_id);
+    tracing::Span::current().record("job", job.id.as_str());
     state.store.insert_job(&job).await?;
     state.queue.notify();
     Ok(job_object(&job))
@@ -187,7 +160,7 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiR
     Ok(list_of(&rows, limit, job_object))
 }
 
-async fn find(state: &AppState, id: &str) -> ApiResult<JobRow> {
+async fn find(state: &AppState, id: &str) -> ApiResult<Job> {
     state.store.job(id).await?.ok_or_else(|| ApiError::not_found("fine-tuning job", id))
 }
 
@@ -195,47 +168,45 @@ async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
     Ok(Json(job_object(&find(&state, &id).await?)))
 }
 
-fn terminal(status: &str) -> bool {
-    matches!(status, "succeeded" | "failed" | "cancelled")
+/// Carries out a client's request on a job, as its status allows (`JobStatus::on`). A move the
+/// store refuses means the job changed meanwhile: read it again and decide anew.
+#[tracing::instrument(skip(state))]
+async fn change(state: &AppState, id: &str, request: Request) -> ApiResult<Json<Value>> {
+    for _ in 0..8 {
+        let job = find(state, id).await?;
+        match job.status.on(request).map_err(|why| ApiError::Conflict(format!("job `{id}` {why}")))? {
+            Effect::Move { to, desired } => {
+                if let Some(d) = desired {
+                    state.store.set_desired(id, d).await?;
+                }
+                if !state.store.transition(id, &[job.status], to).await? {
+                    continue;
+                }
+                if to == JobStatus::Queued {
+                    state.queue.notify();
+                }
+            }
+            Effect::Ask(desired) => {
+                // The worker stops within a step and records the outcome.
+                state.store.set_desired(id, desired).await?;
+                state.queue.signal(id, desired.command());
+            }
+        }
+        return Ok(Json(job_object(&find(state, id).await?)));
+    }
+    Err(ApiError::Conflict(format!("job `{id}` keeps changing; try again")))
 }
 
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let job = find(&state, &id).await?;
-    if terminal(&job.status) {
-        return Err(ApiError::Conflict(format!("job `{id}` is already {}", job.status)));
-    }
-    if !state.store.transition(&id, &["queued", "paused", "validating_files"], "cancelled").await? {
-        // Running: the worker stops within a step and records `cancelled`.
-        state.store.set_desired(&id, "cancel").await?;
-        state.queue.signal(&id, Command::Cancel);
-    }
-    Ok(Json(job_object(&find(&state, &id).await?)))
+    change(&state, &id, Request::Cancel).await
 }
 
 async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let job = find(&state, &id).await?;
-    match job.status.as_str() {
-        "queued" => {
-            state.store.transition(&id, &["queued"], "paused").await?;
-        }
-        "running" => {
-            state.store.set_desired(&id, "pause").await?;
-            state.queue.signal(&id, Command::Pause);
-        }
-        s => return Err(ApiError::Conflict(format!("job `{id}` is {s}; only a queued or running job can be paused"))),
-    }
-    Ok(Json(job_object(&find(&state, &id).await?)))
+    change(&state, &id, Request::Pause).await
 }
 
 async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let job = find(&state, &id).await?;
-    if job.status != "paused" {
-        return Err(ApiError::Conflict(format!("job `{id}` is {}; only a paused job can be resumed", job.status)));
-    }
-    state.store.set_desired(&id, "run").await?;
-    state.store.transition(&id, &["paused"], "queued").await?;
-    state.queue.notify();
-    Ok(Json(job_object(&find(&state, &id).await?)))
+    change(&state, &id, Request::Resume).await
 }
 
 fn event_object(e: &EventRow) -> Value {
@@ -274,7 +245,7 @@ async fn events(
         loop {
             // Read the status before the events: a finished job's last events are then in this read.
             let finished = match store.job(&id).await {
-                Ok(Some(j)) => terminal(&j.status),
+                Ok(Some(j)) => j.status.is_terminal(),
                 _ => true,
             };
             let rows = store.events(&id, after, 500).await.unwrap_or_default();

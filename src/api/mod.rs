@@ -1,4 +1,4 @@
-//! The HTTP API (contract: shared/docs/api.md, spec: openapi/openapi.yaml): one module per
+//! The HTTP API (its contract: openapi/openapi.yaml): one module per
 //! resource, each listing its routes; the router and its middleware are assembled here.
 pub mod error;
 pub mod files;
@@ -10,7 +10,6 @@ pub mod ui;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -25,7 +24,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::artifacts::Artifacts;
-use crate::config::ServeArgs;
+use crate::config::ApiSettings;
 use crate::model::ModelRegistry;
 use crate::queue::events::EventSink;
 use crate::queue::Queue;
@@ -37,7 +36,7 @@ use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    pub settings: Arc<ServeArgs>,
+    pub settings: Arc<ApiSettings>,
     pub registry: ModelRegistry,
     pub queue: Queue,
     pub events: EventSink,
@@ -60,14 +59,14 @@ pub struct Counters {
 impl AppState {
     pub fn new(
         store: Store,
-        settings: Arc<ServeArgs>,
+        settings: Arc<ApiSettings>,
         registry: ModelRegistry,
         queue: Queue,
         events: EventSink,
         inference: Inference,
         artifacts: Artifacts,
     ) -> Self {
-        let limiter = Arc::new(Semaphore::new(settings.max_concurrency.max(1)));
+        let limiter = Arc::new(Semaphore::new(settings.max_concurrency));
         Self { store, settings, registry, queue, events, inference, artifacts, counters: Arc::default(), ready: Arc::default(), limiter }
     }
 }
@@ -95,7 +94,7 @@ pub fn routes() -> Vec<Route> {
 
 pub fn router(state: AppState) -> Router {
     let s = &state.settings;
-    let timeout = Duration::from_secs(s.request_timeout_secs);
+    let timeout = s.request_timeout;
     let mut app = Router::new();
     for route in routes() {
         let h = if route.long {
@@ -108,7 +107,7 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let mut app = app
         .fallback(|| async { ApiError::not_found("route", "").into_response() })
-        .layer(DefaultBodyLimit::max(s.max_body_mb << 20))
+        .layer(DefaultBodyLimit::max(s.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn_with_state(state.clone(), limit_and_count))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -174,7 +173,7 @@ async fn limit_and_count(State(state): State<AppState>, req: Request, next: Next
         c.server_errors.fetch_add(1, Ordering::Relaxed);
     }
     if status == StatusCode::PAYLOAD_TOO_LARGE && resp.headers().get("content-type").is_none_or(|v| v != "application/json") {
-        return ApiError::TooLarge { limit: state.settings.max_body_mb << 20 }.into_response();
+        return ApiError::TooLarge { limit: state.settings.max_body_bytes }.into_response();
     }
     resp
 }

@@ -41,7 +41,7 @@ async fn ready(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     let c = &state.counters;
     let s = &state.inference.stats;
-    let queued = state.store.count_status("queued").await.unwrap_or(-1);
+    let queued = state.store.count_status(crate::job::JobStatus::Queued).await.unwrap_or(-1);
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");

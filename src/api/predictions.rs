@@ -1,6 +1,6 @@
 //! `POST /v1/predictions`: inputs validated like dataset records, answered by the batcher.
 use axum::extract::State;
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
@@ -23,13 +23,16 @@ pub struct PredictRequest {
     pub inputs: Vec<Value>,
 }
 
-async fn predict(State(state): State<AppState>, ApiJson(req): ApiJson<PredictRequest>) -> ApiResult<Response> {
+#[tracing::instrument(skip_all, fields(model = %req.model, rows = req.inputs.len()))]
+async fn predict(State(state): State<AppState>, headers: HeaderMap, ApiJson(req): ApiJson<PredictRequest>) -> ApiResult<Response> {
     if req.inputs.is_empty() {
         return Err(ApiError::invalid("inputs", "at least one sample is needed"));
     }
     let m = find_fine_tuned(&state, &req.model).await?;
-    let timeout = std::time::Duration::from_millis(state.settings.prediction_timeout_ms);
-    let out = state.inference.predict(&m.id, state.artifacts.local(&m.path).await?, req.inputs, timeout).await.map_err(|e| match e {
+    let timeout = state.settings.prediction_timeout;
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let adapter = state.artifacts.local(&m.path).await?;
+    let out = state.inference.predict(request_id, &m.id, adapter, req.inputs, timeout).await.map_err(|e| match e {
         PredictError::Invalid(msg) => {
             let param = msg.split(':').next().unwrap_or("inputs").to_string();
             ApiError::invalid(param, msg)

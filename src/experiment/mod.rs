@@ -16,7 +16,8 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cli::{train_once, ModelArgs};
+use crate::flags::ModelArgs;
+use crate::job::train_to_file;
 
 #[derive(Args)]
 pub struct ExperimentArgs {
@@ -282,9 +283,13 @@ fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, 
                 let adapter = out.join("runs").join(format!("{name}.safetensors"));
                 let ckpt = out.join("runs").join(format!("{name}.ckpt"));
                 let _ = std::fs::remove_dir_all(&ckpt);
-                let r = train_once(m, run.lr, run.seed, &adapter, &ckpt, true)?;
+                let (registry, device) = m.common.open()?;
+                let spec = m.spec(run.lr, run.seed)?;
+                let r = train_to_file(&spec, &registry, device, m.precision, &adapter, &ckpt, &mut |_| {})?;
                 let _ = std::fs::remove_dir_all(&ckpt);
-                Finished { summary: r.summary, curve: r.curve.iter().map(|c| (c.step, c.train_loss, c.valid_accuracy)).collect() }
+                let valid = format!("valid_{}", r.summary.primary_metric);
+                let curve = r.curve.iter().map(|c| (c.step, c.get("train_loss").unwrap_or(f64::NAN), c.get(&valid))).collect();
+                Finished { summary: serde_json::to_value(&r.summary)?, curve }
             }
             Runner::Service(s) => s.run(&spec.name, name, m, run.lr, run.seed)?,
         };
@@ -307,8 +312,10 @@ fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, 
     Ok(records)
 }
 
+/// The run's best validation value of its task's primary metric.
 fn acc(r: &RunRecord) -> f64 {
-    r.summary["best_valid_accuracy"].as_f64().unwrap_or(f64::NAN)
+    let primary = r.summary["primary_metric"].as_str().unwrap_or("accuracy");
+    r.summary[format!("best_valid_{primary}")].as_f64().unwrap_or(f64::NAN)
 }
 
 fn write_csv(path: &Path, records: &[RunRecord]) -> Result<()> {

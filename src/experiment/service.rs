@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::Finished;
-use crate::cli::ModelArgs;
+use crate::flags::ModelArgs;
+use crate::job::JobStatus;
 use crate::tasks::files::labels_beside;
 
 pub struct Service {
@@ -40,15 +41,15 @@ impl Service {
         }
         let training = m.train.as_deref().map(|p| self.upload(p)).transpose()?;
         let validation = m.valid.as_deref().map(|p| self.upload(p)).transpose()?;
-        let samples = training.as_ref().and_then(|f| f["samples"].as_u64()).unwrap_or(0) as usize;
+        let spec = m.spec(lr, seed)?;
         let body = json!({
-            "model": m.model,
-            "task": m.task_spec()?,
+            "model": spec.model,
+            "task": spec.task,
             "training_file": training.as_ref().map(|f| &f["id"]),
             "validation_file": validation.as_ref().map(|f| &f["id"]),
-            "hyperparameters": m.train_config(lr, samples)?,
-            "method": {"type": "fpt", "fpt": m.switches()},
-            "seed": seed,
+            "hyperparameters": spec.hyperparameters,
+            "method": spec.method(),
+            "seed": spec.seed,
             "metadata": {"experiment": experiment, "run": name},
         });
         // The key names the run and what it asks for: a restart finds its job, a changed spec makes a new one.
@@ -58,7 +59,7 @@ impl Service {
         let id = job["id"].as_str().context("the service answered a job without an id")?.to_string();
         eprintln!("  job {id}");
         let job = self.wait(&id)?;
-        if job["status"] != "succeeded" {
+        if status_of(&job)? != JobStatus::Succeeded {
             bail!("run {name}: job {id} ended {}: {}", job["status"], job["error"]["message"].as_str().unwrap_or("no error message"));
         }
         self.finished(&id, job)
@@ -83,13 +84,13 @@ impl Service {
         let mut last = String::new();
         loop {
             let job = self.json(self.http.get(format!("{}/v1/fine_tuning/jobs/{id}", self.base)))?;
-            let status = job["status"].as_str().unwrap_or("").to_string();
+            let status = status_of(&job)?;
             let line = format!("{status}, step {}", job["trained_steps"].as_u64().unwrap_or(0));
             if line != last {
                 eprintln!("  {line}");
                 last = line;
             }
-            if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
+            if status.is_terminal() {
                 return Ok(job);
             }
             std::thread::sleep(Duration::from_secs(2));
@@ -99,7 +100,7 @@ impl Service {
     /// The run's summary (the job's result metrics) and its curve (the metrics events).
     fn finished(&self, id: &str, job: Value) -> Result<Finished> {
         let mut curve = Vec::new();
-        let mut parameters = Value::Null;
+        let valid = format!("valid_{}", job["result"]["primary_metric"].as_str().unwrap_or("accuracy"));
         let mut after: Option<String> = None;
         loop {
             let mut url = format!("{}/v1/fine_tuning/jobs/{id}/events?limit=1000", self.base);
@@ -111,10 +112,8 @@ impl Service {
                 let d = &e["data"];
                 if e["type"] == "metrics" {
                     if let (Some(step), Some(loss)) = (d["step"].as_u64(), d["train_loss"].as_f64()) {
-                        curve.push((step, loss, d["valid_accuracy"].as_f64()));
+                        curve.push((step, loss, d[&valid].as_f64()));
                     }
-                } else if d["parameters"].is_object() {
-                    parameters = d["parameters"].clone(); // "Training N of M parameters"
                 }
             }
             if page["has_more"] != true {
@@ -125,8 +124,6 @@ impl Service {
         let mut summary = job["result"].clone();
         summary["job"] = job["id"].clone();
         summary["fine_tuned_model"] = job["fine_tuned_model"].clone();
-        summary["trainable_parameters"] = parameters["trained"].clone();
-        summary["total_parameters"] = parameters["total"].clone();
         Ok(Finished { summary, curve })
     }
 
@@ -152,6 +149,11 @@ impl Service {
             None => bail!("the service answered {status}: {}", e["message"].as_str().unwrap_or("no error message")),
         }
     }
+}
+
+/// The status of a job object the service answered.
+fn status_of(job: &Value) -> Result<JobStatus> {
+    Ok(JobStatus::parse(job["status"].as_str().unwrap_or_default())?)
 }
 
 /// A data file as the service takes it: an MNIST IDX images file travels in a tar with the labels

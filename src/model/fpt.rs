@@ -12,7 +12,10 @@ use super::params::{FreezeSwitches, Group, Param};
 use super::weights::{read_safetensors, write_safetensors};
 use super::{Arch, Backbone, BaseModel, ModelRegistry, Readout};
 
-pub const ADAPTER_FORMAT: &str = "fpt-adapter/1";
+/// The adapter format written. `/2` adds `task_state` (what the task fitted on its training split);
+/// `/1` adapters read as having fitted nothing.
+pub const ADAPTER_FORMAT: &str = "fpt-adapter/2";
+const READABLE_FORMATS: [&str; 2] = ["fpt-adapter/1", ADAPTER_FORMAT];
 
 /// What feeds the input layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +65,8 @@ pub struct FptModel {
     pub shape: HeadShape,
     pub switches: FreezeSwitches,
     pub task: serde_json::Value,
+    /// What the task fitted on its training split (`crate::tasks::Fitted`), carried in the adapter.
+    pub task_state: serde_json::Value,
     pub init_seed: u64,
     pub device: Device,
     /// Every parameter, backbone and new layers, with its Hugging Face (or `input.*`/`output.*`) name.
@@ -145,6 +150,7 @@ impl FptModel {
             shape: spec.shape,
             switches: spec.switches,
             task: spec.task,
+            task_state: serde_json::Value::Object(Default::default()),
             init_seed: spec.seed,
             device: dev,
             params,
@@ -155,6 +161,12 @@ impl FptModel {
             }
         }
         Ok(model)
+    }
+
+    /// Sets what the task fitted on its training split, for the adapter to carry.
+    pub fn with_task_state(mut self, state: serde_json::Value) -> Self {
+        self.task_state = state;
+        self
     }
 
     /// Sets the backbone's dropouts (hidden, attention, embeddings) to `p`, when given.
@@ -224,6 +236,7 @@ impl FptModel {
             ("base_model".into(), self.base_name.clone()),
             ("base_model_sha256".into(), self.base_sha256.clone()),
             ("task".into(), self.task.to_string()),
+            ("task_state".into(), self.task_state.to_string()),
             ("fpt".into(), serde_json::to_string(&self.switches).unwrap()),
             ("input_kind".into(), input_kind.into()),
             ("input_dim".into(), input_dim.to_string()),
@@ -274,7 +287,8 @@ impl FptModel {
             device,
             seed: meta.init_seed,
             frozen_kind,
-        })?;
+        })?
+        .with_task_state(meta.task_state);
         model.assign(&tensors).with_context(|| format!("adapter {} does not fit base model `{}`", path.display(), base.name))?;
         Ok(model)
     }
@@ -306,20 +320,19 @@ fn new_param(name: &str, group: Group, t: &Tensor) -> Param {
 pub struct AdapterMeta {
     pub base_model: String,
     pub base_sha256: String,
-    pub arch: String,
     pub task: serde_json::Value,
+    pub task_state: serde_json::Value,
     pub switches: FreezeSwitches,
     pub shape: HeadShape,
     pub init_seed: u64,
-    pub all: HashMap<String, String>,
 }
 
 impl AdapterMeta {
     pub fn parse(m: &HashMap<String, String>) -> Result<Self> {
         let get = |k: &str| m.get(k).cloned().with_context(|| format!("metadata has no `{k}`"));
         let format = get("format")?;
-        if format != ADAPTER_FORMAT {
-            bail!("metadata format is `{format}`, expected `{ADAPTER_FORMAT}`");
+        if !READABLE_FORMATS.contains(&format.as_str()) {
+            bail!("metadata format is `{format}`, expected one of {READABLE_FORMATS:?}");
         }
         let num = |k: &str| -> Result<i64> { get(k)?.parse().with_context(|| format!("metadata `{k}` is not an integer")) };
         let input = match get("input_kind")?.as_str() {
@@ -330,20 +343,15 @@ impl AdapterMeta {
         Ok(Self {
             base_model: get("base_model")?,
             base_sha256: get("base_model_sha256")?,
-            arch: get("arch")?,
             task: serde_json::from_str(&get("task")?).context("metadata `task` is not JSON")?,
+            task_state: match m.get("task_state") {
+                Some(t) => serde_json::from_str(t).context("metadata `task_state` is not JSON")?,
+                None => serde_json::Value::Object(Default::default()),
+            },
             switches: serde_json::from_str(&get("fpt")?).context("metadata `fpt` is not valid freeze switches")?,
             shape: HeadShape { input, output_dim: num("output_dim")?, readout_tokens: num("readout_tokens")? },
             init_seed: num("init_seed").unwrap_or(0) as u64,
-            all: m.clone(),
         })
-    }
-
-    pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let (_, meta) =
-            safetensors::SafeTensors::read_metadata(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
-        Self::parse(&meta.metadata().clone().unwrap_or_default()).with_context(|| format!("{} is not an fpt adapter", path.display()))
     }
 }
 

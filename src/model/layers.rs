@@ -135,10 +135,6 @@ pub fn known_activation(name: &str) -> bool {
     Fused::from_name(name).is_some()
 }
 
-pub fn is_float(t: &Tensor) -> bool {
-    matches!(t.kind(), Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

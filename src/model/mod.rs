@@ -7,7 +7,10 @@ pub mod hub;
 pub mod layers;
 pub mod onednn;
 pub mod params;
+pub mod precision;
 pub mod weights;
+
+pub use precision::Precision;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

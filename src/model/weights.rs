@@ -31,10 +31,6 @@ impl Checkpoint {
         Ok(Self { path: path.to_path_buf(), mmap, names })
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.names.contains_key(name)
-    }
-
     /// The tensor stored under `name` (bare, without a model-class prefix), as fp32 on `device`.
     pub fn tensor(&self, name: &str, device: Device) -> Result<Tensor> {
         let full = self.names.get(name).with_context(|| format!("{}: missing tensor `{name}`", self.path.display()))?;

@@ -15,40 +15,17 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::Device;
 use tokio::runtime::Handle;
 
 use crate::artifacts::{file_key, job_key, Artifacts};
-use crate::cli::Precision;
-use crate::model::fpt::{FptModel, ModelSpec};
-use crate::model::params::FreezeSwitches;
-use crate::model::ModelRegistry;
-use crate::store::{new_id, now, CheckpointRow, JobEnd, JobRow, Lease, ModelRow, NewEvent, Store};
-use crate::tasks::{DataSources, TaskData, TaskSpec};
-use crate::train::{checkpoint, Command, Control, Ending, Outcome, Progress, TrainConfig, Trainer};
+use crate::job::status::JobError;
+use crate::job::{prepare, DataFiles, Desired, DeviceKind, JobStatus, Limits, RunSummary};
+use crate::model::{ModelRegistry, Precision};
+use crate::store::{new_id, now, CheckpointRow, Job, JobEnd, Lease, ModelRow, NewEvent, Store};
+use crate::train::{checkpoint, Command, Control, Ending, Outcome, Progress};
 use events::EventSink;
-
-/// `method` of a job: the FPT recipe and its freeze switches.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Method {
-    #[serde(rename = "type", default = "fpt_type")]
-    pub kind: String,
-    #[serde(default)]
-    pub fpt: FreezeSwitches,
-}
-
-fn fpt_type() -> String {
-    "fpt".into()
-}
-
-impl Default for Method {
-    fn default() -> Self {
-        Self { kind: fpt_type(), fpt: FreezeSwitches::default() }
-    }
-}
 
 /// A job's local working folder on this node (its checkpoints while it trains), derived from ids
 /// the server made (never from user input).
@@ -66,18 +43,11 @@ pub struct QueueConfig {
     pub work_dir: PathBuf,
     pub device: Device,
     pub precision: Precision,
+    /// Bounds of a run's budget (a job's `n_epochs` becomes steps once its data is loaded).
+    pub limits: Limits,
     pub workers: usize,
     /// How long a claimed job stays this node's without a heartbeat.
     pub lease_seconds: i64,
-}
-
-/// The device kind a job may ask for and a worker advertises.
-pub fn device_kind(device: Device) -> &'static str {
-    if device.is_cuda() {
-        "cuda"
-    } else {
-        "cpu"
-    }
 }
 
 /// A job running in this process.
@@ -198,7 +168,7 @@ async fn heartbeat(inner: Arc<Inner>) {
         };
         for (id, control, lease, lost) in running {
             match inner.cfg.store.renew_lease(&id, &lease).await {
-                Ok(Some(desired)) => apply_desired(&control, &desired),
+                Ok(Some(desired)) => apply_desired(&control, desired),
                 Ok(None) => {
                     tracing::warn!(job = %id, "lease lost: another worker has taken the job over; stopping it here");
                     lost.store(true, Ordering::SeqCst);
@@ -212,20 +182,16 @@ async fn heartbeat(inner: Arc<Inner>) {
 }
 
 /// What a client asked (`desired`) reaches the training loop; a shutdown in progress stands.
-fn apply_desired(control: &Control, desired: &str) {
-    if control.get() != Command::Run {
-        return;
-    }
-    match desired {
-        "cancel" => control.set(Command::Cancel),
-        "pause" => control.set(Command::Pause),
-        _ => {}
+fn apply_desired(control: &Control, desired: Desired) {
+    if control.get() == Command::Run {
+        control.set(desired.command());
     }
 }
 
 fn worker_loop(inner: &Arc<Inner>, index: usize) {
+    let _worker = tracing::info_span!("worker", index).entered();
     let lease = Lease { worker: format!("{}-w{index}", inner.node), seconds: inner.cfg.lease_seconds };
-    let kind = device_kind(inner.cfg.device);
+    let kind = DeviceKind::of(inner.cfg.device);
     while !inner.stopping.load(Ordering::SeqCst) {
         match inner.rt.block_on(inner.cfg.store.claim_job(&lease, kind)) {
             Ok(Some(job)) => run_job(inner, job, &lease),
@@ -256,8 +222,8 @@ fn event(
     NewEvent { job_id: job_id.to_string(), level, kind, message: message.into(), data, step }
 }
 
-fn run_job(inner: &Arc<Inner>, job: JobRow, lease: &Lease) {
-    let span = tracing::info_span!("job", id = %job.id, worker = %lease.worker);
+fn run_job(inner: &Arc<Inner>, job: Job, lease: &Lease) {
+    let span = tracing::info_span!("job", id = %job.id, worker = %lease.worker, request_id = job.request_id.as_deref().unwrap_or(""));
     let _g = span.enter();
     let control = Control::default();
     let lost = Arc::new(AtomicBool::new(false));
@@ -266,7 +232,7 @@ fn run_job(inner: &Arc<Inner>, job: JobRow, lease: &Lease) {
     inner.running.fetch_add(1, Ordering::SeqCst);
     // A cancel or pause that arrived between the claim and the registration above.
     if let Ok(Some(j)) = inner.rt.block_on(inner.cfg.store.job(&job.id)) {
-        apply_desired(&control, &j.desired);
+        apply_desired(&control, j.desired);
     }
     if inner.stopping.load(Ordering::SeqCst) {
         control.set(Command::Shutdown);
@@ -291,13 +257,13 @@ fn run_job(inner: &Arc<Inner>, job: JobRow, lease: &Lease) {
     };
     inner.cfg.events.flush_blocking();
     let done = match outcome {
-        Ok((o, model)) => finish(inner, &job, lease, o, model),
+        Ok((o, summary, model)) => finish(inner, &job, lease, o, summary, model),
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "job failed");
             inner.cfg.events.send(event(&job.id, "error", "message", format!("Job failed: {e:#}"), None, None));
             inner.cfg.events.flush_blocking();
-            let error = json!({"code": "training_failed", "message": format!("{e:#}"), "param": null});
-            let end = JobEnd { status: "failed", result: None, error: Some(&error), model: None };
+            let error = JobError { code: "training_failed".into(), message: format!("{e:#}"), param: None };
+            let end = JobEnd { status: JobStatus::Failed, result: None, error: Some(&error), model: None };
             inner.rt.block_on(store.finish_job(&job.id, &lease.worker, &end)).map(|_| ())
         }
     };
@@ -308,13 +274,11 @@ fn run_job(inner: &Arc<Inner>, job: JobRow, lease: &Lease) {
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
-fn finish(inner: &Arc<Inner>, job: &JobRow, lease: &Lease, o: Outcome, model_id: String) -> Result<()> {
+fn finish(inner: &Arc<Inner>, job: &Job, lease: &Lease, o: Outcome, summary: RunSummary, model_id: String) -> Result<()> {
     let store = &inner.cfg.store;
     let ev = &inner.cfg.events;
-    let end = |status, result: Option<&serde_json::Value>, model: Option<&str>| {
-        inner.rt.block_on(store.finish_job(&job.id, &lease.worker, &JobEnd { status, result, error: None, model })).map(|_| ())
-    };
-    match o.ending {
+    let status = JobStatus::after(o.ending);
+    let (message, data) = match o.ending {
         Ending::Finished | Ending::EarlyStopped => {
             let kept = o.adapter.clone().context("training produced no adapter")?;
             let key = job_key(&job.id, "final.adapter.safetensors");
@@ -322,50 +286,30 @@ fn finish(inner: &Arc<Inner>, job: &JobRow, lease: &Lease, o: Outcome, model_id:
             inner.rt.block_on(store.insert_model(&ModelRow {
                 id: model_id.clone(),
                 job_id: job.id.clone(),
-                base_model: job.model.clone(),
+                base_model: job.spec.model.clone(),
                 created_at: now(),
                 path: key,
                 checkpoint_step: None,
             }))?;
-            let result = json!({
-                "steps": o.steps, "train_loss": o.train_loss, "train_accuracy": o.train_accuracy,
-                "valid_loss": o.valid.map(|v| v.loss), "valid_accuracy": o.valid.map(|v| v.accuracy),
-                "best_valid_accuracy": o.best_valid_accuracy, "best_step": o.best_step,
-                "test_accuracy": o.test.map(|t| t.accuracy), "test_loss": o.test.map(|t| t.loss),
-                "samples_per_second": o.samples_per_second, "wall_seconds": o.wall_seconds,
-                "early_stopped": o.ending == Ending::EarlyStopped,
-            });
-            ev.send(event(&job.id, "info", "message", format!("Job succeeded: fine-tuned model {model_id}"), Some(result.clone()), None));
-            ev.flush_blocking();
-            end("succeeded", Some(&result), Some(&model_id))
+            (format!("Job succeeded: fine-tuned model {model_id}"), Some(serde_json::to_value(&summary)?))
         }
-        Ending::Cancelled => {
-            ev.send(event(&job.id, "info", "message", "Job cancelled", None, None));
-            ev.flush_blocking();
-            end("cancelled", None, None)
-        }
-        Ending::Paused => {
-            ev.send(event(&job.id, "info", "message", format!("Job paused at step {}", o.steps), None, None));
-            ev.flush_blocking();
-            inner.rt.block_on(store.release_job(&job.id, &lease.worker, "paused")).map(|_| ())
-        }
-        Ending::Interrupted => {
-            ev.send(event(
-                &job.id,
-                "info",
-                "message",
-                format!("Server stopping: job checkpointed at step {} and queued again", o.steps),
-                None,
-                None,
-            ));
-            ev.flush_blocking();
-            inner.rt.block_on(store.release_job(&job.id, &lease.worker, "queued")).map(|_| ())
-        }
+        Ending::Cancelled => ("Job cancelled".to_string(), None),
+        Ending::Paused => (format!("Job paused at step {}", o.steps), None),
+        Ending::Interrupted => (format!("Server stopping: job checkpointed at step {} and queued again", o.steps), None),
+    };
+    ev.send(event(&job.id, "info", "message", message, data, None));
+    ev.flush_blocking();
+    if status.is_terminal() {
+        let succeeded = status == JobStatus::Succeeded;
+        let end = JobEnd { status, result: succeeded.then_some(&summary), error: None, model: succeeded.then_some(model_id.as_str()) };
+        inner.rt.block_on(store.finish_job(&job.id, &lease.worker, &end)).map(|_| ())
+    } else {
+        inner.rt.block_on(store.release_job(&job.id, &lease.worker, status)).map(|_| ())
     }
 }
 
 /// The fine-tuned model id of a job: `ft-[suffix-]<job id tail>`.
-pub fn model_id(job: &JobRow) -> String {
+pub fn model_id(job: &Job) -> String {
     let tail = job.id.trim_start_matches("ftjob-");
     match &job.suffix {
         Some(s) if !s.is_empty() => format!("ft-{s}-{tail}"),
@@ -408,13 +352,10 @@ fn restore_checkpoint(inner: &Arc<Inner>, job_id: &str, dir: &Path) -> Result<()
     crate::fsutil::write_atomic(&dir.join("latest.json"), &text)
 }
 
-/// Loads a job's model and data and trains it; returns the outcome and the model id.
-fn train_job(inner: &Arc<Inner>, job: &JobRow, worker: &str, control: &Control, lost: &AtomicBool) -> Result<(Outcome, String)> {
+/// Loads a job's model and data and trains it; returns the outcome, its summary and the model id.
+fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, lost: &AtomicBool) -> Result<(Outcome, RunSummary, String)> {
     let cfg = &inner.cfg;
     let store = &cfg.store;
-    let spec: TaskSpec = serde_json::from_str(&job.task).context("stored task")?;
-    let hyper: TrainConfig = serde_json::from_str(&job.hyperparameters).context("stored hyperparameters")?;
-    let method: Method = serde_json::from_str(&job.method).context("stored method")?;
     let ckpt_dir = work_dir(&cfg.work_dir, &job.id).join("checkpoints");
     restore_checkpoint(inner, &job.id, &ckpt_dir)?;
     // Whatever was recorded past the checkpoint this run restarts from is redone: drop it.
@@ -427,62 +368,35 @@ fn train_job(inner: &Arc<Inner>, job: &JobRow, worker: &str, control: &Control, 
     };
     cfg.events.send(event(&job.id, "info", "message", message, None, None));
 
-    let base = cfg.registry.resolve(&job.model)?;
     let file = |id: &Option<String>| id.as_ref().map(|f| inner.rt.block_on(cfg.artifacts.local(&file_key(f)))).transpose();
-    let (train, valid) = (file(&job.training_file)?, file(&job.validation_file)?);
-    let task = TaskData::load(
-        &spec,
-        &DataSources {
-            train: train.as_deref(),
-            valid: valid.as_deref(),
-            test: None,
-            valid_fraction: hyper.validation_fraction,
-            seed: job.seed as u64,
-            max_positions: base.backbone_config()?.max_positions as usize,
-        },
-    )?;
-    let model = FptModel::new(ModelSpec {
-        base: &base,
-        shape: task.shape,
-        switches: method.fpt,
-        task: serde_json::to_value(&spec)?,
-        device: cfg.device,
-        seed: job.seed as u64,
-        frozen_kind: cfg.precision.frozen_kind(cfg.device),
-    })?
-    .with_backbone_dropout(hyper.backbone_dropout);
-    let report = model.param_report();
+    let files = DataFiles { train: file(&job.spec.files.train)?, valid: file(&job.spec.files.valid)?, test: None };
+    let spec = job.spec.clone().with_files(files);
+    let run = prepare(&spec, &cfg.registry, &cfg.limits, cfg.device, cfg.precision)?;
+    let report = run.model.param_report();
+    let data = &run.prepared.task.info;
+    let samples = if spec.task.needs_file() { format!("{} samples", data.train_samples) } else { "generated samples".to_string() };
     cfg.events.send(event(
         &job.id,
         "info",
         "message",
-        format!(
-            "Training {} of {} parameters ({:.3}%) on {} samples",
-            report.trained,
-            report.total,
-            100.0 * report.trained_fraction,
-            task.info.train_samples
-        ),
-        Some(json!({"parameters": report, "data": task.info})),
+        format!("Training {} of {} parameters ({:.3}%) on {samples}", report.trained, report.total, 100.0 * report.trained_fraction),
+        Some(json!({"parameters": report, "data": data})),
         None,
     ));
     let model_id = model_id(job);
-    let trainer = Trainer {
-        model: &model,
-        task: &task,
-        cfg: hyper.clone(),
-        seed: job.seed as u64,
-        checkpoint_dir: ckpt_dir,
-        metadata: HashMap::from([("job_id".to_string(), job.id.clone()), ("fine_tuned_model".to_string(), model_id.clone())]),
-    };
+    let metadata = HashMap::from([("job_id".to_string(), job.id.clone()), ("fine_tuned_model".to_string(), model_id.clone())]);
+    let trainer = run.trainer(spec.seed, ckpt_dir, metadata);
     let outcome = trainer.run(control, &mut |p| match p {
         Progress::Metrics(m) => {
             inner.samples_per_second.lock().unwrap().insert(job.id.clone(), m.samples_per_second);
-            let mut msg = format!("Step {}/{}: training loss={:.4}", m.step, m.total_steps, m.train_loss);
-            if let Some(v) = m.valid_accuracy {
-                msg.push_str(&format!(", validation accuracy={v:.4}"));
-            }
-            cfg.events.send(event(&job.id, "info", "metrics", msg, serde_json::to_value(&m).ok(), Some(m.step as i64)));
+            cfg.events.send(event(
+                &job.id,
+                "info",
+                "metrics",
+                progress_message(&m, run.prepared.task.objective.primary().name),
+                serde_json::to_value(&m).ok(),
+                Some(m.step as i64),
+            ));
             cfg.events.steps(&job.id, m.step as i64);
         }
         Progress::Checkpoint { step, adapter, metrics } => {
@@ -492,12 +406,18 @@ fn train_job(inner: &Arc<Inner>, job: &JobRow, worker: &str, control: &Control, 
             // Events up to this step become durable before the checkpoint is recorded.
             cfg.events.flush_blocking();
             let name = adapter.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let mut values = json!({"step": step});
+            if let Some(m) = metrics {
+                for (k, v) in m.prefixed("valid_") {
+                    values[k] = json!(v);
+                }
+            }
             let row = CheckpointRow {
                 id: new_id("ftckpt"),
                 job_id: job.id.clone(),
                 step_number: step as i64,
                 created_at: now(),
-                metrics: metrics.map(|m| json!({"step": step, "valid_loss": m.loss, "valid_accuracy": m.accuracy}).to_string()),
+                metrics: Some(values.to_string()),
                 model_id: format!("{model_id}-step-{step}"),
                 path: checkpoint_key(&job.id, &name),
             };
@@ -506,7 +426,7 @@ fn train_job(inner: &Arc<Inner>, job: &JobRow, worker: &str, control: &Control, 
                 for n in names {
                     inner.rt.block_on(cfg.artifacts.put_file(&checkpoint_key(&job.id, &n), &dir.join(&n)))?;
                 }
-                inner.rt.block_on(store.insert_checkpoint(&row, &job.model))
+                inner.rt.block_on(store.insert_checkpoint(&row, &job.spec.model))
             });
             if let Err(e) = saved {
                 tracing::error!(error = format!("{e:#}"), "storing a checkpoint");
@@ -515,5 +435,15 @@ fn train_job(inner: &Arc<Inner>, job: &JobRow, worker: &str, control: &Control, 
         }
         Progress::Message(s) => cfg.events.send(event(&job.id, "info", "message", s, None, None)),
     })?;
-    Ok((outcome, model_id))
+    let summary = run.summary(&outcome, spec.seed);
+    Ok((outcome, summary, model_id))
+}
+
+/// `Step 40/100: training loss=0.6931, validation accuracy=0.5000`.
+fn progress_message(m: &crate::train::Metrics, primary: &str) -> String {
+    let mut msg = format!("Step {}/{}: training loss={:.4}", m.step, m.total_steps, m.get("train_loss").unwrap_or(f64::NAN));
+    if let Some(v) = m.get(&format!("valid_{primary}")) {
+        msg.push_str(&format!(", validation {primary}={v:.4}"));
+    }
+    msg
 }

@@ -13,8 +13,8 @@ use crate::model::fpt::{AdapterLayers, FptModel};
 use crate::model::params::FreezeSwitches;
 use crate::model::Readout;
 use crate::model::{Backbone, ModelRegistry};
-use crate::tasks::samples::{batch_from_samples, predictions};
-use crate::tasks::{objective_for, Objective, TaskSpec};
+use crate::tasks::samples::batch_from_samples;
+use crate::tasks::{Objective, TaskSpec};
 
 /// A backbone as an adapter needs it: the base model's weights, or its random init from a seed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -100,7 +100,7 @@ impl Worker {
         } else {
             Some(FptModel::load_adapter(path, &self.registry, self.cfg.device, self.cfg.frozen_kind)?)
         };
-        let objective = objective_for(&spec, &layers.meta.shape);
+        let objective = spec.task().objective(&layers.meta.shape, &layers.meta.task_state);
         self.adapters.insert(id.to_string(), Loaded { key, layers, spec, objective, own_model, last_used: self.clock });
         self.stats.adapter_loads.fetch_add(1, Ordering::Relaxed);
         self.evict(id);
@@ -144,6 +144,9 @@ impl Worker {
     }
 
     fn predict(&mut self, jobs: Vec<PredictJob>) {
+        let request_ids: Vec<&str> = jobs.iter().map(|j| j.request_id.as_str()).collect();
+        let span = tracing::info_span!("batch", requests = jobs.len(), request_ids = %request_ids.join(","));
+        let _in_batch = span.enter();
         let started = Instant::now();
         // Requests past their deadline are answered without running.
         let (jobs, late): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.deadline > started);
@@ -184,12 +187,12 @@ impl Worker {
         let t0 = Instant::now();
         let a = &self.adapters[&j.model_id];
         let m = a.own_model.as_ref().unwrap();
-        let r = batch_from_samples(&a.spec, &a.layers.meta.shape, m.max_positions(), &j.samples)
+        let r = batch_from_samples(&a.spec, &a.layers.meta.shape, &a.layers.meta.task_state, m.max_positions(), &j.samples)
             .map_err(|e| PredictError::Invalid(e.to_string()))
             .map(|b| {
                 let dev = self.cfg.device;
                 let logits = m.forward(&b.inputs.to_device(dev), b.lengths.map(|l| l.to_device(dev)).as_ref(), false);
-                predictions(&a.objective, &logits)
+                a.objective.predictions(&logits)
             });
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.batch_rows.fetch_add(j.samples.len() as u64, Ordering::Relaxed);
@@ -206,7 +209,7 @@ impl Worker {
         let mut good = Vec::new();
         for j in jobs {
             let a = &self.adapters[&j.model_id];
-            match batch_from_samples(&a.spec, &a.layers.meta.shape, max_positions, &j.samples) {
+            match batch_from_samples(&a.spec, &a.layers.meta.shape, &a.layers.meta.task_state, max_positions, &j.samples) {
                 Ok(b) => {
                     let n = b.inputs.size()[0];
                     let l = b.inputs.size()[1];
@@ -257,7 +260,7 @@ impl Worker {
             let k = a.layers.meta.shape.readout_tokens;
             let h = hs.narrow(0, start, n).narrow(1, kmax - k, k);
             let logits = a.layers.project(&h);
-            let r = Ok(predictions(&a.objective, &logits));
+            let r = Ok(a.objective.predictions(&logits));
             self.reply(j, r, t0);
             start += n;
         }
@@ -308,7 +311,7 @@ impl Worker {
             .collect()
     }
 
-    fn reply(&self, j: PredictJob, r: Result<Vec<crate::tasks::samples::Prediction>, PredictError>, t0: Instant) {
+    fn reply(&self, j: PredictJob, r: Result<Vec<crate::tasks::Prediction>, PredictError>, t0: Instant) {
         let queue_time = t0.saturating_duration_since(j.enqueued);
         let inference_time = t0.elapsed();
         self.stats.queue_wait_us.fetch_add(queue_time.as_micros() as u64, Ordering::Relaxed);

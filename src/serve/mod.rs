@@ -17,7 +17,7 @@ use tch::{Device, Kind};
 use tokio::sync::oneshot;
 
 use crate::model::ModelRegistry;
-use crate::tasks::samples::Prediction;
+use crate::tasks::Prediction;
 
 /// Settings of the batcher and the cache.
 #[derive(Debug, Clone)]
@@ -67,6 +67,8 @@ pub enum PredictError {
 }
 
 pub(crate) struct PredictJob {
+    /// The `x-request-id` of the HTTP request, named in the span of the batch that answers it.
+    request_id: String,
     model_id: String,
     adapter: PathBuf,
     samples: Vec<Value>,
@@ -117,6 +119,7 @@ impl Inference {
     /// Predicts for `samples` with the adapter at `adapter` (known to the caller as `model_id`).
     pub async fn predict(
         &self,
+        request_id: &str,
         model_id: &str,
         adapter: PathBuf,
         samples: Vec<Value>,
@@ -125,7 +128,15 @@ impl Inference {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
-        let job = PredictJob { model_id: model_id.to_string(), adapter, samples, enqueued: now, deadline: now + timeout, reply };
+        let job = PredictJob {
+            request_id: request_id.to_string(),
+            model_id: model_id.to_string(),
+            adapter,
+            samples,
+            enqueued: now,
+            deadline: now + timeout,
+            reply,
+        };
         match self.tx.try_send(Msg::Predict(job)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {

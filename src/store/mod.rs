@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, FromRow};
 
+use crate::job::status::JobError;
+use crate::job::{DataFiles, Desired, DeviceKind, JobStatus, Method, RunSummary, TrainSpec};
+
 pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -51,30 +54,134 @@ pub struct FileRow {
     pub path: String,
 }
 
-#[derive(Debug, Clone, FromRow)]
-pub struct JobRow {
+/// A fine-tuning job as the store keeps it: every column decoded into its type once, here.
+#[derive(Debug, Clone)]
+pub struct Job {
     pub id: String,
-    pub model: String,
-    pub task: String,
-    pub status: String,
+    /// The validated run; its files are uploaded files' ids.
+    pub spec: TrainSpec<String>,
+    pub status: JobStatus,
+    /// What a client last asked of the job.
+    pub desired: Desired,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub fine_tuned_model: Option<String>,
-    pub hyperparameters: String,
-    pub method: String,
-    pub training_file: Option<String>,
-    pub validation_file: Option<String>,
-    pub seed: i64,
     pub suffix: Option<String>,
     pub trained_steps: i64,
-    pub result: Option<String>,
-    pub error: Option<String>,
-    pub metadata: Option<String>,
-    pub desired: String,
+    pub result: Option<RunSummary>,
+    pub error: Option<JobError>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The worker holding the job's lease, and until when (unix seconds).
     pub worker: Option<String>,
     pub lease_until: Option<i64>,
-    pub device: String,
+    /// The `x-request-id` of the request that created the job, carried into its worker's logs.
+    pub request_id: Option<String>,
+}
+
+impl Job {
+    /// A new job, queued.
+    pub fn queued(
+        spec: TrainSpec<String>,
+        suffix: Option<String>,
+        metadata: Option<serde_json::Map<String, serde_json::Value>>,
+        request_id: Option<String>,
+    ) -> Self {
+        Self {
+            id: new_id("ftjob"),
+            spec,
+            status: JobStatus::Queued,
+            desired: Desired::Run,
+            created_at: now(),
+            started_at: None,
+            finished_at: None,
+            fine_tuned_model: None,
+            suffix,
+            trained_steps: 0,
+            result: None,
+            error: None,
+            metadata,
+            worker: None,
+            lease_until: None,
+            request_id,
+        }
+    }
+}
+
+/// A `jobs` row as stored: JSON and enum values as text.
+#[derive(FromRow)]
+struct JobRecord {
+    id: String,
+    model: String,
+    task: String,
+    status: String,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    fine_tuned_model: Option<String>,
+    hyperparameters: String,
+    method: String,
+    training_file: Option<String>,
+    validation_file: Option<String>,
+    seed: i64,
+    suffix: Option<String>,
+    trained_steps: i64,
+    result: Option<String>,
+    error: Option<String>,
+    metadata: Option<String>,
+    desired: String,
+    worker: Option<String>,
+    lease_until: Option<i64>,
+    device: String,
+    request_id: Option<String>,
+}
+
+/// A JSON column decoded, or an error naming the column.
+fn column<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).with_context(|| format!("column `{name}` does not decode"))
+}
+
+impl TryFrom<JobRecord> for Job {
+    type Error = anyhow::Error;
+
+    fn try_from(r: JobRecord) -> Result<Self> {
+        let id = r.id.clone();
+        let decode = || -> Result<Job> {
+            let method: Method = column("method", &r.method)?;
+            let spec = TrainSpec {
+                model: r.model,
+                task: column("task", &r.task)?,
+                hyperparameters: column("hyperparameters", &r.hyperparameters)?,
+                switches: method.fpt,
+                seed: u64::try_from(r.seed).context("column `seed` is negative")?,
+                files: DataFiles { train: r.training_file, valid: r.validation_file, test: None },
+                device: DeviceKind::parse(&r.device).with_context(|| format!("column `device`: unknown device `{}`", r.device))?,
+            };
+            Ok(Job {
+                id: r.id,
+                spec,
+                status: JobStatus::parse(&r.status)?,
+                desired: Desired::parse(&r.desired)?,
+                created_at: r.created_at,
+                started_at: r.started_at,
+                finished_at: r.finished_at,
+                fine_tuned_model: r.fine_tuned_model,
+                suffix: r.suffix,
+                trained_steps: r.trained_steps,
+                result: r.result.as_deref().map(|t| column("result", t)).transpose()?,
+                error: r.error.as_deref().map(|t| column("error", t)).transpose()?,
+                metadata: r.metadata.as_deref().map(|t| column("metadata", t)).transpose()?,
+                worker: r.worker,
+                lease_until: r.lease_until,
+                request_id: r.request_id,
+            })
+        };
+        decode().with_context(|| format!("stored job `{id}` cannot be read"))
+    }
+}
+
+fn decode_jobs(rows: Vec<JobRecord>) -> Result<Vec<Job>> {
+    rows.into_iter().map(Job::try_from).collect()
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -130,6 +237,7 @@ pub struct Page<'a> {
 
 impl Store {
     /// Opens (creating) a SQLite database file and applies the migrations.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -138,6 +246,7 @@ impl Store {
     }
 
     /// Connects to `sqlite://…` or `postgres://…` and applies that dialect's migrations.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn connect(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
@@ -175,12 +284,14 @@ impl Store {
         self.backend
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
     // ---- files
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn insert_file(&self, f: &FileRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO files (id, filename, purpose, bytes, format, samples, created_at, path) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -198,6 +309,7 @@ impl Store {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn file(&self, id: &str) -> Result<Option<FileRow>> {
         Ok(sqlx::query_as(
             "SELECT id, filename, purpose, bytes, format, samples, created_at, path FROM files WHERE id = $1 AND deleted = 0",
@@ -207,6 +319,7 @@ impl Store {
         .await?)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn files(&self, page: &Page<'_>) -> Result<Vec<FileRow>> {
         Ok(sqlx::query_as(
             "SELECT id, filename, purpose, bytes, format, samples, created_at, path FROM files WHERE deleted = 0
@@ -218,6 +331,7 @@ impl Store {
         .await?)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn delete_file(&self, id: &str) -> Result<bool> {
         Ok(sqlx::query("UPDATE files SET deleted = 1 WHERE id = $1 AND deleted = 0").bind(id).execute(&self.pool).await?.rows_affected()
             > 0)
@@ -225,30 +339,40 @@ impl Store {
 
     // ---- jobs
 
-    pub async fn insert_job(&self, j: &JobRow) -> Result<()> {
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn insert_job(&self, j: &Job) -> Result<()> {
+        let spec = &j.spec;
         sqlx::query(
-            "INSERT INTO jobs (id, model, task, status, created_at, hyperparameters, method, training_file, validation_file, seed, suffix, metadata, device)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "INSERT INTO jobs (id, model, task, status, created_at, hyperparameters, method, training_file, validation_file, seed, suffix, metadata, device, desired, request_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
-        .bind(&j.id).bind(&j.model).bind(&j.task).bind(&j.status).bind(j.created_at).bind(&j.hyperparameters).bind(&j.method)
-        .bind(&j.training_file).bind(&j.validation_file).bind(j.seed).bind(&j.suffix).bind(&j.metadata).bind(&j.device)
+        .bind(&j.id).bind(&spec.model).bind(serde_json::to_string(&spec.task)?).bind(j.status.as_str()).bind(j.created_at)
+        .bind(serde_json::to_string(&spec.hyperparameters)?).bind(serde_json::to_string(&spec.method())?)
+        .bind(&spec.files.train).bind(&spec.files.valid).bind(i64::try_from(spec.seed).context("seed beyond i64")?).bind(&j.suffix)
+        .bind(j.metadata.as_ref().map(|m| serde_json::Value::Object(m.clone()).to_string())).bind(spec.device.as_str()).bind(j.desired.as_str())
+        .bind(&j.request_id)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    pub async fn job(&self, id: &str) -> Result<Option<JobRow>> {
-        Ok(sqlx::query_as("SELECT * FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?)
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn job(&self, id: &str) -> Result<Option<Job>> {
+        let row: Option<JobRecord> = sqlx::query_as("SELECT * FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        row.map(Job::try_from).transpose()
     }
 
-    pub async fn jobs(&self, page: &Page<'_>) -> Result<Vec<JobRow>> {
-        Ok(sqlx::query_as(
-            "SELECT * FROM jobs WHERE ($1 IS NULL OR rowid < (SELECT rowid FROM jobs WHERE id = $1)) ORDER BY rowid DESC LIMIT $2",
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn jobs(&self, page: &Page<'_>) -> Result<Vec<Job>> {
+        decode_jobs(
+            sqlx::query_as(
+                "SELECT * FROM jobs WHERE ($1 IS NULL OR rowid < (SELECT rowid FROM jobs WHERE id = $1)) ORDER BY rowid DESC LIMIT $2",
+            )
+            .bind(page.after)
+            .bind(page.limit)
+            .fetch_all(&self.pool)
+            .await?,
         )
-        .bind(page.after)
-        .bind(page.limit)
-        .fetch_all(&self.pool)
-        .await?)
     }
 
     /// Claims, in one statement, the oldest job this worker can run: a queued one, or a running one
@@ -256,86 +380,108 @@ impl Store {
     /// job keeps what a client last asked of it (`desired`); a queued one starts afresh as `run`.
     /// PostgreSQL workers on many machines skip the rows another one is claiming; SQLite has one
     /// writer at a time, so the same statement is atomic there without the lock clause.
-    pub async fn claim_job(&self, lease: &Lease, device: &str) -> Result<Option<JobRow>> {
+    #[tracing::instrument(level = "debug", skip_all, fields(worker = %lease.worker))]
+    pub async fn claim_job(&self, lease: &Lease, device: DeviceKind) -> Result<Option<Job>> {
         let lock = match self.backend {
             Backend::Sqlite => "",
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         };
         let sql = format!(
-            "UPDATE jobs SET status = 'running', worker = $1, lease_until = $2, started_at = COALESCE(started_at, $3),
-                 desired = CASE WHEN status = 'running' THEN desired ELSE 'run' END
-             WHERE id = (SELECT id FROM jobs WHERE (status = 'queued' OR (status = 'running' AND lease_until < $3))
-                         AND device IN ('any', $4) ORDER BY created_at, rowid LIMIT 1 {lock})
+            "UPDATE jobs SET status = $5, worker = $1, lease_until = $2, started_at = COALESCE(started_at, $3),
+                 desired = CASE WHEN status = $5 THEN desired ELSE $7 END
+             WHERE id = (SELECT id FROM jobs WHERE (status = $6 OR (status = $5 AND lease_until < $3))
+                         AND device IN ($8, $4) ORDER BY created_at, rowid LIMIT 1 {lock})
              RETURNING *"
         );
         let t = now();
-        Ok(sqlx::query_as(&sql).bind(&lease.worker).bind(t + lease.seconds).bind(t).bind(device).fetch_optional(&self.pool).await?)
+        let row: Option<JobRecord> = sqlx::query_as(&sql)
+            .bind(&lease.worker)
+            .bind(t + lease.seconds)
+            .bind(t)
+            .bind(device.as_str())
+            .bind(JobStatus::Running.as_str())
+            .bind(JobStatus::Queued.as_str())
+            .bind(Desired::Run.as_str())
+            .bind(DeviceKind::Any.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Job::try_from).transpose()
     }
 
     /// Renews a lease; returns what a client asks of the job now, or None when this worker no
     /// longer holds it (it expired and another worker took the job over).
-    pub async fn renew_lease(&self, job_id: &str, lease: &Lease) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("UPDATE jobs SET lease_until = $1 WHERE id = $2 AND worker = $3 AND status = 'running' RETURNING desired")
-            .bind(now() + lease.seconds)
-            .bind(job_id)
-            .bind(&lease.worker)
-            .fetch_optional(&self.pool)
-            .await?)
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn renew_lease(&self, job_id: &str, lease: &Lease) -> Result<Option<Desired>> {
+        let desired: Option<String> =
+            sqlx::query_scalar("UPDATE jobs SET lease_until = $1 WHERE id = $2 AND worker = $3 AND status = $4 RETURNING desired")
+                .bind(now() + lease.seconds)
+                .bind(job_id)
+                .bind(&lease.worker)
+                .bind(JobStatus::Running.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        desired.map(|d| Desired::parse(&d)).transpose().with_context(|| format!("stored job `{job_id}` cannot be read"))
     }
 
     /// A worker hands a running job back (`queued` to run again, or `paused`); a no-op when the
     /// worker lost the job to another one meanwhile.
-    pub async fn release_job(&self, job_id: &str, worker: &str, status: &str) -> Result<bool> {
-        Ok(sqlx::query(
-            "UPDATE jobs SET status = $1, worker = NULL, lease_until = NULL WHERE id = $2 AND worker = $3 AND status = 'running'",
-        )
-        .bind(status)
-        .bind(job_id)
-        .bind(worker)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn release_job(&self, job_id: &str, worker: &str, status: JobStatus) -> Result<bool> {
+        Ok(sqlx::query("UPDATE jobs SET status = $1, worker = NULL, lease_until = NULL WHERE id = $2 AND worker = $3 AND status = $4")
+            .bind(status.as_str())
+            .bind(job_id)
+            .bind(worker)
+            .bind(JobStatus::Running.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
             > 0)
     }
 
     /// Moves a job from one of `from` to `to`; false when it was in none of them.
-    pub async fn transition(&self, id: &str, from: &[&str], to: &str) -> Result<bool> {
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn transition(&self, id: &str, from: &[JobStatus], to: JobStatus) -> Result<bool> {
         let placeholders = (5..5 + from.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-        let finished = matches!(to, "succeeded" | "failed" | "cancelled");
         let sql = format!(
             "UPDATE jobs SET status = $1, finished_at = CASE WHEN $2 THEN $3 ELSE finished_at END WHERE id = $4 AND status IN ({placeholders})"
         );
-        let mut q = sqlx::query(&sql).bind(to).bind(finished).bind(now()).bind(id);
+        let mut q = sqlx::query(&sql).bind(to.as_str()).bind(to.is_terminal()).bind(now()).bind(id);
         for f in from {
-            q = q.bind(*f);
+            q = q.bind(f.as_str());
         }
         Ok(q.execute(&self.pool).await?.rows_affected() > 0)
     }
 
-    pub async fn set_desired(&self, id: &str, desired: &str) -> Result<()> {
-        sqlx::query("UPDATE jobs SET desired = $1 WHERE id = $2").bind(desired).bind(id).execute(&self.pool).await?;
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn set_desired(&self, id: &str, desired: Desired) -> Result<()> {
+        sqlx::query("UPDATE jobs SET desired = $1 WHERE id = $2").bind(desired.as_str()).bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn set_progress(&self, id: &str, steps: i64) -> Result<()> {
         sqlx::query("UPDATE jobs SET trained_steps = $1 WHERE id = $2").bind(steps).bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
     /// Records how a worker's job ended; false (and nothing written) when the worker no longer holds it.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn finish_job(&self, id: &str, worker: &str, end: &JobEnd<'_>) -> Result<bool> {
+        let result = end.result.map(serde_json::to_string).transpose()?;
+        let error = end.error.map(serde_json::to_string).transpose()?;
         Ok(sqlx::query(
             "UPDATE jobs SET status = $1, finished_at = $2, result = COALESCE($3, result), error = $4,
                  fine_tuned_model = COALESCE($5, fine_tuned_model), worker = NULL, lease_until = NULL
-             WHERE id = $6 AND worker = $7 AND status = 'running'",
+             WHERE id = $6 AND worker = $7 AND status = $8",
         )
-        .bind(end.status)
+        .bind(end.status.as_str())
         .bind(now())
-        .bind(end.result.map(|r| r.to_string()))
-        .bind(end.error.map(|e| e.to_string()))
+        .bind(result)
+        .bind(error)
         .bind(end.model)
         .bind(id)
         .bind(worker)
+        .bind(JobStatus::Running.as_str())
         .execute(&self.pool)
         .await?
         .rows_affected()
@@ -344,19 +490,24 @@ impl Store {
 
     /// After a crash of the embedded (single-node) service: every running job goes back to the
     /// queue at once and resumes from its checkpoint, rather than waiting out its lease.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn requeue_running(&self) -> Result<u64> {
-        Ok(sqlx::query("UPDATE jobs SET status = 'queued', worker = NULL, lease_until = NULL WHERE status = 'running'")
+        Ok(sqlx::query("UPDATE jobs SET status = $1, worker = NULL, lease_until = NULL WHERE status = $2")
+            .bind(JobStatus::Queued.as_str())
+            .bind(JobStatus::Running.as_str())
             .execute(&self.pool)
             .await?
             .rows_affected())
     }
 
-    pub async fn count_status(&self, status: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = $1").bind(status).fetch_one(&self.pool).await?)
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn count_status(&self, status: JobStatus) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = $1").bind(status.as_str()).fetch_one(&self.pool).await?)
     }
 
     // ---- events
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn insert_events(&self, events: &[NewEvent]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for e in events {
@@ -376,6 +527,7 @@ impl Store {
     }
 
     /// Events of a job after `after_seq`, oldest first.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn events(&self, job_id: &str, after_seq: i64, limit: i64) -> Result<Vec<EventRow>> {
         Ok(sqlx::query_as("SELECT * FROM events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
             .bind(job_id)
@@ -386,6 +538,7 @@ impl Store {
     }
 
     /// Drops metrics past a checkpoint a resumed run will redo, so the history stays contiguous.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn truncate_metrics_after(&self, job_id: &str, step: i64) -> Result<()> {
         sqlx::query("DELETE FROM events WHERE job_id = $1 AND step > $2").bind(job_id).bind(step).execute(&self.pool).await?;
         sqlx::query("DELETE FROM checkpoints WHERE job_id = $1 AND step_number > $2").bind(job_id).bind(step).execute(&self.pool).await?;
@@ -394,6 +547,7 @@ impl Store {
 
     // ---- checkpoints and models
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn insert_checkpoint(&self, c: &CheckpointRow, base_model: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -423,6 +577,7 @@ impl Store {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn checkpoints(&self, job_id: &str, page: &Page<'_>) -> Result<Vec<CheckpointRow>> {
         Ok(sqlx::query_as(
             "SELECT * FROM checkpoints WHERE job_id = $1 AND ($2 IS NULL OR step_number < (SELECT step_number FROM checkpoints WHERE id = $2))
@@ -435,10 +590,12 @@ impl Store {
         .await?)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn insert_model(&self, m: &ModelRow) -> Result<()> {
         upsert_model(&self.pool, m).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn model(&self, id: &str) -> Result<Option<ModelRow>> {
         Ok(sqlx::query_as("SELECT id, job_id, base_model, created_at, path, checkpoint_step FROM models WHERE id = $1 AND deleted = 0")
             .bind(id)
@@ -446,6 +603,7 @@ impl Store {
             .await?)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn models(&self) -> Result<Vec<ModelRow>> {
         Ok(sqlx::query_as(
             "SELECT id, job_id, base_model, created_at, path, checkpoint_step FROM models WHERE deleted = 0 ORDER BY rowid DESC",
@@ -454,6 +612,7 @@ impl Store {
         .await?)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn delete_model(&self, id: &str) -> Result<bool> {
         Ok(sqlx::query("UPDATE models SET deleted = 1 WHERE id = $1 AND deleted = 0").bind(id).execute(&self.pool).await?.rows_affected()
             > 0)
@@ -461,6 +620,7 @@ impl Store {
 
     // ---- idempotency
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn idempotent_response(&self, key: &str, route: &str) -> Result<Option<(u16, String)>> {
         let row: Option<(i64, String)> = sqlx::query_as("SELECT status, body FROM idempotency WHERE key = $1 AND route = $2")
             .bind(key)
@@ -470,6 +630,7 @@ impl Store {
         Ok(row.map(|(s, b)| (s as u16, b)))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn save_idempotent_response(&self, key: &str, route: &str, status: u16, body: &str) -> Result<()> {
         sqlx::query("INSERT INTO idempotency (key, route, status, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
             .bind(key)
@@ -503,9 +664,9 @@ async fn upsert_model<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(exec: E, 
 
 /// How a job ended, as its worker records it.
 pub struct JobEnd<'a> {
-    pub status: &'a str,
-    pub result: Option<&'a serde_json::Value>,
-    pub error: Option<&'a serde_json::Value>,
+    pub status: JobStatus,
+    pub result: Option<&'a RunSummary>,
+    pub error: Option<&'a JobError>,
     pub model: Option<&'a str>,
 }
 

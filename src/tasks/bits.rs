@@ -1,8 +1,104 @@
 //! The synthetic bit tasks: memory (recall a stored pattern from a half-masked copy) and XOR.
 //! Generated on the fly from a seed, so a training step's batch depends on (seed, step) alone.
+use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
+
+use super::samples::Form;
+use super::spec::{bad, check};
+use super::{DataSources, Fitted, Objective, SpecError, Task, TaskData, TaskLimits, TaskSpec};
+use crate::model::fpt::HeadShape;
+
+/// `bit_memory`: the paper's defaults, 5 patterns of 1000 bits in patches of 50.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BitMemory {
+    pub n_bits: usize,
+    pub patch_size: usize,
+    pub n_patterns: usize,
+    pub mask_prob: f64,
+    pub n_valid: usize,
+}
+
+impl Default for BitMemory {
+    fn default() -> Self {
+        Self { n_bits: 1000, patch_size: 50, n_patterns: 5, mask_prob: 0.5, n_valid: 1000 }
+    }
+}
+
+/// `bit_xor`: two strings of 5 bits, one bit per token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BitXor {
+    pub n_bits: usize,
+    pub n_valid: usize,
+}
+
+impl Default for BitXor {
+    fn default() -> Self {
+        Self { n_bits: 5, n_valid: 1000 }
+    }
+}
+
+fn check_bits(n_bits: usize, limits: &TaskLimits) -> Result<(), SpecError> {
+    check::within("n_bits", n_bits, 1, limits.max_bits)
+}
+
+impl Task for BitMemory {
+    fn validate(&self, limits: &TaskLimits) -> Result<(), SpecError> {
+        check_bits(self.n_bits, limits)?;
+        if self.patch_size == 0 || !self.n_bits.is_multiple_of(self.patch_size) {
+            return Err(bad("patch_size", format!("n_bits {} must be a positive multiple of patch_size {}", self.n_bits, self.patch_size)));
+        }
+        check::within("n_patterns", self.n_patterns, 1, limits.max_patterns)?;
+        if !(0.0..=1.0).contains(&self.mask_prob) {
+            return Err(bad("mask_prob", "must be within 0..1"));
+        }
+        check::generated("n_valid", self.n_valid, (self.n_patterns + 1) * self.n_bits, limits)
+    }
+
+    fn needs_file(&self) -> bool {
+        false
+    }
+
+    fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
+        let task = BitTask::Memory { n_bits: self.n_bits, patch: self.patch_size, n_patterns: self.n_patterns, mask_prob: self.mask_prob };
+        TaskData::synthetic(spec, task, self.n_valid, src)
+    }
+
+    fn objective(&self, shape: &HeadShape, _fitted: &Fitted) -> Objective {
+        Objective::Bits { per_token: shape.output_dim / 2 }
+    }
+
+    fn sample_form(&self, _shape: &HeadShape, _fitted: &Fitted) -> Form {
+        Form::Vectors { dim: self.patch_size, fixed: Some((self.n_patterns + 1) * self.n_bits / self.patch_size) }
+    }
+}
+
+impl Task for BitXor {
+    fn validate(&self, limits: &TaskLimits) -> Result<(), SpecError> {
+        check_bits(self.n_bits, limits)?;
+        check::generated("n_valid", self.n_valid, 3 * self.n_bits, limits)
+    }
+
+    fn needs_file(&self) -> bool {
+        false
+    }
+
+    fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
+        TaskData::synthetic(spec, BitTask::Xor { n_bits: self.n_bits }, self.n_valid, src)
+    }
+
+    fn objective(&self, shape: &HeadShape, _fitted: &Fitted) -> Objective {
+        Objective::Bits { per_token: shape.output_dim / 2 }
+    }
+
+    fn sample_form(&self, _shape: &HeadShape, _fitted: &Fitted) -> Form {
+        Form::Vectors { dim: 1, fixed: Some(2 * self.n_bits) }
+    }
+}
 
 /// One generated batch: inputs [B, tokens, token_dim] in the recipe's value coding, targets [B, bits] as 0/1.
 pub struct BitBatch {

@@ -1,12 +1,12 @@
-//! File-backed tasks: reading a task's training/validation/test files (through `crate::data`'s
-//! parsers) into in-memory splits.
+//! What file-backed tasks share: reading training/validation/test files (through `crate::data`'s
+//! parsers) into in-memory splits, and the common finish of a loaded task.
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use tch::{Kind, Tensor};
 
-use super::images::{Augment, ImageTransform};
-use super::{Data, DataInfo, DataSources, Features, Objective, Split, TaskData, TaskSpec};
+use super::images::ImageTransform;
+use super::{Data, DataInfo, DataSources, Features, Split, TaskData, TaskSpec};
 use crate::data::records::{InputSpec, RecordSpec};
 use crate::data::{self, cifar::CifarSplit, ImageSet, RecordInputs, RecordLabels, RecordSet, SequenceSet};
 use crate::model::fpt::{HeadShape, InputKind};
@@ -14,160 +14,64 @@ use crate::model::fpt::{HeadShape, InputKind};
 pub(super) const CIFAR_MEAN: [f64; 3] = [0.4914, 0.4822, 0.4465];
 pub(super) const CIFAR_STD: [f64; 3] = [0.2470, 0.2435, 0.2616];
 
-pub(super) fn load(spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
-    let positions = src.max_positions;
-    let (train, valid, test, shape, truncated) = match spec {
-        TaskSpec::Mnist { patch_size } => {
-            let t = ImageTransform { patch: *patch_size as i64, mean: vec![0.0], std: vec![1.0], augment: None };
-            let read = |p: &Path| read_mnist(p).and_then(|s| check_classes(s, 10));
-            let (a, b, c) = image_splits(src, read, None)?;
-            (
-                image_split(a, &t),
-                b.map(|s| image_split(s, &t)),
-                c.map(|s| image_split(s, &t)),
-                classes((patch_size * patch_size) as i64, 10),
-                0,
-            )
-        }
-        TaskSpec::Cifar10 { augment } => {
-            let aug = augment.then_some(Augment { crop_padding: 4, flip: true, max_rotation_deg: 20.0 });
-            let t = ImageTransform { patch: 4, mean: CIFAR_MEAN.to_vec(), std: CIFAR_STD.to_vec(), augment: aug };
-            let plain = ImageTransform { augment: None, ..t.clone() };
-            let (a, b, c) = image_splits(src, |p| read_cifar(p, CifarSplit::Train), Some(&|p: &Path| read_cifar(p, CifarSplit::Test)))?;
-            (image_split(a, &t), b.map(|s| image_split(s, &plain)), c.map(|s| image_split(s, &plain)), classes(48, 10), 0)
-        }
-        TaskSpec::Cifar10Lra {} => {
-            if positions < 1024 {
-                bail!("task `cifar10_lra` needs 1024 tokens, the backbone has {positions} positions");
-            }
-            let t = ImageTransform { patch: 1, mean: vec![0.0], std: vec![1.0], augment: None };
-            let grey = |p: &Path| read_cifar(p, CifarSplit::Train).map(greyscale);
-            let grey_test = |p: &Path| read_cifar(p, CifarSplit::Test).map(greyscale);
-            let (a, b, c) = image_splits(src, grey, Some(&grey_test))?;
-            (image_split(a, &t), b.map(|s| image_split(s, &t)), c.map(|s| image_split(s, &t)), classes(1, 10), 0)
-        }
-        TaskSpec::Listops { max_len, generate, n_train, n_valid, .. } => {
-            let max_len = (*max_len).min(positions);
-            let vocab = data::listops::vocab_size() as i64;
-            let (tr, va) = if *generate {
-                let params = spec.listops_gen_params().unwrap();
-                let params = data::listops::GenParams { max_length: max_len, ..params };
-                let gen = |seed: u64, n: usize| -> Result<SequenceSet> {
-                    let samples = data::listops::generate(seed, n, &params)?;
-                    Ok(data::listops::read_tsv(data::listops::to_tsv(&samples).as_bytes(), max_len)?)
-                };
-                (gen(src.seed, *n_train)?, Some(gen(src.seed ^ 0xfeed, *n_valid)?))
-            } else {
-                let read =
-                    |p: &Path| -> Result<SequenceSet> { Ok(data::listops::read_tsv(&read_file(p)?, max_len).map_err(|e| named(p, e))?) };
-                (read(src.train.unwrap())?, src.valid.map(read).transpose()?)
-            };
-            let truncated = tr.truncated + va.as_ref().map_or(0, |v| v.truncated);
-            let test = src
-                .test
-                .map(|p| -> Result<Split> { Ok(seq_split(&data::listops::read_tsv(&read_file(p)?, max_len).map_err(|e| named(p, e))?)) })
-                .transpose()?;
-            (
-                seq_split(&check_seq_classes(tr, 10)?),
-                va.map(|v| check_seq_classes(v, 10).map(|v| seq_split(&v))).transpose()?,
-                test,
-                tokens(vocab, 10),
-                truncated,
-            )
-        }
-        TaskSpec::RemoteHomology { max_len, num_classes } => {
-            let max_len = (*max_len).min(positions);
-            let read = |p: &Path| -> Result<SequenceSet> {
-                let bytes = read_file(p)?;
-                let set = if bytes.first() == Some(&b'>') {
-                    data::fasta::read_fasta(&bytes, max_len)
-                } else {
-                    data::fasta::read_tape_json(&bytes, max_len)
-                };
-                check_seq_classes(set.map_err(|e| named(p, e))?, *num_classes)
-            };
-            let tr = read(src.train.unwrap())?;
-            let va = src.valid.map(read).transpose()?;
-            let te = src.test.map(read).transpose()?;
-            let truncated = tr.truncated + va.as_ref().map_or(0, |v| v.truncated) + te.as_ref().map_or(0, |v| v.truncated);
-            (
-                seq_split(&tr),
-                va.as_ref().map(seq_split),
-                te.as_ref().map(seq_split),
-                tokens(data::fasta::vocab_size() as i64, *num_classes as i64),
-                truncated,
-            )
-        }
-        TaskSpec::SequenceClassification { input_dim, vocab_size, num_classes, max_len } => {
-            let input = match (input_dim, vocab_size) {
-                (Some(d), _) => InputSpec::Continuous { token_dim: Some(*d) },
-                (_, Some(v)) => InputSpec::Tokens { vocab_size: *v },
-                _ => unreachable!("validated"),
-            };
-            let rs = RecordSpec { input, num_classes: Some(*num_classes), bits: None };
-            let max_len = max_len.unwrap_or(positions).min(positions);
-            let read = |p: &Path| read_records(p, &rs).map(|r| record_split(&r, max_len));
-            let tr = read(src.train.unwrap())?;
-            let va = src.valid.map(read).transpose()?;
-            let te = src.test.map(read).transpose()?;
-            let truncated = tr.1 + va.as_ref().map_or(0, |v| v.1) + te.as_ref().map_or(0, |v| v.1);
-            let shape = match (input_dim, vocab_size) {
-                (Some(d), _) => classes(*d as i64, *num_classes as i64),
-                (_, Some(v)) => tokens(*v as i64, *num_classes as i64),
-                _ => unreachable!(),
-            };
-            (tr.0, va.map(|v| v.0), te.map(|v| v.0), shape, truncated)
-        }
-        TaskSpec::ImageClassification { height, width, channels, patch_size, num_classes } => {
-            let tokens_needed = (height / patch_size) * (width / patch_size);
-            if tokens_needed > positions {
-                bail!("task `image_classification` needs {tokens_needed} tokens, the backbone has {positions} positions");
-            }
-            let rs = RecordSpec {
-                input: InputSpec::Continuous { token_dim: Some(height * width * channels) },
-                num_classes: Some(*num_classes),
-                bits: None,
-            };
-            let t = ImageTransform { patch: *patch_size as i64, mean: vec![0.0; *channels], std: vec![1.0; *channels], augment: None };
-            let dims = [*height as i64, *width as i64, *channels as i64];
-            let read = |p: &Path| read_records(p, &rs).and_then(|r| record_images(&r, dims, &t).with_context(|| p.display().to_string()));
-            let tr = read(src.train.unwrap())?;
-            let va = src.valid.map(read).transpose()?;
-            let te = src.test.map(read).transpose()?;
-            (tr, va, te, classes((patch_size * patch_size * channels) as i64, *num_classes as i64), 0)
-        }
-        TaskSpec::BitMemory { .. } | TaskSpec::BitXor { .. } => unreachable!("synthetic"),
-    };
-    let (train, valid) = match valid {
-        Some(v) => (train, v),
-        None => train.split_off(src.valid_fraction, src.seed)?,
-    };
-    let seq_len = max_tokens(&train).max(max_tokens(&valid));
-    if seq_len > positions {
-        bail!("task `{}` needs {seq_len} tokens, the backbone has {positions} positions", spec.name());
-    }
-    let info = DataInfo {
-        train_samples: train.len(),
-        valid_samples: valid.len(),
-        test_samples: test.as_ref().map_or(0, |t| t.len()),
-        seq_len,
-        truncated,
-    };
-    Ok(TaskData {
-        spec: spec.clone(),
-        shape,
-        objective: Objective::Classes,
-        info,
-        seed: src.seed,
-        data: Data::Loaded { train, valid, test },
-    })
+/// A file task's splits as read, before the common finish: the validation split held out when
+/// there is no validation file, the lengths checked against the backbone, the counts reported.
+pub(super) struct Loaded {
+    pub train: Split,
+    pub valid: Option<Split>,
+    pub test: Option<Split>,
+    pub shape: HeadShape,
+    /// Samples cut to fit the backbone's positions.
+    pub truncated: usize,
 }
 
-fn classes(dim: i64, n: i64) -> HeadShape {
+impl Loaded {
+    /// Image splits as read (train, validation, test), the training split with its own transform
+    /// (augmentation) and the others with the evaluation one.
+    pub fn images(
+        (train, valid, test): (ImageSet, Option<ImageSet>, Option<ImageSet>),
+        train_transform: &ImageTransform,
+        eval_transform: &ImageTransform,
+        shape: HeadShape,
+    ) -> Self {
+        Self {
+            train: image_split(train, train_transform),
+            valid: valid.map(|s| image_split(s, eval_transform)),
+            test: test.map(|s| image_split(s, eval_transform)),
+            shape,
+            truncated: 0,
+        }
+    }
+
+    pub fn finish(self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
+        let positions = src.max_positions;
+        let (train, valid) = match self.valid {
+            Some(v) => (self.train, v),
+            None => self.train.split_off(src.valid_fraction, src.seed)?,
+        };
+        let seq_len = max_tokens(&train).max(max_tokens(&valid));
+        if seq_len > positions {
+            bail!("task `{}` needs {seq_len} tokens, the backbone has {positions} positions", spec.name());
+        }
+        let info = DataInfo {
+            train_samples: train.len(),
+            valid_samples: valid.len(),
+            test_samples: self.test.as_ref().map_or(0, |t| t.len()),
+            seq_len,
+            truncated: self.truncated,
+        };
+        let fitted = super::nothing_fitted();
+        let objective = spec.task().objective(&self.shape, &fitted);
+        let data = Data::Loaded { train, valid, test: self.test };
+        Ok(TaskData { spec: spec.clone(), shape: self.shape, fitted, objective, info, seed: src.seed, data })
+    }
+}
+
+pub(super) fn classes(dim: i64, n: i64) -> HeadShape {
     HeadShape { input: InputKind::Continuous { dim }, output_dim: n, readout_tokens: 1 }
 }
 
-fn tokens(vocab: i64, n: i64) -> HeadShape {
+pub(super) fn tokens(vocab: i64, n: i64) -> HeadShape {
     HeadShape { input: InputKind::Tokens { vocab }, output_dim: n, readout_tokens: 1 }
 }
 
@@ -178,11 +82,11 @@ fn max_tokens(s: &Split) -> usize {
     }
 }
 
-fn read_file(p: &Path) -> Result<Vec<u8>> {
+pub(super) fn read_file(p: &Path) -> Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("reading {}", p.display()))
 }
 
-fn named(p: &Path, e: data::DataError) -> anyhow::Error {
+pub(super) fn named(p: &Path, e: data::DataError) -> anyhow::Error {
     anyhow::anyhow!("{}: {e}", p.display())
 }
 
@@ -190,7 +94,7 @@ fn named(p: &Path, e: data::DataError) -> anyhow::Error {
 /// split as validation when no validation file is named.
 type ImageReader<'a> = &'a dyn Fn(&Path) -> Result<ImageSet>;
 
-fn image_splits(
+pub(super) fn image_splits(
     src: &DataSources<'_>,
     read: impl Fn(&Path) -> Result<ImageSet>,
     read_test: Option<ImageReader<'_>>,
@@ -221,14 +125,14 @@ fn is_tar(b: &[u8]) -> bool {
     b.len() > 262 && &b[257..262] == b"ustar"
 }
 
-fn check_classes(s: ImageSet, n: i64) -> Result<ImageSet> {
+pub(super) fn check_classes(s: ImageSet, n: i64) -> Result<ImageSet> {
     if let Some(i) = s.labels.iter().position(|&l| l < 0 || l >= n) {
         bail!("record {i}: label {} out of range 0..{}", s.labels[i], n - 1);
     }
     Ok(s)
 }
 
-fn check_seq_classes(s: SequenceSet, n: usize) -> Result<SequenceSet> {
+pub(super) fn check_seq_classes(s: SequenceSet, n: usize) -> Result<SequenceSet> {
     if let Some(i) = s.labels.iter().position(|&l| l < 0 || l as usize >= n) {
         bail!("record {i}: label {} out of range 0..{}", s.labels[i], n - 1);
     }
@@ -288,7 +192,7 @@ fn tar_members(bytes: &[u8]) -> Result<Option<Vec<(String, Vec<u8>)>>> {
     Ok(Some(out))
 }
 
-fn read_cifar(p: &Path, split: CifarSplit) -> Result<ImageSet> {
+pub(super) fn read_cifar(p: &Path, split: CifarSplit) -> Result<ImageSet> {
     let set = if p.is_dir() {
         data::cifar::read_cifar10_dir(p, split)
     } else {
@@ -303,7 +207,7 @@ fn read_cifar(p: &Path, split: CifarSplit) -> Result<ImageSet> {
 }
 
 /// ITU-R 601 luma, as torchvision's Grayscale.
-fn greyscale(s: ImageSet) -> ImageSet {
+pub(super) fn greyscale(s: ImageSet) -> ImageSet {
     let pixels = s
         .pixels
         .chunks_exact(3)
@@ -312,14 +216,14 @@ fn greyscale(s: ImageSet) -> ImageSet {
     ImageSet { channels: 1, pixels, ..s }
 }
 
-fn image_split(s: ImageSet, t: &ImageTransform) -> Split {
+pub(super) fn image_split(s: ImageSet, t: &ImageTransform) -> Split {
     let x = Tensor::from_slice(&s.pixels).view([s.len() as i64, s.height as i64, s.width as i64, s.channels as i64]).to_kind(Kind::Float)
         / 255.0;
     Split { features: Features::Images { x, transform: t.clone() }, targets: Tensor::from_slice(&s.labels) }
 }
 
 /// Right-padded [N, Lmax] ids with their lengths.
-fn seq_split(s: &SequenceSet) -> Split {
+pub(super) fn seq_split(s: &SequenceSet) -> Split {
     let n = s.len();
     let lmax = s.max_sequence_len().max(1);
     let mut ids = vec![0i64; n * lmax];
@@ -333,7 +237,7 @@ fn seq_split(s: &SequenceSet) -> Split {
     Split { features: Features::Tokens { x, lengths: Some(Tensor::from_slice(&lengths)) }, targets: Tensor::from_slice(&s.labels) }
 }
 
-fn read_records(p: &Path, spec: &RecordSpec) -> Result<RecordSet> {
+pub(super) fn read_records(p: &Path, spec: &RecordSpec) -> Result<RecordSet> {
     let bytes = read_file(p)?;
     let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let set = match data::detect_format(&name, &bytes).map_err(|e| named(p, e))? {
@@ -346,7 +250,7 @@ fn read_records(p: &Path, spec: &RecordSpec) -> Result<RecordSet> {
 }
 
 /// Records as a padded token split, cut to `max_len` tokens; returns the split and how many were cut.
-fn record_split(r: &RecordSet, max_len: usize) -> (Split, usize) {
+pub(super) fn record_split(r: &RecordSet, max_len: usize) -> (Split, usize) {
     let n = r.len();
     let dim = r.values_per_token();
     let lens: Vec<usize> = (0..n).map(|i| r.token_count(i).min(max_len)).collect();
@@ -383,7 +287,7 @@ fn record_targets(l: &RecordLabels) -> Tensor {
 }
 
 /// Records holding one flat H*W*C image each.
-fn record_images(r: &RecordSet, dims: [i64; 3], t: &ImageTransform) -> Result<Split> {
+pub(super) fn record_images(r: &RecordSet, dims: [i64; 3], t: &ImageTransform) -> Result<Split> {
     let RecordInputs::Continuous { values, .. } = &r.inputs else { bail!("image records must hold numbers") };
     if let Some(i) = (0..r.len()).find(|&i| r.token_count(i) != 1) {
         bail!("record {i}: expected one image of {}x{}x{} = {} values", dims[0], dims[1], dims[2], dims.iter().product::<i64>());

@@ -1,10 +1,65 @@
 //! Tasks: how a dataset (or a generator) becomes token batches for the FPT model, and the loss and
-//! accuracy it is judged by. Every task yields the same [`Batch`] so the engine has one loop.
-pub mod bits;
+//! metrics it is judged by. Every task yields the same [`Batch`] so the engine has one loop.
+//!
+//! One task is one file: a struct with the task's fields (its `task` JSON) that implements
+//! [`Task`], registered by one line of [`task_types!`] below. The rest of the crate reaches a task
+//! only through [`TaskSpec::task`].
 pub mod files;
 pub mod images;
+pub mod objective;
 pub mod samples;
 pub mod spec;
+
+/// Registers the task types. Each line names a task's file (declared as a module here) and, for
+/// each task it holds, the struct that implements [`Task`] and the type's name as requests spell
+/// it. Adding a task is one file and one line here; the lines after `; tests:` exist in test builds only.
+macro_rules! task_types {
+    (
+        $($file:ident { $($variant:ident = $name:literal),+ })*
+        ; tests: $($test_file:ident { $($test_variant:ident = $test_name:literal),+ })*
+    ) => {
+        $(pub mod $file;)*
+        $(#[cfg(test)] mod $test_file;)*
+
+        /// One of the paper's tasks or a generic user task. Unknown fields are refused, so typos surface.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type")]
+        pub enum TaskSpec {
+            $($(#[serde(rename = $name)] $variant($file::$variant),)+)*
+            $($(#[cfg(test)] #[serde(rename = $test_name)] $test_variant($test_file::$test_variant),)+)*
+        }
+
+        impl TaskSpec {
+            /// The type's name, as requests spell it.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $($(TaskSpec::$variant(_) => $name,)+)*
+                    $($(#[cfg(test)] TaskSpec::$test_variant(_) => $test_name,)+)*
+                }
+            }
+
+            /// What the task does, whichever it is.
+            pub fn task(&self) -> &dyn Task {
+                match self {
+                    $($(TaskSpec::$variant(t) => t,)+)*
+                    $($(#[cfg(test)] TaskSpec::$test_variant(t) => t,)+)*
+                }
+            }
+        }
+    };
+}
+
+task_types! {
+    bits { BitMemory = "bit_memory", BitXor = "bit_xor" }
+    listops { Listops = "listops" }
+    mnist { Mnist = "mnist" }
+    cifar10 { Cifar10 = "cifar10", Cifar10Lra = "cifar10_lra" }
+    remote_homology { RemoteHomology = "remote_homology" }
+    sequence_classification { SequenceClassification = "sequence_classification" }
+    image_classification { ImageClassification = "image_classification" }
+    ; tests:
+    toy { ToySumSign = "toy_sum_sign" }
+}
 
 use std::path::Path;
 
@@ -12,13 +67,44 @@ use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
 
 use crate::model::fpt::{HeadShape, InputKind};
 use bits::BitTask;
 use images::ImageTransform;
-pub use spec::{SpecError, TaskSpec};
+pub use objective::{Objective, Prediction, Score};
+use samples::Form;
+pub use spec::{SpecError, TaskLimits};
+
+/// What a task fitted on its training split, as JSON the task alone reads (`{}` for the tasks that
+/// fit nothing). Adapters store it under the metadata key `task_state`.
+pub type Fitted = serde_json::Value;
+
+/// What fits nothing.
+pub fn nothing_fitted() -> Fitted {
+    serde_json::Value::Object(Default::default())
+}
+
+/// What differs between tasks. Everything else (the engine, the service, predictions) is shared.
+pub trait Task {
+    /// Checks the values serde cannot (ranges, consistency) and every size against `limits`.
+    fn validate(&self, limits: &TaskLimits) -> Result<(), SpecError>;
+    /// Whether the task reads a training file; generated tasks make their own data.
+    fn needs_file(&self) -> bool {
+        true
+    }
+    /// Reads (or generates) the splits and the head's shape; `spec` is the registered spec of `self`.
+    /// What the task fits on its training split (normalisation statistics, a label map) goes in
+    /// [`TaskData::fitted`]; the adapter carries it, and it comes back to the two methods below.
+    fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData>;
+    /// How the head's logits are scored and answered.
+    fn objective(&self, _shape: &HeadShape, _fitted: &Fitted) -> Objective {
+        Objective::Classes
+    }
+    /// How a prediction's input sample looks.
+    fn sample_form(&self, shape: &HeadShape, fitted: &Fitted) -> Form;
+}
 
 /// Model inputs and targets for one step. `lengths` is set when rows are right-padded.
 pub struct Batch {
@@ -38,47 +124,6 @@ impl Batch {
             inputs: self.inputs.to_device(device),
             lengths: self.lengths.as_ref().map(|l| l.to_device(device)),
             targets: self.targets.to_device(device),
-        }
-    }
-}
-
-/// What the logits are scored against.
-#[derive(Debug, Clone, Copy)]
-pub enum Objective {
-    Classes,
-    /// Each read-out token predicts `per_token` bits, two logits each; the loss is per-bit CE.
-    Bits {
-        per_token: i64,
-    },
-}
-
-/// Summed loss and counts over a batch; `exact` counts rows with every bit right (bit tasks).
-pub struct Score {
-    pub loss: Tensor,
-    pub correct: i64,
-    pub total: i64,
-    pub exact: i64,
-}
-
-impl Objective {
-    /// Mean loss (for the gradient) and accuracy counts for logits [B, k, out].
-    pub fn score(&self, logits: &Tensor, targets: &Tensor) -> Score {
-        let b = logits.size()[0];
-        match self {
-            Objective::Classes => {
-                let l = logits.select(1, 0).to_kind(Kind::Float);
-                let loss = l.cross_entropy_for_logits(targets);
-                let correct = i64::try_from(l.argmax(-1, false).eq_tensor(targets).sum(Kind::Int64)).unwrap();
-                Score { loss, correct, total: b, exact: correct }
-            }
-            Objective::Bits { .. } => {
-                let l = logits.to_kind(Kind::Float).reshape([b, -1, 2]);
-                let loss = l.reshape([-1, 2]).cross_entropy_for_logits(&targets.reshape([-1]));
-                let right = l.argmax(-1, false).eq_tensor(targets);
-                let correct = i64::try_from(right.sum(Kind::Int64)).unwrap();
-                let exact = i64::try_from(right.all_dim(1, false).sum(Kind::Int64)).unwrap();
-                Score { loss, correct, total: targets.numel() as i64, exact }
-            }
         }
     }
 }
@@ -184,6 +229,8 @@ enum Data {
 pub struct TaskData {
     pub spec: TaskSpec,
     pub shape: HeadShape,
+    /// What the task fitted on the training split (see [`Task::load`]).
+    pub fitted: Fitted,
     pub objective: Objective,
     pub info: DataInfo,
     seed: u64,
@@ -205,22 +252,17 @@ pub fn step_seed(seed: u64, step: u64) -> u64 {
 }
 
 impl TaskData {
+    /// Loads a task's data. The spec has been validated where it was parsed (or comes from a
+    /// stored job or adapter that was).
     pub fn load(spec: &TaskSpec, src: &DataSources<'_>) -> Result<Self> {
-        spec.validate()?;
         if spec.needs_file() && src.train.is_none() {
             bail!("task `{}` needs a training file", spec.name());
         }
-        match spec {
-            TaskSpec::BitMemory { n_bits, patch_size, n_patterns, mask_prob, n_valid } => {
-                let task = BitTask::Memory { n_bits: *n_bits, patch: *patch_size, n_patterns: *n_patterns, mask_prob: *mask_prob };
-                Self::synthetic(spec, task, *n_valid, src)
-            }
-            TaskSpec::BitXor { n_bits, n_valid } => Self::synthetic(spec, BitTask::Xor { n_bits: *n_bits }, *n_valid, src),
-            _ => files::load(spec, src),
-        }
+        spec.task().load(spec, src)
     }
 
-    fn synthetic(spec: &TaskSpec, task: BitTask, n_valid: usize, src: &DataSources<'_>) -> Result<Self> {
+    /// A generated task: validation rows from a seed no training step uses, training batches drawn per step.
+    pub(super) fn synthetic(spec: &TaskSpec, task: BitTask, n_valid: usize, src: &DataSources<'_>) -> Result<Self> {
         if task.tokens() > src.max_positions {
             bail!("task `{}` needs {} tokens, the backbone has {} positions", spec.name(), task.tokens(), src.max_positions);
         }
@@ -230,6 +272,7 @@ impl TaskData {
         let (k, per_token) = task.readout();
         Ok(Self {
             spec: spec.clone(),
+            fitted: nothing_fitted(),
             shape: HeadShape {
                 input: InputKind::Continuous { dim: task.token_dim() as i64 },
                 output_dim: 2 * per_token as i64,
@@ -286,12 +329,4 @@ fn epoch_indices(seed: u64, step: u64, batch: usize, n: usize) -> Vec<i64> {
         out.push(cached.as_ref().unwrap().1[i]);
     }
     out
-}
-
-/// How `spec`'s logits are scored and answered.
-pub fn objective_for(spec: &TaskSpec, shape: &HeadShape) -> Objective {
-    match spec {
-        TaskSpec::BitMemory { .. } | TaskSpec::BitXor { .. } => Objective::Bits { per_token: shape.output_dim / 2 },
-        _ => Objective::Classes,
-    }
 }

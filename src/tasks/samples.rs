@@ -1,11 +1,10 @@
 //! Prediction inputs: samples in the form of a dataset record's `input`, validated and batched
 //! exactly as the task batches its evaluation data; and logits turned into answers.
-use serde::Serialize;
 use serde_json::Value;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::images::ImageTransform;
-use super::{Objective, TaskSpec};
+use super::{Fitted, TaskSpec};
 use crate::model::fpt::{HeadShape, InputKind};
 
 /// A bad sample, by index.
@@ -26,8 +25,8 @@ fn err(index: usize, message: impl Into<String>) -> SampleError {
     SampleError { index, message: message.into() }
 }
 
-/// How a task's samples look.
-enum Form {
+/// How a task's prediction samples look; each task says which form its samples take.
+pub enum Form {
     /// Tokens of `dim` values; a flat array is cut into tokens, `[L][D]` taken as is; `fixed` tokens when set.
     Vectors { dim: usize, fixed: Option<usize> },
     /// Token ids below `vocab`, or a string the task's tokenizer reads (ListOps, amino acids).
@@ -36,43 +35,8 @@ enum Form {
     Image { h: i64, w: i64, c: i64, scale: f64, transform: ImageTransform },
 }
 
-fn form(spec: &TaskSpec, shape: &HeadShape) -> Form {
-    let cifar = |grey: bool| {
-        let (mean, std, patch, c) =
-            if grey { (vec![0.0], vec![1.0], 1, 1) } else { (super::files::CIFAR_MEAN.to_vec(), super::files::CIFAR_STD.to_vec(), 4, 3) };
-        Form::Image { h: 32, w: 32, c, scale: 255.0, transform: ImageTransform { patch, mean, std, augment: None } }
-    };
-    match spec {
-        TaskSpec::Mnist { patch_size } => Form::Image {
-            h: 28,
-            w: 28,
-            c: 1,
-            scale: 255.0,
-            transform: ImageTransform { patch: *patch_size as i64, mean: vec![0.0], std: vec![1.0], augment: None },
-        },
-        TaskSpec::Cifar10 { .. } => cifar(false),
-        TaskSpec::Cifar10Lra {} => cifar(true),
-        TaskSpec::ImageClassification { height, width, channels, patch_size, .. } => Form::Image {
-            h: *height as i64,
-            w: *width as i64,
-            c: *channels as i64,
-            scale: 1.0,
-            transform: ImageTransform { patch: *patch_size as i64, mean: vec![0.0; *channels], std: vec![1.0; *channels], augment: None },
-        },
-        TaskSpec::Listops { .. } => Form::Ids { vocab: vocab(shape), text: Some(crate::data::listops::tokenize) },
-        TaskSpec::RemoteHomology { .. } => Form::Ids { vocab: vocab(shape), text: Some(crate::data::fasta::encode_protein) },
-        TaskSpec::BitMemory { n_bits, patch_size, n_patterns, .. } => {
-            Form::Vectors { dim: *patch_size, fixed: Some((n_patterns + 1) * n_bits / patch_size) }
-        }
-        TaskSpec::BitXor { n_bits, .. } => Form::Vectors { dim: 1, fixed: Some(2 * n_bits) },
-        TaskSpec::SequenceClassification { .. } => match shape.input {
-            InputKind::Continuous { dim } => Form::Vectors { dim: dim as usize, fixed: None },
-            InputKind::Tokens { vocab } => Form::Ids { vocab, text: None },
-        },
-    }
-}
-
-fn vocab(shape: &HeadShape) -> i64 {
+/// The vocabulary of a head that reads token ids (0 for one that reads vectors).
+pub(super) fn vocab(shape: &HeadShape) -> i64 {
     match shape.input {
         InputKind::Tokens { vocab } => vocab,
         InputKind::Continuous { .. } => 0,
@@ -90,11 +54,17 @@ fn numbers(index: usize, v: &[Value]) -> Result<Vec<f32>, SampleError> {
 }
 
 /// Validates `samples` and batches them for `spec`'s model, padding to the longest with lengths.
-pub fn batch_from_samples(spec: &TaskSpec, shape: &HeadShape, max_positions: i64, samples: &[Value]) -> Result<SampleBatch, SampleError> {
+pub fn batch_from_samples(
+    spec: &TaskSpec,
+    shape: &HeadShape,
+    fitted: &Fitted,
+    max_positions: i64,
+    samples: &[Value],
+) -> Result<SampleBatch, SampleError> {
     if samples.is_empty() {
         return Err(err(0, "no samples: `inputs` must hold at least one"));
     }
-    match form(spec, shape) {
+    match spec.task().sample_form(shape, fitted) {
         Form::Vectors { dim, fixed } => {
             let mut rows = Vec::new();
             for (i, s) in samples.iter().enumerate() {
@@ -192,36 +162,4 @@ fn pad_ids(rows: &[Vec<i64>]) -> SampleBatch {
     let inputs = Tensor::from_slice(&out).view([rows.len() as i64, lmax as i64]);
     let lengths = lens.iter().any(|&l| l != lmax as i64).then(|| Tensor::from_slice(&lens));
     SampleBatch { inputs, lengths }
-}
-
-/// One answer: a class with probabilities, or bits.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Prediction {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub label: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub probabilities: Option<Vec<f32>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bits: Option<Vec<u8>>,
-}
-
-/// Logits [B, k, out] to answers.
-pub fn predictions(objective: &Objective, logits: &Tensor) -> Vec<Prediction> {
-    let b = logits.size()[0];
-    match objective {
-        Objective::Classes => {
-            let p = logits.select(1, 0).to_kind(Kind::Float).softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
-            (0..b)
-                .map(|i| {
-                    let probs: Vec<f32> = Vec::try_from(p.get(i)).unwrap();
-                    let label = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j as i64);
-                    Prediction { label, probabilities: Some(probs), bits: None }
-                })
-                .collect()
-        }
-        Objective::Bits { .. } => {
-            let bits = logits.to_kind(Kind::Float).reshape([b, -1, 2]).argmax(-1, false).to_kind(Kind::Uint8).to_device(tch::Device::Cpu);
-            (0..b).map(|i| Prediction { label: None, probabilities: None, bits: Some(Vec::try_from(bits.get(i)).unwrap()) }).collect()
-        }
-    }
 }

@@ -16,7 +16,10 @@ use crate::model::weights::{read_safetensors, write_safetensors};
 pub struct LoopState {
     /// Steps completed.
     pub step: u64,
-    pub best_valid_accuracy: Option<f64>,
+    /// The best validation value of the task's primary metric (named for accuracy by runs
+    /// checkpointed before metrics had names).
+    #[serde(alias = "best_valid_accuracy")]
+    pub best_valid: Option<f64>,
     pub best_step: Option<u64>,
     /// Evaluations since the best one (early stopping).
     pub evals_since_best: u64,
@@ -29,8 +32,8 @@ pub struct LoopState {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct WindowSums {
     pub loss: f64,
-    pub correct: i64,
-    pub total: i64,
+    #[serde(default)]
+    pub tally: crate::metrics::Tally,
     pub steps: u64,
 }
 

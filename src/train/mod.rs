@@ -14,6 +14,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::Kind;
 
+use crate::metrics::{prefixed, Direction, MetricMap, Tally};
 use crate::model::fpt::FptModel;
 use crate::tasks::{step_seed, EvalSplit, TaskData};
 use checkpoint::LoopState;
@@ -24,6 +25,10 @@ use optim::{Adam, Schedule};
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub n_steps: u64,
+    /// Passes over the training set instead of `n_steps` (file tasks): resolved into `n_steps`
+    /// once the data is loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_epochs: Option<f64>,
     pub batch_size: usize,
     /// Largest batch run in one forward pass; bigger batches accumulate gradients.
     pub micro_batch_size: usize,
@@ -54,6 +59,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             n_steps: 2000,
+            n_epochs: None,
             batch_size: 16,
             micro_batch_size: 64,
             learning_rate: 1e-3,
@@ -72,54 +78,6 @@ impl Default for TrainConfig {
             validation_fraction: 0.1,
             backbone_dropout: None,
         }
-    }
-}
-
-/// A field of the hyperparameters that is wrong, named as the API names it.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl TrainConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |f: &str, m: &str| Err(ConfigError { field: format!("hyperparameters.{f}"), message: m.into() });
-        if self.n_steps == 0 {
-            return bad("n_steps", "must be at least 1");
-        }
-        if self.batch_size == 0 || self.batch_size > 4096 {
-            return bad("batch_size", "must be within 1..4096");
-        }
-        if self.micro_batch_size == 0 {
-            return bad("micro_batch_size", "must be at least 1");
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.learning_rate < 10.0) {
-            return bad("learning_rate", "must be a positive number below 10");
-        }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
-            return bad("beta1", "betas must be within [0, 1)");
-        }
-        if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
-            return bad("grad_clip", "must be >= 0 (0 disables clipping)");
-        }
-        if self.eval_every == 0 {
-            return bad("eval_every", "must be at least 1");
-        }
-        if self.eval_batch_size == 0 {
-            return bad("eval_batch_size", "must be at least 1");
-        }
-        if self.log_every == 0 {
-            return bad("log_every", "must be at least 1");
-        }
-        if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
-            return bad("validation_fraction", "must be within (0, 1)");
-        }
-        if self.backbone_dropout.is_some_and(|p| !(0.0..1.0).contains(&p)) {
-            return bad("backbone_dropout", "must be within [0, 1)");
-        }
-        Ok(())
     }
 }
 
@@ -151,20 +109,27 @@ impl Control {
     }
 }
 
-/// A progress report: the `data` of the API's metrics events.
+/// A progress report: the `data` of the API's metrics events. `values` holds `train_loss` and
+/// `train_<metric>` for the window since the last report, and `valid_loss` and `valid_<metric>`
+/// when the report comes with an evaluation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Metrics {
     pub step: u64,
     pub total_steps: u64,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub valid_loss: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub valid_accuracy: Option<f64>,
+    #[serde(flatten, deserialize_with = "crate::metrics::deserialize_map")]
+    pub values: MetricMap,
+    /// The task's primary metric: `valid_<primary_metric>` is what picks the kept checkpoint.
+    #[serde(default)]
+    pub primary_metric: String,
     pub samples_per_second: f64,
     pub learning_rate: f64,
     pub eta_seconds: f64,
+}
+
+impl Metrics {
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.values.get(name).copied()
+    }
 }
 
 pub enum Progress {
@@ -173,13 +138,23 @@ pub enum Progress {
     Message(String),
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+/// A whole split, evaluated: its mean loss and its task's metrics.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Evaluation {
     pub loss: f64,
-    pub accuracy: f64,
-    /// Bit tasks: fraction of samples with every bit right.
-    pub exact_accuracy: f64,
+    pub metrics: MetricMap,
     pub samples: usize,
+}
+
+impl Evaluation {
+    /// `<prefix>loss` and `<prefix><metric>` for every metric.
+    pub fn prefixed(&self, prefix: &str) -> MetricMap {
+        let mut m = prefixed(prefix, &self.metrics);
+        if self.loss.is_finite() {
+            m.insert(format!("{prefix}loss"), self.loss);
+        }
+        m
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -192,19 +167,23 @@ pub enum Ending {
     Interrupted,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub ending: Ending,
     pub steps: u64,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
+    /// `train_loss` and `train_<metric>` of the last report window.
+    pub train: MetricMap,
     pub valid: Option<Evaluation>,
-    pub best_valid_accuracy: Option<f64>,
+    /// The primary metric and which way it improves.
+    pub primary: &'static str,
+    pub direction: Direction,
+    /// The best validation value of the primary metric, and its step.
+    pub best_valid: Option<f64>,
     pub best_step: Option<u64>,
     pub test: Option<Evaluation>,
     pub samples_per_second: f64,
     pub wall_seconds: f64,
-    /// The adapter to keep: the best by validation accuracy, else the last.
+    /// The adapter to keep: the best by the primary validation metric, else the last.
     pub adapter: Option<PathBuf>,
 }
 
@@ -214,20 +193,18 @@ pub fn evaluate(model: &FptModel, task: &TaskData, split: EvalSplit, batch: usiz
     if batches.is_empty() {
         return None;
     }
-    let (mut loss, mut correct, mut total, mut exact, mut n) = (0.0, 0i64, 0i64, 0i64, 0usize);
+    let (mut loss, mut tally, mut n) = (0.0, Tally::default(), 0usize);
     tch::no_grad(|| {
         for b in batches {
             let b = b.to_device(model.device);
             let logits = model.forward(&b.inputs, b.lengths.as_ref(), false);
             let s = task.objective.score(&logits, &b.targets);
             loss += f64::try_from(s.loss.to_kind(Kind::Double)).unwrap() * b.size() as f64;
-            correct += s.correct;
-            total += s.total;
-            exact += s.exact;
+            tally.merge(&s.tally);
             n += b.size() as usize;
         }
     });
-    Some(Evaluation { loss: loss / n as f64, accuracy: correct as f64 / total as f64, exact_accuracy: exact as f64 / n as f64, samples: n })
+    Some(Evaluation { loss: loss / n as f64, metrics: task.objective.metrics(&tally), samples: n })
 }
 
 /// One run of training: the model, its data, and where its checkpoints go.
@@ -259,6 +236,8 @@ impl Trainer<'_> {
     pub fn run(&self, control: &Control, report: &mut dyn FnMut(Progress)) -> Result<Outcome> {
         let started = Instant::now();
         let cfg = &self.cfg;
+        let objective = &self.task.objective;
+        let primary = objective.primary();
         let params = self.model.trained().map(|p| p.tensor.shallow_clone()).collect();
         let mut adam = Adam::new(params, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay);
         let mut state = match checkpoint::restore(&self.checkpoint_dir, self.model, &mut adam)? {
@@ -269,7 +248,7 @@ impl Trainer<'_> {
             None => LoopState::default(),
         };
         let mut window = Window::new();
-        let (mut last_loss, mut last_acc, mut last_valid) = (f64::NAN, f64::NAN, None);
+        let (mut last_train, mut last_valid) = (MetricMap::new(), None);
         let mut trained_samples = 0usize;
         let mut ending = Ending::Finished;
         while state.step < cfg.n_steps {
@@ -287,12 +266,11 @@ impl Trainer<'_> {
                 Command::Run => {}
             }
             let lr = optim::learning_rate(cfg.learning_rate, cfg.schedule, cfg.warmup_steps, state.step, cfg.n_steps);
-            let (loss, correct, total) = self.step(&mut adam, state.step, lr);
+            let (loss, tally) = self.step(&mut adam, state.step, lr);
             state.step += 1;
             trained_samples += cfg.batch_size;
             state.window.loss += loss;
-            state.window.correct += correct;
-            state.window.total += total;
+            state.window.tally.merge(&tally);
             state.window.steps += 1;
             window.samples += cfg.batch_size;
 
@@ -302,9 +280,10 @@ impl Trainer<'_> {
             let valid = if eval_now { evaluate(self.model, self.task, EvalSplit::Valid, cfg.eval_batch_size) } else { None };
             let mut stop_early = false;
             if let Some(v) = &valid {
-                last_valid = Some(*v);
-                if state.best_valid_accuracy.is_none_or(|b| v.accuracy > b) {
-                    state.best_valid_accuracy = Some(v.accuracy);
+                last_valid = Some(v.clone());
+                let value = v.metrics.get(primary.name).copied().unwrap_or(f64::NAN);
+                if state.best_valid.is_none_or(|b| primary.direction.better(value, b)) {
+                    state.best_valid = Some(value);
                     state.best_step = Some(step);
                     state.evals_since_best = 0;
                     self.model.save_adapter(&checkpoint::best_path(&self.checkpoint_dir), &self.metadata)?;
@@ -317,15 +296,17 @@ impl Trainer<'_> {
                 let secs = window.started.elapsed().as_secs_f64().max(1e-9);
                 let sps = window.samples as f64 / secs;
                 let w = std::mem::take(&mut state.window);
-                last_loss = w.loss / w.steps as f64;
-                last_acc = w.correct as f64 / w.total.max(1) as f64;
+                last_train = prefixed("train_", &objective.metrics(&w.tally));
+                last_train.insert("train_loss".into(), w.loss / w.steps as f64);
+                let mut values = last_train.clone();
+                if let Some(v) = &valid {
+                    values.extend(v.prefixed("valid_"));
+                }
                 report(Progress::Metrics(Metrics {
                     step,
                     total_steps: cfg.n_steps,
-                    train_loss: last_loss,
-                    train_accuracy: last_acc,
-                    valid_loss: valid.map(|v| v.loss),
-                    valid_accuracy: valid.map(|v| v.accuracy),
+                    values,
+                    primary_metric: primary.name.to_string(),
                     samples_per_second: sps,
                     learning_rate: lr,
                     eta_seconds: (cfg.n_steps - step) as f64 * cfg.batch_size as f64 / sps.max(1e-9),
@@ -339,8 +320,8 @@ impl Trainer<'_> {
             if stop_early {
                 ending = Ending::EarlyStopped;
                 report(Progress::Message(format!(
-                    "early stop at step {step}: no better validation accuracy in {} evaluations",
-                    cfg.patience
+                    "early stop at step {step}: no better validation {} in {} evaluations",
+                    primary.name, cfg.patience
                 )));
                 break;
             }
@@ -354,10 +335,11 @@ impl Trainer<'_> {
         Ok(Outcome {
             ending,
             steps: state.step,
-            train_loss: last_loss,
-            train_accuracy: last_acc,
+            train: last_train,
             valid: last_valid,
-            best_valid_accuracy: state.best_valid_accuracy,
+            primary: primary.name,
+            direction: primary.direction,
+            best_valid: state.best_valid,
             best_step: state.best_step,
             test,
             samples_per_second: trained_samples as f64 / wall.max(1e-9),
@@ -366,7 +348,7 @@ impl Trainer<'_> {
         })
     }
 
-    /// Test accuracy of the kept adapter (its tensors are loaded into the model).
+    /// Test metrics of the kept adapter (its tensors are loaded into the model).
     fn test_with(&self, adapter: Option<&std::path::Path>) -> Result<Option<Evaluation>> {
         if let Some(a) = adapter {
             let (tensors, _) = crate::model::weights::read_safetensors(a, self.model.device)?;
@@ -375,8 +357,9 @@ impl Trainer<'_> {
         Ok(evaluate(self.model, self.task, EvalSplit::Test, self.cfg.eval_batch_size))
     }
 
-    /// One optimiser step; returns (loss, correct, total) of its batch.
-    fn step(&self, adam: &mut Adam, step: u64, lr: f64) -> (f64, i64, i64) {
+    /// One optimiser step; returns the mean loss of its batch and its metric sums.
+    fn step(&self, adam: &mut Adam, step: u64, lr: f64) -> (f64, Tally) {
+        let _span = tracing::trace_span!("step", step).entered();
         // Augmentation (and dropout off the CPU) draw from torch's generator, CPU dropout from this
         // thread's stream: seeding both per step makes a run a function of (seed, step), which is
         // what lets a resumed run continue exactly. The batch's draws hold the generator alone;
@@ -386,7 +369,7 @@ impl Trainer<'_> {
         let batch = crate::model::seeded(seed, || self.task.train_batch(step, self.cfg.batch_size)).to_device(self.model.device);
         adam.zero_grad();
         let n = batch.size();
-        let (mut loss, mut correct, mut total) = (0.0, 0, 0);
+        let (mut loss, mut tally) = (0.0, Tally::default());
         let mut start = 0;
         while start < n {
             let len = (self.cfg.micro_batch_size as i64).min(n - start);
@@ -397,12 +380,11 @@ impl Trainer<'_> {
             let s = self.task.objective.score(&logits, &targets);
             (&s.loss * (len as f64 / n as f64)).backward();
             loss += f64::try_from(s.loss.detach().to_kind(Kind::Double)).unwrap() * len as f64 / n as f64;
-            correct += s.correct;
-            total += s.total;
+            tally.merge(&s.tally);
             start += len;
         }
         adam.step(lr, self.cfg.grad_clip);
-        (loss, correct, total)
+        (loss, tally)
     }
 }
 

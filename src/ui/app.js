@@ -71,18 +71,25 @@ async function jobsPage() {
       <button type="submit" id="f-submit">Start job</button>
     </form>
     <h2>Jobs</h2>
-    <div class="table-wrap"><table id="jobs"><thead><tr><th>Job</th><th>Status</th><th>Base model</th><th>Task</th><th>Progress</th><th>Best accuracy</th></tr></thead>
+    <div class="table-wrap"><table id="jobs"><thead><tr><th>Job</th><th>Status</th><th>Base model</th><th>Task</th><th>Progress</th><th>Best validation</th></tr></thead>
     <tbody>${jobs.data.map(jobRow).join("") || `<tr><td colspan="6">No jobs yet.</td></tr>`}</tbody></table></div>`;
   $("#job-form").addEventListener("submit", submitJob);
 }
 
+// A metric's value as people read it: fractions that are accuracies or F1 scores as percentages.
+function metricText(name, v) {
+  if (v == null) return "";
+  return /accuracy|f1/.test(name) ? (100 * v).toFixed(1) + "%" : (+v).toPrecision(4);
+}
+
 function jobRow(j) {
   const total = j.hyperparameters?.n_steps || 1;
-  const best = j.result?.best_valid_accuracy;
+  const m = j.result?.primary_metric;
+  const best = m ? `${esc(m)} ${metricText(m, j.result[`best_valid_${m}`])}` : "";
   return `<tr><td><a href="#/jobs/${esc(j.id)}">${esc(j.id)}</a></td><td class="status ${esc(j.status)}">${esc(j.status)}</td>
     <td>${esc(j.model)}</td><td>${esc(j.task?.type)}</td>
     <td><progress max="${total}" value="${j.trained_steps}" aria-label="progress"></progress> ${j.trained_steps}/${total}</td>
-    <td>${best == null ? "" : (100 * best).toFixed(1) + "%"}</td></tr>`;
+    <td>${best}</td></tr>`;
 }
 
 async function submitJob(ev) {
@@ -132,10 +139,10 @@ async function jobPage(id) {
     </div>
     <div class="charts">
       <div class="chart"><svg id="chart-loss" viewBox="0 0 400 220" role="img" aria-label="loss by step"></svg><div class="legend">loss: train (blue), validation (orange)</div></div>
-      <div class="chart"><svg id="chart-acc" viewBox="0 0 400 220" role="img" aria-label="accuracy by step"></svg><div class="legend">accuracy: train (blue), validation (orange)</div></div>
+      <div class="chart"><svg id="chart-acc" viewBox="0 0 400 220" role="img" aria-label="primary metric by step"></svg><div class="legend" id="acc-legend">accuracy: train (blue), validation (orange)</div></div>
     </div>
     <h2>Parameters</h2><p id="params">–</p>
-    <h2>Checkpoints</h2><div class="table-wrap"><table><thead><tr><th>Step</th><th>Model</th><th>Validation accuracy</th></tr></thead><tbody id="ckpts"></tbody></table></div>
+    <h2>Checkpoints</h2><div class="table-wrap"><table><thead><tr><th>Step</th><th>Model</th><th id="ckpt-metric">Validation accuracy</th></tr></thead><tbody id="ckpts"></tbody></table></div>
     <h2>Events</h2><div class="log" id="log" aria-live="off"></div>`;
   for (const b of document.querySelectorAll("[data-act]")) {
     b.addEventListener("click", async () => {
@@ -147,9 +154,14 @@ async function jobPage(id) {
     });
   }
   const points = [];
+  // The task's primary metric, as its metrics events (or its result) name it.
+  const primary = () => points.at(-1)?.primary_metric || job.result?.primary_metric || "accuracy";
   const draw = () => {
+    const m = primary();
     chart($("#chart-loss"), points, "train_loss", "valid_loss");
-    chart($("#chart-acc"), points, "train_accuracy", "valid_accuracy", 1);
+    chart($("#chart-acc"), points, `train_${m}`, `valid_${m}`, /accuracy|f1/.test(m) ? 1 : undefined);
+    const legend = $("#acc-legend");
+    if (legend) legend.textContent = `${m}: train (blue), validation (orange)`;
   };
   draw();
   stopStream = stream(`/v1/fine_tuning/jobs/${id}/events?stream=true`, (e) => {
@@ -167,9 +179,9 @@ async function jobPage(id) {
     const j = await api(`/v1/fine_tuning/jobs/${id}`);
     setStatus(j.status);
     $("#job-model").textContent = j.fine_tuned_model || "–";
-    await checkpoints(id);
+    await checkpoints(id, primary());
   });
-  await checkpoints(id);
+  await checkpoints(id, primary());
 }
 
 function setStatus(s) {
@@ -177,10 +189,12 @@ function setStatus(s) {
   if (el) { el.textContent = s; el.className = `status ${s}`; }
 }
 
-async function checkpoints(id) {
+async function checkpoints(id, metric) {
   const c = await api(`/v1/fine_tuning/jobs/${id}/checkpoints?limit=100`);
+  const head = $("#ckpt-metric");
+  if (head) head.textContent = `Validation ${metric}`;
   const body = $("#ckpts");
-  if (body) body.innerHTML = c.data.map((k) => `<tr><td>${k.step_number}</td><td>${esc(k.fine_tuned_model_checkpoint)}</td><td>${k.metrics?.valid_accuracy == null ? "" : (100 * k.metrics.valid_accuracy).toFixed(1) + "%"}</td></tr>`).join("");
+  if (body) body.innerHTML = c.data.map((k) => `<tr><td>${k.step_number}</td><td>${esc(k.fine_tuned_model_checkpoint)}</td><td>${metricText(metric, k.metrics?.[`valid_${metric}`])}</td></tr>`).join("");
 }
 
 // Server-Sent Events over fetch, so the API key travels in a header (EventSource cannot send one).

@@ -1,0 +1,297 @@
+//! Building a run and summing it up, in one place for every caller: `fpt train` and `fpt sweep`,
+//! the experiment runner, the service's workers, and the API's up-front check of a job's data.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use super::spec::{Limits, TrainSpec};
+use crate::metrics::{deserialize_map, Direction, MetricMap};
+use crate::model::fpt::{paper_param_count, FptModel, InputKind, ModelSpec, ParamReport};
+use crate::model::{BaseModel, ModelRegistry, Precision};
+use crate::tasks::{DataSources, TaskData};
+use crate::train::{Control, Metrics, Outcome, Progress, TrainConfig, Trainer};
+
+/// A run's base model and data, loaded, with its step budget resolved.
+pub struct Prepared {
+    pub base: BaseModel,
+    pub task: TaskData,
+    /// The spec's hyperparameters with `n_epochs` turned into `n_steps` for the loaded data.
+    pub hyperparameters: TrainConfig,
+}
+
+/// Why a run could not be prepared, and the spec's field it is about (`model`, `training_file`,
+/// `validation_file`, `task`, `hyperparameters.n_epochs`): each edge words it its own way.
+#[derive(Debug, thiserror::Error)]
+#[error("{error:#}")]
+pub struct PrepareError {
+    pub field: &'static str,
+    pub error: anyhow::Error,
+}
+
+fn at(field: &'static str) -> impl FnOnce(anyhow::Error) -> PrepareError {
+    move |error| PrepareError { field, error }
+}
+
+/// Resolves the base model and loads the data against its positions.
+pub fn prepare_data(spec: &TrainSpec<PathBuf>, registry: &ModelRegistry, limits: &Limits) -> Result<Prepared, PrepareError> {
+    let base = registry.resolve(&spec.model).map_err(at("model"))?;
+    let max_positions = base.backbone_config().map_err(at("model"))?.max_positions as usize;
+    let sources = DataSources {
+        train: spec.files.train.as_deref(),
+        valid: spec.files.valid.as_deref(),
+        test: spec.files.test.as_deref(),
+        valid_fraction: spec.hyperparameters.validation_fraction,
+        seed: spec.seed,
+        max_positions,
+    };
+    let task = TaskData::load(&spec.task, &sources).map_err(|e| {
+        let msg = format!("{e:#}");
+        let names = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| msg.contains(&p.display().to_string()));
+        let field = if names(&spec.files.valid) {
+            "validation_file"
+        } else if spec.task.needs_file() {
+            "training_file"
+        } else {
+            "task"
+        };
+        PrepareError { field, error: e }
+    })?;
+    let hyperparameters = budget(&spec.hyperparameters, task.info.train_samples, limits).map_err(at("hyperparameters.n_epochs"))?;
+    Ok(Prepared { base, task, hyperparameters })
+}
+
+/// `n_steps` for `n_epochs` passes over `n_train` samples (generated tasks keep `n_steps`).
+fn budget(h: &TrainConfig, n_train: usize, limits: &Limits) -> Result<TrainConfig> {
+    let mut h = h.clone();
+    if let Some(e) = h.n_epochs.filter(|_| n_train > 0) {
+        let steps = ((e * n_train as f64) / h.batch_size as f64).ceil().max(1.0);
+        anyhow::ensure!(
+            steps <= limits.max_steps as f64,
+            "{e} epochs of {n_train} samples in batches of {} are {steps} steps, more than {}",
+            h.batch_size,
+            limits.max_steps
+        );
+        h.n_steps = steps as u64;
+        h.warmup_steps = h.warmup_steps.min(h.n_steps);
+    }
+    Ok(h)
+}
+
+/// A run ready to train: its data and its model.
+pub struct Run {
+    pub prepared: Prepared,
+    pub model: FptModel,
+}
+
+/// Prepares the data and builds the model on `device`, its frozen weights in `precision`.
+pub fn prepare(spec: &TrainSpec<PathBuf>, registry: &ModelRegistry, limits: &Limits, device: Device, precision: Precision) -> Result<Run> {
+    let prepared = prepare_data(spec, registry, limits)?;
+    let model = FptModel::new(ModelSpec {
+        base: &prepared.base,
+        shape: prepared.task.shape,
+        switches: spec.switches,
+        task: serde_json::to_value(&spec.task)?,
+        device,
+        seed: spec.seed,
+        frozen_kind: precision.frozen_kind(device),
+    })?
+    .with_backbone_dropout(prepared.hyperparameters.backbone_dropout)
+    .with_task_state(prepared.task.fitted.clone());
+    Ok(Run { prepared, model })
+}
+
+impl Run {
+    /// The trainer of this run, checkpointing into `checkpoint_dir`.
+    pub fn trainer(&self, seed: u64, checkpoint_dir: PathBuf, metadata: HashMap<String, String>) -> Trainer<'_> {
+        Trainer {
+            model: &self.model,
+            task: &self.prepared.task,
+            cfg: self.prepared.hyperparameters.clone(),
+            seed,
+            checkpoint_dir,
+            metadata,
+        }
+    }
+
+    /// The summary of this run's outcome.
+    pub fn summary(&self, o: &Outcome, seed: u64) -> RunSummary {
+        RunSummary::new(o, &self.model.param_report(), self.paper_count(), self.prepared.hyperparameters.learning_rate, seed)
+    }
+
+    /// The paper's count of trained parameters for this backbone and task (continuous inputs only).
+    fn paper_count(&self) -> Option<i64> {
+        let c = self.prepared.base.backbone_config().ok()?;
+        let task = &self.prepared.task;
+        match task.shape.input {
+            InputKind::Continuous { dim } => Some(paper_param_count(
+                c.hidden,
+                c.layers,
+                dim,
+                task.shape.output_dim * task.shape.readout_tokens,
+                task.info.seq_len as i64,
+            )),
+            InputKind::Tokens { .. } => None,
+        }
+    }
+}
+
+fn accuracy() -> String {
+    "accuracy".into()
+}
+
+/// How a finished run went: what `fpt train` prints and a job's `result` holds. Metric keys are
+/// named by split and metric (`valid_accuracy`, `test_loss`), plus `best_valid_<primary metric>`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunSummary {
+    pub steps: u64,
+    #[serde(default)]
+    pub early_stopped: bool,
+    #[serde(flatten, deserialize_with = "deserialize_map")]
+    pub metrics: MetricMap,
+    /// The metric that picked the kept adapter, and which way it improves (results stored before
+    /// metrics had names were all accuracy).
+    #[serde(default = "accuracy")]
+    pub primary_metric: String,
+    #[serde(default)]
+    pub direction: Direction,
+    pub best_step: Option<u64>,
+    pub samples_per_second: f64,
+    pub wall_seconds: f64,
+    #[serde(default)]
+    pub trainable_parameters: Option<i64>,
+    #[serde(default)]
+    pub total_parameters: Option<i64>,
+    #[serde(default)]
+    pub paper_trained_parameters: Option<i64>,
+    #[serde(default)]
+    pub lr: Option<f64>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Where `fpt train` wrote the kept adapter (jobs store theirs as a model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<PathBuf>,
+}
+
+impl RunSummary {
+    pub fn new(o: &Outcome, params: &ParamReport, paper: Option<i64>, lr: f64, seed: u64) -> Self {
+        let mut metrics = o.train.clone();
+        if let Some(v) = &o.valid {
+            metrics.extend(v.prefixed("valid_"));
+        }
+        if let Some(t) = &o.test {
+            metrics.extend(t.prefixed("test_"));
+        }
+        if let Some(b) = o.best_valid.filter(|b| b.is_finite()) {
+            metrics.insert(format!("best_valid_{}", o.primary), b);
+        }
+        Self {
+            steps: o.steps,
+            early_stopped: o.ending == crate::train::Ending::EarlyStopped,
+            metrics,
+            primary_metric: o.primary.to_string(),
+            direction: o.direction,
+            best_step: o.best_step,
+            samples_per_second: o.samples_per_second,
+            wall_seconds: o.wall_seconds,
+            trainable_parameters: Some(params.trained),
+            total_parameters: Some(params.total),
+            paper_trained_parameters: paper,
+            lr: Some(lr),
+            seed: Some(seed),
+            adapter: None,
+        }
+    }
+
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics.get(name).copied()
+    }
+
+    /// The best validation value of the primary metric.
+    pub fn best_valid(&self) -> Option<f64> {
+        self.metric(&format!("best_valid_{}", self.primary_metric))
+    }
+}
+
+/// A run trained in this process: its summary and its learning curve.
+pub struct LocalRun {
+    pub summary: RunSummary,
+    pub curve: Vec<Metrics>,
+}
+
+/// Trains `spec` here, checkpointing into `ckpt` (and resuming from it), and writes the kept
+/// adapter to `out`. `progress` sees every report as it happens.
+pub fn train_to_file(
+    spec: &TrainSpec<PathBuf>,
+    registry: &ModelRegistry,
+    device: Device,
+    precision: Precision,
+    out: &Path,
+    ckpt: &Path,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<LocalRun> {
+    let run = prepare(spec, registry, &Limits::default(), device, precision)?;
+    let info = &run.prepared.task.info;
+    if info.truncated > 0 {
+        eprintln!("note: {} samples were cut to the backbone's {} positions", info.truncated, run.model.max_positions());
+    }
+    let mut curve = Vec::new();
+    let outcome = run.trainer(spec.seed, ckpt.to_path_buf(), HashMap::new()).run(&Control::default(), &mut |p| {
+        progress(&p);
+        if let Progress::Metrics(m) = p {
+            curve.push(m);
+        }
+    })?;
+    let kept = outcome.adapter.as_ref().context("training produced no adapter")?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::copy(kept, out).with_context(|| format!("writing {}", out.display()))?;
+    let mut summary = run.summary(&outcome, spec.seed);
+    summary.adapter = Some(out.to_path_buf());
+    Ok(LocalRun { summary, curve })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_reads_back_and_so_does_one_stored_before_metrics_had_names() {
+        let s = RunSummary {
+            steps: 10,
+            early_stopped: false,
+            metrics: MetricMap::from([("valid_accuracy".into(), 0.5), ("best_valid_accuracy".into(), 0.75)]),
+            primary_metric: "accuracy".into(),
+            direction: Direction::Higher,
+            best_step: Some(5),
+            samples_per_second: 1.0,
+            wall_seconds: 2.0,
+            trainable_parameters: Some(3),
+            total_parameters: Some(4),
+            paper_trained_parameters: None,
+            lr: Some(1e-3),
+            seed: Some(0),
+            adapter: None,
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["valid_accuracy"], 0.5);
+        assert_eq!(serde_json::from_value::<RunSummary>(v).unwrap(), s);
+        let old = serde_json::json!({"steps": 3, "train_loss": 0.1, "train_accuracy": 1.0, "valid_loss": null,
+            "valid_accuracy": 0.9, "best_valid_accuracy": 0.9, "best_step": 3, "test_accuracy": null, "test_loss": null,
+            "samples_per_second": 5.0, "wall_seconds": 1.0, "early_stopped": false});
+        let old: RunSummary = serde_json::from_value(old).unwrap();
+        assert_eq!((old.best_valid(), old.metric("test_accuracy"), old.primary_metric.as_str()), (Some(0.9), None, "accuracy"));
+    }
+
+    #[test]
+    fn epochs_become_steps_within_the_limit() {
+        let h = TrainConfig { n_epochs: Some(2.0), batch_size: 10, ..TrainConfig::default() };
+        assert_eq!(budget(&h, 55, &Limits::default()).unwrap().n_steps, 11);
+        assert_eq!(budget(&h, 0, &Limits::default()).unwrap().n_steps, h.n_steps);
+        let tight = Limits { max_steps: 10, ..Limits::default() };
+        assert!(budget(&h, 55, &tight).is_err());
+    }
+}

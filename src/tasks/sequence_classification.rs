@@ -1,0 +1,61 @@
+//! `sequence_classification`: a class for a sequence of vectors (`input_dim`) or of token ids
+//! (`vocab_size`), from JSONL, npz or safetensors records.
+use std::path::Path;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::files::{classes, read_records, record_split, tokens, Loaded};
+use super::samples::Form;
+use super::spec::{bad, check};
+use super::{DataSources, Fitted, SpecError, Task, TaskData, TaskLimits, TaskSpec};
+use crate::data::records::{InputSpec, RecordSpec};
+use crate::model::fpt::{HeadShape, InputKind};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceClassification {
+    pub input_dim: Option<usize>,
+    pub vocab_size: Option<usize>,
+    pub num_classes: usize,
+    pub max_len: Option<usize>,
+}
+
+impl Task for SequenceClassification {
+    fn validate(&self, limits: &TaskLimits) -> Result<(), SpecError> {
+        match (self.input_dim, self.vocab_size) {
+            (Some(d), None) => check::within("input_dim", d, 1, limits.max_input_dim)?,
+            (None, Some(v)) => check::within("vocab_size", v, 1, limits.max_vocab)?,
+            (Some(_), Some(_)) => return Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids), not both")),
+            (None, None) => return Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids)")),
+        }
+        check::classes(self.num_classes, limits)?;
+        match self.max_len {
+            Some(l) => check::length("max_len", l, 1, limits),
+            None => Ok(()),
+        }
+    }
+
+    fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
+        let (input, shape) = match (self.input_dim, self.vocab_size) {
+            (Some(d), _) => (InputSpec::Continuous { token_dim: Some(d) }, classes(d as i64, self.num_classes as i64)),
+            (_, Some(v)) => (InputSpec::Tokens { vocab_size: v }, tokens(v as i64, self.num_classes as i64)),
+            (None, None) => unreachable!("validated: one of input_dim and vocab_size"),
+        };
+        let rs = RecordSpec { input, num_classes: Some(self.num_classes), bits: None };
+        let max_len = self.max_len.unwrap_or(src.max_positions).min(src.max_positions);
+        let read = |p: &Path| read_records(p, &rs).map(|r| record_split(&r, max_len));
+        let tr = read(src.train.expect("checked by TaskData::load"))?;
+        let va = src.valid.map(read).transpose()?;
+        let te = src.test.map(read).transpose()?;
+        let truncated = tr.1 + va.as_ref().map_or(0, |v| v.1) + te.as_ref().map_or(0, |v| v.1);
+        Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated }.finish(spec, src)
+    }
+
+    fn sample_form(&self, shape: &HeadShape, _fitted: &Fitted) -> Form {
+        match shape.input {
+            InputKind::Continuous { dim } => Form::Vectors { dim: dim as usize, fixed: None },
+            InputKind::Tokens { vocab } => Form::Ids { vocab, text: None },
+        }
+    }
+}
