@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::flags::{CommonArgs, EvalArgs, ModelArgs, PredictArgs, SweepArgs, TrainArgs};
-use crate::job::{train_to_file, LocalRun};
+use crate::flags::{flag_for, CommonArgs, EvalArgs, ModelArgs, PredictArgs, SweepArgs, TrainArgs};
+use crate::job::{train_to_file, LocalRun, PrepareError};
 use crate::model::fpt::FptModel;
 use crate::model::ModelRegistry;
 use crate::tasks::samples::batch_from_samples;
@@ -84,7 +84,12 @@ fn train_once(m: &ModelArgs, lr: f64, seed: u64, out: &std::path::Path, ckpt: &s
         Progress::Checkpoint { .. } => {}
     });
     bar.finish_and_clear();
-    run
+    // A field of the run that the data showed wrong (`--epochs` that come to too many steps) is
+    // named by its flag, as the parse names the others.
+    run.map_err(|e| match e.downcast::<PrepareError>() {
+        Ok(p) => anyhow::anyhow!("{}: {:#}", flag_for(&p.field), p.error),
+        Err(e) => e,
+    })
 }
 
 fn train(a: TrainArgs) -> Result<()> {

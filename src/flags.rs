@@ -153,7 +153,7 @@ pub fn flag_error(e: SpecError) -> anyhow::Error {
 }
 
 /// The flag that sets an API field path.
-fn flag_for(field: &str) -> String {
+pub fn flag_for(field: &str) -> String {
     let named = match field {
         "model" => "--model",
         "seed" => "--seed",

@@ -54,6 +54,16 @@ async fn a_corrupt_job_row_is_an_error_naming_the_job() {
             .unwrap();
     }
     assert_eq!(store.job(&bad.id).await.unwrap().unwrap().spec, good.spec);
+    // Claimed, an unreadable job fails with the cause instead of being claimed again every lease.
+    sqlx::query("UPDATE jobs SET hyperparameters = 'nonsense' WHERE id = $1").bind(&bad.id).execute(&raw).await.unwrap();
+    let w = lease("w", 60);
+    assert_eq!(store.claim_job(&w, DeviceKind::Cpu).await.unwrap().unwrap().id, good.id);
+    let err = format!("{:#}", store.claim_job(&w, DeviceKind::Cpu).await.unwrap_err());
+    assert!(err.contains(&bad.id) && err.contains("hyperparameters"), "{err}");
+    let row: (String, String) = sqlx::query_as("SELECT status, error FROM jobs WHERE id = $1").bind(&bad.id).fetch_one(&raw).await.unwrap();
+    assert_eq!(row.0, "failed");
+    assert!(row.1.contains("unreadable_job") && row.1.contains("hyperparameters"), "{}", row.1);
+    assert!(store.claim_job(&w, DeviceKind::Cpu).await.unwrap().is_none());
 }
 
 #[tokio::test]

@@ -101,7 +101,7 @@ pub fn job_object(j: &Job) -> Value {
         "training_file": spec.files.train, "validation_file": spec.files.valid,
         "seed": spec.seed, "suffix": j.suffix, "trained_steps": j.trained_steps,
         "result": j.result.as_ref().map_or(json!({}), |r| json!(r)), "error": j.error,
-        "metadata": j.metadata, "device": spec.device.as_str(),
+        "metadata": j.metadata, "device": spec.device.as_str(), "request_id": j.request_id,
     })
 }
 
@@ -114,7 +114,7 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: axum::b
             return Err(ApiError::bad_request("expected a JSON body (content-type: application/json)"));
         }
         let req: CreateJob = parse_json(&body)?;
-        let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let request_id = super::request_id(&headers).map(str::to_string);
         create_job(&s, req, request_id).await.map(|v| (StatusCode::OK, v))
     })
     .await
@@ -141,7 +141,7 @@ async fn create_job(state: &AppState, req: CreateJob, request_id: Option<String>
     tokio::task::spawn_blocking(move || {
         prepare_data(&local, &registry, &limits).map(|_| ()).map_err(|e| {
             // Clients know files by id: the folder they live in stays out of the message.
-            let msg = dirs.iter().fold(format!("{e}"), |m, d| m.replace(d.as_str(), ""));
+            let msg = dirs.iter().fold(format!("{:#}", e.error), |m, d| m.replace(d.as_str(), ""));
             ApiError::invalid(e.field, msg)
         })
     })

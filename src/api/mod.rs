@@ -212,6 +212,12 @@ pub fn list_of<T>(rows: &[T], limit: i64, object: impl Fn(&T) -> serde_json::Val
     axum::Json(list_response(objs, limit, |v| v["id"].as_str().unwrap_or("").to_string()))
 }
 
+/// The request's `x-request-id` (the client's, or the one the server set), when it is a sensible
+/// length: it is stored with queued work and written into logs.
+pub fn request_id(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok()).filter(|id| !id.is_empty() && id.len() <= 128)
+}
+
 /// The `Idempotency-Key` of a request, if any.
 pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Option<String> {
     headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty() && k.len() <= 255).map(String::from)

@@ -30,7 +30,7 @@ async fn predict(State(state): State<AppState>, headers: HeaderMap, ApiJson(req)
     }
     let m = find_fine_tuned(&state, &req.model).await?;
     let timeout = state.settings.prediction_timeout;
-    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let request_id = super::request_id(&headers).unwrap_or_default();
     let adapter = state.artifacts.local(&m.path).await?;
     let out = state.inference.predict(request_id, &m.id, adapter, req.inputs, timeout).await.map_err(|e| match e {
         PredictError::Invalid(msg) => {

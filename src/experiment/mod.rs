@@ -312,20 +312,24 @@ fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, 
     Ok(records)
 }
 
+/// The run's primary metric (runs recorded before metrics had names were judged by accuracy).
+fn primary(r: &RunRecord) -> &str {
+    r.summary["primary_metric"].as_str().unwrap_or("accuracy")
+}
+
 /// The run's best validation value of its task's primary metric.
 fn acc(r: &RunRecord) -> f64 {
-    let primary = r.summary["primary_metric"].as_str().unwrap_or("accuracy");
-    r.summary[format!("best_valid_{primary}")].as_f64().unwrap_or(f64::NAN)
+    r.summary[format!("best_valid_{}", primary(r))].as_f64().unwrap_or(f64::NAN)
 }
 
 fn write_csv(path: &Path, records: &[RunRecord]) -> Result<()> {
     let mut s = String::from(
-        "group,task,backbone,init,freeze,lr,seed,steps,best_valid_accuracy,final_valid_accuracy,train_loss,trainable_parameters,wall_seconds\n",
+        "group,task,backbone,init,freeze,lr,seed,steps,primary_metric,best_valid,final_valid,train_loss,trainable_parameters,wall_seconds\n",
     );
     for r in records {
         let f = |k: &str| r.summary[k].to_string();
         s.push_str(&format!(
-            "{},\"{}\",{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},\"{}\",{},{},{},{},{},{},{},{},{},{},{},{}\n",
             r.group,
             r.task.replace('"', "\"\""),
             r.backbone,
@@ -334,8 +338,9 @@ fn write_csv(path: &Path, records: &[RunRecord]) -> Result<()> {
             r.lr,
             r.seed,
             f("steps"),
-            f("best_valid_accuracy"),
-            f("valid_accuracy"),
+            primary(r),
+            f(&format!("best_valid_{}", primary(r))),
+            f(&format!("valid_{}", primary(r))),
             f("train_loss"),
             f("trainable_parameters"),
             f("wall_seconds")

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use super::spec::{Limits, TrainSpec};
+use super::spec::{check_hyperparameters, Limits, TrainSpec};
 use crate::metrics::{deserialize_map, Direction, MetricMap};
 use crate::model::fpt::{paper_param_count, FptModel, InputKind, ModelSpec, ParamReport};
 use crate::model::{BaseModel, ModelRegistry, Precision};
@@ -25,18 +25,20 @@ pub struct Prepared {
 /// Why a run could not be prepared, and the spec's field it is about (`model`, `training_file`,
 /// `validation_file`, `task`, `hyperparameters.n_epochs`): each edge words it its own way.
 #[derive(Debug, thiserror::Error)]
-#[error("{error:#}")]
+#[error("{field}: {error:#}")]
 pub struct PrepareError {
-    pub field: &'static str,
+    pub field: String,
     pub error: anyhow::Error,
 }
 
 fn at(field: &'static str) -> impl FnOnce(anyhow::Error) -> PrepareError {
-    move |error| PrepareError { field, error }
+    move |error| PrepareError { field: field.to_string(), error }
 }
 
 /// Resolves the base model and loads the data against its positions.
 pub fn prepare_data(spec: &TrainSpec<PathBuf>, registry: &ModelRegistry, limits: &Limits) -> Result<Prepared, PrepareError> {
+    // A job stored before today's bounds is held to them before anything is allocated for it.
+    spec.task.validate(&limits.task).map_err(|e| PrepareError { field: e.field.clone(), error: e.into() })?;
     let base = registry.resolve(&spec.model).map_err(at("model"))?;
     let max_positions = base.backbone_config().map_err(at("model"))?.max_positions as usize;
     let sources = DataSources {
@@ -57,25 +59,31 @@ pub fn prepare_data(spec: &TrainSpec<PathBuf>, registry: &ModelRegistry, limits:
         } else {
             "task"
         };
-        PrepareError { field, error: e }
+        PrepareError { field: field.to_string(), error: e }
     })?;
-    let hyperparameters = budget(&spec.hyperparameters, task.info.train_samples, limits).map_err(at("hyperparameters.n_epochs"))?;
+    let hyperparameters = budget(&spec.hyperparameters, task.info.train_samples, limits)?;
     Ok(Prepared { base, task, hyperparameters })
 }
 
-/// `n_steps` for `n_epochs` passes over `n_train` samples (generated tasks keep `n_steps`).
-fn budget(h: &TrainConfig, n_train: usize, limits: &Limits) -> Result<TrainConfig> {
+/// `n_steps` for `n_epochs` passes over `n_train` samples (bit tasks, with no training set, keep
+/// `n_steps`), and every bound that depends on the step count checked against it.
+fn budget(h: &TrainConfig, n_train: usize, limits: &Limits) -> Result<TrainConfig, PrepareError> {
     let mut h = h.clone();
     if let Some(e) = h.n_epochs.filter(|_| n_train > 0) {
         let steps = ((e * n_train as f64) / h.batch_size as f64).ceil().max(1.0);
-        anyhow::ensure!(
-            steps <= limits.max_steps as f64,
-            "{e} epochs of {n_train} samples in batches of {} are {steps} steps, more than {}",
-            h.batch_size,
-            limits.max_steps
-        );
+        if steps > limits.max_steps as f64 {
+            return Err(PrepareError {
+                field: "hyperparameters.n_epochs".into(),
+                error: anyhow::anyhow!(
+                    "{e} epochs of {n_train} samples in batches of {} are {steps} steps, more than {}",
+                    h.batch_size,
+                    limits.max_steps
+                ),
+            });
+        }
         h.n_steps = steps as u64;
-        h.warmup_steps = h.warmup_steps.min(h.n_steps);
+        h.n_epochs = None;
+        check_hyperparameters(&h, limits).map_err(|e| PrepareError { field: e.field.clone(), error: e.into() })?;
     }
     Ok(h)
 }
@@ -287,11 +295,16 @@ mod tests {
     }
 
     #[test]
-    fn epochs_become_steps_within_the_limit() {
+    fn epochs_become_steps_within_the_limits() {
         let h = TrainConfig { n_epochs: Some(2.0), batch_size: 10, ..TrainConfig::default() };
         assert_eq!(budget(&h, 55, &Limits::default()).unwrap().n_steps, 11);
         assert_eq!(budget(&h, 0, &Limits::default()).unwrap().n_steps, h.n_steps);
         let tight = Limits { max_steps: 10, ..Limits::default() };
-        assert!(budget(&h, 55, &tight).is_err());
+        assert_eq!(budget(&h, 55, &tight).unwrap_err().field, "hyperparameters.n_epochs");
+        // The steps epochs come to are held to the bounds that depend on them.
+        let every_step = TrainConfig { n_epochs: Some(1000.0), checkpoint_every: 1, ..h.clone() };
+        assert_eq!(budget(&every_step, 1000, &Limits::default()).unwrap_err().field, "hyperparameters.checkpoint_every");
+        let warm = TrainConfig { warmup_steps: 100, ..h };
+        assert_eq!(budget(&warm, 55, &Limits::default()).unwrap_err().field, "hyperparameters.warmup_steps");
     }
 }

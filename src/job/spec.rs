@@ -122,7 +122,7 @@ impl Default for Limits {
             max_steps: 10_000_000,
             max_epochs: 10_000.0,
             max_batch_size: 4096,
-            max_checkpoints: 1000,
+            max_checkpoints: 10_000,
             max_reports: 1_000_000,
             task: TaskLimits::default(),
         }
@@ -136,19 +136,28 @@ fn bad(field: &str, message: impl Into<String>) -> SpecError {
 impl<F> TrainSpec<F> {
     /// The one parse of a run: every value checked, every size bounded.
     pub fn parse(raw: RawSpec<F>, limits: &Limits) -> Result<Self, SpecError> {
-        if raw.model.is_empty() || raw.model.len() > 256 {
-            return Err(bad("model", "must be a base model's name of 1 to 256 characters"));
+        if raw.model.is_empty() || raw.model.len() > 4096 {
+            return Err(bad("model", "must be a base model's name (or, on the command line, a folder) of 1 to 4096 bytes"));
         }
         raw.task.validate(&limits.task)?;
         check_hyperparameters(&raw.hyperparameters, limits)?;
+        if let Some(each) = raw.task.task().drawn_values_per_sample() {
+            let max = limits.task.max_generated_values;
+            if raw.hyperparameters.batch_size.checked_mul(each).is_none_or(|v| v > max) {
+                return Err(bad(
+                    "hyperparameters.batch_size",
+                    format!(
+                        "{} samples of {each} values drawn per step exceed the {max} values a generated batch may hold",
+                        raw.hyperparameters.batch_size
+                    ),
+                ));
+            }
+        }
         if raw.method.kind != "fpt" {
             return Err(bad("method.type", format!("method `{}` is not supported (fpt)", raw.method.kind)));
         }
         let device =
             DeviceKind::parse(&raw.device).ok_or_else(|| bad("device", format!("device `{}` is not one of any, cpu, cuda", raw.device)))?;
-        if i64::try_from(raw.seed).is_err() {
-            return Err(bad("seed", format!("must be within 0..={}", i64::MAX)));
-        }
         if raw.task.needs_file() && raw.files.train.is_none() {
             return Err(bad("training_file", format!("task `{}` needs a training file", raw.task.name())));
         }
@@ -181,8 +190,9 @@ impl<F> TrainSpec<F> {
     }
 }
 
-/// Ranges serde cannot check, and the bounds of [`Limits`].
-fn check_hyperparameters(h: &TrainConfig, limits: &Limits) -> Result<(), SpecError> {
+/// Ranges serde cannot check, and the bounds of [`Limits`]; checked again once `n_epochs` has
+/// become a number of steps.
+pub(crate) fn check_hyperparameters(h: &TrainConfig, limits: &Limits) -> Result<(), SpecError> {
     let field = |f: &str| format!("hyperparameters.{f}");
     let err = |f: &str, m: String| Err(bad(&field(f), m));
     if h.n_steps == 0 || h.n_steps > limits.max_steps {
@@ -213,7 +223,8 @@ fn check_hyperparameters(h: &TrainConfig, limits: &Limits) -> Result<(), SpecErr
     if !(h.weight_decay.is_finite() && h.weight_decay >= 0.0) {
         return err("weight_decay", "must be >= 0".into());
     }
-    if h.warmup_steps > h.n_steps {
+    // With `n_epochs` the steps are known once the data is: the warm-up is checked then.
+    if h.n_epochs.is_none() && h.warmup_steps > h.n_steps {
         return err("warmup_steps", format!("must be at most n_steps ({})", h.n_steps));
     }
     if !(h.grad_clip >= 0.0 && h.grad_clip.is_finite()) {
@@ -326,7 +337,7 @@ mod tests {
             (serde_json::json!({"grad_clip": -1.0}), "hyperparameters.grad_clip"),
             (serde_json::json!({"eval_every": 0}), "hyperparameters.eval_every"),
             (serde_json::json!({"log_every": 0}), "hyperparameters.log_every"),
-            (serde_json::json!({"n_steps": 5000, "checkpoint_every": 1}), "hyperparameters.checkpoint_every"),
+            (serde_json::json!({"n_steps": 20_000, "checkpoint_every": 1}), "hyperparameters.checkpoint_every"),
             (serde_json::json!({"n_steps": 10_000_000, "log_every": 1, "checkpoint_every": 0}), "hyperparameters.log_every"),
             (serde_json::json!({"validation_fraction": 1.0}), "hyperparameters.validation_fraction"),
             (serde_json::json!({"backbone_dropout": 1.0}), "hyperparameters.backbone_dropout"),
@@ -349,7 +360,7 @@ mod tests {
         assert_eq!(field_of(r), "device");
         let mut r = raw(xor(), serde_json::json!({}));
         r.seed = u64::MAX;
-        assert_eq!(field_of(r), "seed");
+        assert!(TrainSpec::parse(r, &Limits::default()).is_ok(), "every u64 is a seed");
         let r = raw(serde_json::json!({"type": "mnist"}), serde_json::json!({}));
         assert_eq!(field_of(r), "training_file");
     }
@@ -381,6 +392,13 @@ mod tests {
             r.files.train = Some("f".into());
             assert_eq!(field_of(r), field, "{task}");
         }
+    }
+
+    #[test]
+    fn a_drawn_batch_of_a_bit_task_is_bounded() {
+        let big = serde_json::json!({"type": "bit_memory", "n_bits": 16000, "patch_size": 100, "n_patterns": 64, "n_valid": 200});
+        assert_eq!(field_of(raw(big.clone(), serde_json::json!({"batch_size": 4096}))), "hyperparameters.batch_size");
+        assert!(TrainSpec::parse(raw(big, serde_json::json!({"batch_size": 16})), &Limits::default()).is_ok());
     }
 
     #[test]

@@ -153,7 +153,8 @@ impl TryFrom<JobRecord> for Job {
                 task: column("task", &r.task)?,
                 hyperparameters: column("hyperparameters", &r.hyperparameters)?,
                 switches: method.fpt,
-                seed: u64::try_from(r.seed).context("column `seed` is negative")?,
+                // Seeds are stored as their i64 bit pattern (as they always were), so every u64 reads back.
+                seed: r.seed as u64,
                 files: DataFiles { train: r.training_file, valid: r.validation_file, test: None },
                 device: DeviceKind::parse(&r.device).with_context(|| format!("column `device`: unknown device `{}`", r.device))?,
             };
@@ -348,7 +349,7 @@ impl Store {
         )
         .bind(&j.id).bind(&spec.model).bind(serde_json::to_string(&spec.task)?).bind(j.status.as_str()).bind(j.created_at)
         .bind(serde_json::to_string(&spec.hyperparameters)?).bind(serde_json::to_string(&spec.method())?)
-        .bind(&spec.files.train).bind(&spec.files.valid).bind(i64::try_from(spec.seed).context("seed beyond i64")?).bind(&j.suffix)
+        .bind(&spec.files.train).bind(&spec.files.valid).bind(spec.seed as i64).bind(&j.suffix)
         .bind(j.metadata.as_ref().map(|m| serde_json::Value::Object(m.clone()).to_string())).bind(spec.device.as_str()).bind(j.desired.as_str())
         .bind(&j.request_id)
         .execute(&self.pool)
@@ -405,7 +406,19 @@ impl Store {
             .bind(DeviceKind::Any.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(Job::try_from).transpose()
+        let Some(row) = row else { return Ok(None) };
+        let id = row.id.clone();
+        match Job::try_from(row) {
+            Ok(job) => Ok(Some(job)),
+            Err(e) => {
+                // Claimed but unreadable: it would be claimed again every lease period. It fails
+                // here, with the cause, and the next claim goes on to the next job.
+                let error = JobError { code: "unreadable_job".into(), message: format!("{e:#}"), param: None };
+                self.finish_job(&id, &lease.worker, &JobEnd { status: JobStatus::Failed, result: None, error: Some(&error), model: None })
+                    .await?;
+                Err(e)
+            }
+        }
     }
 
     /// Renews a lease; returns what a client asks of the job now, or None when this worker no

@@ -56,11 +56,15 @@ impl Task for BitMemory {
         if !(0.0..=1.0).contains(&self.mask_prob) {
             return Err(bad("mask_prob", "must be within 0..1"));
         }
-        check::generated("n_valid", self.n_valid, (self.n_patterns + 1) * self.n_bits, limits)
+        check::generated("n_valid", self.n_valid, self.drawn_values_per_sample().unwrap_or_default(), limits)
     }
 
     fn needs_file(&self) -> bool {
         false
+    }
+
+    fn drawn_values_per_sample(&self) -> Option<usize> {
+        Some((self.n_patterns + 1) * self.n_bits + self.n_bits)
     }
 
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
@@ -80,11 +84,15 @@ impl Task for BitMemory {
 impl Task for BitXor {
     fn validate(&self, limits: &TaskLimits) -> Result<(), SpecError> {
         check_bits(self.n_bits, limits)?;
-        check::generated("n_valid", self.n_valid, 3 * self.n_bits, limits)
+        check::generated("n_valid", self.n_valid, self.drawn_values_per_sample().unwrap_or_default(), limits)
     }
 
     fn needs_file(&self) -> bool {
         false
+    }
+
+    fn drawn_values_per_sample(&self) -> Option<usize> {
+        Some(3 * self.n_bits)
     }
 
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {

@@ -46,6 +46,9 @@ impl Task for Listops {
         if self.min_length > self.max_len {
             return Err(bad("min_length", format!("must be at most max_len ({})", self.max_len)));
         }
+        if !self.generate {
+            return Ok(());
+        }
         check::generated("n_train", self.n_train, self.max_len, limits)?;
         check::generated("n_valid", self.n_valid, self.max_len, limits)
     }

@@ -94,6 +94,11 @@ pub trait Task {
     fn needs_file(&self) -> bool {
         true
     }
+    /// For a task that draws every training batch afresh: the values one sample holds, so that
+    /// the parse bounds a batch of them (`batch_size` x this) as it bounds a generated split.
+    fn drawn_values_per_sample(&self) -> Option<usize> {
+        None
+    }
     /// Reads (or generates) the splits and the head's shape; `spec` is the registered spec of `self`.
     /// What the task fits on its training split (normalisation statistics, a label map) goes in
     /// [`TaskData::fitted`]; the adapter carries it, and it comes back to the two methods below.
@@ -270,15 +275,17 @@ impl TaskData {
         let (x, y) = task.tensors(step_seed(src.seed, u64::MAX), n_valid.max(1));
         let valid = Split { features: Features::Tokens { x, lengths: None }, targets: y };
         let (k, per_token) = task.readout();
+        let shape = HeadShape {
+            input: InputKind::Continuous { dim: task.token_dim() as i64 },
+            output_dim: 2 * per_token as i64,
+            readout_tokens: k as i64,
+        };
+        let fitted = nothing_fitted();
         Ok(Self {
             spec: spec.clone(),
-            fitted: nothing_fitted(),
-            shape: HeadShape {
-                input: InputKind::Continuous { dim: task.token_dim() as i64 },
-                output_dim: 2 * per_token as i64,
-                readout_tokens: k as i64,
-            },
-            objective: Objective::Bits { per_token: per_token as i64 },
+            objective: spec.task().objective(&shape, &fitted),
+            fitted,
+            shape,
             info: DataInfo { train_samples: 0, valid_samples: n_valid.max(1), test_samples: 0, seq_len: task.tokens(), truncated: 0 },
             seed: src.seed,
             data: Data::Synthetic { task, valid },
