@@ -7,6 +7,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
+use axum::http::HeaderValue;
+use tower_http::cors::AllowOrigin;
+
 use crate::artifacts::Artifacts;
 use crate::flags::CommonArgs;
 use crate::job::Limits;
@@ -56,6 +59,9 @@ pub struct ServeArgs {
     /// Prediction requests waiting at once; more get 429.
     #[arg(long, env = "FPT_MAX_QUEUE", default_value_t = 512)]
     pub max_queue: usize,
+    /// Samples one prediction request may hold; more is a 413 naming the limit.
+    #[arg(long, env = "FPT_MAX_PREDICTION_ROWS", default_value_t = 1024)]
+    pub max_prediction_rows: usize,
     /// A prediction request that waited longer gets 503.
     #[arg(long, env = "FPT_PREDICTION_TIMEOUT_MS", default_value_t = 30_000)]
     pub prediction_timeout_ms: u64,
@@ -91,13 +97,47 @@ pub struct LimitArgs {
     /// Most classes of a classification head.
     #[arg(long, env = "FPT_MAX_CLASSES", default_value_t = TaskLimits::default().max_classes)]
     pub max_classes: usize,
+    /// MiB one data file may decompress to (gzip, tar, npz), so a small upload cannot become gigabytes.
+    #[arg(long, env = "FPT_MAX_INFLATED_MB", default_value_t = 1024)]
+    pub max_inflated_mb: u64,
 }
 
 impl LimitArgs {
+    /// Puts the bounds that the data parsers read process-wide into effect.
+    pub fn apply(&self) {
+        crate::data::set_max_inflated_bytes(self.max_inflated_mb << 20);
+    }
+
     pub fn limits(&self) -> Limits {
         let task = TaskLimits { max_generated_samples: self.max_generated_samples, max_classes: self.max_classes, ..TaskLimits::default() };
         Limits { max_steps: self.max_steps, max_checkpoints: self.max_checkpoints, task, ..Limits::default() }
     }
+}
+
+/// `--cors-origin` values as CORS takes them: `*` alone allows any origin (there are no
+/// credentials to protect: keys travel in a header the page sets), or a list of origins.
+fn cors_origins(origins: &[String]) -> Result<Option<AllowOrigin>> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    if origins.iter().any(|o| o == "*") {
+        if origins.len() > 1 {
+            bail!(
+                "--cors-origin `*` allows every origin: give it alone, not with {:?}",
+                origins.iter().filter(|o| *o != "*").collect::<Vec<_>>()
+            );
+        }
+        return Ok(Some(AllowOrigin::any()));
+    }
+    let parsed = origins
+        .iter()
+        .map(|o| {
+            let ok = (o.starts_with("http://") || o.starts_with("https://")) && !o.ends_with('/');
+            let value = HeaderValue::from_str(o).ok().filter(|_| ok);
+            value.with_context(|| format!("--cors-origin `{o}` is not an origin such as https://example.com (scheme and host, no path)"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(AllowOrigin::list(parsed)))
 }
 
 /// What the HTTP handlers need of the settings: plain values, made once from the flags.
@@ -110,8 +150,11 @@ pub struct ApiSettings {
     pub request_timeout: Duration,
     /// Requests served at once; more get 429.
     pub max_concurrency: usize,
-    pub cors_origins: Vec<String>,
+    /// The origins CORS allows (`*`: any); None: CORS off.
+    pub cors: Option<AllowOrigin>,
     pub prediction_timeout: Duration,
+    /// Samples one prediction request may hold.
+    pub max_prediction_rows: usize,
     pub limits: Limits,
 }
 
@@ -191,8 +234,9 @@ impl ServeArgs {
             max_body_bytes: self.max_body_mb << 20,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             max_concurrency: self.max_concurrency.max(1),
-            cors_origins: self.cors_origins.clone(),
+            cors: cors_origins(&self.cors_origins).expect("checked by resolve"),
             prediction_timeout: Duration::from_millis(self.prediction_timeout_ms),
+            max_prediction_rows: self.max_prediction_rows.max(1),
             limits: self.limits.limits(),
         }
     }
@@ -241,6 +285,7 @@ impl ServeArgs {
             }
         }
         self.api_keys.retain(|k| !k.is_empty());
+        cors_origins(&self.cors_origins)?;
         let addr: std::net::SocketAddr = self.bind.parse().with_context(|| format!("--bind `{}` is not an address:port", self.bind))?;
         if self.api_keys.is_empty() {
             if !addr.ip().is_loopback() && !self.insecure {

@@ -30,6 +30,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
+    args.limits.apply();
     if args.common.threads > 0 {
         tch::set_num_threads(args.common.threads);
     }
@@ -91,6 +92,7 @@ pub fn work_blocking(args: WorkerArgs) -> Result<()> {
 /// A worker-only node: claims jobs from the shared database until SIGTERM, then checkpoints what
 /// it runs and hands it back to the queue.
 pub async fn work(args: WorkerArgs) -> Result<()> {
+    args.limits.apply();
     if args.common.threads > 0 {
         tch::set_num_threads(args.common.threads);
     }

@@ -300,7 +300,7 @@ async fn events_and_checkpoints(store: &Store) {
     store.insert_model(&m).await.unwrap();
     store.insert_model(&ModelRow { path: "jobs/final2".into(), ..m.clone() }).await.unwrap();
     assert_eq!(store.model("ft-x").await.unwrap().unwrap().path, "jobs/final2");
-    assert!(store.models().await.unwrap().iter().any(|m| m.id == "ft-x"));
+    assert!(store.models(&Page { after: None, limit: 100 }).await.unwrap().iter().any(|m| m.id == "ft-x"));
     assert!(store.delete_model("ft-x").await.unwrap());
     assert!(!store.delete_model("ft-x").await.unwrap());
     assert!(store.model("ft-x").await.unwrap().is_none());

@@ -15,8 +15,9 @@ pub enum ApiError {
     NotFound { what: &'static str, id: String },
     #[error("{0}")]
     Conflict(String),
-    #[error("request body too large (limit {limit} bytes)")]
-    TooLarge { limit: usize },
+    /// `what` (the request body, or the field it names) is over its limit.
+    #[error("{what} too large (limit {limit} {unit})")]
+    TooLarge { what: &'static str, limit: usize, unit: &'static str },
     #[error("{message}")]
     Invalid { message: String, param: String },
     #[error("the server is busy; retry after {retry_after} s")]
@@ -28,6 +29,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// What a `TooLarge` names when the whole body is over the limit.
+    pub const BODY: &'static str = "request body";
+
+    /// A body over `limit` bytes.
+    pub fn body_too_large(limit: usize) -> Self {
+        ApiError::TooLarge { what: Self::BODY, limit, unit: "bytes" }
+    }
+
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Invalid { param: param.into(), message: message.into() }
     }
@@ -46,7 +55,10 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", None),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "invalid_state", None),
-            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "payload_too_large", None),
+            ApiError::TooLarge { what, .. } => {
+                let param = (*what != ApiError::BODY).then(|| what.to_string());
+                (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "payload_too_large", param)
+            }
             ApiError::Invalid { param, .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", "invalid_value", Some(param.clone()))
             }
@@ -90,7 +102,7 @@ where
         }
         let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge { limit: state.settings.max_body_bytes }
+                ApiError::body_too_large(state.settings.max_body_bytes)
             } else {
                 ApiError::bad_request(e.body_text())
             }

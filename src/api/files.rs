@@ -56,13 +56,13 @@ async fn receive(state: &AppState, mut multipart: Multipart) -> ApiResult<Value>
                 let mut buf = Vec::new();
                 while let Some(chunk) = field.chunk().await.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))? {
                     if buf.len() + chunk.len() > limit {
-                        return Err(ApiError::TooLarge { limit });
+                        return Err(ApiError::TooLarge { what: "file", limit, unit: "bytes" });
                     }
                     buf.extend_from_slice(&chunk);
                 }
                 file = Some(buf);
             }
-            "purpose" => purpose = Some(field.text().await.map_err(|e| ApiError::bad_request(e.to_string()))?),
+            "purpose" => purpose = Some(small_text(&mut field, "purpose").await?),
             _ => {}
         }
     }
@@ -97,6 +97,21 @@ async fn receive(state: &AppState, mut multipart: Multipart) -> ApiResult<Value>
     Ok(file_object(&row))
 }
 
+/// Most bytes of a multipart text field.
+const MAX_TEXT_FIELD: usize = 64;
+
+/// A short multipart text field, refused past [`MAX_TEXT_FIELD`] bytes without reading further.
+async fn small_text(field: &mut axum::extract::multipart::Field<'_>, name: &'static str) -> ApiResult<String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| ApiError::bad_request(format!("reading `{name}`: {e}")))? {
+        if buf.len() + chunk.len() > MAX_TEXT_FIELD {
+            return Err(ApiError::TooLarge { what: name, limit: MAX_TEXT_FIELD, unit: "bytes" });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf).map_err(|_| ApiError::invalid(name, "not UTF-8 text"))
+}
+
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
     let limit = q.limit()?;
     let rows = state.store.files(&Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
@@ -113,6 +128,10 @@ async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
 
 async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let f = find(&state, &id).await?;
+    let users = state.store.jobs_using_file(&id).await?;
+    if !users.is_empty() {
+        return Err(ApiError::Conflict(format!("file `{id}` is in use by job(s) not yet ended: {}", users.join(", "))));
+    }
     state.store.delete_file(&id).await?;
     // Jobs that used the file keep their own record of it; the bytes go.
     if let Err(e) = state.artifacts.delete(&f.path).await {

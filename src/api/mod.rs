@@ -19,7 +19,7 @@ use axum::routing::MethodRouter;
 use axum::Router;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -116,17 +116,13 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
-    if !s.cors_origins.is_empty() {
-        let origins: Vec<HeaderValue> = s.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
+    if let Some(origins) = &s.cors {
         app = app.layer(
-            CorsLayer::new()
-                .allow_origin(AllowOrigin::list(origins))
-                .allow_methods([Method::GET, Method::POST, Method::DELETE])
-                .allow_headers([
-                    axum::http::header::AUTHORIZATION,
-                    axum::http::header::CONTENT_TYPE,
-                    HeaderName::from_static("idempotency-key"),
-                ]),
+            CorsLayer::new().allow_origin(origins.clone()).allow_methods([Method::GET, Method::POST, Method::DELETE]).allow_headers([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+            ]),
         );
     }
     app.with_state(state)
@@ -173,7 +169,7 @@ async fn limit_and_count(State(state): State<AppState>, req: Request, next: Next
         c.server_errors.fetch_add(1, Ordering::Relaxed);
     }
     if status == StatusCode::PAYLOAD_TOO_LARGE && resp.headers().get("content-type").is_none_or(|v| v != "application/json") {
-        return ApiError::TooLarge { limit: state.settings.max_body_bytes }.into_response();
+        return ApiError::body_too_large(state.settings.max_body_bytes).into_response();
     }
     resp
 }

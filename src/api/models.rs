@@ -1,14 +1,14 @@
 //! `/v1/models`: base models (backbones) and fine-tuned adapters, their adapter files, and
 //! loading/unloading them in the prediction cache.
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
-use super::{AppState, Route};
-use crate::store::ModelRow;
+use super::{list_response, AppState, ListQuery, Route};
+use crate::store::{ModelRow, Page};
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -32,15 +32,28 @@ fn base_object(b: &crate::model::BaseModel) -> Value {
            "max_positions": cfg.as_ref().map(|c| c.max_positions), "loaded": false})
 }
 
-async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+/// Base models first (by name), then fine-tuned ones (newest first), paged by `after` and `limit`.
+async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+    let limit = q.limit()?;
     let loaded = state.inference.loaded();
     let registry = state.registry.clone();
     let bases = tokio::task::spawn_blocking(move || registry.list()).await.map_err(|e| ApiError::Internal(e.into()))?;
-    let mut data: Vec<Value> = bases.iter().map(base_object).collect();
-    data.extend(state.store.models().await?.iter().map(|m| fine_tuned_object(m, loaded.contains(&m.id))));
-    let first = data.first().map(|v| v["id"].clone());
-    let last = data.last().map(|v| v["id"].clone());
-    Ok(Json(json!({"object": "list", "data": data, "has_more": false, "first_id": first, "last_id": last})))
+    let after_base = q.after.as_deref().and_then(|a| bases.iter().position(|b| b.name == a));
+    let mut data: Vec<Value> = match (&q.after, after_base) {
+        (None, _) => bases.iter().map(base_object).collect(),
+        (Some(_), Some(i)) => bases[i + 1..].iter().map(base_object).collect(),
+        (Some(_), None) => Vec::new(),
+    };
+    let after_model = if after_base.is_some() { None } else { q.after.as_deref() };
+    if let Some(a) = after_model {
+        state.store.model(a).await?.ok_or_else(|| ApiError::invalid("after", format!("`{a}` is not a model id")))?;
+    }
+    let wanted = (limit + 1 - data.len() as i64).max(0);
+    if wanted > 0 {
+        let rows = state.store.models(&Page { after: after_model, limit: wanted }).await?;
+        data.extend(rows.iter().map(|m| fine_tuned_object(m, loaded.contains(&m.id))));
+    }
+    Ok(Json(list_response(data, limit, |v| v["id"].as_str().unwrap_or("").to_string())))
 }
 
 pub async fn find_fine_tuned(state: &AppState, id: &str) -> ApiResult<ModelRow> {
@@ -62,8 +75,20 @@ async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
         }
         return Err(ApiError::not_found("model", &id));
     }
+    let m = find_fine_tuned(&state, &id).await?;
     state.inference.unload(&id).await;
     state.store.delete_model(&id).await?;
+    // The adapter's bytes go too, unless another model is the same file or the file is a
+    // checkpoint its job may still resume from.
+    let job_running = match state.store.job(&m.job_id).await? {
+        Some(j) => !j.status.is_terminal(),
+        None => false,
+    };
+    if !(job_running && m.checkpoint_step.is_some()) && !state.store.artifact_in_use(&m.path, &m.id).await? {
+        if let Err(e) = state.artifacts.delete(&m.path).await {
+            tracing::warn!(model = %id, error = format!("{e:#}"), "deleting a model's adapter");
+        }
+    }
     Ok(Json(json!({"id": id, "object": "model", "deleted": true})))
 }
 

@@ -28,6 +28,10 @@ async fn predict(State(state): State<AppState>, headers: HeaderMap, ApiJson(req)
     if req.inputs.is_empty() {
         return Err(ApiError::invalid("inputs", "at least one sample is needed"));
     }
+    let max = state.settings.max_prediction_rows;
+    if req.inputs.len() > max {
+        return Err(ApiError::TooLarge { what: "inputs", limit: max, unit: "samples" });
+    }
     let m = find_fine_tuned(&state, &req.model).await?;
     let timeout = state.settings.prediction_timeout;
     let request_id = super::request_id(&headers).unwrap_or_default();

@@ -1,6 +1,6 @@
 //! Named n-d arrays read from `.npz` (zip of `.npy`) and `.safetensors` containers, with a minimal `.npy` parser.
 
-use std::io::{Cursor, Read};
+use std::io::Cursor;
 
 use safetensors::{Dtype, SafeTensors};
 
@@ -266,12 +266,18 @@ pub fn read_npz(bytes: &[u8], names: &[&str]) -> Result<Vec<Array>, DataError> {
     let mut archive =
         zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| DataError::file(format!("not a readable npz (zip) archive: {e}")))?;
     let available: Vec<String> = archive.file_names().map(|file| file.strip_suffix(".npy").unwrap_or(file).to_string()).collect();
+    let mut inflated = 0u64;
     names
         .iter()
         .map(|&name| {
-            let mut member = archive.by_name(&format!("{name}.npy")).map_err(|_| missing_array("npz archive", name, available.clone()))?;
-            let mut npy = Vec::new();
-            member.read_to_end(&mut npy).map_err(|e| array_error(name, format!("cannot decompress: {e}")))?;
+            let member = archive.by_name(&format!("{name}.npy")).map_err(|_| missing_array("npz archive", name, available.clone()))?;
+            // The declared size is checked before anything is read; the read itself is bounded too,
+            // in case the declaration lies.
+            if inflated.saturating_add(member.size()) > super::max_inflated_bytes() {
+                return Err(super::too_inflated("the npz archive"));
+            }
+            let npy = super::read_inflated(member, inflated, &format!("array '{name}'"))?;
+            inflated += npy.len() as u64;
             let (shape, data) = parse_npy(&npy).map_err(|message| array_error(name, message))?;
             Ok(Array { name: name.to_string(), shape, data })
         })

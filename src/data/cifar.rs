@@ -1,7 +1,6 @@
 //! CIFAR-10 binary batches (single `.bin`, the official `.tar.gz`, or an unpacked directory), converted to HWC images.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
 use super::{DataError, ImageSet};
@@ -100,7 +99,9 @@ struct ArchiveBatches {
 
 /// The wanted batch files in a tar.gz, keyed by file name; whatever folder they sit in is accepted.
 fn extract_batches(bytes: &[u8], wanted: &[&str]) -> Result<ArchiveBatches, DataError> {
-    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(bytes));
+    // The whole decompressed stream is bounded, so a bomb costs neither memory nor unbounded time.
+    let mut archive = tar::Archive::new(std::io::Read::take(flate2::read::MultiGzDecoder::new(bytes), super::max_inflated_bytes()));
+    let mut kept = 0u64;
     let mut batches = HashMap::new();
     let mut seen = Vec::new();
     for entry in archive.entries().map_err(tar_error)? {
@@ -114,8 +115,11 @@ fn extract_batches(bytes: &[u8], wanted: &[&str]) -> Result<ArchiveBatches, Data
         if !wanted.contains(&name.as_str()) {
             continue;
         }
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).map_err(tar_error)?;
+        if kept.saturating_add(entry.header().size().unwrap_or(u64::MAX)) > super::max_inflated_bytes() {
+            return Err(super::too_inflated("the tar archive"));
+        }
+        let data = super::read_inflated(&mut entry, kept, &name)?;
+        kept += data.len() as u64;
         if batches.insert(name.clone(), data).is_some() {
             return Err(DataError::file(format!("tar archive holds {name} twice")));
         }

@@ -12,6 +12,37 @@ pub mod records;
 
 use std::borrow::Cow;
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes one file may decompress to (gzip, a tar's members, an npz's arrays together): a small
+/// compressed upload must not become gigabytes in memory. The service sets it from
+/// `--max-inflated-mb`; everything else keeps the default.
+static MAX_INFLATED_BYTES: AtomicU64 = AtomicU64::new(1 << 30);
+
+pub fn set_max_inflated_bytes(bytes: u64) {
+    MAX_INFLATED_BYTES.store(bytes.max(1), Ordering::Relaxed);
+}
+
+pub fn max_inflated_bytes() -> u64 {
+    MAX_INFLATED_BYTES.load(Ordering::Relaxed)
+}
+
+/// Reads a decompressing reader to its end, refusing it past [`max_inflated_bytes`] (`already`
+/// bytes of the same file were decompressed before). `what` names the data in the error.
+pub(crate) fn read_inflated(r: impl Read, already: u64, what: &str) -> Result<Vec<u8>, DataError> {
+    let limit = max_inflated_bytes().saturating_sub(already);
+    let mut out = Vec::new();
+    r.take(limit.saturating_add(1)).read_to_end(&mut out).map_err(|e| DataError::file(format!("{what}: corrupt compressed data: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(too_inflated(what));
+    }
+    Ok(out)
+}
+
+/// The error of a file that decompresses past the limit.
+pub(crate) fn too_inflated(what: &str) -> DataError {
+    DataError::file(format!("{what} decompresses to more than {} bytes, the most one file may hold decompressed", max_inflated_bytes()))
+}
 
 /// Where in a file a problem is, and what is wrong.
 /// Display: "{location}: {message}" e.g. "line 7: input has 15 values, expected a multiple of 16 (input_dim)".
@@ -261,9 +292,7 @@ pub(crate) fn gunzip_if_compressed(bytes: &[u8]) -> Result<Cow<'_, [u8]>, DataEr
     if !is_gzip(bytes) {
         return Ok(Cow::Borrowed(bytes));
     }
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out).map_err(|e| DataError::file(format!("corrupt gzip data: {e}")))?;
-    Ok(Cow::Owned(out))
+    Ok(Cow::Owned(read_inflated(flate2::read::MultiGzDecoder::new(bytes), 0, "gzip data")?))
 }
 
 /// The first few decompressed bytes of a gzip stream; a stream that ends early just yields fewer bytes.

@@ -333,6 +333,22 @@ impl Store {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
+    /// The jobs not yet ended that read the file: it cannot go while one of them may still load it.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn jobs_using_file(&self, file_id: &str) -> Result<Vec<String>> {
+        let done = [JobStatus::Succeeded, JobStatus::Failed, JobStatus::Cancelled];
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE (training_file = $1 OR validation_file = $1) AND status NOT IN ($2, $3, $4) ORDER BY created_at LIMIT 10",
+        )
+        .bind(file_id)
+        .bind(done[0].as_str())
+        .bind(done[1].as_str())
+        .bind(done[2].as_str())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn delete_file(&self, id: &str) -> Result<bool> {
         Ok(sqlx::query("UPDATE files SET deleted = 1 WHERE id = $1 AND deleted = 0").bind(id).execute(&self.pool).await?.rows_affected()
             > 0)
@@ -617,12 +633,27 @@ impl Store {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn models(&self) -> Result<Vec<ModelRow>> {
+    pub async fn models(&self, page: &Page<'_>) -> Result<Vec<ModelRow>> {
         Ok(sqlx::query_as(
-            "SELECT id, job_id, base_model, created_at, path, checkpoint_step FROM models WHERE deleted = 0 ORDER BY rowid DESC",
+            "SELECT id, job_id, base_model, created_at, path, checkpoint_step FROM models WHERE deleted = 0
+             AND ($1 IS NULL OR rowid < (SELECT rowid FROM models WHERE id = $1)) ORDER BY rowid DESC LIMIT $2",
         )
+        .bind(page.after)
+        .bind(page.limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Whether another live model row keeps the artifact at `path` (a checkpoint's adapter is the
+    /// file of its checkpoint model and may be the job's kept one too).
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn artifact_in_use(&self, path: &str, except_model: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM models WHERE path = $1 AND id <> $2 AND deleted = 0")
+            .bind(path)
+            .bind(except_model)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
     }
 
     #[tracing::instrument(level = "debug", skip_all)]

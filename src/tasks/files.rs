@@ -170,9 +170,7 @@ pub fn labels_beside(p: &Path) -> Option<PathBuf> {
 /// The files of a tar or tar.gz archive, or None when the bytes are not one.
 fn tar_members(bytes: &[u8]) -> Result<Option<Vec<(String, Vec<u8>)>>> {
     let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut out).context("truncated or corrupt gzip")?;
-        out
+        data::read_inflated(flate2::read::GzDecoder::new(bytes), 0, "the tar.gz archive")?
     } else {
         bytes.to_vec()
     };

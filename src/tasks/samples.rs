@@ -46,9 +46,9 @@ pub(super) fn vocab(shape: &HeadShape) -> i64 {
 fn numbers(index: usize, v: &[Value]) -> Result<Vec<f32>, SampleError> {
     v.iter()
         .enumerate()
-        .map(|(j, x)| match x.as_f64() {
-            Some(f) if f.is_finite() => Ok(f as f32),
-            _ => Err(err(index, format!("value {j} is not a finite number"))),
+        .map(|(j, x)| match x.as_f64().map(|f| f as f32) {
+            Some(f) if f.is_finite() => Ok(f),
+            _ => Err(err(index, format!("value {j} is not a finite number within the float32 range (|x| < 3.4e38)"))),
         })
         .collect()
 }
