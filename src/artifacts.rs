@@ -39,6 +39,15 @@ impl Artifacts {
         Ok(Self { store: Arc::from(store), prefix: prefix.to_string(), root: None, cache: cache.to_path_buf() })
     }
 
+    /// `text` (an error from this store) without the store's own folder: clients know artifacts
+    /// by key, and the server's paths stay in its log.
+    pub fn redact(&self, text: &str) -> String {
+        match &self.root {
+            Some(root) => text.replace(&format!("{}/", root.display()), ""),
+            None => text.to_string(),
+        }
+    }
+
     fn key(&self, key: &str) -> Result<Key> {
         if key.is_empty() || key.starts_with('/') || key.split('/').any(|p| p == ".." || p == "." || p.is_empty()) {
             bail!("artifact key `{key}` is not a relative path");

@@ -59,8 +59,15 @@ pub struct ServeArgs {
     /// Prediction requests waiting at once; more get 429.
     #[arg(long, env = "FPT_MAX_QUEUE", default_value_t = 512)]
     pub max_queue: usize,
+    /// Live event streams (`?stream=true`) at once; more get 429 with `retry-after`.
+    #[arg(long, env = "FPT_MAX_STREAMS", default_value_t = 64)]
+    pub max_streams: usize,
+    /// Seconds SIGTERM waits for running jobs to checkpoint and go back to the queue before the
+    /// process exits anyway (a job not checkpointed resumes from its last checkpoint).
+    #[arg(long, env = "FPT_SHUTDOWN_GRACE_SECS", default_value_t = 60)]
+    pub shutdown_grace_secs: u64,
     /// Samples one prediction request may hold; more is a 413 naming the limit.
-    #[arg(long, env = "FPT_MAX_PREDICTION_ROWS", default_value_t = 1024)]
+    #[arg(long, env = "FPT_MAX_PREDICTION_ROWS", default_value_t = 4096)]
     pub max_prediction_rows: usize,
     /// A prediction request that waited longer gets 503.
     #[arg(long, env = "FPT_PREDICTION_TIMEOUT_MS", default_value_t = 30_000)]
@@ -74,6 +81,10 @@ pub struct ServeArgs {
     /// A TOML file of settings.
     #[arg(long, env = "FPT_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Let jobs name GPT-2-family base models from the Hugging Face hub (its cache, else a
+    /// download, size-capped and checked against the hub's sha256). Off: only the models folder.
+    #[arg(long, env = "FPT_ALLOW_DOWNLOADS")]
+    pub allow_downloads: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -155,6 +166,8 @@ pub struct ApiSettings {
     pub prediction_timeout: Duration,
     /// Samples one prediction request may hold.
     pub max_prediction_rows: usize,
+    /// Live event streams (SSE) at once; more get 429.
+    pub max_streams: usize,
     pub limits: Limits,
 }
 
@@ -172,6 +185,9 @@ pub struct SharedState {
     /// Seconds a running job stays its worker's without a heartbeat before another worker takes it over.
     #[arg(long, env = "FPT_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..))]
     pub lease_secs: i64,
+    /// Times a job may be claimed again after its worker died under it before it fails (`max_attempts`).
+    #[arg(long, env = "FPT_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_attempts: i64,
 }
 
 impl SharedState {
@@ -200,6 +216,9 @@ pub struct WorkerArgs {
     pub workers: Option<usize>,
     #[arg(long, value_enum, env = "FPT_PRECISION", default_value_t = Precision::Auto)]
     pub precision: Precision,
+    /// As `fpt serve --allow-downloads`: jobs may name hub models.
+    #[arg(long, env = "FPT_ALLOW_DOWNLOADS")]
+    pub allow_downloads: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -237,6 +256,7 @@ impl ServeArgs {
             cors: cors_origins(&self.cors_origins).expect("checked by resolve"),
             prediction_timeout: Duration::from_millis(self.prediction_timeout_ms),
             max_prediction_rows: self.max_prediction_rows.max(1),
+            max_streams: self.max_streams.max(1),
             limits: self.limits.limits(),
         }
     }

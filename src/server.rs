@@ -14,7 +14,6 @@ use crate::model::{parse_device, ModelRegistry};
 use crate::queue::events::EventSink;
 use crate::queue::{Queue, QueueConfig};
 use crate::serve::{Inference, ServeConfig};
-use crate::store::Backend;
 
 pub fn serve_blocking(args: ServeArgs) -> Result<()> {
     let args = args.resolve()?;
@@ -37,15 +36,14 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
     let device = parse_device(&args.common.device)?;
     let (store, artifacts) = args.shared.open(&args.data_dir).await?;
     let workers = if args.no_workers { 0 } else { args.workers.unwrap_or_else(default_workers) };
-    // An embedded (SQLite) service with workers is the only node: what was running when it stopped
-    // resumes at once. Shared PostgreSQL nodes wait for a dead worker's lease to run out instead.
-    if store.backend() == Backend::Sqlite && workers > 0 {
-        let requeued = store.requeue_running().await?;
+    // What a dead process of this host was running resumes at once; a live one's jobs stay its own.
+    if workers > 0 {
+        let requeued = crate::queue::requeue_orphans(&store).await?;
         if requeued > 0 {
-            tracing::info!(jobs = requeued, "jobs that were running when the server stopped are queued again");
+            tracing::info!(jobs = requeued, "jobs whose process on this host had died are queued again");
         }
     }
-    let registry = ModelRegistry::new(&args.common.models_dir);
+    let registry = ModelRegistry::for_clients(&args.common.models_dir, args.allow_downloads);
     let events = EventSink::start(store.clone());
     let queue = Queue::start(QueueConfig {
         store: store.clone(),
@@ -56,6 +54,7 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
         device,
         precision: args.precision,
         limits: args.limits.limits(),
+        max_attempts: args.shared.max_attempts,
         workers,
         lease_seconds: args.shared.lease_secs,
     });
@@ -71,13 +70,25 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
         },
         registry.clone(),
     );
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
     let state = AppState::new(store, Arc::new(args.api_settings()), registry, queue.clone(), events, inference, artifacts);
     state.ready.store(true, Ordering::SeqCst);
     let app = router(state.clone());
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    let stopping = state.stopping.clone();
+    let stop = async move {
+        shutdown_signal().await;
+        // Live streams end now: otherwise the graceful stop waits for every watching client.
+        stopping.cancel();
+    };
+    axum::serve(listener, app).with_graceful_shutdown(stop).await?;
     tracing::info!("shutting down: checkpointing running jobs");
     state.ready.store(false, Ordering::SeqCst);
-    queue.shutdown().await;
+    if tokio::time::timeout(grace, queue.shutdown()).await.is_err() {
+        tracing::warn!(
+            seconds = grace.as_secs(),
+            "running jobs did not stop within the grace period; exiting (they resume from their last checkpoints)"
+        );
+    }
     Ok(())
 }
 
@@ -103,12 +114,13 @@ pub async fn work(args: WorkerArgs) -> Result<()> {
     let queue = Queue::start(QueueConfig {
         store,
         events,
-        registry: ModelRegistry::new(&args.common.models_dir),
+        registry: ModelRegistry::for_clients(&args.common.models_dir, args.allow_downloads),
         artifacts,
         work_dir: args.data_dir.join("work"),
         device,
         precision: args.precision,
         limits: args.limits.limits(),
+        max_attempts: args.shared.max_attempts,
         workers,
         lease_seconds: args.shared.lease_secs,
     });

@@ -184,3 +184,253 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+fn train_xor(s: &Server, seed: u64) -> String {
+    let body = json!({"model": "tiny-gpt2", "task": {"type": "bit_xor", "n_bits": 3}, "seed": seed,
+        "hyperparameters": {"n_steps": 4, "eval_every": 4, "batch_size": 4}});
+    let id = s.create_job(body);
+    let j = s.wait_finished(&id);
+    assert_eq!(j["status"], "succeeded", "{j}");
+    j["fine_tuned_model"].as_str().unwrap().to_string()
+}
+
+fn metric(s: &Server, name: &str) -> f64 {
+    let text = s.get("/metrics").text().unwrap();
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} ")).map(|v| v.parse().unwrap())).unwrap()
+}
+
+/// Six concurrent requests for six models with room for two in the cache made a batch evict an
+/// adapter it still needed ("no entry found for key"), and that panic killed the inference thread:
+/// every later prediction answered 503 while /ready said ready. Now a batch keeps what it needs,
+/// a failing batch answers its requests with a 500 naming the error, and the rest go on.
+#[test]
+fn the_batcher_survives_a_failing_batch_and_never_evicts_what_a_batch_needs() {
+    let s = Server::start(&["--adapter-cache", "2", "--max-batch-wait-ms", "2000", "--max-batch-size", "12"]);
+    let models: Vec<String> = (0..6).map(|seed| train_xor(&s, seed)).collect();
+    let x = json!([[1, 0, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0]]);
+    let alone: Vec<Value> = models.iter().map(|m| s.predict(m, x.clone()).json::<Value>().unwrap()["data"].clone()).collect();
+    let together: Vec<(u16, Value)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = models
+            .iter()
+            .map(|m| {
+                sc.spawn(|| {
+                    let r = s.predict(m, x.clone());
+                    (r.status().as_u16(), r.json::<Value>().unwrap())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((status, body), want) in together.iter().zip(&alone) {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["data"], *want);
+    }
+
+    // A broken adapter (its input bias one value too long) makes libtorch throw inside the batch.
+    let job = s.get_json(&format!("/v1/models/{}", models[0]))["job_id"].as_str().unwrap().to_string();
+    let path = s.data_dir.join("jobs").join(&job).join("final.adapter.safetensors");
+    let (mut tensors, meta) = fpt::model::weights::read_safetensors(&path, tch::Device::Cpu).unwrap();
+    for (name, t) in tensors.iter_mut() {
+        if name == "input.bias" {
+            *t = tch::Tensor::zeros([t.size()[0] + 1], (tch::Kind::Float, tch::Device::Cpu));
+        }
+    }
+    fpt::model::weights::write_safetensors(&path, &tensors, meta).unwrap();
+    s.post_ok(&format!("/v1/models/{}/unload", models[0]), &json!({}));
+    let e = error_of(s.predict(&models[0], x.clone()), 500);
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("the prediction failed on the server") && msg.contains("expanded size"), "{e}");
+    assert!(!msg.contains("Exception raised from") && !msg.contains(".so"), "libtorch's frames and paths stay in the log: {e}");
+    assert!(metric(&s, "fpt_prediction_failures_total") >= 1.0);
+    // Everything else is served as before, from a clean cache, and the server says it is ready.
+    for (m, want) in models.iter().zip(&alone).skip(1) {
+        let r = s.predict(m, x.clone());
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<Value>().unwrap()["data"], *want);
+    }
+    assert_eq!(s.get("/ready").status(), 200);
+}
+
+/// `model` reached any folder of the server (`../../…`, absolute paths) and told existing folders
+/// from missing ones; a GPT-2-family name started a hub download inside the request.
+#[test]
+fn jobs_name_base_models_of_the_models_folder_only() {
+    let s = Server::start(&[]);
+    let existing = common::tiny_models().join("tiny-gpt2").display().to_string();
+    let mut messages = Vec::new();
+    for model in [existing.as_str(), "../../tmp", "/nonexistent/folder", "no-such-model"] {
+        let e = error_of(s.post("/v1/fine_tuning/jobs", &json!({"model": model, "task": {"type": "bit_xor"}})), 422);
+        assert_eq!(e["param"], "model", "{model}: {e}");
+        let msg = e["message"].as_str().unwrap().to_string();
+        assert!(msg.contains("is not one of this server's base models"), "{model}: {msg}");
+        messages.push(msg.replace(model, "<model>"));
+    }
+    assert!(messages.windows(2).all(|w| w[0] == w[1]), "an existing folder reads like a missing one: {messages:?}");
+    let t = std::time::Instant::now();
+    let e = error_of(s.post("/v1/fine_tuning/jobs", &json!({"model": "gpt2-xl", "task": {"type": "bit_xor"}})), 422);
+    assert!(e["message"].as_str().unwrap().contains("hub downloads are off"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "no download was tried");
+    // The models folder's own names still work.
+    let id = s.create_job(json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "hyperparameters": {"n_steps": 2}}));
+    assert_eq!(s.wait_finished(&id)["status"], "succeeded");
+}
+
+fn long_job(s: &Server, train: &str, steps: u64) -> String {
+    s.create_job(json!({"model": "tiny-gpt2", "task": serde_json::from_str::<Value>(SIGN_TASK).unwrap(), "training_file": train,
+        "hyperparameters": {"n_steps": steps, "eval_every": 50, "checkpoint_every": 100, "batch_size": 4, "log_every": 10}}))
+}
+
+fn wait_running(s: &Server, id: &str) {
+    s.wait_for(id, Duration::from_secs(60), |st| st == "running");
+}
+
+/// A job whose final adapter could not be stored stayed `running` forever, reclaimed every lease
+/// period; a checkpoint that could not be stored was only logged. Both now fail the job with the
+/// cause.
+#[test]
+fn a_job_whose_outcome_or_checkpoint_cannot_be_stored_fails_with_the_cause() {
+    let s = Server::start(&[]);
+    let train = s.upload_ok("train.jsonl", sign_dataset(64, 2));
+    // The final adapter's place is taken by a folder; its checkpoints' place by a file.
+    let outcome = long_job(&s, &train, 300);
+    std::fs::create_dir_all(s.data_dir.join("jobs").join(&outcome).join("final.adapter.safetensors").join("in-the-way")).unwrap();
+    let j = s.wait_for(&outcome, Duration::from_secs(120), |st| st != "queued" && st != "running");
+    assert_eq!((j["status"].as_str(), j["error"]["code"].as_str()), (Some("failed"), Some("storage_failed")), "{j}");
+    assert!(j["error"]["message"].as_str().unwrap().contains("recording the job's outcome"), "{j}");
+    let ckpt = long_job(&s, &train, 300);
+    std::fs::create_dir_all(s.data_dir.join("jobs").join(&ckpt).join("checkpoints/step-00000100.adapter.safetensors/in-the-way")).unwrap();
+    let j = s.wait_for(&ckpt, Duration::from_secs(120), |st| st != "queued" && st != "running");
+    assert_eq!(j["status"], "failed", "{j}");
+    assert!(j["error"]["message"].as_str().unwrap().contains("storing the checkpoint of step 100"), "{j}");
+    assert!(j["trained_steps"].as_i64().unwrap() < 300, "it stopped at the failed checkpoint: {j}");
+    let tmp = s.data_dir.canonicalize().unwrap().display().to_string();
+    assert!(!j["error"]["message"].as_str().unwrap().contains(&tmp), "the server's folders stay out of the error: {j}");
+}
+
+/// A job that takes its worker down every time it runs ends `failed` with `max_attempts`.
+#[test]
+fn a_job_whose_worker_keeps_dying_fails_with_max_attempts() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let mut s = Server::start_on(&data, &["--max-attempts", "1"]);
+    let train = s.upload_ok("train.jsonl", sign_dataset(64, 3));
+    let id = long_job(&s, &train, 100_000);
+    wait_running(&s, &id);
+    s.kill();
+    // The restarted server requeues what its dead predecessor ran; the second claim is one too many.
+    let s = Server::start_on(&data, &["--max-attempts", "1"]);
+    let j = s.wait_for(&id, Duration::from_secs(60), |st| st == "failed");
+    assert_eq!(j["error"]["code"], "max_attempts", "{j}");
+}
+
+/// A cancel racing a pause was lost in 2 of 12 rounds (the job ended paused); cancelling a job
+/// that had not started wrote no event.
+#[test]
+fn cancel_wins_over_pause_and_every_cancel_leaves_its_event() {
+    let s = Server::start(&[]);
+    let train = s.upload_ok("train.jsonl", sign_dataset(64, 4));
+    for round in 0..6 {
+        let id = long_job(&s, &train, 100_000);
+        wait_running(&s, &id);
+        std::thread::scope(|sc| {
+            let pause = sc.spawn(|| s.post(&format!("/v1/fine_tuning/jobs/{id}/pause"), &json!({})).status().as_u16());
+            if round % 2 == 1 {
+                std::thread::sleep(Duration::from_millis(5 * round));
+            }
+            let cancel = sc.spawn(|| s.post(&format!("/v1/fine_tuning/jobs/{id}/cancel"), &json!({})).status().as_u16());
+            let (p, c) = (pause.join().unwrap(), cancel.join().unwrap());
+            assert!(p == 200 || p == 409, "pause: {p}");
+            assert_eq!(c, 200, "cancel");
+        });
+        let j = s.wait_for(&id, Duration::from_secs(60), |st| st == "cancelled" || st == "paused" || st == "succeeded");
+        assert_eq!(j["status"], "cancelled", "round {round}: {j}");
+    }
+    let s = Server::start(&["--no-workers"]);
+    let train = s.upload_ok("train.jsonl", sign_dataset(8, 5));
+    let id = long_job(&s, &train, 10);
+    s.post_ok(&format!("/v1/fine_tuning/jobs/{id}/cancel"), &json!({}));
+    assert!(s.events(&id).iter().any(|e| e["message"] == "Job cancelled"), "{:?}", s.events(&id));
+}
+
+/// A second `fpt serve` on the same data folder requeued the running jobs of the first at start
+/// and left duplicate, out-of-order metric steps. A job a live process holds is left alone now.
+#[test]
+fn a_second_server_on_the_same_database_steals_nothing() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let first = Server::start_on(&data, &[]);
+    let train = first.upload_ok("train.jsonl", sign_dataset(64, 6));
+    let id = long_job(&first, &train, 600);
+    wait_running(&first, &id);
+    let second = Server::start_on(&data, &[]);
+    assert_eq!(second.job(&id)["status"], "running");
+    let j = first.wait_finished(&id);
+    assert_eq!(j["status"], "succeeded", "{j}");
+    let steps = first.metric_steps(&id);
+    assert_eq!(steps, (1..=60).map(|i| i * 10).collect::<Vec<_>>(), "one history, each step once");
+    let starts = first.events(&id).iter().filter(|e| e["message"].as_str().unwrap().starts_with("Job started")).count();
+    assert_eq!(starts, 1, "nobody took the job over");
+    drop(second);
+}
+
+/// 16 concurrent creations with one `Idempotency-Key` made 16 jobs, and a key was not tied to
+/// its request (another body with the same key got the first job back).
+#[test]
+fn an_idempotency_key_is_reserved_atomically_and_bound_to_its_request() {
+    let s = Server::start(&["--no-workers"]);
+    let body = json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "suffix": "once"});
+    let send =
+        |body: &Value| s.client.post(format!("{}/v1/fine_tuning/jobs", s.url)).header("Idempotency-Key", "k-16").json(body).send().unwrap();
+    let answers: Vec<(u16, Value)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..16)
+            .map(|_| {
+                sc.spawn(|| {
+                    let r = send(&body);
+                    (r.status().as_u16(), r.json::<Value>().unwrap())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
+    assert!(answers.windows(2).all(|w| w[0].1["id"] == w[1].1["id"]), "one job for one key: {answers:?}");
+    assert_eq!(s.get_json("/v1/fine_tuning/jobs")["data"].as_array().unwrap().len(), 1);
+    let other = json!({"model": "tiny-gpt2", "task": {"type": "bit_xor", "n_bits": 4}});
+    let e = error_of(send(&other), 422);
+    assert_eq!(e["param"], "Idempotency-Key", "{e}");
+    // A request that failed frees its key: the corrected request may reuse it.
+    let bad = json!({"model": "tiny-gpt2", "task": {"type": "bit_xor", "n_bits": 0}});
+    let post =
+        |b: &Value| s.client.post(format!("{}/v1/fine_tuning/jobs", s.url)).header("Idempotency-Key", "k-retry").json(b).send().unwrap();
+    assert_eq!(error_of(post(&bad), 422)["param"], "task.n_bits");
+    assert_eq!(post(&other).status(), 200);
+    assert_eq!(error_of(post(&bad), 422)["param"], "Idempotency-Key", "the key is the corrected request's now");
+}
+
+/// SIGTERM hung while any event stream was attached (the dashboard keeps one open): the job
+/// trained on and new connections were refused. Streams end at SIGTERM now, and the job is
+/// checkpointed and queued again.
+#[test]
+fn sigterm_ends_live_streams_and_stops_promptly() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let mut s = Server::start_on(&data, &[]);
+    let train = s.upload_ok("train.jsonl", sign_dataset(64, 7));
+    let id = long_job(&s, &train, 1_000_000);
+    wait_running(&s, &id);
+    let url = format!("{}/v1/fine_tuning/jobs/{id}/events?stream=true", s.url);
+    let watcher = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut r = reqwest::blocking::Client::new().get(url).send().unwrap();
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf.len()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    s.terminate();
+    assert!(t.elapsed() < Duration::from_secs(20), "stopped in {:?}", t.elapsed());
+    assert!(watcher.join().unwrap() > 0, "the stream carried events, then ended");
+    let s = Server::start_on(&data, &["--no-workers"]);
+    assert_eq!(s.job(&id)["status"], "queued", "handed back to the queue at SIGTERM");
+}

@@ -4,7 +4,7 @@ mod common;
 
 use fpt::job::status::JobError;
 use fpt::job::{DataFiles, Desired, DeviceKind, JobStatus, Limits, Method, RawSpec, RunSummary, TrainSpec};
-use fpt::store::{new_id, now, Backend, CheckpointRow, FileRow, Job, JobEnd, Lease, ModelRow, NewEvent, Page, Store};
+use fpt::store::{new_id, now, Backend, CheckpointRow, FileRow, Job, JobEnd, Lease, ModelRow, NewEvent, Page, Reservation, Store};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -193,12 +193,29 @@ async fn leases(store: &Store) {
     assert_eq!(store.renew_lease(&j.id, &short).await.unwrap(), None);
     assert!(!store.finish_job(&j.id, "w-dies", &end(JobStatus::Succeeded)).await.unwrap());
     assert!(!store.release_job(&j.id, "w-dies", JobStatus::Queued).await.unwrap());
+    // Only the holder's progress counts; a claim counts an attempt and a worker's own stop clears it.
+    assert_eq!(taken.attempts, 2, "claimed twice: its first worker died");
+    store.set_progress(&j.id, "w-dies", 7).await.unwrap();
+    store.set_progress(&j.id, "w-b", 4).await.unwrap();
+    assert_eq!(store.job(&j.id).await.unwrap().unwrap().trained_steps, 4);
     assert!(store.release_job(&j.id, "w-b", JobStatus::Paused).await.unwrap());
-    // The embedded service's restart path: every running job back to the queue.
+    assert_eq!(store.job(&j.id).await.unwrap().unwrap().attempts, 0);
+    // A cancel asked while the worker was pausing wins.
+    assert!(store.transition(&j.id, &[JobStatus::Paused], JobStatus::Queued).await.unwrap());
+    let again = store.claim_job(&lease("w-b", 60), DeviceKind::Cpu).await.unwrap().unwrap();
+    assert_eq!(again.id, j.id);
+    store.set_desired(&j.id, Desired::Cancel).await.unwrap();
+    assert!(store.release_job(&j.id, "w-b", JobStatus::Paused).await.unwrap());
+    let cancelled = store.job(&j.id).await.unwrap().unwrap();
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    assert!(cancelled.finished_at.is_some());
+    // A dead worker's job goes back to the queue at once, but only from the worker that holds it.
     let k = job("any");
     store.insert_job(&k).await.unwrap();
     store.claim_job(&lease("w-c", 60), DeviceKind::Cpu).await.unwrap().unwrap();
-    assert_eq!(store.requeue_running().await.unwrap(), 1);
+    assert!(store.running_jobs().await.unwrap().contains(&(k.id.clone(), "w-c".to_string())));
+    assert!(!store.requeue_orphan(&k.id, "w-other").await.unwrap());
+    assert!(store.requeue_orphan(&k.id, "w-c").await.unwrap());
     let back = store.job(&k.id).await.unwrap().unwrap();
     assert_eq!((back.status, back.worker), (JobStatus::Queued, None));
     store.claim_job(&lease("w-c", 60), DeviceKind::Cpu).await.unwrap().unwrap();
@@ -247,6 +264,7 @@ async fn events_and_checkpoints(store: &Store) {
         message: format!("step {step}"),
         data: Some(json!({"step": step})),
         step: Some(step),
+        worker: None,
     };
     store.insert_events(&(1..=6).map(ev).collect::<Vec<_>>()).await.unwrap();
     let all = store.events(&j.id, 0, 100).await.unwrap();
@@ -304,15 +322,29 @@ async fn events_and_checkpoints(store: &Store) {
     assert!(store.delete_model("ft-x").await.unwrap());
     assert!(!store.delete_model("ft-x").await.unwrap());
     assert!(store.model("ft-x").await.unwrap().is_none());
-    store.set_progress(&j.id, 4).await.unwrap();
-    assert_eq!(store.job(&j.id).await.unwrap().unwrap().trained_steps, 4);
+    // Nobody holds this job: a worker's progress and events for it are dropped.
+    store.set_progress(&j.id, "w-gone", 4).await.unwrap();
+    assert_eq!(store.job(&j.id).await.unwrap().unwrap().trained_steps, 0);
+    let late = NewEvent { worker: Some("w-gone".into()), ..ev(99) };
+    store.insert_events(&[late]).await.unwrap();
+    assert!(store.events(&j.id, 0, 100).await.unwrap().iter().all(|e| e.step != Some(99)));
 }
 
 async fn idempotency(store: &Store) {
-    assert!(store.idempotent_response("k1", "POST /x").await.unwrap().is_none());
-    store.save_idempotent_response("k1", "POST /x", 200, "first").await.unwrap();
-    store.save_idempotent_response("k1", "POST /x", 500, "second").await.unwrap();
-    assert_eq!(store.idempotent_response("k1", "POST /x").await.unwrap(), Some((200, "first".to_string())));
-    assert!(store.idempotent_response("k1", "POST /y").await.unwrap().is_none());
+    // The first request reserves the key; until it is answered, others with it wait.
+    assert_eq!(store.reserve_idempotency("k1", "POST /x", "h1", 600).await.unwrap(), Reservation::Ours);
+    assert_eq!(store.reserve_idempotency("k1", "POST /x", "h1", 600).await.unwrap(), Reservation::Pending);
+    assert_eq!(store.reserve_idempotency("k1", "POST /x", "h2", 600).await.unwrap(), Reservation::OtherRequest);
+    store.answer_idempotency("k1", "POST /x", 200, "first").await.unwrap();
+    assert_eq!(
+        store.reserve_idempotency("k1", "POST /x", "h1", 600).await.unwrap(),
+        Reservation::Answered { status: 200, body: "first".into() }
+    );
+    // Keys are per route; a failed request frees its key; a reservation older than the staleness
+    // bound (its process died) is taken over.
+    assert_eq!(store.reserve_idempotency("k1", "POST /y", "h9", 600).await.unwrap(), Reservation::Ours);
+    store.release_idempotency("k1", "POST /y").await.unwrap();
+    assert_eq!(store.reserve_idempotency("k1", "POST /y", "h8", 600).await.unwrap(), Reservation::Ours);
+    assert_eq!(store.reserve_idempotency("k1", "POST /y", "h8", -1).await.unwrap(), Reservation::Ours, "stale: taken over");
     assert!(store.ping().await);
 }

@@ -24,6 +24,9 @@ pub enum ApiError {
     Overloaded { retry_after: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// The server failed at the work itself (not at anything private): said as it is, with a 500.
+    #[error("{0}")]
+    Failed(String),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -64,8 +67,18 @@ impl ApiError {
             }
             ApiError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "overloaded", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable", None),
+            ApiError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "failed", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", None),
         }
+    }
+}
+
+impl ApiError {
+    /// The error's response, telling the client when to try again.
+    pub fn with_retry_after(self, seconds: u64) -> Response {
+        let mut resp = self.into_response();
+        resp.headers_mut().insert("retry-after", HeaderValue::from(seconds));
+        resp
     }
 }
 

@@ -7,7 +7,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
-use super::{idempotency_key, idempotent, list_of, AppState, ListQuery, Route};
+use super::{idempotency_key, idempotent, list_of, request_hash, AppState, ListQuery, Route};
 use crate::artifacts::file_key;
 use crate::store::{new_id, now, FileRow, Page};
 
@@ -29,24 +29,35 @@ pub fn file_object(f: &FileRow) -> Value {
            "purpose": f.purpose, "format": f.format, "samples": f.samples, "status": "processed"})
 }
 
-async fn upload(State(state): State<AppState>, headers: HeaderMap, mut multipart: Multipart) -> Response {
-    let key = idempotency_key(&headers);
-    if let Some(k) = &key {
-        // A replay still reads the body it will not store: answering while the client is still
-        // sending cuts the connection under it, and the client sees an error, not the replay.
-        if matches!(state.store.idempotent_response(k, ROUTE).await, Ok(Some(_))) {
-            while let Ok(Some(mut field)) = multipart.next_field().await {
-                while let Ok(Some(_)) = field.chunk().await {}
-            }
-        }
-    }
+async fn upload(State(state): State<AppState>, headers: HeaderMap, multipart: Multipart) -> Response {
+    // The whole body is read (bounded) before anything is decided: its hash binds the key, and
+    // answering while the client is still sending would cut the connection under it.
+    let upload = match read_upload(&state, multipart).await {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let hash = request_hash(ROUTE, &[upload.purpose.as_bytes(), upload.filename.as_bytes(), &upload.bytes]);
     let s = state.clone();
-    idempotent(&state, key, ROUTE, || async move { receive(&s, multipart).await.map(|v| (StatusCode::OK, v)) }).await
+    idempotent(
+        &state,
+        idempotency_key(&headers),
+        ROUTE,
+        &hash,
+        || async move { store_upload(&s, upload).await.map(|v| (StatusCode::OK, v)) },
+    )
+    .await
 }
 
 const ROUTE: &str = "POST /v1/files";
 
-async fn receive(state: &AppState, mut multipart: Multipart) -> ApiResult<Value> {
+/// A multipart upload, read and bounded.
+struct Upload {
+    bytes: Vec<u8>,
+    purpose: String,
+    filename: String,
+}
+
+async fn read_upload(state: &AppState, mut multipart: Multipart) -> ApiResult<Upload> {
     let limit = state.settings.max_upload_bytes;
     let (mut file, mut purpose, mut filename) = (None, None, String::from("upload"));
     while let Some(mut field) = multipart.next_field().await.map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))? {
@@ -67,7 +78,11 @@ async fn receive(state: &AppState, mut multipart: Multipart) -> ApiResult<Value>
         }
     }
     let bytes = file.ok_or_else(|| ApiError::invalid("file", "the multipart body has no `file` field"))?;
-    let purpose = purpose.unwrap_or_else(|| "fine-tune".into());
+    Ok(Upload { bytes, purpose: purpose.unwrap_or_else(|| "fine-tune".into()), filename })
+}
+
+async fn store_upload(state: &AppState, upload: Upload) -> ApiResult<Value> {
+    let Upload { bytes, purpose, filename } = upload;
     if purpose != "fine-tune" {
         return Err(ApiError::invalid("purpose", format!("purpose `{purpose}` is not supported (fine-tune)")));
     }
@@ -100,14 +115,26 @@ async fn receive(state: &AppState, mut multipart: Multipart) -> ApiResult<Value>
 /// Most bytes of a multipart text field.
 const MAX_TEXT_FIELD: usize = 64;
 
-/// A short multipart text field, refused past [`MAX_TEXT_FIELD`] bytes without reading further.
+/// How much of an oversized text field is still read (and dropped) before the 413 goes out: a
+/// client still sending when the answer comes would see its connection cut instead of the answer.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+/// A short multipart text field, refused past [`MAX_TEXT_FIELD`] bytes; never more than
+/// [`DRAIN_LIMIT`] of it is read.
 async fn small_text(field: &mut axum::extract::multipart::Field<'_>, name: &'static str) -> ApiResult<String> {
     let mut buf = Vec::new();
+    let mut seen = 0usize;
     while let Some(chunk) = field.chunk().await.map_err(|e| ApiError::bad_request(format!("reading `{name}`: {e}")))? {
-        if buf.len() + chunk.len() > MAX_TEXT_FIELD {
-            return Err(ApiError::TooLarge { what: name, limit: MAX_TEXT_FIELD, unit: "bytes" });
+        seen += chunk.len();
+        if seen > DRAIN_LIMIT {
+            break;
         }
-        buf.extend_from_slice(&chunk);
+        if buf.len() + chunk.len() <= MAX_TEXT_FIELD {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if seen > MAX_TEXT_FIELD {
+        return Err(ApiError::TooLarge { what: name, limit: MAX_TEXT_FIELD, unit: "bytes" });
     }
     String::from_utf8(buf).map_err(|_| ApiError::invalid(name, "not UTF-8 text"))
 }

@@ -13,9 +13,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{parse_json, ApiError, ApiResult};
-use super::{idempotency_key, idempotent, list_of, AppState, ListQuery, Route};
+use super::{idempotency_key, idempotent, list_of, request_hash, AppState, ListQuery, Route};
+
+const ROUTE: &str = "POST /v1/fine_tuning/jobs";
 use crate::job::{check_metadata, check_suffix, prepare_data, DataFiles, Effect, JobStatus, Method, RawSpec, Request, TrainSpec};
-use crate::store::{EventRow, Job, Page};
+use crate::store::{EventRow, Job, NewEvent, Page};
 use crate::tasks::{SpecError, TaskSpec};
 use crate::train::TrainConfig;
 
@@ -109,7 +111,8 @@ pub fn job_object(j: &Job) -> Value {
 async fn create(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let key = idempotency_key(&headers);
     let s = state.clone();
-    idempotent(&state, key, "POST /v1/fine_tuning/jobs", || async move {
+    let hash = request_hash(ROUTE, &[&body]);
+    idempotent(&state, key, ROUTE, &hash, || async move {
         if !headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("application/json")) {
             return Err(ApiError::bad_request("expected a JSON body (content-type: application/json)"));
         }
@@ -185,11 +188,25 @@ async fn change(state: &AppState, id: &str, request: Request) -> ApiResult<Json<
                 if to == JobStatus::Queued {
                     state.queue.notify();
                 }
+                let message = match to {
+                    JobStatus::Cancelled => "Job cancelled".to_string(),
+                    JobStatus::Paused => "Job paused before it started".to_string(),
+                    _ => format!("Job resumed: {to} again"),
+                };
+                state.events.send(NewEvent::from_api(id, message));
+                state.events.flush().await;
             }
             Effect::Ask(desired) => {
                 // The worker stops within a step and records the outcome.
                 state.store.set_desired(id, desired).await?;
-                state.queue.signal(id, desired.command());
+                state.queue.signal(id, desired);
+                // The worker may have let the job go (paused it, handed it back) just before:
+                // then the request is decided again on what the job is now. A job that has ended
+                // (as asked, or finished first) is answered as it is.
+                let now = find(state, id).await?.status;
+                if now != JobStatus::Running && !now.is_terminal() {
+                    continue;
+                }
             }
         }
         return Ok(Json(job_object(&find(state, id).await?)));
@@ -240,8 +257,13 @@ async fn events(
     if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         after = event_seq(last, "Last-Event-ID")?;
     }
+    // Each live stream holds a permit: a client (or a crowd) opening streams without end gets a
+    // 429 once they are all taken.
+    let permit = state.streams.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded { retry_after: 5 })?;
     let store = state.store.clone();
+    let stopping = state.stopping.clone();
     let stream = async_stream::stream! {
+        let _permit = permit;
         loop {
             // Read the status before the events: a finished job's last events are then in this read.
             let finished = match store.job(&id).await {
@@ -258,7 +280,11 @@ async fn events(
                     yield Ok(Event::default().data("[DONE]"));
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    // The server is stopping: end the stream (a client reconnects with Last-Event-ID).
+                    _ = stopping.cancelled() => break,
+                }
             }
         }
     };

@@ -10,6 +10,7 @@ pub mod ui;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -19,6 +20,7 @@ use axum::routing::MethodRouter;
 use axum::Router;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -29,7 +31,7 @@ use crate::model::ModelRegistry;
 use crate::queue::events::EventSink;
 use crate::queue::Queue;
 use crate::serve::Inference;
-use crate::store::Store;
+use crate::store::{Reservation, Store};
 use error::ApiError;
 
 /// Shared by every handler; cheap to clone.
@@ -44,6 +46,11 @@ pub struct AppState {
     pub artifacts: Artifacts,
     pub counters: Arc<Counters>,
     pub ready: Arc<AtomicBool>,
+    /// Cancelled when the server stops: live streams end, so that the graceful stop is not held
+    /// open by a dashboard watching a job.
+    pub stopping: CancellationToken,
+    /// Live event streams, at most `max_streams` at once.
+    pub streams: Arc<Semaphore>,
     limiter: Arc<Semaphore>,
 }
 
@@ -67,7 +74,21 @@ impl AppState {
         artifacts: Artifacts,
     ) -> Self {
         let limiter = Arc::new(Semaphore::new(settings.max_concurrency));
-        Self { store, settings, registry, queue, events, inference, artifacts, counters: Arc::default(), ready: Arc::default(), limiter }
+        let streams = Arc::new(Semaphore::new(settings.max_streams));
+        Self {
+            store,
+            settings,
+            registry,
+            queue,
+            events,
+            inference,
+            artifacts,
+            counters: Arc::default(),
+            ready: Arc::default(),
+            stopping: CancellationToken::new(),
+            streams,
+            limiter,
+        }
     }
 }
 
@@ -219,33 +240,80 @@ pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Option<String> {
     headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty() && k.len() <= 255).map(String::from)
 }
 
-/// Replays the stored response of a key, or runs `f` and stores its response.
-pub async fn idempotent<F, Fut>(state: &AppState, key: Option<String>, route: &str, f: F) -> Response
+/// How long a request waits for a concurrent one with the same `Idempotency-Key` to be answered
+/// before it gets a 409 to retry; and after how long an unanswered reservation (its process died)
+/// is taken over.
+const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(10);
+const IDEMPOTENCY_STALE_SECS: i64 = 600;
+
+/// The sha256 an `Idempotency-Key` is bound to: of the route and every part of the request.
+pub fn request_hash(route: &str, parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(route.as_bytes());
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Runs `f` once per `Idempotency-Key`: the key is reserved (atomically) before `f` runs; a
+/// request with a key already answered gets that answer again (`idempotent-replayed: true`), one
+/// with a key still being answered waits for it (a 409 with `retry-after` if it takes too long),
+/// and one whose key was used for a different request (`hash`) gets a 422. A request that fails
+/// frees its key for a retry.
+pub async fn idempotent<F, Fut>(state: &AppState, key: Option<String>, route: &str, hash: &str, f: F) -> Response
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
 {
-    if let Some(k) = &key {
-        match state.store.idempotent_response(k, route).await {
-            Ok(Some((status, body))) => {
-                let mut resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
-                resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-                resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-                return resp;
-            }
-            Ok(None) => {}
+    let Some(k) = key else {
+        return match f().await {
+            Ok((status, body)) => (status, axum::Json(body)).into_response(),
+            Err(e) => e.into_response(),
+        };
+    };
+    let waited = tokio::time::Instant::now();
+    loop {
+        let reservation = match state.store.reserve_idempotency(&k, route, hash, IDEMPOTENCY_STALE_SECS).await {
+            Ok(r) => r,
             Err(e) => return ApiError::Internal(e).into_response(),
+        };
+        match reservation {
+            Reservation::Ours => break,
+            Reservation::Answered { status, body } => return replay(status, body),
+            Reservation::OtherRequest => {
+                return ApiError::invalid("Idempotency-Key", "this key was used for a different request; use a new key for a new request")
+                    .into_response()
+            }
+            Reservation::Pending if waited.elapsed() < IDEMPOTENCY_WAIT => tokio::time::sleep(Duration::from_millis(100)).await,
+            Reservation::Pending => {
+                return ApiError::Conflict("a request with this Idempotency-Key is still being answered; retry shortly".into())
+                    .with_retry_after(1)
+                    .into_response()
+            }
         }
     }
     match f().await {
         Ok((status, body)) => {
-            if let Some(k) = &key {
-                if let Err(e) = state.store.save_idempotent_response(k, route, status.as_u16(), &body.to_string()).await {
-                    tracing::error!(error = format!("{e:#}"), "saving an idempotent response");
-                }
+            if let Err(e) = state.store.answer_idempotency(&k, route, status.as_u16(), &body.to_string()).await {
+                tracing::error!(error = format!("{e:#}"), "saving an idempotent response");
             }
             (status, axum::Json(body)).into_response()
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if let Err(e) = state.store.release_idempotency(&k, route).await {
+                tracing::error!(error = format!("{e:#}"), "freeing an idempotency key");
+            }
+            e.into_response()
+        }
     }
+}
+
+fn replay(status: u16, body: String) -> Response {
+    let mut resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
+    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    resp
 }

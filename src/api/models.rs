@@ -84,7 +84,8 @@ async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
         Some(j) => !j.status.is_terminal(),
         None => false,
     };
-    if !(job_running && m.checkpoint_step.is_some()) && !state.store.artifact_in_use(&m.path, &m.id).await? {
+    let resumable = job_running && m.checkpoint_step.is_some();
+    if !resumable && !state.store.artifact_in_use(&m.path, &m.id).await? {
         if let Err(e) = state.artifacts.delete(&m.path).await {
             tracing::warn!(model = %id, error = format!("{e:#}"), "deleting a model's adapter");
         }

@@ -33,7 +33,7 @@ async fn health() -> Json<Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    let ok = state.ready.load(Ordering::SeqCst) && state.store.ping().await;
+    let ok = state.ready.load(Ordering::SeqCst) && state.inference.is_alive() && state.store.ping().await;
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({"status": if ok { "ready" } else { "starting" }}))).into_response()
 }
@@ -78,6 +78,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
     metric("fpt_adapter_evictions_total", "counter", "Adapters evicted from the cache.", get(&s.adapter_evictions));
     metric("fpt_predictions_rejected_total", "counter", "Prediction requests refused with 429 (queue full).", get(&s.rejected));
     metric("fpt_predictions_timeouts_total", "counter", "Prediction requests past their deadline (503).", get(&s.timeouts));
+    metric("fpt_prediction_failures_total", "counter", "Prediction batches that failed (500), the batcher going on.", get(&s.failures));
+    metric("fpt_inference_restarts_total", "counter", "Times the inference loop restarted after a failure.", get(&s.restarts));
     metric("fpt_adapters_loaded", "gauge", "Adapters in the cache now.", state.inference.loaded().len() as f64);
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

@@ -44,6 +44,7 @@ async fn predict(State(state): State<AppState>, headers: HeaderMap, ApiJson(req)
         PredictError::Overloaded => ApiError::Overloaded { retry_after: 1 },
         PredictError::Timeout => ApiError::Unavailable("the prediction waited past its deadline".into()),
         PredictError::Adapter(msg) => ApiError::Unavailable(format!("model `{}` cannot be loaded: {msg}", m.id)),
+        failed @ PredictError::Failed(_) => ApiError::Failed(failed.to_string()),
     })?;
     let data: Vec<Value> = out
         .predictions

@@ -32,7 +32,7 @@ pub fn max_inflated_bytes() -> u64 {
 pub(crate) fn read_inflated(r: impl Read, already: u64, what: &str) -> Result<Vec<u8>, DataError> {
     let limit = max_inflated_bytes().saturating_sub(already);
     let mut out = Vec::new();
-    r.take(limit.saturating_add(1)).read_to_end(&mut out).map_err(|e| DataError::file(format!("{what}: corrupt compressed data: {e}")))?;
+    r.take(limit.saturating_add(1)).read_to_end(&mut out).map_err(|e| DataError::file(format!("corrupt {what}: {e}")))?;
     if out.len() as u64 > limit {
         return Err(too_inflated(what));
     }

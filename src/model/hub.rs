@@ -55,21 +55,84 @@ pub fn find_or_download(name: &str) -> Result<Option<PathBuf>> {
     })
 }
 
+/// Largest file taken from the hub (GPT-2 XL's weights are 6.4 GB).
+const MAX_DOWNLOAD_BYTES: u64 = 16 << 30;
+
+/// Copies `from` into `to`, refusing more than `max` bytes and, when the hub named one, a body
+/// whose sha256 differs.
+fn copy_checked(mut from: impl std::io::Read, to: &mut impl std::io::Write, max: u64, sha256: Option<&str>) -> Result<u64> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > max {
+            bail!("more than {max} bytes");
+        }
+        hash.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+    }
+    let got = hex::encode(hash.finalize());
+    if let Some(want) = sha256 {
+        if got != want {
+            bail!("sha256 {got}, the hub says {want}");
+        }
+    }
+    Ok(total)
+}
+
 fn download(repo: &str, cache: &Path) -> Result<PathBuf> {
     let client = reqwest::blocking::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(3600)).build()?;
+    // The hub answers a large (LFS) file with a redirect that names its sha256.
+    let head =
+        reqwest::blocking::Client::builder().connect_timeout(Duration::from_secs(5)).redirect(reqwest::redirect::Policy::none()).build()?;
     let base = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
     let root = cache.join(format!("models--{}", repo.replace('/', "--")));
     let snap = root.join("snapshots").join("main");
     std::fs::create_dir_all(&snap)?;
     for file in ["config.json", "model.safetensors"] {
         let url = format!("{base}/{repo}/resolve/main/{file}");
-        let mut resp = client.get(&url).send().with_context(|| format!("GET {url}"))?.error_for_status()?;
+        let sha256 = head
+            .head(&url)
+            .send()
+            .ok()
+            .and_then(|r| r.headers().get("x-linked-etag").and_then(|v| v.to_str().ok()).map(|v| v.trim_matches('"').to_ascii_lowercase()))
+            .filter(|v| v.len() == 64 && v.chars().all(|c| c.is_ascii_hexdigit()));
+        let resp = client.get(&url).send().with_context(|| format!("GET {url}"))?.error_for_status()?;
+        if resp.content_length().is_some_and(|n| n > MAX_DOWNLOAD_BYTES) {
+            bail!("{url}: {} bytes, more than the {MAX_DOWNLOAD_BYTES} a download may hold", resp.content_length().unwrap_or(0));
+        }
         let tmp = snap.join(format!(".{file}.part"));
         let mut out = std::fs::File::create(&tmp)?;
-        resp.copy_to(&mut out)?;
+        if let Err(e) = copy_checked(resp, &mut out, MAX_DOWNLOAD_BYTES, sha256.as_deref()) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.context(format!("downloading {url}")));
+        }
         std::fs::rename(&tmp, snap.join(file))?;
     }
     std::fs::create_dir_all(root.join("refs"))?;
     std::fs::write(root.join("refs/main"), "main")?;
     Ok(snap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downloads_are_size_capped_and_checked_against_the_hubs_sha256() {
+        let body = b"weights".to_vec();
+        let sha = "b1f1bd4bfcb4a6dd6a4ee2d4e4ccc5c0d4b4c2a1b5d6e36ef46fbd46b5e1f4c8";
+        let mut out = Vec::new();
+        let right = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+        assert_eq!(copy_checked(&body[..], &mut out, 100, Some(&right)).unwrap(), 7);
+        assert_eq!(out, body);
+        assert!(copy_checked(&body[..], &mut Vec::new(), 100, Some(sha)).unwrap_err().to_string().contains("the hub says"));
+        assert!(copy_checked(&body[..], &mut Vec::new(), 6, None).unwrap_err().to_string().contains("more than 6 bytes"));
+    }
 }

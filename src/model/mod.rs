@@ -178,11 +178,30 @@ impl BaseModel {
 #[derive(Debug, Clone)]
 pub struct ModelRegistry {
     pub models_dir: PathBuf,
+    lookup: Lookup,
+}
+
+/// Where a base model may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// The command line, on the operator's own machine: names, checkpoint-folder paths, the hub.
+    Anywhere,
+    /// A service's clients: names of the models folder only; hub names (cache, then download)
+    /// only when the operator allows downloads.
+    Names { hub: bool },
 }
 
 impl ModelRegistry {
+    /// The command line's registry: a name, a checkpoint folder, or a hub name.
     pub fn new(models_dir: impl Into<PathBuf>) -> Self {
-        Self { models_dir: models_dir.into() }
+        Self { models_dir: models_dir.into(), lookup: Lookup::Anywhere }
+    }
+
+    /// A service's registry: clients name base models of the models folder and nothing else (no
+    /// path reaches another folder, and a missing name reads like any other), plus the GPT-2
+    /// family from the hub when `hub` (off by default: a download inside a request).
+    pub fn for_clients(models_dir: impl Into<PathBuf>, hub: bool) -> Self {
+        Self { models_dir: models_dir.into(), lookup: Lookup::Names { hub } }
     }
 
     /// Every checkpoint folder directly under the models folder.
@@ -202,6 +221,9 @@ impl ModelRegistry {
 
     /// A base model by name (a models-folder entry or a hub name) or by checkpoint-folder path.
     pub fn resolve(&self, name_or_path: &str) -> Result<BaseModel> {
+        if let Lookup::Names { hub } = self.lookup {
+            return self.resolve_name(name_or_path, hub);
+        }
         if !is_plain_name(name_or_path) {
             let p = Path::new(name_or_path);
             if p.is_dir() {
@@ -227,6 +249,31 @@ impl ModelRegistry {
     }
 }
 
+impl ModelRegistry {
+    fn resolve_name(&self, name: &str, hub: bool) -> Result<BaseModel> {
+        let not_found = || {
+            anyhow::anyhow!(
+                "base model `{}` is not one of this server's base models (GET /v1/models lists them){}",
+                name.chars().take(80).collect::<String>(),
+                if hub::is_hub_model(name) { "; hub downloads are off (--allow-downloads)" } else { "" }
+            )
+        };
+        if !is_plain_name(name) || name.len() > 128 {
+            return Err(not_found());
+        }
+        let local = self.models_dir.join(name);
+        if local.join("config.json").exists() {
+            return BaseModel::open(name, &local);
+        }
+        if hub && hub::is_hub_model(name) {
+            if let Some(dir) = hub::find_or_download(name)? {
+                return BaseModel::open(name, &dir);
+            }
+        }
+        Err(not_found())
+    }
+}
+
 /// A name with no path separators or dots-only components: safe to join under the models folder.
 pub fn is_plain_name(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
@@ -246,6 +293,16 @@ pub fn parse_device(s: &str) -> Result<Device> {
         s if s.starts_with("cuda:") => Device::Cuda(s[5..].parse().with_context(|| format!("bad device `{s}`"))?),
         s => bail!("unknown device `{s}` (auto, cpu, cuda, cuda:N)"),
     })
+}
+
+/// The text of a caught panic as a client may read it: a libtorch error's message without the
+/// C++ frames (and the server's paths in them) that follow it, at most 400 characters.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("a panic");
+    let text = text.strip_prefix("called `Result::unwrap()` on an `Err` value: ").unwrap_or(text);
+    let text = text.strip_prefix("Torch(\"").unwrap_or(text);
+    let text = text.split("\nException raised from").next().unwrap_or(text).split("\\nException raised from").next().unwrap_or(text);
+    text.chars().take(400).collect()
 }
 
 /// Seeds torch's process-wide generator and keeps it to this thread until the guard drops: draws

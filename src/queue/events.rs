@@ -7,7 +7,7 @@ use crate::store::{NewEvent, Store};
 
 pub enum EventMsg {
     Event(NewEvent),
-    Steps { job_id: String, steps: i64 },
+    Steps { job_id: String, worker: String, steps: i64 },
     Flush(oneshot::Sender<()>),
 }
 
@@ -27,8 +27,8 @@ impl EventSink {
                 for m in buf.drain(..) {
                     match m {
                         EventMsg::Event(e) => events.push(e),
-                        EventMsg::Steps { job_id, steps: s } => {
-                            steps.insert(job_id, s);
+                        EventMsg::Steps { job_id, worker, steps: s } => {
+                            steps.insert(job_id, (worker, s));
                         }
                         EventMsg::Flush(done) => flushes.push(done),
                     }
@@ -38,8 +38,8 @@ impl EventSink {
                         tracing::error!(error = format!("{e:#}"), "writing events");
                     }
                 }
-                for (job, s) in steps {
-                    if let Err(e) = store.set_progress(&job, s).await {
+                for (job, (worker, s)) in steps {
+                    if let Err(e) = store.set_progress(&job, &worker, s).await {
                         tracing::error!(error = format!("{e:#}"), "writing progress");
                     }
                 }
@@ -55,8 +55,9 @@ impl EventSink {
         let _ = self.0.send(EventMsg::Event(e));
     }
 
-    pub fn steps(&self, job_id: &str, steps: i64) {
-        let _ = self.0.send(EventMsg::Steps { job_id: job_id.to_string(), steps });
+    /// The steps `worker` has trained of a job (recorded only while it holds the job).
+    pub fn steps(&self, job_id: &str, worker: &str, steps: i64) {
+        let _ = self.0.send(EventMsg::Steps { job_id: job_id.to_string(), worker: worker.to_string(), steps });
     }
 
     /// Waits (from a blocking thread) until everything sent before is written.

@@ -45,6 +45,8 @@ pub struct QueueConfig {
     pub precision: Precision,
     /// Bounds of a run's budget (a job's `n_epochs` becomes steps once its data is loaded).
     pub limits: Limits,
+    /// Claims of one job whose worker died under it before it fails with `max_attempts`.
+    pub max_attempts: i64,
     pub workers: usize,
     /// How long a claimed job stays this node's without a heartbeat.
     pub lease_seconds: i64,
@@ -114,10 +116,10 @@ impl Queue {
     }
 
     /// Signals a job running in this process; false when it is not running here.
-    pub fn signal(&self, job_id: &str, c: Command) -> bool {
+    pub fn signal(&self, job_id: &str, desired: Desired) -> bool {
         match self.inner.controls.lock().unwrap().get(job_id) {
             Some(r) => {
-                r.control.set(c);
+                apply_desired(&r.control, desired);
                 true
             }
             None => false,
@@ -148,6 +150,25 @@ impl Queue {
         .await;
         self.inner.cfg.events.flush().await;
     }
+}
+
+/// Running jobs whose worker was a process of this host that is gone (killed, crashed): queued
+/// again at once, to resume from their checkpoints, instead of after their lease. A job a live
+/// process holds (another `fpt serve` or `fpt worker` here, on the same database) is left alone,
+/// as are other hosts' jobs: their leases tell.
+pub async fn requeue_orphans(store: &Store) -> Result<u64> {
+    let me = node_name();
+    let host = me.rsplit_once('-').map_or(me.as_str(), |(h, _)| h).to_string();
+    let mut requeued = 0;
+    for (id, worker) in store.running_jobs().await? {
+        let Some((worker_host, pid)) = worker.rsplit_once("-w").and_then(|(node, _)| node.rsplit_once('-')) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if worker_host == host && !alive && store.requeue_orphan(&id, &worker).await? {
+            requeued += 1;
+        }
+    }
+    Ok(requeued)
 }
 
 /// `host-pid`: names this process's workers in the jobs they hold.
@@ -181,9 +202,10 @@ async fn heartbeat(inner: Arc<Inner>) {
     }
 }
 
-/// What a client asked (`desired`) reaches the training loop; a shutdown in progress stands.
+/// What a client asked (`desired`) reaches the training loop. A cancel wins over anything in
+/// progress (a pause, a shutdown); a pause does not override a shutdown.
 fn apply_desired(control: &Control, desired: Desired) {
-    if control.get() == Command::Run {
+    if desired == Desired::Cancel || control.get() == Command::Run {
         control.set(desired.command());
     }
 }
@@ -213,18 +235,25 @@ fn worker_loop(inner: &Arc<Inner>, index: usize) {
 
 fn event(
     job_id: &str,
+    worker: &str,
     level: &'static str,
     kind: &'static str,
     message: impl Into<String>,
     data: Option<serde_json::Value>,
     step: Option<i64>,
 ) -> NewEvent {
-    NewEvent { job_id: job_id.to_string(), level, kind, message: message.into(), data, step }
+    NewEvent { job_id: job_id.to_string(), level, kind, message: message.into(), data, step, worker: Some(worker.to_string()) }
 }
 
 fn run_job(inner: &Arc<Inner>, job: Job, lease: &Lease) {
     let span = tracing::info_span!("job", id = %job.id, worker = %lease.worker, request_id = job.request_id.as_deref().unwrap_or(""));
     let _g = span.enter();
+    if job.attempts > inner.cfg.max_attempts {
+        // Its workers keep dying under it (a crash, an abort, the machine): stop trying.
+        let why = format!("the job was started {} times and its worker stopped each time before it ended", job.attempts - 1);
+        fail(inner, &job, lease, "max_attempts", &why);
+        return;
+    }
     let control = Control::default();
     let lost = Arc::new(AtomicBool::new(false));
     let running = Running { control: control.clone(), lease: lease.clone(), lost: lost.clone() };
@@ -246,32 +275,37 @@ fn run_job(inner: &Arc<Inner>, job: Job, lease: &Lease) {
         let _ = std::fs::remove_dir_all(&scratch);
         return;
     }
-    let store = &inner.cfg.store;
     let outcome = match result {
         Ok(r) => r,
-        Err(panic) => {
-            let msg =
-                panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-            Err(anyhow::anyhow!("training crashed: {msg}"))
-        }
+        Err(panic) => Err(anyhow::anyhow!("training crashed: {}", crate::model::panic_message(&*panic))),
     };
     inner.cfg.events.flush_blocking();
-    let done = match outcome {
-        Ok((o, summary, model)) => finish(inner, &job, lease, o, summary, model),
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "job failed");
-            inner.cfg.events.send(event(&job.id, "error", "message", format!("Job failed: {e:#}"), None, None));
-            inner.cfg.events.flush_blocking();
-            let error = JobError { code: "training_failed".into(), message: format!("{e:#}"), param: None };
-            let end = JobEnd { status: JobStatus::Failed, result: None, error: Some(&error), model: None };
-            inner.rt.block_on(store.finish_job(&job.id, &lease.worker, &end)).map(|_| ())
+    match outcome {
+        Ok((o, summary, model)) => {
+            // An outcome that cannot be stored (the adapter, the model row) fails the job with
+            // that cause rather than leaving it running for the next worker to redo forever.
+            if let Err(e) = finish(inner, &job, lease, o, summary, model) {
+                fail(inner, &job, lease, "storage_failed", &format!("recording the job's outcome: {e:#}"));
+            }
         }
-    };
-    if let Err(e) = done {
-        tracing::error!(error = format!("{e:#}"), "recording the job's outcome");
+        Err(e) => fail(inner, &job, lease, "training_failed", &format!("{e:#}")),
     }
     // Paused and interrupted jobs resume from the shared store, here or on another node.
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// Ends a job this worker holds as `failed`, with its error and a last event.
+fn fail(inner: &Arc<Inner>, job: &Job, lease: &Lease, code: &str, message: &str) {
+    tracing::error!(code, error = message, "job failed");
+    let shown = inner.cfg.artifacts.redact(message);
+    inner.cfg.events.send(event(&job.id, &lease.worker, "error", "message", format!("Job failed: {shown}"), None, None));
+    inner.cfg.events.flush_blocking();
+    let error = JobError { code: code.into(), message: inner.cfg.artifacts.redact(message), param: None };
+    let end = JobEnd { status: JobStatus::Failed, result: None, error: Some(&error), model: None };
+    if let Err(e) = inner.rt.block_on(inner.cfg.store.finish_job(&job.id, &lease.worker, &end)) {
+        // The database itself is out of reach: the lease runs out and the attempts count it.
+        tracing::error!(error = format!("{e:#}"), "recording that the job failed");
+    }
 }
 
 fn finish(inner: &Arc<Inner>, job: &Job, lease: &Lease, o: Outcome, summary: RunSummary, model_id: String) -> Result<()> {
@@ -297,7 +331,7 @@ fn finish(inner: &Arc<Inner>, job: &Job, lease: &Lease, o: Outcome, summary: Run
         Ending::Paused => (format!("Job paused at step {}", o.steps), None),
         Ending::Interrupted => (format!("Server stopping: job checkpointed at step {} and queued again", o.steps), None),
     };
-    ev.send(event(&job.id, "info", "message", message, data, None));
+    ev.send(event(&job.id, &lease.worker, "info", "message", message, data, None));
     ev.flush_blocking();
     if status.is_terminal() {
         let succeeded = status == JobStatus::Succeeded;
@@ -366,7 +400,7 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
     } else {
         format!("Job started on worker {worker}")
     };
-    cfg.events.send(event(&job.id, "info", "message", message, None, None));
+    cfg.events.send(event(&job.id, worker, "info", "message", message, None, None));
 
     let file = |id: &Option<String>| id.as_ref().map(|f| inner.rt.block_on(cfg.artifacts.local(&file_key(f)))).transpose();
     let files = DataFiles { train: file(&job.spec.files.train)?, valid: file(&job.spec.files.valid)?, test: None };
@@ -377,6 +411,7 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
     let samples = if spec.task.needs_file() { format!("{} samples", data.train_samples) } else { "generated samples".to_string() };
     cfg.events.send(event(
         &job.id,
+        worker,
         "info",
         "message",
         format!("Training {} of {} parameters ({:.3}%) on {samples}", report.trained, report.total, 100.0 * report.trained_fraction),
@@ -386,18 +421,20 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
     let model_id = model_id(job);
     let metadata = HashMap::from([("job_id".to_string(), job.id.clone()), ("fine_tuned_model".to_string(), model_id.clone())]);
     let trainer = run.trainer(spec.seed, ckpt_dir, metadata);
+    let mut checkpoint_failure: Option<anyhow::Error> = None;
     let outcome = trainer.run(control, &mut |p| match p {
         Progress::Metrics(m) => {
             inner.samples_per_second.lock().unwrap().insert(job.id.clone(), m.samples_per_second);
             cfg.events.send(event(
                 &job.id,
+                worker,
                 "info",
                 "metrics",
                 progress_message(&m, run.prepared.task.objective.primary().name),
                 serde_json::to_value(&m).ok(),
                 Some(m.step as i64),
             ));
-            cfg.events.steps(&job.id, m.step as i64);
+            cfg.events.steps(&job.id, worker, m.step as i64);
         }
         Progress::Checkpoint { step, adapter, metrics } => {
             if lost.load(Ordering::SeqCst) {
@@ -429,12 +466,17 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
                 inner.rt.block_on(store.insert_checkpoint(&row, &job.spec.model))
             });
             if let Err(e) = saved {
-                tracing::error!(error = format!("{e:#}"), "storing a checkpoint");
+                // A run whose checkpoints cannot be kept cannot be resumed: stop it and fail it.
+                checkpoint_failure.get_or_insert_with(|| e.context(format!("storing the checkpoint of step {step}")));
+                control.set(Command::Cancel);
             }
-            cfg.events.steps(&job.id, step as i64);
+            cfg.events.steps(&job.id, worker, step as i64);
         }
-        Progress::Message(s) => cfg.events.send(event(&job.id, "info", "message", s, None, None)),
+        Progress::Message(s) => cfg.events.send(event(&job.id, worker, "info", "message", s, None, None)),
     })?;
+    if let Some(e) = checkpoint_failure {
+        return Err(e);
+    }
     let summary = run.summary(&outcome, spec.seed);
     Ok((outcome, summary, model_id))
 }

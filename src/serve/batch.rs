@@ -1,5 +1,5 @@
 //! The inference thread's state and one batch's execution.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use crate::model::params::FreezeSwitches;
 use crate::model::Readout;
 use crate::model::{Backbone, ModelRegistry};
 use crate::tasks::samples::batch_from_samples;
-use crate::tasks::{Objective, TaskSpec};
+use crate::tasks::{Objective, Prediction, TaskSpec};
 
 /// A backbone as an adapter needs it: the base model's weights, or its random init from a seed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -62,7 +62,7 @@ impl Worker {
             match m {
                 Msg::Predict(j) => predicts.push(j),
                 Msg::Load { model_id, adapter, reply } => {
-                    let r = self.ensure(&model_id, &adapter).map(|_| ()).map_err(|e| PredictError::Adapter(format!("{e:#}")));
+                    let r = self.ensure(&model_id, &adapter, &HashSet::new()).map_err(|e| PredictError::Adapter(format!("{e:#}")));
                     let _ = reply.send(r);
                 }
                 Msg::Unload { model_id, reply } => {
@@ -80,8 +80,17 @@ impl Worker {
         publish_loaded(&self.loaded_ids, self.adapters.keys().cloned());
     }
 
-    /// Loads an adapter (and its backbone) if needed; evicts the least recently used beyond the caps.
-    fn ensure(&mut self, id: &str, path: &Path) -> Result<()> {
+    /// Drops every loaded adapter and backbone: after a batch failed half-way, a backbone may still
+    /// hold that batch's per-row slots. They load again on first use.
+    pub fn reset(&mut self) {
+        self.adapters.clear();
+        self.backbones.clear();
+        self.publish();
+    }
+
+    /// Loads an adapter (and its backbone) if needed; evicts the least recently used beyond the
+    /// caps, never `id` nor one of `pinned` (the adapters the batch being run still needs).
+    fn ensure(&mut self, id: &str, path: &Path, pinned: &HashSet<&str>) -> Result<()> {
         self.clock += 1;
         if let Some(a) = self.adapters.get_mut(id) {
             a.last_used = self.clock;
@@ -103,7 +112,9 @@ impl Worker {
         let objective = spec.task().objective(&layers.meta.shape, &layers.meta.task_state);
         self.adapters.insert(id.to_string(), Loaded { key, layers, spec, objective, own_model, last_used: self.clock });
         self.stats.adapter_loads.fetch_add(1, Ordering::Relaxed);
-        self.evict(id);
+        let mut keep = pinned.clone();
+        keep.insert(id);
+        self.evict(&keep);
         self.publish();
         Ok(())
     }
@@ -126,13 +137,16 @@ impl Worker {
         Ok(())
     }
 
-    fn evict(&mut self, keep: &str) {
+    /// Evicts the least recently used adapters until the cache is within its caps, keeping `keep`:
+    /// a batch with more adapters than the cache holds keeps them all until it has run.
+    fn evict(&mut self, keep: &HashSet<&str>) {
         loop {
             let bytes: usize = self.adapters.values().map(|a| a.layers.bytes).sum();
             if self.adapters.len() <= self.cfg.cache_count.max(1) && bytes <= self.cfg.cache_bytes {
                 return;
             }
-            let victim = self.adapters.iter().filter(|(k, _)| k.as_str() != keep).min_by_key(|(_, a)| a.last_used).map(|(k, _)| k.clone());
+            let victim =
+                self.adapters.iter().filter(|(k, _)| !keep.contains(k.as_str())).min_by_key(|(_, a)| a.last_used).map(|(k, _)| k.clone());
             match victim {
                 Some(v) => {
                     self.adapters.remove(&v);
@@ -154,10 +168,13 @@ impl Worker {
             self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
             let _ = j.reply.send(Err(PredictError::Timeout));
         }
-        // Load every adapter first; a request whose adapter fails is answered alone.
+        // Load every adapter first; a request whose adapter fails is answered alone. The batch's
+        // adapters are pinned: loading the last must not evict the first.
+        let wanted: Vec<String> = jobs.iter().map(|j| j.model_id.clone()).collect();
+        let pinned: HashSet<&str> = wanted.iter().map(String::as_str).collect();
         let mut ready = Vec::new();
         for j in jobs {
-            match self.ensure(&j.model_id, &j.adapter) {
+            match self.ensure(&j.model_id, &j.adapter, &pinned) {
                 Ok(()) => ready.push(j),
                 Err(e) => {
                     let _ = j.reply.send(Err(PredictError::Adapter(format!("{e:#}"))));
@@ -171,43 +188,56 @@ impl Worker {
             let key = if a.own_model.is_some() { None } else { Some(a.key.clone()) };
             groups.entry(key).or_default().push(j);
         }
+        let t0 = Instant::now();
         for (key, jobs) in groups {
-            match key {
-                Some(k) => self.run_shared(&k, jobs),
-                None => {
-                    for j in jobs {
-                        self.run_own(j);
-                    }
+            let runs: Vec<Vec<PredictJob>> = match key {
+                Some(_) => vec![jobs],
+                None => jobs.into_iter().map(|j| vec![j]).collect(),
+            };
+            for jobs in runs {
+                // A panic (a libtorch error) fails this group's requests with its message; the
+                // rest of the batch, and every later one, goes on.
+                let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &key {
+                    Some(k) => self.run_shared(k, &jobs),
+                    None => vec![self.run_own(&jobs[0])],
+                }));
+                let results = results.unwrap_or_else(|panic| {
+                    let message = super::panic_message(&*panic);
+                    tracing::error!(error = %message, "a prediction batch failed");
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    self.reset();
+                    jobs.iter().map(|_| Err(PredictError::Failed(message.clone()))).collect()
+                });
+                for (j, r) in jobs.into_iter().zip(results) {
+                    self.reply(j, r, t0);
                 }
             }
         }
+        self.evict(&HashSet::new());
+        self.publish();
     }
 
-    fn run_own(&mut self, j: PredictJob) {
-        let t0 = Instant::now();
+    fn run_own(&self, j: &PredictJob) -> Result<Vec<Prediction>, PredictError> {
         let a = &self.adapters[&j.model_id];
-        let m = a.own_model.as_ref().unwrap();
-        let r = batch_from_samples(&a.spec, &a.layers.meta.shape, &a.layers.meta.task_state, m.max_positions(), &j.samples)
-            .map_err(|e| PredictError::Invalid(e.to_string()))
-            .map(|b| {
-                let dev = self.cfg.device;
-                let logits = m.forward(&b.inputs.to_device(dev), b.lengths.map(|l| l.to_device(dev)).as_ref(), false);
-                a.objective.predictions(&logits)
-            });
+        let m = a.own_model.as_ref().expect("grouped as an adapter with its own model");
+        let b = batch_from_samples(&a.spec, &a.layers.meta.shape, &a.layers.meta.task_state, m.max_positions(), &j.samples)
+            .map_err(|e| PredictError::Invalid(e.to_string()))?;
+        let dev = self.cfg.device;
+        let logits = m.forward(&b.inputs.to_device(dev), b.lengths.map(|l| l.to_device(dev)).as_ref(), false);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.batch_rows.fetch_add(j.samples.len() as u64, Ordering::Relaxed);
-        self.reply(j, r, t0);
+        Ok(a.objective.predictions(&logits))
     }
 
-    /// Many adapters, one pass of the shared backbone.
-    fn run_shared(&mut self, key: &BackboneKey, jobs: Vec<PredictJob>) {
-        let t0 = Instant::now();
+    /// Many adapters, one pass of the shared backbone; one result per job, in order.
+    fn run_shared(&mut self, key: &BackboneKey, jobs: &[PredictJob]) -> Vec<Result<Vec<Prediction>, PredictError>> {
         let dev = self.cfg.device;
         let max_positions = self.backbones[key].max_positions;
         // Validate and embed each request with its own input layer.
+        let mut results: Vec<Result<Vec<Prediction>, PredictError>> = Vec::with_capacity(jobs.len());
         let mut parts = Vec::new();
         let mut good = Vec::new();
-        for j in jobs {
+        for (i, j) in jobs.iter().enumerate() {
             let a = &self.adapters[&j.model_id];
             match batch_from_samples(&a.spec, &a.layers.meta.shape, &a.layers.meta.task_state, max_positions, &j.samples) {
                 Ok(b) => {
@@ -216,15 +246,14 @@ impl Worker {
                     let lengths = b.lengths.unwrap_or_else(|| Tensor::full([n], l, (Kind::Int64, tch::Device::Cpu)));
                     let emb = a.layers.embed(&b.inputs.to_device(dev));
                     parts.push((emb, lengths));
-                    good.push(j);
+                    good.push(i);
+                    results.push(Ok(Vec::new()));
                 }
-                Err(e) => {
-                    let _ = j.reply.send(Err(PredictError::Invalid(e.to_string())));
-                }
+                Err(e) => results.push(Err(PredictError::Invalid(e.to_string()))),
             }
         }
         if good.is_empty() {
-            return;
+            return results;
         }
         let lmax = parts.iter().map(|(e, _)| e.size()[1]).max().unwrap();
         let embeds: Vec<Tensor> = parts
@@ -239,12 +268,12 @@ impl Worker {
             padded.then(|| Tensor::arange(lmax, (Kind::Int64, dev)).unsqueeze(0).lt_tensor(&lengths.unsqueeze(1)).view([b, 1, 1, lmax]));
         let row_counts: Vec<i64> = parts.iter().map(|(e, _)| e.size()[0]).collect();
         // Every row reads out its batch's largest k last tokens; each head then takes its own last k.
-        let kmax = good.iter().map(|j| self.adapters[&j.model_id].layers.meta.shape.readout_tokens).max().unwrap();
+        let kmax = good.iter().map(|&i| self.adapters[&jobs[i].model_id].layers.meta.shape.readout_tokens).max().unwrap();
         // Rows of one length (and at least kmax tokens) slice their last kmax tokens; others gather.
         let positions = (padded || kmax > lmax)
             .then(|| (lengths.unsqueeze(1) - kmax + Tensor::arange(kmax, (Kind::Int64, dev)).unsqueeze(0)).clamp_min(0));
         let readout = positions.as_ref().map_or(Readout::Last(kmax), Readout::At);
-        let ids: Vec<String> = good.iter().map(|j| j.model_id.clone()).collect();
+        let ids: Vec<String> = good.iter().map(|&i| jobs[i].model_id.clone()).collect();
         let hs = {
             let slots = self.row_slots(key, &ids, &row_counts, lmax);
             let shared = self.backbones.get_mut(key).unwrap();
@@ -255,17 +284,16 @@ impl Worker {
         };
         // Answer each request with its own head on its own read-out rows.
         let mut start = 0;
-        for (j, n) in good.into_iter().zip(row_counts) {
-            let a = &self.adapters[&j.model_id];
+        for (&i, n) in good.iter().zip(row_counts) {
+            let a = &self.adapters[&jobs[i].model_id];
             let k = a.layers.meta.shape.readout_tokens;
             let h = hs.narrow(0, start, n).narrow(1, kmax - k, k);
-            let logits = a.layers.project(&h);
-            let r = Ok(a.objective.predictions(&logits));
-            self.reply(j, r, t0);
+            results[i] = Ok(a.objective.predictions(&a.layers.project(&h)));
             start += n;
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.batch_rows.fetch_add(b as u64, Ordering::Relaxed);
+        results
     }
 
     /// Each slot's tensor for this batch: the adapter's own when every row uses one adapter, else
@@ -311,7 +339,7 @@ impl Worker {
             .collect()
     }
 
-    fn reply(&self, j: PredictJob, r: Result<Vec<crate::tasks::Prediction>, PredictError>, t0: Instant) {
+    fn reply(&self, j: PredictJob, r: Result<Vec<Prediction>, PredictError>, t0: Instant) {
         let queue_time = t0.saturating_duration_since(j.enqueued);
         let inference_time = t0.elapsed();
         self.stats.queue_wait_us.fetch_add(queue_time.as_micros() as u64, Ordering::Relaxed);

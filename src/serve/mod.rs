@@ -7,7 +7,7 @@
 mod batch;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +43,10 @@ pub struct ServeStats {
     pub adapter_evictions: AtomicU64,
     pub rejected: AtomicU64,
     pub timeouts: AtomicU64,
+    /// Batches (or groups of one) that failed with a panic, their requests answered with the error.
+    pub failures: AtomicU64,
+    /// Times the inference loop itself was restarted after a panic outside a batch.
+    pub restarts: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -64,7 +68,12 @@ pub enum PredictError {
     Overloaded,
     #[error("the request waited past its deadline")]
     Timeout,
+    /// Running the batch failed (a libtorch error); the batcher goes on with the next one.
+    #[error("the prediction failed on the server: {0}")]
+    Failed(String),
 }
+
+pub(crate) use crate::model::panic_message;
 
 pub(crate) struct PredictJob {
     /// The `x-request-id` of the HTTP request, named in the span of the batch that answers it.
@@ -98,6 +107,8 @@ pub struct Inference {
     tx: SyncSender<Msg>,
     pub stats: Arc<ServeStats>,
     loaded: Arc<Mutex<Vec<String>>>,
+    /// The inference thread is running (it ends only when every handle is gone).
+    alive: Arc<AtomicBool>,
 }
 
 impl Inference {
@@ -105,15 +116,28 @@ impl Inference {
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_queue.max(1));
         let stats = Arc::new(ServeStats::default());
         let loaded = Arc::new(Mutex::new(Vec::new()));
-        let (s, l) = (stats.clone(), loaded.clone());
+        let alive = Arc::new(AtomicBool::new(true));
+        let (s, l, a) = (stats.clone(), loaded.clone(), alive.clone());
         std::thread::Builder::new()
             .name("fpt-inference".into())
             .spawn(move || {
-                let mut w = batch::Worker::new(cfg, registry, s, l);
-                run(&mut w, rx);
+                let mut w = batch::Worker::new(cfg, registry, s.clone(), l);
+                // A batch's failure is caught inside it; anything that escapes restarts the loop
+                // on a clean cache rather than leaving every later prediction to a dead thread.
+                while let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut w, &rx))) {
+                    tracing::error!(error = %panic_message(&*panic), "the inference loop failed; restarting it");
+                    s.restarts.fetch_add(1, Ordering::Relaxed);
+                    w.reset();
+                }
+                a.store(false, Ordering::SeqCst);
             })
             .expect("spawning the inference thread");
-        Self { tx, stats, loaded }
+        Self { tx, stats, loaded, alive }
+    }
+
+    /// Whether predictions are being served.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Predicts for `samples` with the adapter at `adapter` (known to the caller as `model_id`).
@@ -147,7 +171,7 @@ impl Inference {
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(PredictError::Adapter("the inference thread dropped the request".into())),
+            Ok(Err(_)) => Err(PredictError::Failed("the inference thread dropped the request".into())),
             Err(_) => {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(PredictError::Timeout)
@@ -176,7 +200,7 @@ impl Inference {
 }
 
 /// Collects a batch (up to the size, within the wait) and runs it; repeats until the handles are gone.
-fn run(w: &mut batch::Worker, rx: Receiver<Msg>) {
+fn run(w: &mut batch::Worker, rx: &Receiver<Msg>) {
     let _guard = tch::no_grad_guard();
     while let Ok(first) = rx.recv() {
         let mut msgs = vec![first];

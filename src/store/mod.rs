@@ -77,6 +77,8 @@ pub struct Job {
     pub lease_until: Option<i64>,
     /// The `x-request-id` of the request that created the job, carried into its worker's logs.
     pub request_id: Option<String>,
+    /// Claims since the job last stopped where its worker chose to (see migration 0004).
+    pub attempts: i64,
 }
 
 impl Job {
@@ -104,6 +106,7 @@ impl Job {
             worker: None,
             lease_until: None,
             request_id,
+            attempts: 0,
         }
     }
 }
@@ -134,6 +137,7 @@ struct JobRecord {
     lease_until: Option<i64>,
     device: String,
     request_id: Option<String>,
+    attempts: i64,
 }
 
 /// A JSON column decoded, or an error naming the column.
@@ -175,6 +179,7 @@ impl TryFrom<JobRecord> for Job {
                 worker: r.worker,
                 lease_until: r.lease_until,
                 request_id: r.request_id,
+                attempts: r.attempts,
             })
         };
         decode().with_context(|| format!("stored job `{id}` cannot be read"))
@@ -198,6 +203,13 @@ pub struct EventRow {
     pub step: Option<i64>,
 }
 
+impl NewEvent {
+    /// An event the API writes on a client's behalf (a job cancelled before it ran).
+    pub fn from_api(job_id: &str, message: String) -> Self {
+        NewEvent { job_id: job_id.to_string(), level: "info", kind: "message", message, data: None, step: None, worker: None }
+    }
+}
+
 /// An event before it is stored.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -207,6 +219,9 @@ pub struct NewEvent {
     pub message: String,
     pub data: Option<serde_json::Value>,
     pub step: Option<i64>,
+    /// The worker that reports it (None: the API, on a client's behalf); written only while that
+    /// worker still holds the job.
+    pub worker: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -283,6 +298,15 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The database's clock in unix seconds, as SQL: leases are compared on one clock, whichever
+    /// node's own runs ahead or behind.
+    fn db_now(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "CAST(strftime('%s', 'now') AS INTEGER)",
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)",
+        }
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -403,18 +427,18 @@ impl Store {
             Backend::Sqlite => "",
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         };
+        let t = self.db_now();
         let sql = format!(
-            "UPDATE jobs SET status = $5, worker = $1, lease_until = $2, started_at = COALESCE(started_at, $3),
-                 desired = CASE WHEN status = $5 THEN desired ELSE $7 END
-             WHERE id = (SELECT id FROM jobs WHERE (status = $6 OR (status = $5 AND lease_until < $3))
+            "UPDATE jobs SET status = $5, worker = $1, lease_until = {t} + $2, started_at = COALESCE(started_at, {t}),
+                 desired = CASE WHEN status = $5 THEN desired ELSE $7 END, attempts = attempts + 1
+             WHERE id = (SELECT id FROM jobs WHERE (status = $6 OR (status = $5 AND lease_until < {t}))
                          AND device IN ($8, $4) ORDER BY created_at, rowid LIMIT 1 {lock})
              RETURNING *"
         );
-        let t = now();
         let row: Option<JobRecord> = sqlx::query_as(&sql)
             .bind(&lease.worker)
-            .bind(t + lease.seconds)
-            .bind(t)
+            .bind(lease.seconds)
+            .bind(0i64)
             .bind(device.as_str())
             .bind(JobStatus::Running.as_str())
             .bind(JobStatus::Queued.as_str())
@@ -441,29 +465,39 @@ impl Store {
     /// longer holds it (it expired and another worker took the job over).
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn renew_lease(&self, job_id: &str, lease: &Lease) -> Result<Option<Desired>> {
-        let desired: Option<String> =
-            sqlx::query_scalar("UPDATE jobs SET lease_until = $1 WHERE id = $2 AND worker = $3 AND status = $4 RETURNING desired")
-                .bind(now() + lease.seconds)
-                .bind(job_id)
-                .bind(&lease.worker)
-                .bind(JobStatus::Running.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
+        let sql =
+            format!("UPDATE jobs SET lease_until = {} + $1 WHERE id = $2 AND worker = $3 AND status = $4 RETURNING desired", self.db_now());
+        let desired: Option<String> = sqlx::query_scalar(&sql)
+            .bind(lease.seconds)
+            .bind(job_id)
+            .bind(&lease.worker)
+            .bind(JobStatus::Running.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         desired.map(|d| Desired::parse(&d)).transpose().with_context(|| format!("stored job `{job_id}` cannot be read"))
     }
 
     /// A worker hands a running job back (`queued` to run again, or `paused`); a no-op when the
-    /// worker lost the job to another one meanwhile.
+    /// worker lost the job to another one meanwhile. A cancel asked meanwhile wins: the job ends
+    /// `cancelled` instead. The stop was the worker's choice, so the job's attempts start again.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn release_job(&self, job_id: &str, worker: &str, status: JobStatus) -> Result<bool> {
-        Ok(sqlx::query("UPDATE jobs SET status = $1, worker = NULL, lease_until = NULL WHERE id = $2 AND worker = $3 AND status = $4")
-            .bind(status.as_str())
-            .bind(job_id)
-            .bind(worker)
-            .bind(JobStatus::Running.as_str())
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
+        Ok(sqlx::query(
+            "UPDATE jobs SET status = CASE WHEN desired = $5 THEN $6 ELSE $1 END,
+                 finished_at = CASE WHEN desired = $5 THEN $7 ELSE finished_at END,
+                 worker = NULL, lease_until = NULL, attempts = 0
+             WHERE id = $2 AND worker = $3 AND status = $4",
+        )
+        .bind(status.as_str())
+        .bind(job_id)
+        .bind(worker)
+        .bind(JobStatus::Running.as_str())
+        .bind(Desired::Cancel.as_str())
+        .bind(JobStatus::Cancelled.as_str())
+        .bind(now())
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
             > 0)
     }
 
@@ -481,15 +515,28 @@ impl Store {
         Ok(q.execute(&self.pool).await?.rows_affected() > 0)
     }
 
+    /// Records what a client asks of a job. A cancel, once asked, stands: a pause that lands after
+    /// it does not undo it.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn set_desired(&self, id: &str, desired: Desired) -> Result<()> {
-        sqlx::query("UPDATE jobs SET desired = $1 WHERE id = $2").bind(desired.as_str()).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE jobs SET desired = CASE WHEN desired = $3 THEN desired ELSE $1 END WHERE id = $2")
+            .bind(desired.as_str())
+            .bind(id)
+            .bind(Desired::Cancel.as_str())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
+    /// A job's progress, as `worker` (still holding it) reports it.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn set_progress(&self, id: &str, steps: i64) -> Result<()> {
-        sqlx::query("UPDATE jobs SET trained_steps = $1 WHERE id = $2").bind(steps).bind(id).execute(&self.pool).await?;
+    pub async fn set_progress(&self, id: &str, worker: &str, steps: i64) -> Result<()> {
+        sqlx::query("UPDATE jobs SET trained_steps = $1 WHERE id = $2 AND worker = $3")
+            .bind(steps)
+            .bind(id)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -517,16 +564,28 @@ impl Store {
             > 0)
     }
 
-    /// After a crash of the embedded (single-node) service: every running job goes back to the
-    /// queue at once and resumes from its checkpoint, rather than waiting out its lease.
+    /// The running jobs and the workers holding them.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn requeue_running(&self) -> Result<u64> {
-        Ok(sqlx::query("UPDATE jobs SET status = $1, worker = NULL, lease_until = NULL WHERE status = $2")
+    pub async fn running_jobs(&self) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as("SELECT id, worker FROM jobs WHERE status = $1 AND worker IS NOT NULL")
+            .bind(JobStatus::Running.as_str())
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Puts a running job back in the queue at once, if `worker` still holds it: its worker is
+    /// known to be dead, so waiting out the lease would only delay the resume.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn requeue_orphan(&self, job_id: &str, worker: &str) -> Result<bool> {
+        Ok(sqlx::query("UPDATE jobs SET status = $1, worker = NULL, lease_until = NULL WHERE id = $2 AND worker = $3 AND status = $4")
             .bind(JobStatus::Queued.as_str())
+            .bind(job_id)
+            .bind(worker)
             .bind(JobStatus::Running.as_str())
             .execute(&self.pool)
             .await?
-            .rows_affected())
+            .rows_affected()
+            > 0)
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -540,16 +599,22 @@ impl Store {
     pub async fn insert_events(&self, events: &[NewEvent]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for e in events {
-            sqlx::query("INSERT INTO events (job_id, created_at, level, type, message, data, step) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                .bind(&e.job_id)
-                .bind(now())
-                .bind(e.level)
-                .bind(e.kind)
-                .bind(&e.message)
-                .bind(e.data.as_ref().map(|d| d.to_string()))
-                .bind(e.step)
-                .execute(&mut *tx)
-                .await?;
+            // A worker's events count only while it holds the job: one that lost its lease to
+            // another worker must not add steps the new one will write again.
+            sqlx::query(
+                "INSERT INTO events (job_id, created_at, level, type, message, data, step)
+                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE $8 IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND worker = $8)",
+            )
+            .bind(&e.job_id)
+            .bind(now())
+            .bind(e.level)
+            .bind(e.kind)
+            .bind(&e.message)
+            .bind(e.data.as_ref().map(|d| d.to_string()))
+            .bind(e.step)
+            .bind(&e.worker)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -664,24 +729,78 @@ impl Store {
 
     // ---- idempotency
 
+    /// Reserves `key` for this request (`hash` names it) before its handler runs, in one
+    /// statement: of any number of concurrent requests with the key, exactly one gets
+    /// [`Reservation::Ours`]. A reservation left by a process that died (older than
+    /// `stale_after` seconds, never answered) is taken over.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn idempotent_response(&self, key: &str, route: &str) -> Result<Option<(u16, String)>> {
-        let row: Option<(i64, String)> = sqlx::query_as("SELECT status, body FROM idempotency WHERE key = $1 AND route = $2")
-            .bind(key)
-            .bind(route)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|(s, b)| (s as u16, b)))
+    pub async fn reserve_idempotency(&self, key: &str, route: &str, hash: &str, stale_after: i64) -> Result<Reservation> {
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency (key, route, status, body, created_at, request_hash) VALUES ($1, $2, 0, '', $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(key)
+        .bind(route)
+        .bind(now())
+        .bind(hash)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            return Ok(Reservation::Ours);
+        }
+        let row: Option<(i64, String, Option<String>, i64)> =
+            sqlx::query_as("SELECT status, body, request_hash, created_at FROM idempotency WHERE key = $1 AND route = $2")
+                .bind(key)
+                .bind(route)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((status, body, stored_hash, created_at)) = row else {
+            // Released between the two statements: try again.
+            return Box::pin(self.reserve_idempotency(key, route, hash, stale_after)).await;
+        };
+        // Keys stored before requests were hashed match any request, as they did then.
+        if stored_hash.as_deref().is_some_and(|h| h != hash) {
+            return Ok(Reservation::OtherRequest);
+        }
+        if status != 0 {
+            return Ok(Reservation::Answered { status: status as u16, body });
+        }
+        if created_at < now() - stale_after {
+            let taken =
+                sqlx::query("UPDATE idempotency SET created_at = $1 WHERE key = $2 AND route = $3 AND status = 0 AND created_at = $4")
+                    .bind(now())
+                    .bind(key)
+                    .bind(route)
+                    .bind(created_at)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+            if taken > 0 {
+                return Ok(Reservation::Ours);
+            }
+        }
+        Ok(Reservation::Pending)
     }
 
+    /// Stores the answer of a reserved key.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn save_idempotent_response(&self, key: &str, route: &str, status: u16, body: &str) -> Result<()> {
-        sqlx::query("INSERT INTO idempotency (key, route, status, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
-            .bind(key)
-            .bind(route)
+    pub async fn answer_idempotency(&self, key: &str, route: &str, status: u16, body: &str) -> Result<()> {
+        sqlx::query("UPDATE idempotency SET status = $1, body = $2 WHERE key = $3 AND route = $4")
             .bind(status as i64)
             .bind(body)
-            .bind(now())
+            .bind(key)
+            .bind(route)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Frees a reserved key whose request failed, so that the client may retry with it.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn release_idempotency(&self, key: &str, route: &str) -> Result<()> {
+        sqlx::query("DELETE FROM idempotency WHERE key = $1 AND route = $2 AND status = 0")
+            .bind(key)
+            .bind(route)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -704,6 +823,19 @@ async fn upsert_model<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(exec: E, 
     .execute(exec)
     .await?;
     Ok(())
+}
+
+/// What reserving an `Idempotency-Key` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reservation {
+    /// The key is this request's: run it and store its answer.
+    Ours,
+    /// An earlier request with the key was answered so: replay it.
+    Answered { status: u16, body: String },
+    /// A request with the key is still being answered.
+    Pending,
+    /// The key was used for a different request.
+    OtherRequest,
 }
 
 /// How a job ended, as its worker records it.

@@ -170,7 +170,7 @@ pub fn labels_beside(p: &Path) -> Option<PathBuf> {
 /// The files of a tar or tar.gz archive, or None when the bytes are not one.
 fn tar_members(bytes: &[u8]) -> Result<Option<Vec<(String, Vec<u8>)>>> {
     let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
-        data::read_inflated(flate2::read::GzDecoder::new(bytes), 0, "the tar.gz archive")?
+        data::read_inflated(flate2::read::GzDecoder::new(bytes), 0, "tar.gz data")?
     } else {
         bytes.to_vec()
     };
