@@ -39,6 +39,36 @@ impl Artifacts {
         Ok(Self { store: Arc::from(store), prefix: prefix.to_string(), root: None, cache: cache.to_path_buf() })
     }
 
+    /// Deletes what uploads cut short left in a folder store: the store's staging files (`…#n`,
+    /// written before the rename that completes a put), and uploaded files the database has no
+    /// row for (`is_known` says which file ids it has). Returns how many went. Object stores keep
+    /// no partial objects, so there is nothing to do for them.
+    pub async fn remove_partial_uploads(&self, is_known: impl AsyncFn(&str) -> Result<bool>) -> Result<usize> {
+        let Some(root) = &self.root else { return Ok(0) };
+        let mut removed = 0;
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                let path = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if path.is_dir() {
+                    if dir == *root && name == "cache" {
+                        continue;
+                    }
+                    stack.push(path);
+                    continue;
+                }
+                let staged = name.contains('#');
+                let orphan = dir == root.join("files") && !staged && !is_known(&name).await?;
+                if (staged || orphan) && std::fs::remove_file(&path).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// `text` (an error from this store) without the store's own folder: clients know artifacts
     /// by key, and the server's paths stay in its log.
     pub fn redact(&self, text: &str) -> String {

@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// Prediction requests waiting at once; more get 429.
     #[arg(long, env = "FPT_MAX_QUEUE", default_value_t = 512)]
     pub max_queue: usize,
+    /// KiB/s an upload must average after its first 10 s (and no part may stall longer); slower
+    /// uploads get 408, so trickling clients cannot hold every request slot.
+    #[arg(long, env = "FPT_MIN_UPLOAD_KBPS", default_value_t = 16)]
+    pub min_upload_kbps: u64,
     /// Live event streams (`?stream=true`) at once; more get 429 with `retry-after`.
     #[arg(long, env = "FPT_MAX_STREAMS", default_value_t = 64)]
     pub max_streams: usize,
@@ -108,6 +112,10 @@ pub struct LimitArgs {
     /// Most classes of a classification head.
     #[arg(long, env = "FPT_MAX_CLASSES", default_value_t = TaskLimits::default().max_classes)]
     pub max_classes: usize,
+    /// MiB a run's model and largest pass may take (estimated when its data is loaded, before
+    /// the model is built); a job over it is refused naming micro_batch_size.
+    #[arg(long, env = "FPT_MAX_RUN_MB", default_value_t = Limits::default().max_run_bytes >> 20)]
+    pub max_run_mb: u64,
     /// MiB one data file may decompress to (gzip, tar, npz), so a small upload cannot become gigabytes.
     #[arg(long, env = "FPT_MAX_INFLATED_MB", default_value_t = 1024)]
     pub max_inflated_mb: u64,
@@ -121,7 +129,13 @@ impl LimitArgs {
 
     pub fn limits(&self) -> Limits {
         let task = TaskLimits { max_generated_samples: self.max_generated_samples, max_classes: self.max_classes, ..TaskLimits::default() };
-        Limits { max_steps: self.max_steps, max_checkpoints: self.max_checkpoints, task, ..Limits::default() }
+        Limits {
+            max_steps: self.max_steps,
+            max_checkpoints: self.max_checkpoints,
+            max_run_bytes: self.max_run_mb << 20,
+            task,
+            ..Limits::default()
+        }
     }
 }
 
@@ -168,6 +182,8 @@ pub struct ApiSettings {
     pub max_prediction_rows: usize,
     /// Live event streams (SSE) at once; more get 429.
     pub max_streams: usize,
+    /// The average rate an upload must keep after its first seconds.
+    pub min_upload_bytes_per_sec: f64,
     pub limits: Limits,
 }
 
@@ -185,6 +201,9 @@ pub struct SharedState {
     /// Seconds a running job stays its worker's without a heartbeat before another worker takes it over.
     #[arg(long, env = "FPT_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..))]
     pub lease_secs: i64,
+    /// Checkpoints kept per job, the newest (older ones, their fine-tuned models and files go).
+    #[arg(long, env = "FPT_KEEP_CHECKPOINTS", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
+    pub keep_checkpoints: i64,
     /// Times a job may be claimed again after its worker died under it before it fails (`max_attempts`).
     #[arg(long, env = "FPT_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_attempts: i64,
@@ -257,6 +276,7 @@ impl ServeArgs {
             prediction_timeout: Duration::from_millis(self.prediction_timeout_ms),
             max_prediction_rows: self.max_prediction_rows.max(1),
             max_streams: self.max_streams.max(1),
+            min_upload_bytes_per_sec: (self.min_upload_kbps * 1024) as f64,
             limits: self.limits.limits(),
         }
     }

@@ -36,6 +36,10 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
     let device = parse_device(&args.common.device)?;
     let (store, artifacts) = args.shared.open(&args.data_dir).await?;
     let workers = if args.no_workers { 0 } else { args.workers.unwrap_or_else(default_workers) };
+    let removed = artifacts.remove_partial_uploads(async |id: &str| Ok(store.file_exists(id).await?)).await?;
+    if removed > 0 {
+        tracing::info!(files = removed, "removed what interrupted uploads left behind");
+    }
     // What a dead process of this host was running resumes at once; a live one's jobs stay its own.
     if workers > 0 {
         let requeued = crate::queue::requeue_orphans(&store).await?;
@@ -55,6 +59,7 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
         precision: args.precision,
         limits: args.limits.limits(),
         max_attempts: args.shared.max_attempts,
+        keep_checkpoints: args.shared.keep_checkpoints,
         workers,
         lease_seconds: args.shared.lease_secs,
     });
@@ -121,6 +126,7 @@ pub async fn work(args: WorkerArgs) -> Result<()> {
         precision: args.precision,
         limits: args.limits.limits(),
         max_attempts: args.shared.max_attempts,
+        keep_checkpoints: args.shared.keep_checkpoints,
         workers,
         lease_seconds: args.shared.lease_secs,
     });

@@ -434,3 +434,105 @@ fn sigterm_ends_live_streams_and_stops_promptly() {
     let s = Server::start_on(&data, &["--no-workers"]);
     assert_eq!(s.job(&id)["status"], "queued", "handed back to the queue at SIGTERM");
 }
+
+/// Eight clients trickling an upload at 1 byte/s held every request slot (429 for everyone else)
+/// for as long as they liked. An upload must now keep a minimum rate after its first seconds.
+#[test]
+fn trickling_uploads_are_cut_off_and_the_slots_come_back() {
+    use std::io::{Read, Write};
+    let s = Server::start(&["--max-concurrency", "4", "--min-upload-kbps", "16"]);
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut slow: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            write!(
+                c,
+                "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n"
+            )
+            .unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.get("/v1/files").status(), 429, "the trickling uploads hold every slot");
+    let t = std::time::Instant::now();
+    let mut answers = Vec::new();
+    while answers.len() < slow.len() && t.elapsed() < Duration::from_secs(30) {
+        for c in slow.iter_mut() {
+            let _ = c.write_all(b"{");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        if t.elapsed() > Duration::from_secs(11) {
+            for c in slow.iter_mut() {
+                c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                let mut buf = [0u8; 512];
+                if let Ok(n) = c.read(&mut buf) {
+                    answers.push(String::from_utf8_lossy(&buf[..n]).to_string());
+                }
+            }
+        }
+    }
+    assert_eq!(answers.len(), 4, "every trickling upload was answered: {answers:?}");
+    assert!(answers.iter().all(|a| a.starts_with("HTTP/1.1 408")), "{answers:?}");
+    assert_eq!(s.get("/v1/files").status(), 200, "the slots are free again");
+}
+
+/// SIGKILL mid-upload left partial files nobody cleaned up. A server starting on a folder removes
+/// the store's staging files and uploaded bytes the database has no row for.
+#[test]
+fn what_interrupted_uploads_left_is_removed_at_start() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let mut s = Server::start_on(&data, &["--no-workers"]);
+    let kept = s.upload_ok("train.jsonl", sign_dataset(8, 1));
+    s.kill();
+    let files = data.join("files");
+    std::fs::write(files.join("file-0123#7"), b"half an upload").unwrap();
+    std::fs::write(files.join("file-orphan"), b"stored, but its row never written").unwrap();
+    let s = Server::start_on(&data, &["--no-workers"]);
+    assert!(!files.join("file-0123#7").exists() && !files.join("file-orphan").exists());
+    assert_eq!(s.get(&format!("/v1/files/{kept}/content")).bytes().unwrap().to_vec(), sign_dataset(8, 1));
+}
+
+/// The memory a run would take is estimated once its data's length is known, before its model is
+/// built, and checked against the service's budget.
+#[test]
+fn a_run_over_the_memory_budget_is_refused_before_it_is_built() {
+    let s = Server::start(&["--max-run-mb", "8", "--no-workers"]);
+    let body = json!({"model": "tiny-gpt2", "task": {"type": "bit_memory"}, "hyperparameters": {"batch_size": 16}});
+    let e = error_of(s.post("/v1/fine_tuning/jobs", &body), 422);
+    assert_eq!(e["param"], "hyperparameters.micro_batch_size", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("more than the 8 MiB a run may"), "{e}");
+    let small = json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "hyperparameters": {"batch_size": 4, "eval_batch_size": 4}});
+    assert_eq!(s.post("/v1/fine_tuning/jobs", &small).status(), 200);
+}
+
+/// Nothing was ever pruned: a job kept every checkpoint (rows, models, files). A job keeps its
+/// newest `--keep-checkpoints` now, and its working folder only the latest.
+#[test]
+fn a_job_keeps_its_newest_checkpoints_only() {
+    let s = Server::start(&["--keep-checkpoints", "3"]);
+    let train = s.upload_ok("train.jsonl", sign_dataset(64, 8));
+    let id = s.create_job(json!({"model": "tiny-gpt2", "task": serde_json::from_str::<Value>(SIGN_TASK).unwrap(), "training_file": train,
+        "hyperparameters": {"n_steps": 100, "eval_every": 10, "checkpoint_every": 10, "batch_size": 4}}));
+    assert_eq!(s.wait_finished(&id)["status"], "succeeded");
+    let cks = s.get_json(&format!("/v1/fine_tuning/jobs/{id}/checkpoints?limit=100"));
+    let steps: Vec<i64> = cks["data"].as_array().unwrap().iter().map(|c| c["step_number"].as_i64().unwrap()).collect();
+    assert_eq!(steps, vec![100, 90, 80]);
+    let models: Vec<String> =
+        s.get_json("/v1/models?limit=100")["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    assert!(models.iter().any(|m| m.ends_with("-step-80")) && !models.iter().any(|m| m.ends_with("-step-70")), "{models:?}");
+    let mut files: Vec<String> = std::fs::read_dir(s.data_dir.join("jobs").join(&id).join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let want: Vec<String> = ["best.adapter.safetensors", "latest.json"]
+        .into_iter()
+        .map(String::from)
+        .chain([80, 90, 100].iter().flat_map(|n| [format!("step-{n:08}.adapter.safetensors"), format!("step-{n:08}.state.safetensors")]))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(files, want);
+}

@@ -20,6 +20,9 @@ pub enum ApiError {
     TooLarge { what: &'static str, limit: usize, unit: &'static str },
     #[error("{message}")]
     Invalid { message: String, param: String },
+    /// A body arriving slower than the server accepts.
+    #[error("the request body arrives too slowly (the minimum is {rate} KiB/s after the first 10 s)")]
+    TooSlow { rate: u64 },
     #[error("the server is busy; retry after {retry_after} s")]
     Overloaded { retry_after: u64 },
     #[error("{0}")]
@@ -58,6 +61,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", None),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "invalid_state", None),
+            ApiError::TooSlow { .. } => (StatusCode::REQUEST_TIMEOUT, "invalid_request_error", "too_slow", None),
             ApiError::TooLarge { what, .. } => {
                 let param = (*what != ApiError::BODY).then(|| what.to_string());
                 (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "payload_too_large", param)

@@ -57,19 +57,47 @@ struct Upload {
     filename: String,
 }
 
+/// Within this many seconds an upload may arrive at any speed; after, it must average
+/// `--min-upload-kbps`, so that clients trickling bytes cannot hold every request slot.
+const UPLOAD_GRACE_SECS: f64 = 10.0;
+
+/// Refuses an upload that has been arriving for longer than the grace period at less than the
+/// minimum rate.
+fn check_rate(started: std::time::Instant, bytes: usize, min_bytes_per_sec: f64) -> ApiResult<()> {
+    let secs = started.elapsed().as_secs_f64();
+    if secs > UPLOAD_GRACE_SECS && (bytes as f64) < min_bytes_per_sec * secs {
+        return Err(ApiError::TooSlow { rate: min_bytes_per_sec as u64 / 1024 });
+    }
+    Ok(())
+}
+
 async fn read_upload(state: &AppState, mut multipart: Multipart) -> ApiResult<Upload> {
     let limit = state.settings.max_upload_bytes;
+    let min_rate = state.settings.min_upload_bytes_per_sec;
+    let started = std::time::Instant::now();
+    let mut received = 0usize;
     let (mut file, mut purpose, mut filename) = (None, None, String::from("upload"));
-    while let Some(mut field) = multipart.next_field().await.map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))? {
+    loop {
+        // No part may take longer than the grace period to begin either.
+        let next = tokio::time::timeout(std::time::Duration::from_secs_f64(UPLOAD_GRACE_SECS), multipart.next_field())
+            .await
+            .map_err(|_| ApiError::TooSlow { rate: min_rate as u64 / 1024 })?;
+        let Some(mut field) = next.map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))? else { break };
         match field.name().unwrap_or("") {
             "file" => {
                 filename = field.file_name().unwrap_or("upload").chars().filter(|c| !c.is_control()).take(255).collect();
                 let mut buf = Vec::new();
-                while let Some(chunk) = field.chunk().await.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))? {
+                loop {
+                    let chunk = tokio::time::timeout(std::time::Duration::from_secs_f64(UPLOAD_GRACE_SECS), field.chunk())
+                        .await
+                        .map_err(|_| ApiError::TooSlow { rate: min_rate as u64 / 1024 })?;
+                    let Some(chunk) = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))? else { break };
                     if buf.len() + chunk.len() > limit {
                         return Err(ApiError::TooLarge { what: "file", limit, unit: "bytes" });
                     }
                     buf.extend_from_slice(&chunk);
+                    received += chunk.len();
+                    check_rate(started, received, min_rate)?;
                 }
                 file = Some(buf);
             }

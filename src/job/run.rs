@@ -62,7 +62,39 @@ pub fn prepare_data(spec: &TrainSpec<PathBuf>, registry: &ModelRegistry, limits:
         PrepareError { field: field.to_string(), error: e }
     })?;
     let hyperparameters = budget(&spec.hyperparameters, task.info.train_samples, limits)?;
+    let config = base.backbone_config().map_err(at("model"))?;
+    let h = &hyperparameters;
+    let need = run_bytes(&config, task.info.seq_len as u64, h.batch_size.min(h.micro_batch_size) as u64, h.eval_batch_size as u64);
+    if need > limits.max_run_bytes {
+        return Err(PrepareError {
+            field: "hyperparameters.micro_batch_size".into(),
+            error: anyhow::anyhow!(
+                "this run would take about {} MiB (passes of {} rows of {} tokens through {} layers of {}), more than the {} MiB a run may; \
+                 lower micro_batch_size (and eval_batch_size), or the sequence length",
+                need >> 20,
+                h.batch_size.min(h.micro_batch_size),
+                task.info.seq_len,
+                config.layers,
+                config.hidden,
+                limits.max_run_bytes >> 20
+            ),
+        });
+    }
     Ok(Prepared { base, task, hyperparameters })
+}
+
+/// A generous estimate of the bytes a run takes: the frozen weights (three copies: the weights,
+/// oneDNN's packed forward and backward layouts), and the larger of a training pass of
+/// `train_rows` rows of `seq_len` tokens, which keeps every layer's activations for the backward
+/// (the residual stream, the feed-forward's inner states, attention's probabilities twice for
+/// dropout's mask), and an evaluation pass of `eval_rows`, which keeps about one layer's; in fp32.
+fn run_bytes(c: &crate::model::BackboneConfig, seq_len: u64, train_rows: u64, eval_rows: u64) -> u64 {
+    let (h, inner, layers, heads) = (c.hidden.max(1) as u64, c.inner.max(1) as u64, c.layers.max(1) as u64, c.heads.max(1) as u64);
+    let weights = layers.saturating_mul(4 * h * h + 2 * h * inner).saturating_mul(4 * 3);
+    let per_layer = seq_len.saturating_mul(12 * h + 3 * inner).saturating_add(2 * heads * seq_len.saturating_mul(seq_len));
+    let train = train_rows.saturating_mul(layers).saturating_mul(per_layer);
+    let eval = eval_rows.saturating_mul(2).saturating_mul(per_layer);
+    weights.saturating_add(train.max(eval).saturating_mul(4))
 }
 
 /// `n_steps` for `n_epochs` passes over `n_train` samples (bit tasks, with no training set, keep
@@ -240,7 +272,9 @@ pub fn train_to_file(
     ckpt: &Path,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<LocalRun> {
-    let run = prepare(spec, registry, &Limits::default(), device, precision)?;
+    // The operator's own machine: the memory estimate is the service's guard, not the command line's.
+    let limits = Limits { max_run_bytes: u64::MAX, ..Limits::default() };
+    let run = prepare(spec, registry, &limits, device, precision)?;
     let info = &run.prepared.task.info;
     if info.truncated > 0 {
         eprintln!("note: {} samples were cut to the backbone's {} positions", info.truncated, run.model.max_positions());
@@ -292,6 +326,31 @@ mod tests {
             "samples_per_second": 5.0, "wall_seconds": 1.0, "early_stopped": false});
         let old: RunSummary = serde_json::from_value(old).unwrap();
         assert_eq!((old.best_valid(), old.metric("test_accuracy"), old.primary_metric.as_str()), (Some(0.9), None, "accuracy"));
+    }
+
+    #[test]
+    fn the_run_estimate_grows_with_rows_and_length_and_fits_the_recipe() {
+        let gpt2_small = crate::model::BackboneConfig {
+            arch: crate::model::Arch::Gpt2,
+            hidden: 768,
+            layers: 12,
+            heads: 12,
+            max_positions: 1024,
+            inner: 3072,
+            activation: "gelu_new".into(),
+            ln_eps: 1e-5,
+            hidden_dropout: 0.1,
+            embed_dropout: 0.1,
+            attn_dropout: 0.1,
+            initializer_range: 0.02,
+        };
+        // The paper's CIFAR-10 (64 tokens, batches of 16) fits easily; ListOps at 512 tokens too.
+        assert!(run_bytes(&gpt2_small, 64, 16, 64) < 4 << 30);
+        assert!(run_bytes(&gpt2_small, 512, 16, 64) < Limits::default().max_run_bytes);
+        // Thousands of rows of a thousand tokens do not.
+        assert!(run_bytes(&gpt2_small, 1024, 4096, 4096) > Limits::default().max_run_bytes);
+        assert!(run_bytes(&gpt2_small, 128, 32, 64) > run_bytes(&gpt2_small, 64, 32, 64));
+        assert!(run_bytes(&gpt2_small, 64, 64, 64) > run_bytes(&gpt2_small, 64, 32, 64));
     }
 
     #[test]

@@ -113,6 +113,9 @@ pub struct Limits {
     pub max_checkpoints: u64,
     /// Progress reports one run may write (`n_steps / min(log_every, eval_every)`).
     pub max_reports: u64,
+    /// Bytes a run's model and one forward-backward pass may take, as [`crate::job::run`]
+    /// estimates them once the data's length is known and before the model is built.
+    pub max_run_bytes: u64,
     pub task: TaskLimits,
 }
 
@@ -124,6 +127,7 @@ impl Default for Limits {
             max_batch_size: 4096,
             max_checkpoints: 10_000,
             max_reports: 1_000_000,
+            max_run_bytes: 16 << 30,
             task: TaskLimits::default(),
         }
     }

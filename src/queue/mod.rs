@@ -47,6 +47,8 @@ pub struct QueueConfig {
     pub limits: Limits,
     /// Claims of one job whose worker died under it before it fails with `max_attempts`.
     pub max_attempts: i64,
+    /// Checkpoints kept per job (the newest); older ones, their models and files, are deleted.
+    pub keep_checkpoints: i64,
     pub workers: usize,
     /// How long a claimed job stays this node's without a heartbeat.
     pub lease_seconds: i64,
@@ -363,6 +365,24 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Keeps a job's newest `--keep-checkpoints` checkpoints (rows, models and files); a failure to
+/// delete an old one costs disk, not the job, and is logged.
+fn prune_checkpoints(inner: &Arc<Inner>, job_id: &str) {
+    let old = match inner.rt.block_on(inner.cfg.store.prune_checkpoints(job_id, inner.cfg.keep_checkpoints)) {
+        Ok(old) => old,
+        Err(e) => return tracing::warn!(error = format!("{e:#}"), "pruning old checkpoints"),
+    };
+    for c in old {
+        let adapter = c.path.rsplit('/').next().unwrap_or_default().to_string();
+        let keys = [Some(c.path.clone()), checkpoint::state_name_of(&adapter).map(|s| checkpoint_key(job_id, &s))];
+        for key in keys.into_iter().flatten() {
+            if let Err(e) = inner.rt.block_on(inner.cfg.artifacts.delete(&key)) {
+                tracing::warn!(key, error = format!("{e:#}"), "deleting an old checkpoint");
+            }
+        }
+    }
+}
+
 fn checkpoint_key(job_id: &str, name: &str) -> String {
     job_key(job_id, &format!("checkpoints/{name}"))
 }
@@ -463,7 +483,9 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
                 for n in names {
                     inner.rt.block_on(cfg.artifacts.put_file(&checkpoint_key(&job.id, &n), &dir.join(&n)))?;
                 }
-                inner.rt.block_on(store.insert_checkpoint(&row, &job.spec.model))
+                inner.rt.block_on(store.insert_checkpoint(&row, &job.spec.model))?;
+                prune_checkpoints(inner, &job.id);
+                Ok(())
             });
             if let Err(e) = saved {
                 // A run whose checkpoints cannot be kept cannot be resumed: stop it and fail it.

@@ -357,6 +357,13 @@ impl Store {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
+    /// Whether a file row exists for `id` (deleted or not): its bytes in the artifact store are no orphan.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn file_exists(&self, id: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM files WHERE id = $1").bind(id).fetch_one(&self.pool).await?;
+        Ok(n > 0)
+    }
+
     /// The jobs not yet ended that read the file: it cannot go while one of them may still load it.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn jobs_using_file(&self, file_id: &str) -> Result<Vec<String>> {
@@ -640,6 +647,27 @@ impl Store {
     }
 
     // ---- checkpoints and models
+
+    /// Deletes a job's checkpoints (and their models) beyond its newest `keep`; returns them, for
+    /// their files to go too.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn prune_checkpoints(&self, job_id: &str, keep: i64) -> Result<Vec<CheckpointRow>> {
+        let old: Vec<CheckpointRow> = sqlx::query_as(
+            "SELECT * FROM checkpoints WHERE job_id = $1 AND step_number <
+                 (SELECT MIN(step_number) FROM (SELECT step_number FROM checkpoints WHERE job_id = $1 ORDER BY step_number DESC LIMIT $2) newest)",
+        )
+        .bind(job_id)
+        .bind(keep)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut tx = self.pool.begin().await?;
+        for c in &old {
+            sqlx::query("DELETE FROM checkpoints WHERE id = $1").bind(&c.id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM models WHERE id = $1 AND checkpoint_step IS NOT NULL").bind(&c.model_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(old)
+    }
 
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn insert_checkpoint(&self, c: &CheckpointRow, base_model: &str) -> Result<()> {

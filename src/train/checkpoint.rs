@@ -75,7 +75,20 @@ pub fn save(dir: &Path, model: &FptModel, adam: &Adam, state: &LoopState, meta: 
         state: state_file.file_name().unwrap().to_string_lossy().into(),
     };
     crate::fsutil::write_atomic(&dir.join("latest.json"), serde_json::to_string(&latest)?.as_bytes())?;
+    // A resume needs the latest checkpoint alone (and the kept best, which has its own name): the
+    // folder does not grow with the run. A service copies each checkpoint out before the next.
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("step-") && name != latest.adapter && name != latest.state {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     Ok(adapter)
+}
+
+/// The optimiser-state file saved beside a checkpoint's adapter file (same step).
+pub fn state_name_of(adapter_name: &str) -> Option<String> {
+    adapter_name.strip_suffix(".adapter.safetensors").filter(|s| s.starts_with("step-")).map(|s| format!("{s}.state.safetensors"))
 }
 
 pub fn latest(dir: &Path) -> Result<Option<Latest>> {
