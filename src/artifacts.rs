@@ -41,10 +41,19 @@ impl Artifacts {
 
     /// Deletes what uploads cut short left in a folder store: the store's staging files (`…#n`,
     /// written before the rename that completes a put), and uploaded files the database has no
-    /// row for (`is_known` says which file ids it has). Returns how many went. Object stores keep
-    /// no partial objects, so there is nothing to do for them.
-    pub async fn remove_partial_uploads(&self, is_known: impl AsyncFn(&str) -> Result<bool>) -> Result<usize> {
+    /// row for (`is_known` says which file ids it has). Only what is older than `min_age` goes:
+    /// other processes sharing the folder (workers, API nodes) may be in the middle of a put.
+    /// Nodes' scratch folders (`work/`, `cache/`) are not this store's. Returns how many went.
+    /// Object stores keep no partial objects, so there is nothing to do for them.
+    pub async fn remove_partial_uploads(
+        &self,
+        min_age: std::time::Duration,
+        is_known: impl AsyncFn(&str) -> Result<bool>,
+    ) -> Result<usize> {
         let Some(root) = &self.root else { return Ok(0) };
+        let old_enough = |p: &Path| {
+            std::fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= min_age)
+        };
         let mut removed = 0;
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
@@ -53,10 +62,13 @@ impl Artifacts {
                 let path = e.path();
                 let name = e.file_name().to_string_lossy().into_owned();
                 if path.is_dir() {
-                    if dir == *root && name == "cache" {
+                    if dir == *root && (name == "cache" || name == "work") {
                         continue;
                     }
                     stack.push(path);
+                    continue;
+                }
+                if !old_enough(&path) {
                     continue;
                 }
                 let staged = name.contains('#');

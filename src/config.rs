@@ -204,7 +204,8 @@ pub struct SharedState {
     /// Checkpoints kept per job, the newest (older ones, their fine-tuned models and files go).
     #[arg(long, env = "FPT_KEEP_CHECKPOINTS", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
     pub keep_checkpoints: i64,
-    /// Times a job may be claimed again after its worker died under it before it fails (`max_attempts`).
+    /// Claims a job may take without its worker ever stopping it on purpose (each claim after a
+    /// worker died under it counts); the next claim fails it with `max_attempts`.
     #[arg(long, env = "FPT_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_attempts: i64,
 }
@@ -238,6 +239,9 @@ pub struct WorkerArgs {
     /// As `fpt serve --allow-downloads`: jobs may name hub models.
     #[arg(long, env = "FPT_ALLOW_DOWNLOADS")]
     pub allow_downloads: bool,
+    /// Seconds SIGTERM waits for running jobs to checkpoint and go back to the queue.
+    #[arg(long, env = "FPT_SHUTDOWN_GRACE_SECS", default_value_t = 60)]
+    pub shutdown_grace_secs: u64,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]

@@ -36,7 +36,8 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
     let device = parse_device(&args.common.device)?;
     let (store, artifacts) = args.shared.open(&args.data_dir).await?;
     let workers = if args.no_workers { 0 } else { args.workers.unwrap_or_else(default_workers) };
-    let removed = artifacts.remove_partial_uploads(async |id: &str| Ok(store.file_exists(id).await?)).await?;
+    // An hour: no put of this service takes that long; anything younger may be another node's.
+    let removed = artifacts.remove_partial_uploads(Duration::from_secs(3600), async |id: &str| Ok(store.file_exists(id).await?)).await?;
     if removed > 0 {
         tracing::info!(files = removed, "removed what interrupted uploads left behind");
     }
@@ -115,6 +116,10 @@ pub async fn work(args: WorkerArgs) -> Result<()> {
     let device = parse_device(&args.common.device)?;
     let (store, artifacts) = args.shared.open(&args.data_dir).await?;
     let workers = args.workers.unwrap_or_else(default_workers).max(1);
+    let requeued = crate::queue::requeue_orphans(&store).await?;
+    if requeued > 0 {
+        tracing::info!(jobs = requeued, "jobs whose process on this host had died are queued again");
+    }
     let events = EventSink::start(store.clone());
     let queue = Queue::start(QueueConfig {
         store,
@@ -136,7 +141,13 @@ pub async fn work(args: WorkerArgs) -> Result<()> {
     println!("fpt worker ready: {workers} workers on {kind}");
     shutdown_signal().await;
     tracing::info!("shutting down: checkpointing running jobs");
-    queue.shutdown().await;
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    if tokio::time::timeout(grace, queue.shutdown()).await.is_err() {
+        tracing::warn!(
+            seconds = grace.as_secs(),
+            "running jobs did not stop within the grace period; exiting (they resume from their last checkpoints)"
+        );
+    }
     Ok(())
 }
 

@@ -6,10 +6,9 @@
 //! `FPT_CHAOS_SECS=600 cargo test --test chaos` is the longer soak.
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,23 +22,7 @@ const STEPS: i64 = 400;
 const SERVER_ARGS: [&str; 4] = ["--lease-secs", "2", "--max-attempts", "50"];
 
 fn start_worker(data_dir: &Path) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fpt"))
-        .args(["worker", "--workers", "1", "--precision", "fp32", "--threads", "1", "--device", "cpu"])
-        .args(SERVER_ARGS)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--models-dir")
-        .arg(common::tiny_models())
-        .env("HF_HUB_OFFLINE", "1")
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting fpt worker");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("fpt worker ready"), "unexpected first line: {line:?}");
-    child
+    common::server::start_worker(data_dir, &SERVER_ARGS)
 }
 
 /// SIGKILLs a process that must still be running (an abort would have ended it already).

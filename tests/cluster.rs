@@ -3,9 +3,8 @@
 //! worker killed with SIGKILL finishes on another worker from its last checkpoint.
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::postgres::Postgres;
@@ -21,25 +20,13 @@ struct Worker {
 
 impl Worker {
     fn start(data_dir: &Path, database_url: &str, artifacts: &Path) -> Worker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fpt"))
-            .args(["worker", "--workers", "1", "--lease-secs", "3", "--precision", "fp32", "--threads", "1", "--device", "cpu"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--database-url", database_url])
-            .arg("--artifacts")
-            .arg(artifacts)
-            .arg("--models-dir")
-            .arg(common::tiny_models())
-            .env("HF_HUB_OFFLINE", "1")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting fpt worker");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("fpt worker ready"), "unexpected first line: {line:?}");
-        Worker { child }
+        let artifacts = artifacts.display().to_string();
+        Worker {
+            child: common::server::start_worker(
+                data_dir,
+                &["--lease-secs", "3", "--database-url", database_url, "--artifacts", &artifacts],
+            ),
+        }
     }
 }
 

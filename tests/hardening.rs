@@ -111,12 +111,7 @@ fn cors_origins_are_checked_at_start_and_star_allows_any() {
 
 fn trained_model(s: &Server) -> (String, String) {
     let train = s.upload_ok("train.jsonl", sign_dataset(64, 1));
-    let body = json!({"model": "tiny-gpt2", "task": serde_json::from_str::<Value>(SIGN_TASK).unwrap(), "training_file": train,
-        "hyperparameters": {"n_steps": 4, "eval_every": 4, "batch_size": 4}});
-    let id = s.create_job(body);
-    let j = s.wait_finished(&id);
-    assert_eq!(j["status"], "succeeded", "{j}");
-    (j["fine_tuned_model"].as_str().unwrap().to_string(), train)
+    (s.train_quick(serde_json::from_str(SIGN_TASK).unwrap(), Some(&train), 1), train)
 }
 
 /// Values beyond f32 answered 200 with null probabilities; nothing bounded the rows of a request.
@@ -185,20 +180,6 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-fn train_xor(s: &Server, seed: u64) -> String {
-    let body = json!({"model": "tiny-gpt2", "task": {"type": "bit_xor", "n_bits": 3}, "seed": seed,
-        "hyperparameters": {"n_steps": 4, "eval_every": 4, "batch_size": 4}});
-    let id = s.create_job(body);
-    let j = s.wait_finished(&id);
-    assert_eq!(j["status"], "succeeded", "{j}");
-    j["fine_tuned_model"].as_str().unwrap().to_string()
-}
-
-fn metric(s: &Server, name: &str) -> f64 {
-    let text = s.get("/metrics").text().unwrap();
-    text.lines().find_map(|l| l.strip_prefix(&format!("{name} ")).map(|v| v.parse().unwrap())).unwrap()
-}
-
 /// Six concurrent requests for six models with room for two in the cache made a batch evict an
 /// adapter it still needed ("no entry found for key"), and that panic killed the inference thread:
 /// every later prediction answered 503 while /ready said ready. Now a batch keeps what it needs,
@@ -206,7 +187,7 @@ fn metric(s: &Server, name: &str) -> f64 {
 #[test]
 fn the_batcher_survives_a_failing_batch_and_never_evicts_what_a_batch_needs() {
     let s = Server::start(&["--adapter-cache", "2", "--max-batch-wait-ms", "2000", "--max-batch-size", "12"]);
-    let models: Vec<String> = (0..6).map(|seed| train_xor(&s, seed)).collect();
+    let models: Vec<String> = (0..6).map(|seed| s.train_quick(json!({"type": "bit_xor", "n_bits": 3}), None, seed)).collect();
     let x = json!([[1, 0, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0]]);
     let alone: Vec<Value> = models.iter().map(|m| s.predict(m, x.clone()).json::<Value>().unwrap()["data"].clone()).collect();
     let together: Vec<(u16, Value)> = std::thread::scope(|sc| {
@@ -241,7 +222,24 @@ fn the_batcher_survives_a_failing_batch_and_never_evicts_what_a_batch_needs() {
     let msg = e["message"].as_str().unwrap();
     assert!(msg.contains("the prediction failed on the server") && msg.contains("expanded size"), "{e}");
     assert!(!msg.contains("Exception raised from") && !msg.contains(".so"), "libtorch's frames and paths stay in the log: {e}");
-    assert!(metric(&s, "fpt_prediction_failures_total") >= 1.0);
+    assert!(s.metric("fpt_prediction_failures_total") >= 1.0);
+    // In a batch with a request for another backbone, only the broken group fails.
+    let bert = {
+        let id = s.create_job(json!({"model": "tiny-bert", "task": {"type": "bit_xor", "n_bits": 3}, "hyperparameters": {"n_steps": 4, "eval_every": 4, "batch_size": 4}}));
+        let j = s.wait_finished(&id);
+        j["fine_tuned_model"].as_str().unwrap().to_string()
+    };
+    let bert_alone = s.predict(&bert, x.clone()).json::<Value>().unwrap()["data"].clone();
+    let (broken, fine) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| s.predict(&models[0], x.clone()).status().as_u16());
+        let b = sc.spawn(|| {
+            let r = s.predict(&bert, x.clone());
+            (r.status().as_u16(), r.json::<Value>().unwrap()["data"].clone())
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(broken, 500);
+    assert_eq!(fine, (200, bert_alone), "the other backbone's group went on");
     // Everything else is served as before, from a clean cache, and the server says it is ready.
     for (m, want) in models.iter().zip(&alone).skip(1) {
         let r = s.predict(m, x.clone());
@@ -329,6 +327,13 @@ fn a_job_whose_worker_keeps_dying_fails_with_max_attempts() {
 fn cancel_wins_over_pause_and_every_cancel_leaves_its_event() {
     let s = Server::start(&[]);
     let train = s.upload_ok("train.jsonl", sign_dataset(64, 4));
+    // A pause the worker carries out at once is answered as done, not as a conflict.
+    let id = long_job(&s, &train, 100_000);
+    wait_running(&s, &id);
+    assert_eq!(s.post(&format!("/v1/fine_tuning/jobs/{id}/pause"), &json!({})).status(), 200);
+    s.wait_for(&id, Duration::from_secs(30), |st| st == "paused");
+    assert_eq!(s.post(&format!("/v1/fine_tuning/jobs/{id}/cancel"), &json!({})).status(), 200);
+    assert_eq!(s.job(&id)["status"], "cancelled");
     for round in 0..6 {
         let id = long_job(&s, &train, 100_000);
         wait_running(&s, &id);
@@ -442,12 +447,15 @@ fn trickling_uploads_are_cut_off_and_the_slots_come_back() {
     use std::io::{Read, Write};
     let s = Server::start(&["--max-concurrency", "4", "--min-upload-kbps", "16"]);
     let addr = s.url.trim_start_matches("http://").to_string();
-    let mut slow: Vec<std::net::TcpStream> = (0..4)
-        .map(|_| {
+    // Each trickles into another part: the file, the purpose, a field nobody asked for.
+    let parts = ["name=\"file\"; filename=\"a.jsonl\"", "name=\"purpose\"", "name=\"other\"", "name=\"file\"; filename=\"b.jsonl\""];
+    let mut slow: Vec<std::net::TcpStream> = parts
+        .iter()
+        .map(|part| {
             let mut c = std::net::TcpStream::connect(&addr).unwrap();
             write!(
                 c,
-                "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n"
+                "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; {part}\r\n\r\n"
             )
             .unwrap();
             c
@@ -487,10 +495,16 @@ fn what_interrupted_uploads_left_is_removed_at_start() {
     let kept = s.upload_ok("train.jsonl", sign_dataset(8, 1));
     s.kill();
     let files = data.join("files");
-    std::fs::write(files.join("file-0123#7"), b"half an upload").unwrap();
-    std::fs::write(files.join("file-orphan"), b"stored, but its row never written").unwrap();
+    let hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for (name, bytes) in [("file-0123#7", &b"half an upload"[..]), ("file-orphan", b"stored, but its row never written")] {
+        std::fs::write(files.join(name), bytes).unwrap();
+        std::fs::File::options().write(true).open(files.join(name)).unwrap().set_modified(hours_ago).unwrap();
+    }
+    // Another node's put in progress (young) is left alone.
+    std::fs::write(files.join("file-4567#1"), b"being written right now").unwrap();
     let s = Server::start_on(&data, &["--no-workers"]);
     assert!(!files.join("file-0123#7").exists() && !files.join("file-orphan").exists());
+    assert!(files.join("file-4567#1").exists());
     assert_eq!(s.get(&format!("/v1/files/{kept}/content")).bytes().unwrap().to_vec(), sign_dataset(8, 1));
 }
 

@@ -6,24 +6,6 @@ use std::time::Duration;
 use common::server::{sign_dataset, Server, SIGN_TASK};
 use serde_json::{json, Value};
 
-/// Trains a few steps and returns the fine-tuned model id.
-fn train(s: &Server, task: Value, file: Option<&str>, seed: u64) -> String {
-    let mut body =
-        json!({"model": "tiny-gpt2", "task": task, "seed": seed, "hyperparameters": {"n_steps": 4, "eval_every": 4, "batch_size": 4}});
-    if let Some(f) = file {
-        body["training_file"] = json!(f);
-    }
-    let id = s.create_job(body);
-    let j = s.wait_finished(&id);
-    assert_eq!(j["status"], "succeeded", "{j}");
-    j["fine_tuned_model"].as_str().unwrap().to_string()
-}
-
-fn metric(s: &Server, name: &str) -> f64 {
-    let text = s.get("/metrics").text().unwrap();
-    text.lines().find_map(|l| l.strip_prefix(&format!("{name} ")).map(|v| v.parse().unwrap())).unwrap()
-}
-
 fn sign_inputs() -> Value {
     json!([
         [0.5, 0.1, -0.2, 0.3, 0.0, 0.1, 0.2, 0.3],
@@ -42,17 +24,17 @@ fn a_mixed_batch_gives_the_same_outputs_as_each_adapter_alone() {
     // concurrent round shares one batch however slowly the requests arrive on a loaded machine.
     let s = Server::start(&["--max-batch-wait-ms", "3000", "--max-batch-size", "8"]);
     let f = s.upload_ok("train.jsonl", sign_dataset(64, 1));
-    let a = train(&s, serde_json::from_str(SIGN_TASK).unwrap(), Some(&f), 1);
-    let b = train(&s, serde_json::from_str(SIGN_TASK).unwrap(), Some(&f), 2);
-    let c = train(&s, json!({"type": "bit_xor", "n_bits": 3}), None, 3);
+    let a = s.train_quick(serde_json::from_str(SIGN_TASK).unwrap(), Some(&f), 1);
+    let b = s.train_quick(serde_json::from_str(SIGN_TASK).unwrap(), Some(&f), 2);
+    let c = s.train_quick(json!({"type": "bit_xor", "n_bits": 3}), None, 3);
     let requests = vec![(a.clone(), sign_inputs()), (b.clone(), sign_inputs()), (c.clone(), xor_inputs())];
     let alone: Vec<Value> = requests.iter().map(|(m, x)| s.predict(m, x.clone()).json::<Value>().unwrap()).collect();
-    let before = metric(&s, "fpt_predictions_batches_total");
+    let before = s.metric("fpt_predictions_batches_total");
     let together: Vec<Value> = std::thread::scope(|sc| {
         let hs: Vec<_> = requests.iter().map(|(m, x)| sc.spawn(|| s.predict(m, x.clone()).json::<Value>().unwrap())).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(metric(&s, "fpt_predictions_batches_total") - before, 1.0, "the three requests ran in one forward pass");
+    assert_eq!(s.metric("fpt_predictions_batches_total") - before, 1.0, "the three requests ran in one forward pass");
     for (x, y) in alone.iter().zip(&together) {
         for (r1, r2) in x["data"].as_array().unwrap().iter().zip(y["data"].as_array().unwrap()) {
             assert_eq!(r1["label"], r2["label"]);
@@ -72,12 +54,12 @@ fn a_mixed_batch_gives_the_same_outputs_as_each_adapter_alone() {
 fn the_adapter_cache_evicts_and_reloads_correctly() {
     let s = Server::start(&["--adapter-cache", "2"]);
     let f = s.upload_ok("train.jsonl", sign_dataset(64, 2));
-    let models: Vec<String> = (0..5).map(|i| train(&s, serde_json::from_str(SIGN_TASK).unwrap(), Some(&f), 10 + i)).collect();
+    let models: Vec<String> = (0..5).map(|i| s.train_quick(serde_json::from_str(SIGN_TASK).unwrap(), Some(&f), 10 + i)).collect();
     let first: Vec<Value> = models.iter().map(|m| s.predict(m, sign_inputs()).json::<Value>().unwrap()["data"].clone()).collect();
     let second: Vec<Value> = models.iter().map(|m| s.predict(m, sign_inputs()).json::<Value>().unwrap()["data"].clone()).collect();
     assert_eq!(first, second, "reloaded adapters answer as before");
-    assert!(metric(&s, "fpt_adapter_evictions_total") >= 8.0);
-    assert_eq!(metric(&s, "fpt_adapter_loads_total"), 10.0);
+    assert!(s.metric("fpt_adapter_evictions_total") >= 8.0);
+    assert_eq!(s.metric("fpt_adapter_loads_total"), 10.0);
     let listed = s.get_json("/v1/models");
     let loaded: Vec<&str> =
         listed["data"].as_array().unwrap().iter().filter(|m| m["loaded"] == true).map(|m| m["id"].as_str().unwrap()).collect();
@@ -92,7 +74,7 @@ fn the_adapter_cache_evicts_and_reloads_correctly() {
 fn overload_answers_429_and_the_server_recovers() {
     let s = Server::start(&["--max-queue", "1", "--max-batch-size", "1", "--max-batch-wait-ms", "0"]);
     let f = s.upload_ok("train.jsonl", sign_dataset(64, 3));
-    let m = train(&s, serde_json::from_str(SIGN_TASK).unwrap(), Some(&f), 1);
+    let m = s.train_quick(serde_json::from_str(SIGN_TASK).unwrap(), Some(&f), 1);
     let big: Vec<Value> = (0..3000).map(|i| json!(vec![i as f64 / 3000.0; 64])).collect();
     let statuses: Vec<u16> = std::thread::scope(|sc| {
         let slow = sc.spawn(|| s.predict(&m, json!(big)).status().as_u16());
@@ -121,7 +103,7 @@ fn overload_answers_429_and_the_server_recovers() {
 fn a_request_past_its_deadline_gets_503() {
     let s = Server::start(&["--prediction-timeout-ms", "1"]);
     let f = s.upload_ok("train.jsonl", sign_dataset(64, 4));
-    let m = train(&s, serde_json::from_str(SIGN_TASK).unwrap(), Some(&f), 1);
+    let m = s.train_quick(serde_json::from_str(SIGN_TASK).unwrap(), Some(&f), 1);
     let big: Vec<Value> = (0..2000).map(|_| json!(vec![0.1; 64])).collect();
     assert_eq!(s.predict(&m, json!(big)).status(), 503);
     assert_eq!(s.get("/health").status(), 200);

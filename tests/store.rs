@@ -209,6 +209,15 @@ async fn leases(store: &Store) {
     let cancelled = store.job(&j.id).await.unwrap().unwrap();
     assert_eq!(cancelled.status, JobStatus::Cancelled);
     assert!(cancelled.finished_at.is_some());
+    // A pause or cancel pending when a job is handed back or requeued is carried out then.
+    for (desired, ends) in [(Desired::Pause, JobStatus::Paused), (Desired::Cancel, JobStatus::Cancelled)] {
+        let p = job("any");
+        store.insert_job(&p).await.unwrap();
+        store.claim_job(&lease("w-p", 60), DeviceKind::Cpu).await.unwrap().unwrap();
+        store.set_desired(&p.id, desired).await.unwrap();
+        assert!(store.requeue_orphan(&p.id, "w-p").await.unwrap());
+        assert_eq!(store.job(&p.id).await.unwrap().unwrap().status, ends);
+    }
     // A dead worker's job goes back to the queue at once, but only from the worker that holds it.
     let k = job("any");
     store.insert_job(&k).await.unwrap();

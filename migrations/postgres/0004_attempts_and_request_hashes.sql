@@ -3,5 +3,5 @@
 -- `request_hash`: what an Idempotency-Key was first used for (a sha256 of the request), so the
 -- same key with another request is refused; `status` 0 marks a key reserved by a request still
 -- being answered.
-ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE idempotency ADD COLUMN request_hash TEXT;

@@ -1,4 +1,8 @@
 //! `/v1/files`: datasets, detected and validated on upload; bad files are refused naming the record.
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::multipart::Field;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -58,51 +62,67 @@ struct Upload {
 }
 
 /// Within this many seconds an upload may arrive at any speed; after, it must average
-/// `--min-upload-kbps`, so that clients trickling bytes cannot hold every request slot.
-const UPLOAD_GRACE_SECS: f64 = 10.0;
+/// `--min-upload-kbps`, and no part of it may stall this long, so that clients trickling bytes
+/// cannot hold every request slot.
+const UPLOAD_GRACE: Duration = Duration::from_secs(10);
 
-/// Refuses an upload that has been arriving for longer than the grace period at less than the
-/// minimum rate.
-fn check_rate(started: std::time::Instant, bytes: usize, min_bytes_per_sec: f64) -> ApiResult<()> {
-    let secs = started.elapsed().as_secs_f64();
-    if secs > UPLOAD_GRACE_SECS && (bytes as f64) < min_bytes_per_sec * secs {
-        return Err(ApiError::TooSlow { rate: min_bytes_per_sec as u64 / 1024 });
+/// Bytes of multipart fields other than `file` and `purpose` taken (and dropped) before a 413.
+const MAX_OTHER_FIELDS: usize = 64 << 10;
+
+/// The pace of an upload: every chunk of every field goes through [`Pace::next`].
+struct Pace {
+    started: std::time::Instant,
+    received: usize,
+    min_bytes_per_sec: f64,
+}
+
+impl Pace {
+    fn too_slow(&self) -> ApiError {
+        ApiError::TooSlow { rate: self.min_bytes_per_sec as u64 / 1024 }
     }
-    Ok(())
+
+    /// The next chunk of `field`, refused when it stalls or the upload falls below its minimum rate.
+    async fn next(&mut self, field: &mut Field<'_>) -> ApiResult<Option<Bytes>> {
+        let chunk = tokio::time::timeout(UPLOAD_GRACE, field.chunk()).await.map_err(|_| self.too_slow())?;
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
+        self.received += chunk.as_ref().map_or(0, |c| c.len());
+        let secs = self.started.elapsed().as_secs_f64();
+        if secs > UPLOAD_GRACE.as_secs_f64() && (self.received as f64) < self.min_bytes_per_sec * secs {
+            return Err(self.too_slow());
+        }
+        Ok(chunk)
+    }
 }
 
 async fn read_upload(state: &AppState, mut multipart: Multipart) -> ApiResult<Upload> {
     let limit = state.settings.max_upload_bytes;
-    let min_rate = state.settings.min_upload_bytes_per_sec;
-    let started = std::time::Instant::now();
-    let mut received = 0usize;
-    let (mut file, mut purpose, mut filename) = (None, None, String::from("upload"));
+    let mut pace = Pace { started: std::time::Instant::now(), received: 0, min_bytes_per_sec: state.settings.min_upload_bytes_per_sec };
+    let (mut file, mut purpose, mut filename, mut other) = (None, None, String::from("upload"), 0usize);
     loop {
         // No part may take longer than the grace period to begin either.
-        let next = tokio::time::timeout(std::time::Duration::from_secs_f64(UPLOAD_GRACE_SECS), multipart.next_field())
-            .await
-            .map_err(|_| ApiError::TooSlow { rate: min_rate as u64 / 1024 })?;
+        let next = tokio::time::timeout(UPLOAD_GRACE, multipart.next_field()).await.map_err(|_| pace.too_slow())?;
         let Some(mut field) = next.map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))? else { break };
         match field.name().unwrap_or("") {
             "file" => {
                 filename = field.file_name().unwrap_or("upload").chars().filter(|c| !c.is_control()).take(255).collect();
                 let mut buf = Vec::new();
-                loop {
-                    let chunk = tokio::time::timeout(std::time::Duration::from_secs_f64(UPLOAD_GRACE_SECS), field.chunk())
-                        .await
-                        .map_err(|_| ApiError::TooSlow { rate: min_rate as u64 / 1024 })?;
-                    let Some(chunk) = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))? else { break };
+                while let Some(chunk) = pace.next(&mut field).await? {
                     if buf.len() + chunk.len() > limit {
                         return Err(ApiError::TooLarge { what: "file", limit, unit: "bytes" });
                     }
                     buf.extend_from_slice(&chunk);
-                    received += chunk.len();
-                    check_rate(started, received, min_rate)?;
                 }
                 file = Some(buf);
             }
-            "purpose" => purpose = Some(small_text(&mut field, "purpose").await?),
-            _ => {}
+            "purpose" => purpose = Some(small_text(&mut field, &mut pace, "purpose").await?),
+            _ => {
+                while let Some(chunk) = pace.next(&mut field).await? {
+                    other += chunk.len();
+                    if other > MAX_OTHER_FIELDS {
+                        return Err(ApiError::TooLarge { what: "multipart fields", limit: MAX_OTHER_FIELDS, unit: "bytes" });
+                    }
+                }
+            }
         }
     }
     let bytes = file.ok_or_else(|| ApiError::invalid("file", "the multipart body has no `file` field"))?;
@@ -149,10 +169,10 @@ const DRAIN_LIMIT: usize = 1 << 20;
 
 /// A short multipart text field, refused past [`MAX_TEXT_FIELD`] bytes; never more than
 /// [`DRAIN_LIMIT`] of it is read.
-async fn small_text(field: &mut axum::extract::multipart::Field<'_>, name: &'static str) -> ApiResult<String> {
+async fn small_text(field: &mut Field<'_>, pace: &mut Pace, name: &'static str) -> ApiResult<String> {
     let mut buf = Vec::new();
     let mut seen = 0usize;
-    while let Some(chunk) = field.chunk().await.map_err(|e| ApiError::bad_request(format!("reading `{name}`: {e}")))? {
+    while let Some(chunk) = pace.next(field).await? {
         seen += chunk.len();
         if seen > DRAIN_LIMIT {
             break;

@@ -23,7 +23,9 @@ use crate::train::TrainConfig;
 
 pub fn routes() -> Vec<Route> {
     vec![
-        Route { path: "/v1/fine_tuning/jobs", methods: &["GET", "POST"], handler: get(list).post(create), long: true },
+        // Creation reads a bounded body and checks the data up front: the request timeout covers
+        // both, so a client trickling its body cannot hold a slot past it.
+        Route { path: "/v1/fine_tuning/jobs", methods: &["GET", "POST"], handler: get(list).post(create), long: false },
         Route { path: "/v1/fine_tuning/jobs/{job_id}", methods: &["GET"], handler: get(retrieve), long: false },
         Route { path: "/v1/fine_tuning/jobs/{job_id}/cancel", methods: &["POST"], handler: post(cancel), long: false },
         Route { path: "/v1/fine_tuning/jobs/{job_id}/pause", methods: &["POST"], handler: post(pause), long: false },
@@ -190,7 +192,7 @@ async fn change(state: &AppState, id: &str, request: Request) -> ApiResult<Json<
                 }
                 let message = match to {
                     JobStatus::Cancelled => "Job cancelled".to_string(),
-                    JobStatus::Paused => "Job paused before it started".to_string(),
+                    JobStatus::Paused => "Job paused while queued".to_string(),
                     _ => format!("Job resumed: {to} again"),
                 };
                 state.events.send(NewEvent::from_api(id, message));
@@ -204,7 +206,8 @@ async fn change(state: &AppState, id: &str, request: Request) -> ApiResult<Json<
                 // then the request is decided again on what the job is now. A job that has ended
                 // (as asked, or finished first) is answered as it is.
                 let now = find(state, id).await?.status;
-                if now != JobStatus::Running && !now.is_terminal() {
+                let reached = matches!((request, now), (Request::Pause, JobStatus::Paused) | (Request::Cancel, JobStatus::Cancelled));
+                if now != JobStatus::Running && !now.is_terminal() && !reached {
                     continue;
                 }
             }

@@ -266,7 +266,7 @@ pub fn request_hash(route: &str, parts: &[&[u8]]) -> String {
 pub async fn idempotent<F, Fut>(state: &AppState, key: Option<String>, route: &str, hash: &str, f: F) -> Response
 where
     F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
+    Fut: std::future::Future<Output = Result<(StatusCode, serde_json::Value), ApiError>> + Send + 'static,
 {
     let Some(k) = key else {
         return match f().await {
@@ -295,18 +295,31 @@ where
             }
         }
     }
-    match f().await {
-        Ok((status, body)) => {
-            if let Err(e) = state.store.answer_idempotency(&k, route, status.as_u16(), &body.to_string()).await {
-                tracing::error!(error = format!("{e:#}"), "saving an idempotent response");
-            }
-            (status, axum::Json(body)).into_response()
+    // The request runs, and its answer is stored (or its key freed), on a task of its own: a
+    // client that goes away mid-request neither leaves the key reserved nor half a job behind.
+    let (store, route) = (state.store.clone(), route.to_string());
+    let (key_again, route_again) = (k.clone(), route.clone());
+    let work = f();
+    let answered = tokio::spawn(async move {
+        let answer = work.await;
+        let kept = match &answer {
+            Ok((status, body)) => store.answer_idempotency(&k, &route, status.as_u16(), &body.to_string()).await,
+            Err(_) => store.release_idempotency(&k, &route).await,
+        };
+        if let Err(e) = kept {
+            tracing::error!(error = format!("{e:#}"), "recording an idempotent answer");
         }
+        answer
+    });
+    match answered.await {
+        Ok(Ok((status, body))) => (status, axum::Json(body)).into_response(),
+        Ok(Err(e)) => e.into_response(),
         Err(e) => {
-            if let Err(e) = state.store.release_idempotency(&k, route).await {
+            // The handler panicked: its key is free again for a retry.
+            if let Err(e) = state.store.release_idempotency(&key_again, &route_again).await {
                 tracing::error!(error = format!("{e:#}"), "freeing an idempotency key");
             }
-            e.into_response()
+            ApiError::Internal(anyhow::anyhow!("the request's handler failed: {e}")).into_response()
         }
     }
 }

@@ -157,7 +157,7 @@ impl Queue {
 /// Running jobs whose worker was a process of this host that is gone (killed, crashed): queued
 /// again at once, to resume from their checkpoints, instead of after their lease. A job a live
 /// process holds (another `fpt serve` or `fpt worker` here, on the same database) is left alone,
-/// as are other hosts' jobs: their leases tell.
+/// as are other hosts' jobs: their leases tell. Call it before this process's workers start.
 pub async fn requeue_orphans(store: &Store) -> Result<u64> {
     let me = node_name();
     let host = me.rsplit_once('-').map_or(me.as_str(), |(h, _)| h).to_string();
@@ -165,7 +165,9 @@ pub async fn requeue_orphans(store: &Store) -> Result<u64> {
     for (id, worker) in store.running_jobs().await? {
         let Some((worker_host, pid)) = worker.rsplit_once("-w").and_then(|(node, _)| node.rsplit_once('-')) else { continue };
         let Ok(pid) = pid.parse::<u32>() else { continue };
-        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        // This process holds no job yet: a job in its own pid's name is a predecessor's that had
+        // the same pid (a container's pid 1, restarted).
+        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
         if worker_host == host && !alive && store.requeue_orphan(&id, &worker).await? {
             requeued += 1;
         }
@@ -173,10 +175,16 @@ pub async fn requeue_orphans(store: &Store) -> Result<u64> {
     Ok(requeued)
 }
 
-/// `host-pid`: names this process's workers in the jobs they hold.
+/// `host-pid`: names this process's workers in the jobs they hold. The host is its name and, where
+/// the machine has one, the start of its machine id, so that two machines of one name sharing a
+/// database are told apart.
 fn node_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
-    format!("{}-{}", host.unwrap_or_else(|| "node".into()), std::process::id())
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
+    let mut host = read("/etc/hostname").unwrap_or_else(|| "node".into());
+    if let Some(id) = read("/etc/machine-id") {
+        host = format!("{host}.{}", &id[..id.len().min(8)]);
+    }
+    format!("{host}-{}", std::process::id())
 }
 
 /// Renews the lease of every job running here, often enough that a lease never lapses while its
@@ -330,8 +338,13 @@ fn finish(inner: &Arc<Inner>, job: &Job, lease: &Lease, o: Outcome, summary: Run
             (format!("Job succeeded: fine-tuned model {model_id}"), Some(serde_json::to_value(&summary)?))
         }
         Ending::Cancelled => ("Job cancelled".to_string(), None),
-        Ending::Paused => (format!("Job paused at step {}", o.steps), None),
-        Ending::Interrupted => (format!("Server stopping: job checkpointed at step {} and queued again", o.steps), None),
+        // A hand-back becomes what the client asked meanwhile (see `Store::release_job`).
+        Ending::Paused | Ending::Interrupted => match inner.rt.block_on(store.job(&job.id)).ok().flatten().map(|j| j.desired) {
+            Some(Desired::Cancel) => ("Job cancelled".to_string(), None),
+            Some(Desired::Pause) => (format!("Job paused at step {}", o.steps), None),
+            _ if o.ending == Ending::Paused => (format!("Job paused at step {}", o.steps), None),
+            _ => (format!("Server stopping: job checkpointed at step {} and queued again", o.steps), None),
+        },
     };
     ev.send(event(&job.id, &lease.worker, "info", "message", message, data, None));
     ev.flush_blocking();

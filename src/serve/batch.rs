@@ -189,6 +189,7 @@ impl Worker {
             groups.entry(key).or_default().push(j);
         }
         let t0 = Instant::now();
+        let mut failed = false;
         for (key, jobs) in groups {
             let runs: Vec<Vec<PredictJob>> = match key {
                 Some(_) => vec![jobs],
@@ -205,13 +206,18 @@ impl Worker {
                     let message = super::panic_message(&*panic);
                     tracing::error!(error = %message, "a prediction batch failed");
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    self.reset();
+                    failed = true;
                     jobs.iter().map(|_| Err(PredictError::Failed(message.clone()))).collect()
                 });
                 for (j, r) in jobs.into_iter().zip(results) {
                     self.reply(j, r, t0);
                 }
             }
+        }
+        if failed {
+            // The failed group's backbone may still hold its per-row slots; the other groups ran
+            // on other backbones (one group per backbone) and are done.
+            self.reset();
         }
         self.evict(&HashSet::new());
         self.publish();

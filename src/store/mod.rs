@@ -356,7 +356,6 @@ impl Store {
         .await?)
     }
 
-    #[tracing::instrument(level = "debug", skip_all)]
     /// Whether a file row exists for `id` (deleted or not): its bytes in the artifact store are no orphan.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn file_exists(&self, id: &str) -> Result<bool> {
@@ -436,21 +435,23 @@ impl Store {
         };
         let t = self.db_now();
         let sql = format!(
-            "UPDATE jobs SET status = $5, worker = $1, lease_until = {t} + $2, started_at = COALESCE(started_at, {t}),
-                 desired = CASE WHEN status = $5 THEN desired ELSE $7 END, attempts = attempts + 1
-             WHERE id = (SELECT id FROM jobs WHERE (status = $6 OR (status = $5 AND lease_until < {t}))
-                         AND device IN ($8, $4) ORDER BY created_at, rowid LIMIT 1 {lock})
+            "UPDATE jobs SET status = $4, worker = $1, lease_until = {t} + $2, started_at = COALESCE(started_at, {t}),
+                 desired = CASE WHEN status = $4 OR desired = $8 THEN desired ELSE $6 END, attempts = attempts + 1
+             WHERE id = (SELECT id FROM jobs WHERE (status = $5 OR (status = $4 AND lease_until < {t}))
+                         AND device IN ($7, $3) ORDER BY created_at, rowid LIMIT 1 {lock})
              RETURNING *"
         );
+        // A queued job starts as `run`, unless a cancel is pending (it was handed back or
+        // requeued with one): the worker then stops it at once.
         let row: Option<JobRecord> = sqlx::query_as(&sql)
             .bind(&lease.worker)
             .bind(lease.seconds)
-            .bind(0i64)
             .bind(device.as_str())
             .bind(JobStatus::Running.as_str())
             .bind(JobStatus::Queued.as_str())
             .bind(Desired::Run.as_str())
             .bind(DeviceKind::Any.as_str())
+            .bind(Desired::Cancel.as_str())
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else { return Ok(None) };
@@ -485,14 +486,28 @@ impl Store {
     }
 
     /// A worker hands a running job back (`queued` to run again, or `paused`); a no-op when the
-    /// worker lost the job to another one meanwhile. A cancel asked meanwhile wins: the job ends
-    /// `cancelled` instead. The stop was the worker's choice, so the job's attempts start again.
+    /// worker lost the job to another one meanwhile. What a client asked meanwhile wins: a pending
+    /// cancel ends the job `cancelled`, a pending pause leaves it `paused`. The stop was the
+    /// worker's choice, so the job's attempts start again.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn release_job(&self, job_id: &str, worker: &str, status: JobStatus) -> Result<bool> {
+        self.let_go(job_id, worker, status, true).await
+    }
+
+    /// Puts a running job back in the queue at once, if `worker` still holds it: its worker is
+    /// known to be dead, so waiting out the lease would only delay the resume. A pending cancel or
+    /// pause is carried out as the release carries it out; the attempt stays counted.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn requeue_orphan(&self, job_id: &str, worker: &str) -> Result<bool> {
+        self.let_go(job_id, worker, JobStatus::Queued, false).await
+    }
+
+    /// The one place a running job leaves its worker for anything but an ending the worker records.
+    async fn let_go(&self, job_id: &str, worker: &str, status: JobStatus, clear_attempts: bool) -> Result<bool> {
         Ok(sqlx::query(
-            "UPDATE jobs SET status = CASE WHEN desired = $5 THEN $6 ELSE $1 END,
+            "UPDATE jobs SET status = CASE WHEN desired = $5 THEN $6 WHEN desired = $8 THEN $9 ELSE $1 END,
                  finished_at = CASE WHEN desired = $5 THEN $7 ELSE finished_at END,
-                 worker = NULL, lease_until = NULL, attempts = 0
+                 worker = NULL, lease_until = NULL, attempts = CASE WHEN $10 THEN 0 ELSE attempts END
              WHERE id = $2 AND worker = $3 AND status = $4",
         )
         .bind(status.as_str())
@@ -502,6 +517,9 @@ impl Store {
         .bind(Desired::Cancel.as_str())
         .bind(JobStatus::Cancelled.as_str())
         .bind(now())
+        .bind(Desired::Pause.as_str())
+        .bind(JobStatus::Paused.as_str())
+        .bind(clear_attempts)
         .execute(&self.pool)
         .await?
         .rows_affected()
@@ -578,21 +596,6 @@ impl Store {
             .bind(JobStatus::Running.as_str())
             .fetch_all(&self.pool)
             .await?)
-    }
-
-    /// Puts a running job back in the queue at once, if `worker` still holds it: its worker is
-    /// known to be dead, so waiting out the lease would only delay the resume.
-    #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn requeue_orphan(&self, job_id: &str, worker: &str) -> Result<bool> {
-        Ok(sqlx::query("UPDATE jobs SET status = $1, worker = NULL, lease_until = NULL WHERE id = $2 AND worker = $3 AND status = $4")
-            .bind(JobStatus::Queued.as_str())
-            .bind(job_id)
-            .bind(worker)
-            .bind(JobStatus::Running.as_str())
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-            > 0)
     }
 
     #[tracing::instrument(level = "debug", skip_all)]

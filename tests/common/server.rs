@@ -156,6 +156,25 @@ impl Server {
         self.events(id).iter().filter(|e| e["type"] == "metrics").map(|e| e["data"]["step"].as_i64().unwrap()).collect()
     }
 
+    /// Trains a few steps of `task` (on `file`, if given) and returns the fine-tuned model id.
+    pub fn train_quick(&self, task: Value, file: Option<&str>, seed: u64) -> String {
+        let mut body =
+            json!({"model": "tiny-gpt2", "task": task, "seed": seed, "hyperparameters": {"n_steps": 4, "eval_every": 4, "batch_size": 4}});
+        if let Some(f) = file {
+            body["training_file"] = json!(f);
+        }
+        let id = self.create_job(body);
+        let j = self.wait_finished(&id);
+        assert_eq!(j["status"], "succeeded", "{j}");
+        j["fine_tuned_model"].as_str().unwrap().to_string()
+    }
+
+    /// A value of `/metrics`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").text().unwrap();
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name} ")).map(|v| v.parse().unwrap())).unwrap()
+    }
+
     pub fn predict(&self, model: &str, inputs: Value) -> Response {
         self.post("/v1/predictions", &json!({"model": model, "inputs": inputs}))
     }
@@ -170,6 +189,28 @@ impl Server {
         unsafe { libc_kill(self.child.id() as i32, 15) };
         let _ = self.child.wait();
     }
+}
+
+/// A `fpt worker` process with one training thread on `data_dir` and the tiny test models, once it
+/// says it is ready; `extra` adds flags (a database, a lease).
+pub fn start_worker(data_dir: &Path, extra: &[&str]) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fpt"))
+        .args(["worker", "--workers", "1", "--precision", "fp32", "--threads", "1", "--device", "cpu"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--models-dir")
+        .arg(super::tiny_models())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting fpt worker");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("fpt worker ready"), "unexpected first line: {line:?}");
+    child
 }
 
 extern "C" {
