@@ -201,6 +201,9 @@ pub struct SharedState {
     /// Seconds a running job stays its worker's without a heartbeat before another worker takes it over.
     #[arg(long, env = "FPT_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..))]
     pub lease_secs: i64,
+    /// Days the events of an ended job are kept (0: for ever); pruned at start and every hour.
+    #[arg(long, env = "FPT_EVENT_RETENTION_DAYS", default_value_t = 0)]
+    pub event_retention_days: u64,
     /// Checkpoints kept per job, the newest (older ones, their fine-tuned models and files go).
     #[arg(long, env = "FPT_KEEP_CHECKPOINTS", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
     pub keep_checkpoints: i64,

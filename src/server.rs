@@ -41,6 +41,9 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
     if removed > 0 {
         tracing::info!(files = removed, "removed what interrupted uploads left behind");
     }
+    if args.shared.event_retention_days > 0 {
+        tokio::spawn(prune_events_hourly(store.clone(), args.shared.event_retention_days));
+    }
     // What a dead process of this host was running resumes at once; a live one's jobs stay its own.
     if workers > 0 {
         let requeued = crate::queue::requeue_orphans(&store).await?;
@@ -96,6 +99,20 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Deletes the events of jobs that ended more than `days` ago, now and every hour after.
+async fn prune_events_hourly(store: crate::store::Store, days: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let before = crate::store::now() - (days as i64).saturating_mul(86_400);
+        match store.prune_events(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, days, "pruned the events of jobs that ended long ago"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "pruning old events"),
+        }
+    }
 }
 
 fn default_workers() -> usize {

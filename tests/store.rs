@@ -331,12 +331,19 @@ async fn events_and_checkpoints(store: &Store) {
     assert!(store.delete_model("ft-x").await.unwrap());
     assert!(!store.delete_model("ft-x").await.unwrap());
     assert!(store.model("ft-x").await.unwrap().is_none());
+    // Events of a job that ended before the retention bound go; a running job's stay.
+    assert_eq!(store.prune_events(now() + 10).await.unwrap(), 0, "this job has not ended");
     // Nobody holds this job: a worker's progress and events for it are dropped.
     store.set_progress(&j.id, "w-gone", 4).await.unwrap();
     assert_eq!(store.job(&j.id).await.unwrap().unwrap().trained_steps, 0);
     let late = NewEvent { worker: Some("w-gone".into()), ..ev(99) };
     store.insert_events(&[late]).await.unwrap();
     assert!(store.events(&j.id, 0, 100).await.unwrap().iter().all(|e| e.step != Some(99)));
+    // Once it has ended, its events go when the retention bound passes them.
+    assert!(store.transition(&j.id, &[JobStatus::Queued], JobStatus::Cancelled).await.unwrap());
+    assert_eq!(store.prune_events(now() - 3600).await.unwrap(), 0, "ended within the bound");
+    assert_eq!(store.prune_events(now() + 10).await.unwrap(), 4);
+    assert!(store.events(&j.id, 0, 100).await.unwrap().is_empty());
 }
 
 async fn idempotency(store: &Store) {

@@ -630,6 +630,21 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes the events of jobs that ended before `before` (unix seconds); the jobs, their results
+    /// and models stay. Returns how many events went.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn prune_events(&self, before: i64) -> Result<u64> {
+        let done = [JobStatus::Succeeded, JobStatus::Failed, JobStatus::Cancelled];
+        Ok(sqlx::query("DELETE FROM events WHERE job_id IN (SELECT id FROM jobs WHERE status IN ($1, $2, $3) AND finished_at < $4)")
+            .bind(done[0].as_str())
+            .bind(done[1].as_str())
+            .bind(done[2].as_str())
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
     /// Events of a job after `after_seq`, oldest first.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn events(&self, job_id: &str, after_seq: i64, limit: i64) -> Result<Vec<EventRow>> {
