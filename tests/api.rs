@@ -395,13 +395,6 @@ fn metrics_are_prometheus_text() {
     assert_eq!(s.get("/ready").status(), 200);
 }
 
-/// Peak resident memory of a process (VmHWM), in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
-    kb / 1024.0
-}
-
 /// Each of these aborted the server, burnt a core, or answered 500 before sizes were bounded at the
 /// parse (a 40 TB validation split, a 1e8-sample generation, capacity overflows, a worker crash in
 /// C++): now each is a 422 naming the field and the bound, and the server stays small and up.
@@ -452,6 +445,6 @@ fn every_size_a_job_asks_for_is_bounded_at_the_parse() {
     let e = error_of(s.post("/v1/predictions", &big), 413);
     assert!(e["message"].as_str().unwrap().contains(&(1usize << 20).to_string()), "{e}");
     assert_eq!(s.get("/health").status(), 200);
-    let rss = peak_rss_mib(s.child.id());
+    let rss = common::peak_rss_mib(s.child.id());
     assert!(rss < 1024.0, "the server's peak RSS was {rss:.0} MiB: something was allocated before its size was checked");
 }

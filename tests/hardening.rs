@@ -16,13 +16,6 @@ fn error_of(r: reqwest::blocking::Response, status: u16) -> Value {
     v["error"].clone()
 }
 
-/// Peak resident memory of a process (VmHWM), in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
-    kb / 1024.0
-}
-
 /// `n` zero bytes written through `w` in chunks, never held whole.
 fn write_zeros(w: &mut impl Write, n: u64) {
     let chunk = vec![0u8; 1 << 20];
@@ -84,7 +77,7 @@ fn decompression_bombs_and_huge_fields_are_refused_in_bounded_memory() {
     assert_eq!(e["param"], "purpose");
     assert!(e["message"].as_str().unwrap().len() < 200, "the field is not echoed: {e}");
     assert_eq!(s.get("/health").status(), 200);
-    let rss = peak_rss_mib(s.child.id());
+    let rss = common::peak_rss_mib(s.child.id());
     assert!(rss < 600.0, "peak RSS {rss:.0} MiB: a bomb was inflated");
 }
 

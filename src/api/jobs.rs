@@ -204,10 +204,10 @@ async fn change(state: &AppState, id: &str, request: Request) -> ApiResult<Json<
                 state.queue.signal(id, desired);
                 // The worker may have let the job go (paused it, handed it back) just before:
                 // then the request is decided again on what the job is now. A job that has ended
-                // (as asked, or finished first) is answered as it is.
+                // (as asked, or finished first), or paused as asked, is answered as it is.
                 let now = find(state, id).await?.status;
-                let reached = matches!((request, now), (Request::Pause, JobStatus::Paused) | (Request::Cancel, JobStatus::Cancelled));
-                if now != JobStatus::Running && !now.is_terminal() && !reached {
+                let paused_as_asked = request == Request::Pause && now == JobStatus::Paused;
+                if now != JobStatus::Running && !now.is_terminal() && !paused_as_asked {
                     continue;
                 }
             }

@@ -68,6 +68,14 @@ pub fn models_dir() -> PathBuf {
     .clone()
 }
 
+/// Peak resident memory of a process (VmHWM), in MiB: a generous ceiling on it is a safety check
+/// against a bomb or a leak, never a speed target.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
+    kb / 1024.0
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
