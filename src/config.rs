@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// Live event streams (`?stream=true`) at once; more get 429 with `retry-after`.
     #[arg(long, env = "FPT_MAX_STREAMS", default_value_t = 64)]
     pub max_streams: usize,
+    /// Live event streams one client (an API key, or an address when the API is open) may hold.
+    #[arg(long, env = "FPT_MAX_STREAMS_PER_CLIENT", default_value_t = 8)]
+    pub max_streams_per_client: usize,
     /// Seconds SIGTERM waits for running jobs to checkpoint and go back to the queue before the
     /// process exits anyway (a job not checkpointed resumes from its last checkpoint).
     #[arg(long, env = "FPT_SHUTDOWN_GRACE_SECS", default_value_t = 60)]
@@ -182,6 +185,8 @@ pub struct ApiSettings {
     pub max_prediction_rows: usize,
     /// Live event streams (SSE) at once; more get 429.
     pub max_streams: usize,
+    /// Live event streams one client may hold; more get 429.
+    pub max_streams_per_client: usize,
     /// The average rate an upload must keep after its first seconds.
     pub min_upload_bytes_per_sec: f64,
     pub limits: Limits,
@@ -283,6 +288,7 @@ impl ServeArgs {
             prediction_timeout: Duration::from_millis(self.prediction_timeout_ms),
             max_prediction_rows: self.max_prediction_rows.max(1),
             max_streams: self.max_streams.max(1),
+            max_streams_per_client: self.max_streams_per_client.max(1),
             min_upload_bytes_per_sec: (self.min_upload_kbps * 1024) as f64,
             limits: self.limits.limits(),
         }

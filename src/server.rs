@@ -89,7 +89,7 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
         // Live streams end now: otherwise the graceful stop waits for every watching client.
         stopping.cancel();
     };
-    axum::serve(listener, app).with_graceful_shutdown(stop).await?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(stop).await?;
     tracing::info!("shutting down: checkpointing running jobs");
     state.ready.store(false, Ordering::SeqCst);
     if tokio::time::timeout(grace, queue.shutdown()).await.is_err() {

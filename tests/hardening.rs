@@ -122,6 +122,55 @@ fn prediction_inputs_are_finite_float32_and_their_rows_bounded() {
     assert_eq!(ok["data"].as_array().unwrap().len(), 4);
 }
 
+/// A 33k-row request held a concurrent one-row request for 5 s: a request ran as one pass. Now
+/// requests take turns a batch at a time: the one-row request is answered while the large one is
+/// still running, the large one's answers are those of its rows alone, and a bad row deep inside it
+/// is named by its index in the request.
+#[test]
+fn a_large_prediction_request_does_not_hold_up_a_small_one() {
+    let s = Server::start(&["--max-batch-size", "1", "--max-batch-wait-ms", "0"]);
+    let (model, _) = trained_model(&s);
+    let row = |i: usize| {
+        let v = (i % 7) as f64 / 7.0 - 0.5;
+        json!([v, -v, 0.25, v * 0.5])
+    };
+    let big: Vec<Value> = (0..4096).map(row).collect();
+    let lone: Vec<Value> =
+        [0, 1, 2, 3, 4, 5, 6].iter().map(|&i| s.predict(&model, json!([row(i)])).json::<Value>().unwrap()["data"][0].clone()).collect();
+    let big_done = std::sync::atomic::AtomicBool::new(false);
+    let batches_before = s.metric("fpt_predictions_batches_total");
+    let (big_answer, small_while_big_ran) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| {
+            let r: Value = s.predict(&model, json!(big)).json().unwrap();
+            big_done.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        });
+        // Once the large request is running, a one-row request comes in.
+        let t0 = std::time::Instant::now();
+        while s.metric("fpt_predictions_batches_total") < batches_before + 2.0 && !big_done.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(60), "the large request never started");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let small: Value = s.predict(&model, json!([row(3)])).json().unwrap();
+        let still_running = !big_done.load(std::sync::atomic::Ordering::SeqCst);
+        (h.join().unwrap(), (small, still_running))
+    });
+    let (small, still_running) = small_while_big_ran;
+    assert!(still_running, "the one-row request waited for the whole large one");
+    assert_eq!(small["data"][0], lone[3]);
+    let data = big_answer["data"].as_array().unwrap();
+    assert_eq!(data.len(), 4096);
+    for (i, p) in data.iter().enumerate() {
+        let mut want = lone[i % 7].clone();
+        want["index"] = json!(i);
+        assert_eq!(*p, want, "row {i}");
+    }
+    let mut bad = big.clone();
+    bad[3000] = json!([0.5, 0.5]);
+    let e = error_of(s.predict(&model, json!(bad)), 422);
+    assert_eq!(e["param"], "inputs[3000]", "{e}");
+}
+
 /// `/v1/models` ignored `limit`; a file could be deleted under a job that still needed it;
 /// `DELETE /v1/models` left the adapter on disk.
 #[test]
@@ -434,33 +483,44 @@ fn sigterm_ends_live_streams_and_stops_promptly() {
 }
 
 /// Eight clients trickling an upload at 1 byte/s held every request slot (429 for everyone else)
-/// for as long as they liked. An upload must now keep a minimum rate after its first seconds.
+/// for as long as they liked; job creation had no minimum rate either. Every request body must now
+/// keep a minimum rate after its first seconds.
 #[test]
-fn trickling_uploads_are_cut_off_and_the_slots_come_back() {
+fn trickling_bodies_are_cut_off_and_the_slots_come_back() {
     use std::io::{Read, Write};
-    let s = Server::start(&["--max-concurrency", "4", "--min-upload-kbps", "16"]);
+    let s = Server::start(&["--max-concurrency", "6", "--min-upload-kbps", "16"]);
     let addr = s.url.trim_start_matches("http://").to_string();
-    // Each trickles into another part: the file, the purpose, a field nobody asked for.
-    let parts = ["name=\"file\"; filename=\"a.jsonl\"", "name=\"purpose\"", "name=\"other\"", "name=\"file\"; filename=\"b.jsonl\""];
-    let mut slow: Vec<std::net::TcpStream> = parts
+    let upload = |part: &str| {
+        format!(
+            "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; {part}\r\n\r\n"
+        )
+    };
+    let create = "POST /v1/fine_tuning/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"model\": \"tiny-gpt2\", \"metadata\": \"".to_string();
+    // Uploads trickle into each kind of part (the file, the purpose, a field nobody asked for); two
+    // job creations trickle their JSON.
+    let heads = [
+        upload("name=\"file\"; filename=\"a.jsonl\""),
+        upload("name=\"purpose\""),
+        upload("name=\"other\""),
+        upload("name=\"file\"; filename=\"b.jsonl\""),
+        create.clone(),
+        create,
+    ];
+    let mut slow: Vec<std::net::TcpStream> = heads
         .iter()
-        .map(|part| {
+        .map(|head| {
             let mut c = std::net::TcpStream::connect(&addr).unwrap();
-            write!(
-                c,
-                "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; {part}\r\n\r\n"
-            )
-            .unwrap();
+            c.write_all(head.as_bytes()).unwrap();
             c
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(s.get("/v1/files").status(), 429, "the trickling uploads hold every slot");
+    assert_eq!(s.get("/v1/files").status(), 429, "the trickling bodies hold every slot");
     let t = std::time::Instant::now();
     let mut answers = Vec::new();
     while answers.len() < slow.len() && t.elapsed() < Duration::from_secs(30) {
         for c in slow.iter_mut() {
-            let _ = c.write_all(b"{");
+            let _ = c.write_all(b"x");
         }
         std::thread::sleep(Duration::from_secs(1));
         if t.elapsed() > Duration::from_secs(11) {
@@ -473,9 +533,33 @@ fn trickling_uploads_are_cut_off_and_the_slots_come_back() {
             }
         }
     }
-    assert_eq!(answers.len(), 4, "every trickling upload was answered: {answers:?}");
-    assert!(answers.iter().all(|a| a.starts_with("HTTP/1.1 408")), "{answers:?}");
+    assert_eq!(answers.len(), 6, "every trickling body was answered: {answers:?}");
+    assert!(answers.iter().all(|a| a.starts_with("HTTP/1.1 408") && a.contains("too_slow")), "{answers:?}");
     assert_eq!(s.get("/v1/files").status(), 200, "the slots are free again");
+}
+
+/// One client could hold every live event stream (64 by default), leaving none for the others.
+/// Each client (an API key here) now has its share.
+#[test]
+fn one_client_cannot_take_every_event_stream() {
+    let s = Server::start(&["--api-key", "key-a", "--api-key", "key-b", "--max-streams-per-client", "2", "--no-workers"]);
+    let train = s.upload_ok("train.jsonl", sign_dataset(16, 1));
+    let id = s.create_job(json!({"model": "tiny-gpt2", "training_file": train, "task": serde_json::from_str::<Value>(SIGN_TASK).unwrap()}));
+    let url = format!("{}/v1/fine_tuning/jobs/{id}/events?stream=true", s.url);
+    let open = |key: &str| reqwest::blocking::Client::new().get(&url).bearer_auth(key).send().unwrap();
+    let held: Vec<_> = (0..2).map(|_| open("key-a")).collect();
+    assert!(held.iter().all(|r| r.status() == 200));
+    let third = open("key-a");
+    assert_eq!(third.status(), 429, "a third stream for one key");
+    assert!(third.headers().contains_key("retry-after"));
+    let other = open("key-b");
+    assert_eq!(other.status(), 200, "another key still gets its streams");
+    drop(held);
+    let t = std::time::Instant::now();
+    while open("key-a").status() != 200 {
+        assert!(t.elapsed() < Duration::from_secs(20), "a closed stream gives its slot back (at the latest at its next keep-alive)");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// SIGKILL mid-upload left partial files nobody cleaned up. A server starting on a folder removes

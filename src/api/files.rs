@@ -1,5 +1,4 @@
 //! `/v1/files`: datasets, detected and validated on upload; bad files are refused naming the record.
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::multipart::Field;
@@ -61,52 +60,25 @@ struct Upload {
     filename: String,
 }
 
-/// Within this many seconds an upload may arrive at any speed; after, it must average
-/// `--min-upload-kbps`, and no part of it may stall this long, so that clients trickling bytes
-/// cannot hold every request slot.
-const UPLOAD_GRACE: Duration = Duration::from_secs(10);
-
 /// Bytes of multipart fields other than `file` and `purpose` taken (and dropped) before a 413.
 const MAX_OTHER_FIELDS: usize = 64 << 10;
 
-/// The pace of an upload: every chunk of every field goes through [`Pace::next`].
-struct Pace {
-    started: std::time::Instant,
-    received: usize,
-    min_bytes_per_sec: f64,
-}
-
-impl Pace {
-    fn too_slow(&self) -> ApiError {
-        ApiError::TooSlow { rate: self.min_bytes_per_sec as u64 / 1024 }
-    }
-
-    /// The next chunk of `field`, refused when it stalls or the upload falls below its minimum rate.
-    async fn next(&mut self, field: &mut Field<'_>) -> ApiResult<Option<Bytes>> {
-        let chunk = tokio::time::timeout(UPLOAD_GRACE, field.chunk()).await.map_err(|_| self.too_slow())?;
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
-        self.received += chunk.as_ref().map_or(0, |c| c.len());
-        let secs = self.started.elapsed().as_secs_f64();
-        if secs > UPLOAD_GRACE.as_secs_f64() && (self.received as f64) < self.min_bytes_per_sec * secs {
-            return Err(self.too_slow());
-        }
-        Ok(chunk)
-    }
+/// The next chunk of `field`; the body's pace is watched by [`super::pace`].
+async fn next_chunk(field: &mut Field<'_>) -> ApiResult<Option<Bytes>> {
+    field.chunk().await.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))
 }
 
 async fn read_upload(state: &AppState, mut multipart: Multipart) -> ApiResult<Upload> {
     let limit = state.settings.max_upload_bytes;
-    let mut pace = Pace { started: std::time::Instant::now(), received: 0, min_bytes_per_sec: state.settings.min_upload_bytes_per_sec };
     let (mut file, mut purpose, mut filename, mut other) = (None, None, String::from("upload"), 0usize);
     loop {
-        // No part may take longer than the grace period to begin either.
-        let next = tokio::time::timeout(UPLOAD_GRACE, multipart.next_field()).await.map_err(|_| pace.too_slow())?;
+        let next = multipart.next_field().await;
         let Some(mut field) = next.map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))? else { break };
         match field.name().unwrap_or("") {
             "file" => {
                 filename = field.file_name().unwrap_or("upload").chars().filter(|c| !c.is_control()).take(255).collect();
                 let mut buf = Vec::new();
-                while let Some(chunk) = pace.next(&mut field).await? {
+                while let Some(chunk) = next_chunk(&mut field).await? {
                     if buf.len() + chunk.len() > limit {
                         return Err(ApiError::TooLarge { what: "file", limit, unit: "bytes" });
                     }
@@ -114,9 +86,9 @@ async fn read_upload(state: &AppState, mut multipart: Multipart) -> ApiResult<Up
                 }
                 file = Some(buf);
             }
-            "purpose" => purpose = Some(small_text(&mut field, &mut pace, "purpose").await?),
+            "purpose" => purpose = Some(small_text(&mut field, "purpose").await?),
             _ => {
-                while let Some(chunk) = pace.next(&mut field).await? {
+                while let Some(chunk) = next_chunk(&mut field).await? {
                     other += chunk.len();
                     if other > MAX_OTHER_FIELDS {
                         return Err(ApiError::TooLarge { what: "multipart fields", limit: MAX_OTHER_FIELDS, unit: "bytes" });
@@ -169,10 +141,10 @@ const DRAIN_LIMIT: usize = 1 << 20;
 
 /// A short multipart text field, refused past [`MAX_TEXT_FIELD`] bytes; never more than
 /// [`DRAIN_LIMIT`] of it is read.
-async fn small_text(field: &mut Field<'_>, pace: &mut Pace, name: &'static str) -> ApiResult<String> {
+async fn small_text(field: &mut Field<'_>, name: &'static str) -> ApiResult<String> {
     let mut buf = Vec::new();
     let mut seen = 0usize;
-    while let Some(chunk) = pace.next(field).await? {
+    while let Some(chunk) = next_chunk(field).await? {
         seen += chunk.len();
         if seen > DRAIN_LIMIT {
             break;

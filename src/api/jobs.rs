@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{parse_json, ApiError, ApiResult};
-use super::{idempotency_key, idempotent, list_of, request_hash, AppState, ListQuery, Route};
+use super::{idempotency_key, idempotent, list_of, request_hash, AppState, Caller, ListQuery, Route};
 
 const ROUTE: &str = "POST /v1/fine_tuning/jobs";
 use crate::job::{check_metadata, check_suffix, prepare_data, DataFiles, Effect, JobStatus, Method, RawSpec, Request, TrainSpec};
@@ -245,6 +245,7 @@ async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<ListQuery>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     find(&state, &id).await?;
@@ -260,9 +261,9 @@ async fn events(
     if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         after = event_seq(last, "Last-Event-ID")?;
     }
-    // Each live stream holds a permit: a client (or a crowd) opening streams without end gets a
-    // 429 once they are all taken.
-    let permit = state.streams.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded { retry_after: 5 })?;
+    // Each live stream holds a slot: a client opening streams without end gets a 429 once it holds
+    // its share, a crowd once they are all taken.
+    let permit = state.streams.take(&caller.client).ok_or(ApiError::Overloaded { retry_after: 5 })?;
     let store = state.store.clone();
     let stopping = state.stopping.clone();
     let stream = async_stream::stream! {

@@ -5,14 +5,17 @@ pub mod files;
 pub mod jobs;
 pub mod models;
 pub mod ops;
+mod pace;
 pub mod predictions;
+mod stream_slots;
 pub mod ui;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -49,8 +52,8 @@ pub struct AppState {
     /// Cancelled when the server stops: live streams end, so that the graceful stop is not held
     /// open by a dashboard watching a job.
     pub stopping: CancellationToken,
-    /// Live event streams, at most `max_streams` at once.
-    pub streams: Arc<Semaphore>,
+    /// Live event streams, bounded in all and per client.
+    pub streams: stream_slots::StreamSlots,
     limiter: Arc<Semaphore>,
 }
 
@@ -74,7 +77,7 @@ impl AppState {
         artifacts: Artifacts,
     ) -> Self {
         let limiter = Arc::new(Semaphore::new(settings.max_concurrency));
-        let streams = Arc::new(Semaphore::new(settings.max_streams));
+        let streams = stream_slots::StreamSlots::new(settings.max_streams, settings.max_streams_per_client);
         Self {
             store,
             settings,
@@ -128,6 +131,7 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let mut app = app
         .fallback(|| async { ApiError::not_found("route", "").into_response() })
+        .layer(middleware::from_fn_with_state(state.clone(), pace::paced))
         .layer(DefaultBodyLimit::max(s.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn_with_state(state.clone(), limit_and_count))
@@ -150,17 +154,30 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Bearer keys on `/v1/*`, compared in constant time; the rest stays open.
-async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Who is calling: the client whose share of the bounded resources (live streams) a request takes.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// `key-<n>` for the n-th configured API key; the peer's address when the API is open.
+    pub client: String,
+}
+
+async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let keys = &state.settings.api_keys;
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(|| "local".to_string(), |c| c.0.ip().to_string());
     if keys.is_empty() || !req.uri().path().starts_with("/v1/") {
+        req.extensions_mut().insert(Caller { client: peer });
         return next.run(req).await;
     }
     let given = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    let ok = keys.iter().fold(false, |acc, k| acc | bool::from(k.as_bytes().ct_eq(given.as_bytes())));
-    if ok {
-        next.run(req).await
-    } else {
-        ApiError::Unauthorized.into_response()
+    // Every key is compared, in constant time each, whichever matches.
+    let matched =
+        keys.iter().enumerate().fold(None, |acc, (i, k)| if bool::from(k.as_bytes().ct_eq(given.as_bytes())) { Some(i) } else { acc });
+    match matched {
+        Some(i) => {
+            req.extensions_mut().insert(Caller { client: format!("key-{i}") });
+            next.run(req).await
+        }
+        None => ApiError::Unauthorized.into_response(),
     }
 }
 

@@ -3,17 +3,17 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use serde_json::Value;
 use tch::{Kind, Tensor};
 
-use super::{publish_loaded, Msg, PredictError, PredictJob, PredictOutput, ServeConfig, ServeStats};
+use super::{publish_loaded, PredictError, ServeConfig, ServeStats};
 use crate::model::fpt::{AdapterLayers, FptModel};
 use crate::model::params::FreezeSwitches;
 use crate::model::Readout;
 use crate::model::{Backbone, ModelRegistry};
-use crate::tasks::samples::batch_from_samples;
+use crate::tasks::samples::{batch_from_samples, SampleError};
 use crate::tasks::{Objective, Prediction, TaskSpec};
 
 /// A backbone as an adapter needs it: the base model's weights, or its random init from a seed.
@@ -41,6 +41,22 @@ struct Loaded {
     last_used: u64,
 }
 
+/// A slice of one request's samples, run in a batch.
+pub(crate) struct Part<'a> {
+    pub request_id: &'a str,
+    pub model_id: &'a str,
+    pub adapter: &'a Path,
+    pub samples: &'a [Value],
+    /// Where `samples` start in the request, so that errors name the request's own index.
+    pub offset: usize,
+}
+
+impl Part<'_> {
+    fn invalid(&self, e: SampleError) -> PredictError {
+        PredictError::Invalid(SampleError { index: e.index + self.offset, ..e }.to_string())
+    }
+}
+
 pub(crate) struct Worker {
     pub cfg: ServeConfig,
     registry: ModelRegistry,
@@ -56,24 +72,20 @@ impl Worker {
         Self { cfg, registry, stats, loaded_ids, backbones: HashMap::new(), adapters: HashMap::new(), clock: 0 }
     }
 
-    pub fn handle(&mut self, msgs: Vec<Msg>) {
-        let mut predicts = Vec::new();
-        for m in msgs {
-            match m {
-                Msg::Predict(j) => predicts.push(j),
-                Msg::Load { model_id, adapter, reply } => {
-                    let r = self.ensure(&model_id, &adapter, &HashSet::new()).map_err(|e| PredictError::Adapter(format!("{e:#}")));
-                    let _ = reply.send(r);
-                }
-                Msg::Unload { model_id, reply } => {
-                    let _ = reply.send(self.adapters.remove(&model_id).is_some());
-                    self.publish();
-                }
-            }
-        }
-        if !predicts.is_empty() {
-            self.predict(predicts);
-        }
+    pub fn stats(&self) -> Arc<ServeStats> {
+        self.stats.clone()
+    }
+
+    /// Loads an adapter ahead of its first prediction.
+    pub fn load(&mut self, model_id: &str, adapter: &Path) -> Result<(), PredictError> {
+        self.ensure(model_id, adapter, &HashSet::new()).map_err(|e| PredictError::Adapter(format!("{e:#}")))
+    }
+
+    /// Drops an adapter from the cache; whether it was loaded.
+    pub fn unload(&mut self, model_id: &str) -> bool {
+        let was = self.adapters.remove(model_id).is_some();
+        self.publish();
+        was
     }
 
     fn publish(&self) {
@@ -157,60 +169,51 @@ impl Worker {
         }
     }
 
-    fn predict(&mut self, jobs: Vec<PredictJob>) {
-        let request_ids: Vec<&str> = jobs.iter().map(|j| j.request_id.as_str()).collect();
-        let span = tracing::info_span!("batch", requests = jobs.len(), request_ids = %request_ids.join(","));
+    /// Runs one batch: a result per part, in order. Parts whose adapter cannot be loaded, or whose
+    /// group fails, are answered with that error; the others go on.
+    pub fn predict(&mut self, parts: &[Part<'_>]) -> Vec<Result<Vec<Prediction>, PredictError>> {
+        let request_ids: Vec<&str> = parts.iter().map(|p| p.request_id).collect();
+        let span = tracing::info_span!("batch", requests = parts.len(), request_ids = %request_ids.join(","));
         let _in_batch = span.enter();
-        let started = Instant::now();
-        // Requests past their deadline are answered without running.
-        let (jobs, late): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.deadline > started);
-        for j in late {
-            self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            let _ = j.reply.send(Err(PredictError::Timeout));
-        }
-        // Load every adapter first; a request whose adapter fails is answered alone. The batch's
+        let mut results: Vec<Option<Result<Vec<Prediction>, PredictError>>> = parts.iter().map(|_| None).collect();
+        // Load every adapter first; a part whose adapter fails is answered alone. The batch's
         // adapters are pinned: loading the last must not evict the first.
-        let wanted: Vec<String> = jobs.iter().map(|j| j.model_id.clone()).collect();
-        let pinned: HashSet<&str> = wanted.iter().map(String::as_str).collect();
-        let mut ready = Vec::new();
-        for j in jobs {
-            match self.ensure(&j.model_id, &j.adapter, &pinned) {
-                Ok(()) => ready.push(j),
-                Err(e) => {
-                    let _ = j.reply.send(Err(PredictError::Adapter(format!("{e:#}"))));
+        let pinned: HashSet<&str> = parts.iter().map(|p| p.model_id).collect();
+        let mut groups: HashMap<Option<BackboneKey>, Vec<usize>> = HashMap::new();
+        for (i, p) in parts.iter().enumerate() {
+            match self.ensure(p.model_id, p.adapter, &pinned) {
+                Ok(()) => {
+                    // Group by backbone; adapters with their own model run alone.
+                    let a = &self.adapters[p.model_id];
+                    let key = if a.own_model.is_some() { None } else { Some(a.key.clone()) };
+                    groups.entry(key).or_default().push(i);
                 }
+                Err(e) => results[i] = Some(Err(PredictError::Adapter(format!("{e:#}")))),
             }
         }
-        // Group by backbone; adapters with their own model run alone.
-        let mut groups: HashMap<Option<BackboneKey>, Vec<PredictJob>> = HashMap::new();
-        for j in ready {
-            let a = &self.adapters[&j.model_id];
-            let key = if a.own_model.is_some() { None } else { Some(a.key.clone()) };
-            groups.entry(key).or_default().push(j);
-        }
-        let t0 = Instant::now();
         let mut failed = false;
-        for (key, jobs) in groups {
-            let runs: Vec<Vec<PredictJob>> = match key {
-                Some(_) => vec![jobs],
-                None => jobs.into_iter().map(|j| vec![j]).collect(),
+        for (key, members) in groups {
+            let runs: Vec<Vec<usize>> = match key {
+                Some(_) => vec![members],
+                None => members.into_iter().map(|i| vec![i]).collect(),
             };
-            for jobs in runs {
+            for run in runs {
+                let group: Vec<&Part> = run.iter().map(|&i| &parts[i]).collect();
                 // A panic (a libtorch error) fails this group's requests with its message; the
                 // rest of the batch, and every later one, goes on.
-                let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &key {
-                    Some(k) => self.run_shared(k, &jobs),
-                    None => vec![self.run_own(&jobs[0])],
+                let answers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &key {
+                    Some(k) => self.run_shared(k, &group),
+                    None => vec![self.run_own(group[0])],
                 }));
-                let results = results.unwrap_or_else(|panic| {
+                let answers = answers.unwrap_or_else(|panic| {
                     let message = super::panic_message(&*panic);
                     tracing::error!(error = %message, "a prediction batch failed");
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     failed = true;
-                    jobs.iter().map(|_| Err(PredictError::Failed(message.clone()))).collect()
+                    group.iter().map(|_| Err(PredictError::Failed(message.clone()))).collect()
                 });
-                for (j, r) in jobs.into_iter().zip(results) {
-                    self.reply(j, r, t0);
+                for (i, r) in run.into_iter().zip(answers) {
+                    results[i] = Some(r);
                 }
             }
         }
@@ -221,13 +224,14 @@ impl Worker {
         }
         self.evict(&HashSet::new());
         self.publish();
+        results.into_iter().map(|r| r.expect("every part is answered")).collect()
     }
 
-    fn run_own(&self, j: &PredictJob) -> Result<Vec<Prediction>, PredictError> {
-        let a = &self.adapters[&j.model_id];
+    fn run_own(&self, j: &Part) -> Result<Vec<Prediction>, PredictError> {
+        let a = &self.adapters[j.model_id];
         let m = a.own_model.as_ref().expect("grouped as an adapter with its own model");
-        let b = batch_from_samples(&a.spec, &a.layers.meta.shape, &a.layers.meta.task_state, m.max_positions(), &j.samples)
-            .map_err(|e| PredictError::Invalid(e.to_string()))?;
+        let b = batch_from_samples(&a.spec, &a.layers.meta.shape, &a.layers.meta.task_state, m.max_positions(), j.samples)
+            .map_err(|e| j.invalid(e))?;
         let dev = self.cfg.device;
         let logits = m.forward(&b.inputs.to_device(dev), b.lengths.map(|l| l.to_device(dev)).as_ref(), false);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -236,7 +240,7 @@ impl Worker {
     }
 
     /// Many adapters, one pass of the shared backbone; one result per job, in order.
-    fn run_shared(&mut self, key: &BackboneKey, jobs: &[PredictJob]) -> Vec<Result<Vec<Prediction>, PredictError>> {
+    fn run_shared(&mut self, key: &BackboneKey, jobs: &[&Part]) -> Vec<Result<Vec<Prediction>, PredictError>> {
         let dev = self.cfg.device;
         let max_positions = self.backbones[key].max_positions;
         // Validate and embed each request with its own input layer.
@@ -244,8 +248,8 @@ impl Worker {
         let mut parts = Vec::new();
         let mut good = Vec::new();
         for (i, j) in jobs.iter().enumerate() {
-            let a = &self.adapters[&j.model_id];
-            match batch_from_samples(&a.spec, &a.layers.meta.shape, &a.layers.meta.task_state, max_positions, &j.samples) {
+            let a = &self.adapters[j.model_id];
+            match batch_from_samples(&a.spec, &a.layers.meta.shape, &a.layers.meta.task_state, max_positions, j.samples) {
                 Ok(b) => {
                     let n = b.inputs.size()[0];
                     let l = b.inputs.size()[1];
@@ -255,7 +259,7 @@ impl Worker {
                     good.push(i);
                     results.push(Ok(Vec::new()));
                 }
-                Err(e) => results.push(Err(PredictError::Invalid(e.to_string()))),
+                Err(e) => results.push(Err(j.invalid(e))),
             }
         }
         if good.is_empty() {
@@ -274,12 +278,12 @@ impl Worker {
             padded.then(|| Tensor::arange(lmax, (Kind::Int64, dev)).unsqueeze(0).lt_tensor(&lengths.unsqueeze(1)).view([b, 1, 1, lmax]));
         let row_counts: Vec<i64> = parts.iter().map(|(e, _)| e.size()[0]).collect();
         // Every row reads out its batch's largest k last tokens; each head then takes its own last k.
-        let kmax = good.iter().map(|&i| self.adapters[&jobs[i].model_id].layers.meta.shape.readout_tokens).max().unwrap();
+        let kmax = good.iter().map(|&i| self.adapters[jobs[i].model_id].layers.meta.shape.readout_tokens).max().unwrap();
         // Rows of one length (and at least kmax tokens) slice their last kmax tokens; others gather.
         let positions = (padded || kmax > lmax)
             .then(|| (lengths.unsqueeze(1) - kmax + Tensor::arange(kmax, (Kind::Int64, dev)).unsqueeze(0)).clamp_min(0));
         let readout = positions.as_ref().map_or(Readout::Last(kmax), Readout::At);
-        let ids: Vec<String> = good.iter().map(|&i| jobs[i].model_id.clone()).collect();
+        let ids: Vec<String> = good.iter().map(|&i| jobs[i].model_id.to_string()).collect();
         let hs = {
             let slots = self.row_slots(key, &ids, &row_counts, lmax);
             let shared = self.backbones.get_mut(key).unwrap();
@@ -291,7 +295,7 @@ impl Worker {
         // Answer each request with its own head on its own read-out rows.
         let mut start = 0;
         for (&i, n) in good.iter().zip(row_counts) {
-            let a = &self.adapters[&jobs[i].model_id];
+            let a = &self.adapters[jobs[i].model_id];
             let k = a.layers.meta.shape.readout_tokens;
             let h = hs.narrow(0, start, n).narrow(1, kmax - k, k);
             results[i] = Ok(a.objective.predictions(&a.layers.project(&h)));
@@ -343,14 +347,6 @@ impl Worker {
                 (name.clone(), t)
             })
             .collect()
-    }
-
-    fn reply(&self, j: PredictJob, r: Result<Vec<Prediction>, PredictError>, t0: Instant) {
-        let queue_time = t0.saturating_duration_since(j.enqueued);
-        let inference_time = t0.elapsed();
-        self.stats.queue_wait_us.fetch_add(queue_time.as_micros() as u64, Ordering::Relaxed);
-        self.stats.inference_us.fetch_add(inference_time.as_micros() as u64, Ordering::Relaxed);
-        let _ = j.reply.send(r.map(|predictions| PredictOutput { predictions, queue_time, inference_time }));
     }
 }
 

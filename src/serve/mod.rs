@@ -5,6 +5,7 @@
 //! share one forward pass: input layers and heads run per adapter, while the frozen backbone runs
 //! once with per-row layer-norm and position tensors stacked by row.
 mod batch;
+mod schedule;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -90,15 +91,6 @@ pub(crate) enum Msg {
     Predict(PredictJob),
     Load { model_id: String, adapter: PathBuf, reply: oneshot::Sender<Result<(), PredictError>> },
     Unload { model_id: String, reply: oneshot::Sender<bool> },
-}
-
-impl Msg {
-    fn rows(&self) -> usize {
-        match self {
-            Msg::Predict(j) => j.samples.len(),
-            _ => 0,
-        }
-    }
 }
 
 /// The handle handlers use; cheap to clone.
@@ -199,24 +191,45 @@ impl Inference {
     }
 }
 
-/// Collects a batch (up to the size, within the wait) and runs it; repeats until the handles are gone.
+/// Collects requests (up to a batch's rows, within the wait) and runs their rows in turns; repeats
+/// until the handles are gone and every request is answered.
 fn run(w: &mut batch::Worker, rx: &Receiver<Msg>) {
     let _guard = tch::no_grad_guard();
-    while let Ok(first) = rx.recv() {
-        let mut msgs = vec![first];
-        let mut rows = msgs[0].rows();
-        let until = Instant::now() + w.cfg.max_wait;
-        while rows < w.cfg.max_batch_size {
-            let left = until.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(m) => {
-                    rows += m.rows();
-                    msgs.push(m);
+    let mut turns = schedule::Turns::default();
+    let stats = w.stats();
+    loop {
+        if turns.is_empty() {
+            let Ok(first) = rx.recv() else { return };
+            admit(w, &mut turns, first);
+            let until = Instant::now() + w.cfg.max_wait;
+            while !turns.is_empty() && turns.rows() < w.cfg.max_batch_size && turns.len() < w.cfg.max_queue {
+                match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(m) => admit(w, &mut turns, m),
+                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
                 }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        w.handle(msgs);
+        // Whatever arrived during the last batch takes its turn in the next one, without waiting.
+        while turns.len() < w.cfg.max_queue {
+            match rx.try_recv() {
+                Ok(m) => admit(w, &mut turns, m),
+                Err(_) => break,
+            }
+        }
+        turns.run_next(w, w.cfg.max_batch_size.max(1), &stats);
+    }
+}
+
+/// A prediction joins the line; loads and unloads are carried out at once.
+fn admit(w: &mut batch::Worker, turns: &mut schedule::Turns, m: Msg) {
+    match m {
+        Msg::Predict(job) => turns.push(job),
+        Msg::Load { model_id, adapter, reply } => {
+            let _ = reply.send(w.load(&model_id, &adapter));
+        }
+        Msg::Unload { model_id, reply } => {
+            let _ = reply.send(w.unload(&model_id));
+        }
     }
 }
 
