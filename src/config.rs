@@ -33,6 +33,22 @@ pub struct ServeArgs {
     /// API keys accepted as `Authorization: Bearer <key>` (repeat, or comma-separate in FPT_API_KEYS).
     #[arg(long = "api-key", env = "FPT_API_KEYS", value_delimiter = ',')]
     pub api_keys: Vec<String>,
+    /// The key that manages projects and their API keys (`/v1/organization/*`); with it, project
+    /// keys made over the API are accepted too. Nothing else is done with it.
+    #[arg(long, env = "FPT_ADMIN_KEY")]
+    pub admin_key: Option<String>,
+    /// Queued jobs a project may have at once (0: no limit); more are refused with 429.
+    #[arg(long, env = "FPT_PROJECT_MAX_QUEUED_JOBS", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    pub project_max_queued_jobs: i64,
+    /// Megabytes of uploaded files a project may keep (0: no limit); more are refused with 429.
+    #[arg(long, env = "FPT_PROJECT_MAX_STORAGE_MB", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    pub project_max_storage_mb: i64,
+    /// Requests per second a project may make, on each API node (0: no limit); more get 429.
+    #[arg(long, env = "FPT_PROJECT_RPS", default_value_t = 0.0)]
+    pub project_rps: f64,
+    /// Requests per second one API key may make, on each API node (0: no limit); more get 429.
+    #[arg(long, env = "FPT_KEY_RPS", default_value_t = 0.0)]
+    pub key_rps: f64,
     /// Allow a non-loopback bind without API keys.
     #[arg(long)]
     pub insecure: bool,
@@ -171,8 +187,15 @@ fn cors_origins(origins: &[String]) -> Result<Option<AllowOrigin>> {
 /// What the HTTP handlers need of the settings: plain values, made once from the flags.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
-    /// Bearer keys accepted on `/v1/*` (none: the API is open, on loopback only).
+    /// Bearer keys accepted on `/v1/*` for the default project (none, and no admin key: the API
+    /// is open, on loopback only).
     pub api_keys: Vec<String>,
+    /// The key of `/v1/organization/*`.
+    pub admin_key: Option<String>,
+    /// Each project's quotas where it sets none.
+    pub default_quotas: crate::store::Quotas,
+    /// Requests per second of one key (0: no limit).
+    pub key_rps: f64,
     pub max_upload_bytes: usize,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -216,6 +239,10 @@ pub struct SharedState {
     /// worker died under it counts); the next claim fails it with `max_attempts`.
     #[arg(long, env = "FPT_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_attempts: i64,
+    /// Jobs of one project running at once (0: no limit); the next waits in the queue. A project
+    /// may set its own (`max_running_jobs`).
+    #[arg(long, env = "FPT_PROJECT_MAX_RUNNING_JOBS", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    pub project_max_running_jobs: i64,
 }
 
 impl SharedState {
@@ -280,6 +307,14 @@ impl ServeArgs {
     pub fn api_settings(&self) -> ApiSettings {
         ApiSettings {
             api_keys: self.api_keys.clone(),
+            admin_key: self.admin_key.clone(),
+            default_quotas: crate::store::Quotas {
+                max_running_jobs: Some(self.shared.project_max_running_jobs),
+                max_queued_jobs: Some(self.project_max_queued_jobs),
+                max_storage_bytes: Some(self.project_max_storage_mb.saturating_mul(1 << 20)),
+                requests_per_second: Some(self.project_rps),
+            },
+            key_rps: self.key_rps,
             max_upload_bytes: self.max_upload_mb << 20,
             max_body_bytes: self.max_body_mb << 20,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
@@ -338,11 +373,25 @@ impl ServeArgs {
             }
         }
         self.api_keys.retain(|k| !k.is_empty());
+        self.admin_key = self.admin_key.take().filter(|k| !k.is_empty());
+        if let Some(k) = &self.admin_key {
+            if k.len() < 16 {
+                bail!("--admin-key is too short: use at least 16 characters (a random secret)");
+            }
+            if self.api_keys.contains(k) {
+                bail!("--admin-key must differ from every --api-key");
+            }
+        }
+        for (flag, v) in [("--project-rps", self.project_rps), ("--key-rps", self.key_rps)] {
+            if !v.is_finite() || v < 0.0 {
+                bail!("{flag} must be a number of requests per second, 0 or more (0: no limit)");
+            }
+        }
         cors_origins(&self.cors_origins)?;
         let addr: std::net::SocketAddr = self.bind.parse().with_context(|| format!("--bind `{}` is not an address:port", self.bind))?;
-        if self.api_keys.is_empty() {
+        if self.api_keys.is_empty() && self.admin_key.is_none() {
             if !addr.ip().is_loopback() && !self.insecure {
-                bail!("refusing to listen on {addr} without API keys: set --api-key (or FPT_API_KEYS), or pass --insecure");
+                bail!("refusing to listen on {addr} without API keys: set --api-key (or FPT_API_KEYS) or --admin-key, or pass --insecure");
             }
             tracing::warn!("no API keys configured: anyone who can reach {addr} can use the API");
         }

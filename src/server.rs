@@ -66,6 +66,7 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
         keep_checkpoints: args.shared.keep_checkpoints,
         workers,
         lease_seconds: args.shared.lease_secs,
+        max_running_per_project: args.shared.project_max_running_jobs,
     });
     let inference = Inference::start(
         ServeConfig {
@@ -151,6 +152,7 @@ pub async fn work(args: WorkerArgs) -> Result<()> {
         keep_checkpoints: args.shared.keep_checkpoints,
         workers,
         lease_seconds: args.shared.lease_secs,
+        max_running_per_project: args.shared.project_max_running_jobs,
     });
     let kind = crate::job::DeviceKind::of(device).as_str();
     tracing::info!(workers, device = kind, "worker node started");

@@ -109,3 +109,50 @@ fn dashboard_trains_watches_and_predicts_in_a_real_browser() {
     let errors = b.script("return window.__errors;", vec![]);
     assert_eq!(errors, Value::Array(vec![]), "console errors: {errors}");
 }
+
+/// The dashboard works per key: it shows the key's project, and only that project's jobs.
+#[test]
+fn the_dashboard_shows_the_keys_project_and_only_its_jobs() {
+    const ADMIN: &str = "admin-secret-0123456789";
+    let mut s = Server::start(&["--admin-key", ADMIN, "--no-workers"]);
+    let mut key_of = |name: &str| {
+        s.key = Some(ADMIN.into());
+        let p = s.post_ok("/v1/organization/projects", &serde_json::json!({"name": name}));
+        let k = s.post_ok(&format!("/v1/organization/projects/{}/api_keys", p["id"].as_str().unwrap()), &serde_json::json!({"name": "ui"}));
+        k["value"].as_str().unwrap().to_string()
+    };
+    let (ka, kb) = (key_of("team a"), key_of("team b"));
+    s.key = Some(ka.clone());
+    let job = s.create_job(serde_json::json!({"model": "tiny-gpt2", "task": {"type": "bit_xor", "n_bits": 3}}));
+    let b = Browser::start(1280, 800);
+    let use_key = |key: &str, project: &str| {
+        b.script("document.querySelector('#api-key').value = arguments[0];", vec![Value::from(key)]);
+        b.click("#key-form button");
+        let t = Instant::now();
+        while b.text("#project") != format!("Project: {project}") {
+            assert!(t.elapsed() < Duration::from_secs(20), "the header shows {:?}", b.text("#project"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The jobs table, once it shows what `done` expects (it is drawn again for the new key).
+    let table_when = |done: &dyn Fn(&str) -> bool| {
+        let t = Instant::now();
+        loop {
+            b.wait_for("#jobs", Duration::from_secs(20));
+            let text = b.text("#jobs");
+            if done(&text) {
+                return text;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "the jobs table shows {text:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    b.goto(&format!("{}/", s.url));
+    use_key(&ka, "team a");
+    table_when(&|t| t.contains(&job));
+    use_key(&kb, "team b");
+    let theirs = table_when(&|t| t.contains("No jobs yet"));
+    assert!(!theirs.contains(&job), "team b does not see team a's job");
+    let errors = b.script("return window.__errors;", vec![]);
+    assert_eq!(errors, Value::Array(vec![]), "console errors: {errors}");
+}

@@ -4,7 +4,10 @@ mod common;
 
 use fpt::job::status::JobError;
 use fpt::job::{DataFiles, Desired, DeviceKind, JobStatus, Limits, Method, RawSpec, RunSummary, TrainSpec};
-use fpt::store::{new_id, now, Backend, CheckpointRow, FileRow, Job, JobEnd, Lease, ModelRow, NewEvent, Page, Reservation, Store};
+use fpt::store::{
+    new_id, now, ApiKeyRow, Backend, CheckpointRow, FileRow, Job, JobEnd, Lease, ModelRow, NewEvent, Page, ProjectRow, Quotas, Reservation,
+    Store, DEFAULT_PROJECT,
+};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -44,7 +47,7 @@ async fn a_corrupt_job_row_is_an_error_naming_the_job() {
         sqlx::query(&format!("UPDATE jobs SET {column} = $1 WHERE id = $2")).bind(value).bind(&bad.id).execute(&raw).await.unwrap();
         let err = format!("{:#}", store.job(&bad.id).await.unwrap_err());
         assert!(err.contains(&bad.id) && err.contains(column), "{column}: {err}");
-        let err = format!("{:#}", store.jobs(&Page { after: None, limit: 10 }).await.unwrap_err());
+        let err = format!("{:#}", store.jobs(DEFAULT_PROJECT, &Page { after: None, limit: 10 }).await.unwrap_err());
         assert!(err.contains(&bad.id), "{err}");
         sqlx::query(&format!("UPDATE jobs SET {column} = (SELECT {column} FROM jobs WHERE id = $1) WHERE id = $2"))
             .bind(&good.id)
@@ -57,13 +60,58 @@ async fn a_corrupt_job_row_is_an_error_naming_the_job() {
     // Claimed, an unreadable job fails with the cause instead of being claimed again every lease.
     sqlx::query("UPDATE jobs SET hyperparameters = 'nonsense' WHERE id = $1").bind(&bad.id).execute(&raw).await.unwrap();
     let w = lease("w", 60);
-    assert_eq!(store.claim_job(&w, DeviceKind::Cpu).await.unwrap().unwrap().id, good.id);
-    let err = format!("{:#}", store.claim_job(&w, DeviceKind::Cpu).await.unwrap_err());
+    assert_eq!(store.claim_job(&w, DeviceKind::Cpu, 0).await.unwrap().unwrap().id, good.id);
+    let err = format!("{:#}", store.claim_job(&w, DeviceKind::Cpu, 0).await.unwrap_err());
     assert!(err.contains(&bad.id) && err.contains("hyperparameters"), "{err}");
     let row: (String, String) = sqlx::query_as("SELECT status, error FROM jobs WHERE id = $1").bind(&bad.id).fetch_one(&raw).await.unwrap();
     assert_eq!(row.0, "failed");
     assert!(row.1.contains("unreadable_job") && row.1.contains("hyperparameters"), "{}", row.1);
-    assert!(store.claim_job(&w, DeviceKind::Cpu).await.unwrap().is_none());
+    assert!(store.claim_job(&w, DeviceKind::Cpu, 0).await.unwrap().is_none());
+}
+
+/// A database made before projects existed keeps its data: files, jobs and models move to the
+/// default project, which the API (without project keys) goes on using.
+#[tokio::test]
+async fn data_from_before_projects_moves_to_the_default_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old-migrations");
+    std::fs::create_dir(&old).unwrap();
+    for f in std::fs::read_dir(common::root().join("migrations/sqlite")).unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name().unwrap().to_str().unwrap() < "0005" {
+            std::fs::copy(&f, old.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let path = dir.path().join("fpt.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(old.as_path()).await.unwrap().run(&raw).await.unwrap();
+    let j = job("any");
+    sqlx::query(
+        "INSERT INTO jobs (id, model, task, status, created_at, hyperparameters, method, seed) VALUES ($1, 'tiny', $2, 'succeeded', 1, $3, $4, 0)",
+    )
+    .bind(&j.id)
+    .bind(serde_json::to_string(&j.spec.task).unwrap())
+    .bind(serde_json::to_string(&j.spec.hyperparameters).unwrap())
+    .bind(serde_json::to_string(&j.spec.method()).unwrap())
+    .execute(&raw)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO files (id, filename, purpose, bytes, format, created_at, path) VALUES ('file-old', 'a.jsonl', 'fine-tune', 3, 'jsonl', 1, 'files/file-old')")
+        .execute(&raw)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO models (id, job_id, base_model, created_at, path) VALUES ('ft-old', $1, 'tiny', 1, 'jobs/x')")
+        .bind(&j.id)
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+    let store = Store::open(&path).await.unwrap();
+    assert_eq!(store.job(&j.id).await.unwrap().unwrap().project_id, DEFAULT_PROJECT);
+    assert!(store.file(DEFAULT_PROJECT, "file-old").await.unwrap().is_some());
+    assert!(store.model(DEFAULT_PROJECT, "ft-old").await.unwrap().is_some());
+    assert_eq!(store.project(DEFAULT_PROJECT).await.unwrap().unwrap().name, "Default project");
 }
 
 #[tokio::test]
@@ -82,6 +130,83 @@ async fn contract(store: &Store) {
     concurrent_claims_are_exclusive(store).await;
     events_and_checkpoints(store).await;
     idempotency(store).await;
+    projects(store).await;
+}
+
+/// Projects scope what they hold, cap the jobs they run at once, and their keys are found by
+/// their secret's hash until revoked (or the project archived).
+async fn projects(store: &Store) {
+    let p = ProjectRow {
+        id: new_id("proj"),
+        name: "team a".into(),
+        created_at: now(),
+        archived_at: None,
+        quotas: Quotas { max_running_jobs: Some(2), requests_per_second: Some(2.5), ..Quotas::default() },
+    };
+    store.insert_project(&p).await.unwrap();
+    assert_eq!(store.project(&p.id).await.unwrap().unwrap().quotas, p.quotas);
+    assert!(store.projects(&Page { after: None, limit: 1000 }, false).await.unwrap().iter().any(|q| q.id == p.id));
+    // Three jobs of a project allowed two at once: the third waits while others' jobs go on.
+    let ours: Vec<Job> = (0..3).map(|_| Job { project_id: p.id.clone(), ..job("any") }).collect();
+    for j in &ours {
+        store.insert_job(j).await.unwrap();
+    }
+    let theirs = job("any");
+    store.insert_job(&theirs).await.unwrap();
+    let mut claimed = Vec::new();
+    while let Some(j) = store.claim_job(&lease("w-q", 60), DeviceKind::Cpu, 0).await.unwrap() {
+        claimed.push(j.id);
+    }
+    assert_eq!(claimed, vec![ours[0].id.clone(), ours[1].id.clone(), theirs.id.clone()]);
+    assert!(store.jobs(&p.id, &Page { after: None, limit: 10 }).await.unwrap().iter().all(|j| j.project_id == p.id));
+    assert_eq!(store.usage(&p.id).await.unwrap().running_jobs, 2);
+    assert_eq!(store.usage(&p.id).await.unwrap().queued_jobs, 1);
+    // One ends: the third runs.
+    store.finish_job(&ours[0].id, "w-q", &end(JobStatus::Succeeded)).await.unwrap();
+    assert_eq!(store.claim_job(&lease("w-q", 60), DeviceKind::Cpu, 0).await.unwrap().unwrap().id, ours[2].id);
+    // A server-wide default applies to projects without their own quota.
+    let a = job("any");
+    let b = job("any");
+    store.insert_job(&a).await.unwrap();
+    store.insert_job(&b).await.unwrap();
+    let running_default = store.usage(DEFAULT_PROJECT).await.unwrap().running_jobs;
+    assert!(store.claim_job(&lease("w-q", 60), DeviceKind::Cpu, running_default).await.unwrap().is_none());
+    assert_eq!(store.claim_job(&lease("w-q", 60), DeviceKind::Cpu, running_default + 1).await.unwrap().unwrap().id, a.id);
+    // A model belongs to its job's project.
+    let m = ModelRow {
+        id: "ft-a".into(),
+        job_id: ours[0].id.clone(),
+        base_model: "tiny".into(),
+        created_at: now(),
+        path: "jobs/a".into(),
+        checkpoint_step: None,
+    };
+    store.insert_model(&m).await.unwrap();
+    assert!(store.model(&p.id, "ft-a").await.unwrap().is_some());
+    assert!(store.model(DEFAULT_PROJECT, "ft-a").await.unwrap().is_none());
+    assert!(store.models(DEFAULT_PROJECT, &Page { after: None, limit: 1000 }).await.unwrap().iter().all(|m| m.id != "ft-a"));
+    // Keys: found by hash while live; revoked or archived, not at all.
+    let key = ApiKeyRow {
+        id: new_id("key"),
+        project_id: p.id.clone(),
+        name: "ci".into(),
+        redacted_value: "sk-…".into(),
+        created_at: now(),
+        revoked_at: None,
+    };
+    store.insert_api_key(&key, "hash-1").await.unwrap();
+    let (found, project) = store.key_by_secret("hash-1").await.unwrap().unwrap();
+    assert_eq!((found.as_str(), project.id.as_str()), (key.id.as_str(), p.id.as_str()));
+    assert!(store.key_by_secret("hash-2").await.unwrap().is_none());
+    assert_eq!(store.api_keys(&p.id, &Page { after: None, limit: 10 }).await.unwrap().len(), 1);
+    assert!(store.revoke_api_key(&p.id, &key.id).await.unwrap());
+    assert!(store.key_by_secret("hash-1").await.unwrap().is_none());
+    let again = ApiKeyRow { id: new_id("key"), ..key.clone() };
+    store.insert_api_key(&again, "hash-3").await.unwrap();
+    store.archive_project(&p.id).await.unwrap();
+    assert!(store.key_by_secret("hash-3").await.unwrap().is_none(), "an archived project's keys stop working");
+    assert!(!store.projects(&Page { after: None, limit: 1000 }, false).await.unwrap().iter().any(|q| q.id == p.id));
+    assert!(store.usage_by_project().await.unwrap().iter().any(|(id, u)| id == &p.id && u.running_jobs == 2));
 }
 
 fn job(device: &str) -> Job {
@@ -94,7 +219,7 @@ fn job(device: &str) -> Job {
         files: DataFiles::<String>::default(),
         device: device.into(),
     };
-    Job::queued(TrainSpec::parse(raw, &Limits::default()).unwrap(), None, None, None)
+    Job::queued(DEFAULT_PROJECT, TrainSpec::parse(raw, &Limits::default()).unwrap(), None, None, None)
 }
 
 fn summary(steps: u64) -> RunSummary {
@@ -124,19 +249,20 @@ async fn files(store: &Store) {
             samples: Some(i),
             created_at: now(),
             path: format!("files/x{i}"),
+            project_id: DEFAULT_PROJECT.into(),
         };
         store.insert_file(&f).await.unwrap();
         ids.push(f.id);
     }
     // Newest first, paged after an id.
-    let page = store.files(&Page { after: None, limit: 2 }).await.unwrap();
+    let page = store.files(DEFAULT_PROJECT, &Page { after: None, limit: 2 }).await.unwrap();
     assert_eq!(page.iter().map(|f| &f.id).collect::<Vec<_>>(), vec![&ids[4], &ids[3]]);
-    let next = store.files(&Page { after: Some(&ids[3]), limit: 10 }).await.unwrap();
+    let next = store.files(DEFAULT_PROJECT, &Page { after: Some(&ids[3]), limit: 10 }).await.unwrap();
     assert_eq!(next.iter().map(|f| &f.id).collect::<Vec<_>>(), vec![&ids[2], &ids[1], &ids[0]]);
-    assert_eq!(store.file(&ids[2]).await.unwrap().unwrap().samples, Some(2));
+    assert_eq!(store.file(DEFAULT_PROJECT, &ids[2]).await.unwrap().unwrap().samples, Some(2));
     assert!(store.delete_file(&ids[2]).await.unwrap());
     assert!(!store.delete_file(&ids[2]).await.unwrap(), "deleted twice");
-    assert!(store.file(&ids[2]).await.unwrap().is_none());
+    assert!(store.file(DEFAULT_PROJECT, &ids[2]).await.unwrap().is_none());
 }
 
 async fn claims(store: &Store) {
@@ -146,13 +272,13 @@ async fn claims(store: &Store) {
     }
     let w = lease("w-cpu", 60);
     // Oldest first; a CPU worker never gets the CUDA job.
-    let first = store.claim_job(&w, DeviceKind::Cpu).await.unwrap().unwrap();
+    let first = store.claim_job(&w, DeviceKind::Cpu, 0).await.unwrap().unwrap();
     assert_eq!((first.id.as_str(), first.status, first.worker.as_deref()), (a.id.as_str(), JobStatus::Running, Some("w-cpu")));
     assert_eq!(first.spec, a.spec, "the spec reads back as stored");
     assert!(first.lease_until.unwrap() >= now() + 59);
-    assert_eq!(store.claim_job(&w, DeviceKind::Cpu).await.unwrap().unwrap().id, b.id);
-    assert!(store.claim_job(&w, DeviceKind::Cpu).await.unwrap().is_none());
-    assert_eq!(store.claim_job(&lease("w-gpu", 60), DeviceKind::Cuda).await.unwrap().unwrap().id, gpu.id);
+    assert_eq!(store.claim_job(&w, DeviceKind::Cpu, 0).await.unwrap().unwrap().id, b.id);
+    assert!(store.claim_job(&w, DeviceKind::Cpu, 0).await.unwrap().is_none());
+    assert_eq!(store.claim_job(&lease("w-gpu", 60), DeviceKind::Cuda, 0).await.unwrap().unwrap().id, gpu.id);
     // Only the holder records the outcome.
     let result = summary(3);
     let done_end = JobEnd { status: JobStatus::Succeeded, result: Some(&result), error: None, model: Some("ft-x") };
@@ -179,16 +305,16 @@ async fn leases(store: &Store) {
     let j = job("any");
     store.insert_job(&j).await.unwrap();
     let short = lease("w-dies", 1);
-    assert_eq!(store.claim_job(&short, DeviceKind::Cpu).await.unwrap().unwrap().id, j.id);
+    assert_eq!(store.claim_job(&short, DeviceKind::Cpu, 0).await.unwrap().unwrap().id, j.id);
     // While the lease holds, nobody else gets the job; renewing it reports what clients ask.
-    assert!(store.claim_job(&lease("w-b", 60), DeviceKind::Cpu).await.unwrap().is_none());
+    assert!(store.claim_job(&lease("w-b", 60), DeviceKind::Cpu, 0).await.unwrap().is_none());
     assert_eq!(store.renew_lease(&j.id, &short).await.unwrap(), Some(Desired::Run));
     store.set_desired(&j.id, Desired::Pause).await.unwrap();
     assert_eq!(store.renew_lease(&j.id, &short).await.unwrap(), Some(Desired::Pause));
     // The holder stops renewing: once the lease has run out another worker takes the job over,
     // keeping what the client asked, and the old holder can neither renew nor finish it.
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let taken = store.claim_job(&lease("w-b", 60), DeviceKind::Cpu).await.unwrap().unwrap();
+    let taken = store.claim_job(&lease("w-b", 60), DeviceKind::Cpu, 0).await.unwrap().unwrap();
     assert_eq!((taken.id.as_str(), taken.worker.as_deref(), taken.desired), (j.id.as_str(), Some("w-b"), Desired::Pause));
     assert_eq!(store.renew_lease(&j.id, &short).await.unwrap(), None);
     assert!(!store.finish_job(&j.id, "w-dies", &end(JobStatus::Succeeded)).await.unwrap());
@@ -202,7 +328,7 @@ async fn leases(store: &Store) {
     assert_eq!(store.job(&j.id).await.unwrap().unwrap().attempts, 0);
     // A cancel asked while the worker was pausing wins.
     assert!(store.transition(&j.id, &[JobStatus::Paused], JobStatus::Queued).await.unwrap());
-    let again = store.claim_job(&lease("w-b", 60), DeviceKind::Cpu).await.unwrap().unwrap();
+    let again = store.claim_job(&lease("w-b", 60), DeviceKind::Cpu, 0).await.unwrap().unwrap();
     assert_eq!(again.id, j.id);
     store.set_desired(&j.id, Desired::Cancel).await.unwrap();
     assert!(store.release_job(&j.id, "w-b", JobStatus::Paused).await.unwrap());
@@ -213,7 +339,7 @@ async fn leases(store: &Store) {
     for (desired, ends) in [(Desired::Pause, JobStatus::Paused), (Desired::Cancel, JobStatus::Cancelled)] {
         let p = job("any");
         store.insert_job(&p).await.unwrap();
-        store.claim_job(&lease("w-p", 60), DeviceKind::Cpu).await.unwrap().unwrap();
+        store.claim_job(&lease("w-p", 60), DeviceKind::Cpu, 0).await.unwrap().unwrap();
         store.set_desired(&p.id, desired).await.unwrap();
         assert!(store.requeue_orphan(&p.id, "w-p").await.unwrap());
         assert_eq!(store.job(&p.id).await.unwrap().unwrap().status, ends);
@@ -221,13 +347,13 @@ async fn leases(store: &Store) {
     // A dead worker's job goes back to the queue at once, but only from the worker that holds it.
     let k = job("any");
     store.insert_job(&k).await.unwrap();
-    store.claim_job(&lease("w-c", 60), DeviceKind::Cpu).await.unwrap().unwrap();
+    store.claim_job(&lease("w-c", 60), DeviceKind::Cpu, 0).await.unwrap().unwrap();
     assert!(store.running_jobs().await.unwrap().contains(&(k.id.clone(), "w-c".to_string())));
     assert!(!store.requeue_orphan(&k.id, "w-other").await.unwrap());
     assert!(store.requeue_orphan(&k.id, "w-c").await.unwrap());
     let back = store.job(&k.id).await.unwrap().unwrap();
     assert_eq!((back.status, back.worker), (JobStatus::Queued, None));
-    store.claim_job(&lease("w-c", 60), DeviceKind::Cpu).await.unwrap().unwrap();
+    store.claim_job(&lease("w-c", 60), DeviceKind::Cpu, 0).await.unwrap().unwrap();
     assert!(store.finish_job(&k.id, "w-c", &end(JobStatus::Succeeded)).await.unwrap());
 }
 
@@ -244,7 +370,7 @@ async fn concurrent_claims_are_exclusive(store: &Store) {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
-            while let Some(j) = store.claim_job(&lease(&format!("w{w}"), 60), DeviceKind::Cpu).await.unwrap() {
+            while let Some(j) = store.claim_job(&lease(&format!("w{w}"), 60), DeviceKind::Cpu, 0).await.unwrap() {
                 got.push(j.id);
             }
             got
@@ -315,7 +441,7 @@ async fn events_and_checkpoints(store: &Store) {
     let after_first = store.checkpoints(&j.id, &Page { after: Some(&redo.id), limit: 10 }).await.unwrap();
     assert_eq!(after_first.iter().map(|c| c.step_number).collect::<Vec<_>>(), vec![2]);
     // Checkpoints are models; a model row can be replaced and deleted.
-    assert_eq!(store.model("ft-x-step-4").await.unwrap().unwrap().path, "jobs/redo");
+    assert_eq!(store.model(DEFAULT_PROJECT, "ft-x-step-4").await.unwrap().unwrap().path, "jobs/redo");
     let m = ModelRow {
         id: "ft-x".into(),
         job_id: j.id.clone(),
@@ -326,11 +452,11 @@ async fn events_and_checkpoints(store: &Store) {
     };
     store.insert_model(&m).await.unwrap();
     store.insert_model(&ModelRow { path: "jobs/final2".into(), ..m.clone() }).await.unwrap();
-    assert_eq!(store.model("ft-x").await.unwrap().unwrap().path, "jobs/final2");
-    assert!(store.models(&Page { after: None, limit: 100 }).await.unwrap().iter().any(|m| m.id == "ft-x"));
+    assert_eq!(store.model(DEFAULT_PROJECT, "ft-x").await.unwrap().unwrap().path, "jobs/final2");
+    assert!(store.models(DEFAULT_PROJECT, &Page { after: None, limit: 100 }).await.unwrap().iter().any(|m| m.id == "ft-x"));
     assert!(store.delete_model("ft-x").await.unwrap());
     assert!(!store.delete_model("ft-x").await.unwrap());
-    assert!(store.model("ft-x").await.unwrap().is_none());
+    assert!(store.model(DEFAULT_PROJECT, "ft-x").await.unwrap().is_none());
     // Events of a job that ended before the retention bound go; a running job's stay.
     assert_eq!(store.prune_events(now() + 10).await.unwrap(), 0, "this job has not ended");
     // Nobody holds this job: a worker's progress and events for it are dropped.

@@ -11,6 +11,16 @@ pub enum ApiError {
     BadRequest { message: String, param: Option<String> },
     #[error("missing or invalid API key")]
     Unauthorized,
+    /// A valid key on a route it may not use (a project key on `/v1/organization/*`, the admin key
+    /// elsewhere).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A project's quota is used up: retrying will not help until something is freed.
+    #[error("the project's quota `{quota}` is used up (limit {limit})")]
+    QuotaExceeded { quota: &'static str, limit: i64 },
+    /// A project or key over its request rate.
+    #[error("too many requests for this {who}; retry after {retry_after} s")]
+    RateLimited { who: &'static str, retry_after: u64 },
     #[error("{what} `{id}` not found")]
     NotFound { what: &'static str, id: String },
     #[error("{0}")]
@@ -59,6 +69,11 @@ impl ApiError {
         match self {
             ApiError::BadRequest { param, .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", "bad_request", param.clone()),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", None),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_error", "wrong_key_kind", None),
+            ApiError::QuotaExceeded { quota, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "quota_exceeded", Some(quota.to_string()))
+            }
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limit_exceeded", None),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "invalid_state", None),
             ApiError::TooSlow { .. } => (StatusCode::REQUEST_TIMEOUT, "invalid_request_error", "too_slow", None),
@@ -94,8 +109,15 @@ impl IntoResponse for ApiError {
         }
         let body = json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}});
         let mut resp = (status, Json(body)).into_response();
-        if let ApiError::Overloaded { retry_after } = self {
-            resp.headers_mut().insert("retry-after", HeaderValue::from(retry_after));
+        match self {
+            ApiError::Overloaded { retry_after } | ApiError::RateLimited { retry_after, .. } => {
+                resp.headers_mut().insert("retry-after", HeaderValue::from(retry_after));
+            }
+            // Clients that retry every 429 (the OpenAI SDK does) would only burn requests.
+            ApiError::QuotaExceeded { .. } => {
+                resp.headers_mut().insert("x-should-retry", HeaderValue::from_static("false"));
+            }
+            _ => {}
         }
         resp
     }

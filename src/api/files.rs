@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::multipart::Field;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -10,7 +10,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
-use super::{idempotency_key, idempotent, list_of, request_hash, AppState, ListQuery, Route};
+use super::{idempotency_key, idempotent, list_of, request_hash, AppState, Caller, ListQuery, Route};
 use crate::artifacts::file_key;
 use crate::store::{new_id, now, FileRow, Page};
 
@@ -32,7 +32,7 @@ pub fn file_object(f: &FileRow) -> Value {
            "purpose": f.purpose, "format": f.format, "samples": f.samples, "status": "processed"})
 }
 
-async fn upload(State(state): State<AppState>, headers: HeaderMap, multipart: Multipart) -> Response {
+async fn upload(State(state): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, multipart: Multipart) -> Response {
     // The whole body is read (bounded) before anything is decided: its hash binds the key, and
     // answering while the client is still sending would cut the connection under it.
     let upload = match read_upload(&state, multipart).await {
@@ -41,13 +41,9 @@ async fn upload(State(state): State<AppState>, headers: HeaderMap, multipart: Mu
     };
     let hash = request_hash(ROUTE, &[upload.purpose.as_bytes(), upload.filename.as_bytes(), &upload.bytes]);
     let s = state.clone();
-    idempotent(
-        &state,
-        idempotency_key(&headers),
-        ROUTE,
-        &hash,
-        || async move { store_upload(&s, upload).await.map(|v| (StatusCode::OK, v)) },
-    )
+    idempotent(&state, idempotency_key(&headers, &caller), ROUTE, &hash, || async move {
+        store_upload(&s, &caller, upload).await.map(|v| (StatusCode::OK, v))
+    })
     .await
 }
 
@@ -101,10 +97,16 @@ async fn read_upload(state: &AppState, mut multipart: Multipart) -> ApiResult<Up
     Ok(Upload { bytes, purpose: purpose.unwrap_or_else(|| "fine-tune".into()), filename })
 }
 
-async fn store_upload(state: &AppState, upload: Upload) -> ApiResult<Value> {
+async fn store_upload(state: &AppState, caller: &Caller, upload: Upload) -> ApiResult<Value> {
     let Upload { bytes, purpose, filename } = upload;
     if purpose != "fine-tune" {
         return Err(ApiError::invalid("purpose", format!("purpose `{purpose}` is not supported (fine-tune)")));
+    }
+    if let Some(limit) = caller.quotas.max_storage_bytes.filter(|&l| l > 0) {
+        let used = state.store.usage(caller.project_id()).await?.stored_bytes;
+        if used.saturating_add(bytes.len() as i64) > limit {
+            return Err(ApiError::QuotaExceeded { quota: "max_storage_bytes", limit });
+        }
     }
     let name = filename.clone();
     let (bytes, info) = tokio::task::spawn_blocking(move || {
@@ -127,6 +129,7 @@ async fn store_upload(state: &AppState, upload: Upload) -> ApiResult<Value> {
         samples: Some(info.samples as i64),
         created_at: now(),
         path: key,
+        project_id: caller.project_id().to_string(),
     };
     state.store.insert_file(&row).await?;
     Ok(file_object(&row))
@@ -159,22 +162,23 @@ async fn small_text(field: &mut Field<'_>, name: &'static str) -> ApiResult<Stri
     String::from_utf8(buf).map_err(|_| ApiError::invalid(name, "not UTF-8 text"))
 }
 
-async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
     let limit = q.limit()?;
-    let rows = state.store.files(&Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
+    let rows = state.store.files(caller.project_id(), &Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
     Ok(list_of(&rows, limit, file_object))
 }
 
-async fn find(state: &AppState, id: &str) -> ApiResult<FileRow> {
-    state.store.file(id).await?.ok_or_else(|| ApiError::not_found("file", id))
+/// The caller's file `id`; another project's is as missing as one that never was.
+async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResult<FileRow> {
+    state.store.file(caller.project_id(), id).await?.ok_or_else(|| ApiError::not_found("file", id))
 }
 
-async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(file_object(&find(&state, &id).await?)))
+async fn retrieve(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(file_object(&find(&state, &caller, &id).await?)))
 }
 
-async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let f = find(&state, &id).await?;
+async fn delete(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let f = find(&state, &caller, &id).await?;
     let users = state.store.jobs_using_file(&id).await?;
     if !users.is_empty() {
         return Err(ApiError::Conflict(format!("file `{id}` is in use by job(s) not yet ended: {}", users.join(", "))));
@@ -187,8 +191,8 @@ async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
     Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
 }
 
-async fn content(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let f = find(&state, &id).await?;
+async fn content(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Response> {
+    let f = find(&state, &caller, &id).await?;
     let path = state.artifacts.local(&f.path).await?;
     let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::Internal(e.into()))?;
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));

@@ -16,6 +16,9 @@ use super::error::{parse_json, ApiError, ApiResult};
 use super::{idempotency_key, idempotent, list_of, request_hash, AppState, Caller, ListQuery, Route};
 
 const ROUTE: &str = "POST /v1/fine_tuning/jobs";
+
+/// The one organization of a self-hosted service, as job objects name it.
+pub const ORGANIZATION: &str = "org-fpt";
 use crate::job::{check_metadata, check_suffix, prepare_data, DataFiles, Effect, JobStatus, Method, RawSpec, Request, TrainSpec};
 use crate::store::{EventRow, Job, NewEvent, Page};
 use crate::tasks::{SpecError, TaskSpec};
@@ -80,10 +83,10 @@ impl CreateJob {
     }
 }
 
-/// Where an uploaded file named by a request is kept on this node.
-async fn local_file(state: &AppState, param: &str, id: &Option<String>) -> ApiResult<Option<std::path::PathBuf>> {
+/// Where an uploaded file of the caller's, named by a request, is kept on this node.
+async fn local_file(state: &AppState, caller: &Caller, param: &str, id: &Option<String>) -> ApiResult<Option<std::path::PathBuf>> {
     let Some(id) = id else { return Ok(None) };
-    let f = state.store.file(id).await?.ok_or_else(|| ApiError::invalid(param, format!("file `{id}` not found")))?;
+    let f = state.store.file(caller.project_id(), id).await?.ok_or_else(|| ApiError::invalid(param, format!("file `{id}` not found")))?;
     Ok(Some(state.artifacts.local(&f.path).await?))
 }
 
@@ -97,6 +100,7 @@ pub fn job_object(j: &Job) -> Value {
     let spec = &j.spec;
     json!({
         "id": j.id, "object": "fine_tuning.job", "model": spec.model,
+        "organization_id": ORGANIZATION, "project_id": j.project_id,
         "task": spec.task,
         "status": j.status, "created_at": j.created_at, "started_at": j.started_at, "finished_at": j.finished_at,
         "fine_tuned_model": j.fine_tuned_model,
@@ -110,8 +114,13 @@ pub fn job_object(j: &Job) -> Value {
 }
 
 #[tracing::instrument(skip_all, fields(job))]
-async fn create(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let key = idempotency_key(&headers);
+async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let key = idempotency_key(&headers, &caller);
     let s = state.clone();
     let hash = request_hash(ROUTE, &[&body]);
     idempotent(&state, key, ROUTE, &hash, || async move {
@@ -120,14 +129,14 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: axum::b
         }
         let req: CreateJob = parse_json(&body)?;
         let request_id = super::request_id(&headers).map(str::to_string);
-        create_job(&s, req, request_id).await.map(|v| (StatusCode::OK, v))
+        create_job(&s, &caller, req, request_id).await.map(|v| (StatusCode::OK, v))
     })
     .await
 }
 
 /// Parses a job request completely (model, task, hyperparameters, files against the task)
 /// before anything is queued.
-async fn create_job(state: &AppState, req: CreateJob, request_id: Option<String>) -> ApiResult<Value> {
+async fn create_job(state: &AppState, caller: &Caller, req: CreateJob, request_id: Option<String>) -> ApiResult<Value> {
     let spec = TrainSpec::parse(req.raw(), &state.settings.limits)?;
     if let Some(s) = &req.suffix {
         check_suffix(s)?;
@@ -135,8 +144,8 @@ async fn create_job(state: &AppState, req: CreateJob, request_id: Option<String>
     if let Some(m) = &req.metadata {
         check_metadata(m)?;
     }
-    let train = local_file(state, "training_file", &spec.files.train).await?;
-    let valid = local_file(state, "validation_file", &spec.files.valid).await?;
+    let train = local_file(state, caller, "training_file", &spec.files.train).await?;
+    let valid = local_file(state, caller, "validation_file", &spec.files.valid).await?;
     let dirs: Vec<String> =
         [&train, &valid].into_iter().flatten().filter_map(|p| p.parent()).map(|d| format!("{}/", d.display())).collect();
     let local = spec.clone().with_files(DataFiles { train, valid, test: None });
@@ -152,33 +161,40 @@ async fn create_job(state: &AppState, req: CreateJob, request_id: Option<String>
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;
-    let job = Job::queued(spec, req.suffix, req.metadata, request_id);
+    if let Some(limit) = caller.quotas.max_queued_jobs.filter(|&l| l > 0) {
+        if state.store.usage(caller.project_id()).await?.queued_jobs >= limit {
+            return Err(ApiError::QuotaExceeded { quota: "max_queued_jobs", limit });
+        }
+    }
+    let job = Job::queued(caller.project_id(), spec, req.suffix, req.metadata, request_id);
     tracing::Span::current().record("job", job.id.as_str());
     state.store.insert_job(&job).await?;
     state.queue.notify();
     Ok(job_object(&job))
 }
 
-async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
     let limit = q.limit()?;
-    let rows = state.store.jobs(&Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
+    let rows = state.store.jobs(caller.project_id(), &Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
     Ok(list_of(&rows, limit, job_object))
 }
 
-async fn find(state: &AppState, id: &str) -> ApiResult<Job> {
-    state.store.job(id).await?.ok_or_else(|| ApiError::not_found("fine-tuning job", id))
+/// The caller's job `id`; another project's is as missing as one that never was.
+async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Job> {
+    let job = state.store.job(id).await?.filter(|j| j.project_id == caller.project_id());
+    job.ok_or_else(|| ApiError::not_found("fine-tuning job", id))
 }
 
-async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(job_object(&find(&state, &id).await?)))
+async fn retrieve(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(job_object(&find(&state, &caller, &id).await?)))
 }
 
 /// Carries out a client's request on a job, as its status allows (`JobStatus::on`). A move the
 /// store refuses means the job changed meanwhile: read it again and decide anew.
 #[tracing::instrument(skip(state))]
-async fn change(state: &AppState, id: &str, request: Request) -> ApiResult<Json<Value>> {
+async fn change(state: &AppState, caller: &Caller, id: &str, request: Request) -> ApiResult<Json<Value>> {
     for _ in 0..8 {
-        let job = find(state, id).await?;
+        let job = find(state, caller, id).await?;
         match job.status.on(request).map_err(|why| ApiError::Conflict(format!("job `{id}` {why}")))? {
             Effect::Move { to, desired } => {
                 if let Some(d) = desired {
@@ -205,28 +221,28 @@ async fn change(state: &AppState, id: &str, request: Request) -> ApiResult<Json<
                 // The worker may have let the job go (paused it, handed it back) just before:
                 // then the request is decided again on what the job is now. A job that has ended
                 // (as asked, or finished first), or paused as asked, is answered as it is.
-                let now = find(state, id).await?.status;
+                let now = find(state, caller, id).await?.status;
                 let paused_as_asked = request == Request::Pause && now == JobStatus::Paused;
                 if now != JobStatus::Running && !now.is_terminal() && !paused_as_asked {
                     continue;
                 }
             }
         }
-        return Ok(Json(job_object(&find(state, id).await?)));
+        return Ok(Json(job_object(&find(state, caller, id).await?)));
     }
     Err(ApiError::Conflict(format!("job `{id}` keeps changing; try again")))
 }
 
-async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    change(&state, &id, Request::Cancel).await
+async fn cancel(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    change(&state, &caller, &id, Request::Cancel).await
 }
 
-async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    change(&state, &id, Request::Pause).await
+async fn pause(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    change(&state, &caller, &id, Request::Pause).await
 }
 
-async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    change(&state, &id, Request::Resume).await
+async fn resume(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    change(&state, &caller, &id, Request::Resume).await
 }
 
 fn event_object(e: &EventRow) -> Value {
@@ -248,7 +264,7 @@ async fn events(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    find(&state, &id).await?;
+    find(&state, &caller, &id).await?;
     let mut after = match &q.after {
         Some(a) => event_seq(a, "after")?,
         None => 0,
@@ -295,8 +311,13 @@ async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))).into_response())
 }
 
-async fn checkpoints(State(state): State<AppState>, Path(id): Path<String>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
-    find(&state, &id).await?;
+async fn checkpoints(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    find(&state, &caller, &id).await?;
     let limit = q.limit()?;
     let rows = state.store.checkpoints(&id, &Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
     Ok(list_of(&rows, limit, |c| {

@@ -1,27 +1,27 @@
 //! The HTTP API (its contract: openapi/openapi.yaml): one module per
 //! resource, each listing its routes; the router and its middleware are assembled here.
+mod auth;
 pub mod error;
 pub mod files;
 pub mod jobs;
 pub mod models;
 pub mod ops;
+mod organization;
 mod pace;
 pub mod predictions;
 mod stream_slots;
 pub mod ui;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use axum::Router;
-use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::CorsLayer;
@@ -35,6 +35,7 @@ use crate::queue::events::EventSink;
 use crate::queue::Queue;
 use crate::serve::Inference;
 use crate::store::{Reservation, Store};
+pub use auth::Caller;
 use error::ApiError;
 
 /// Shared by every handler; cheap to clone.
@@ -54,6 +55,8 @@ pub struct AppState {
     pub stopping: CancellationToken,
     /// Live event streams, bounded in all and per client.
     pub streams: stream_slots::StreamSlots,
+    /// Request rates of projects and keys, on this node.
+    pub rates: Arc<auth::Rates>,
     limiter: Arc<Semaphore>,
 }
 
@@ -77,6 +80,7 @@ impl AppState {
         artifacts: Artifacts,
     ) -> Self {
         let limiter = Arc::new(Semaphore::new(settings.max_concurrency));
+        let rates = Arc::new(auth::Rates::new(settings.key_rps));
         let streams = stream_slots::StreamSlots::new(settings.max_streams, settings.max_streams_per_client);
         Self {
             store,
@@ -90,6 +94,7 @@ impl AppState {
             ready: Arc::default(),
             stopping: CancellationToken::new(),
             streams,
+            rates,
             limiter,
         }
     }
@@ -112,6 +117,7 @@ pub fn routes() -> Vec<Route> {
     r.extend(models::routes());
     r.extend(predictions::routes());
     r.extend(ops::routes());
+    r.extend(organization::routes());
     r.extend(ui::routes());
     r
 }
@@ -133,7 +139,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("route", "").into_response() })
         .layer(middleware::from_fn_with_state(state.clone(), pace::paced))
         .layer(DefaultBodyLimit::max(s.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::auth))
         .layer(middleware::from_fn_with_state(state.clone(), limit_and_count))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -154,33 +160,6 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Bearer keys on `/v1/*`, compared in constant time; the rest stays open.
-/// Who is calling: the client whose share of the bounded resources (live streams) a request takes.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    /// `key-<n>` for the n-th configured API key; the peer's address when the API is open.
-    pub client: String,
-}
-
-async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let keys = &state.settings.api_keys;
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(|| "local".to_string(), |c| c.0.ip().to_string());
-    if keys.is_empty() || !req.uri().path().starts_with("/v1/") {
-        req.extensions_mut().insert(Caller { client: peer });
-        return next.run(req).await;
-    }
-    let given = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    // Every key is compared, in constant time each, whichever matches.
-    let matched =
-        keys.iter().enumerate().fold(None, |acc, (i, k)| if bool::from(k.as_bytes().ct_eq(given.as_bytes())) { Some(i) } else { acc });
-    match matched {
-        Some(i) => {
-            req.extensions_mut().insert(Caller { client: format!("key-{i}") });
-            next.run(req).await
-        }
-        None => ApiError::Unauthorized.into_response(),
-    }
-}
-
 /// At most `max_concurrency` requests at once (more get 429 with `retry-after`), and counts.
 async fn limit_and_count(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let c = &state.counters;
@@ -252,9 +231,11 @@ pub fn request_id(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers.get("x-request-id").and_then(|v| v.to_str().ok()).filter(|id| !id.is_empty() && id.len() <= 128)
 }
 
-/// The `Idempotency-Key` of a request, if any.
-pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Option<String> {
-    headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty() && k.len() <= 255).map(String::from)
+/// The `Idempotency-Key` of a request, if any, as stored: within the caller's project, so that
+/// one project's key never replays another's answer.
+pub fn idempotency_key(headers: &axum::http::HeaderMap, caller: &Caller) -> Option<String> {
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty() && k.len() <= 255)?;
+    Some(format!("{}/{key}", caller.project_id()))
 }
 
 /// How long a request waits for a concurrent one with the same `Idempotency-Key` to be answered

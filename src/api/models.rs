@@ -1,13 +1,13 @@
 //! `/v1/models`: base models (backbones) and fine-tuned adapters, their adapter files, and
 //! loading/unloading them in the prediction cache.
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
-use super::{list_response, AppState, ListQuery, Route};
+use super::{list_response, AppState, Caller, ListQuery, Route};
 use crate::store::{ModelRow, Page};
 
 pub fn routes() -> Vec<Route> {
@@ -33,7 +33,7 @@ fn base_object(b: &crate::model::BaseModel) -> Value {
 }
 
 /// Base models first (by name), then fine-tuned ones (newest first), paged by `after` and `limit`.
-async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
     let limit = q.limit()?;
     let loaded = state.inference.loaded();
     let registry = state.registry.clone();
@@ -46,36 +46,37 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiR
     };
     let after_model = if after_base.is_some() { None } else { q.after.as_deref() };
     if let Some(a) = after_model {
-        state.store.model(a).await?.ok_or_else(|| ApiError::invalid("after", format!("`{a}` is not a model id")))?;
+        state.store.model(caller.project_id(), a).await?.ok_or_else(|| ApiError::invalid("after", format!("`{a}` is not a model id")))?;
     }
     let wanted = (limit + 1 - data.len() as i64).max(0);
     if wanted > 0 {
-        let rows = state.store.models(&Page { after: after_model, limit: wanted }).await?;
+        let rows = state.store.models(caller.project_id(), &Page { after: after_model, limit: wanted }).await?;
         data.extend(rows.iter().map(|m| fine_tuned_object(m, loaded.contains(&m.id))));
     }
     Ok(Json(list_response(data, limit, |v| v["id"].as_str().unwrap_or("").to_string())))
 }
 
-pub async fn find_fine_tuned(state: &AppState, id: &str) -> ApiResult<ModelRow> {
-    state.store.model(id).await?.ok_or_else(|| ApiError::not_found("model", id))
+/// The caller's fine-tuned model `id`; another project's is as missing as one that never was.
+pub async fn find_fine_tuned(state: &AppState, caller: &Caller, id: &str) -> ApiResult<ModelRow> {
+    state.store.model(caller.project_id(), id).await?.ok_or_else(|| ApiError::not_found("model", id))
 }
 
-async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    if let Some(m) = state.store.model(&id).await? {
+async fn retrieve(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    if let Some(m) = state.store.model(caller.project_id(), &id).await? {
         return Ok(Json(fine_tuned_object(&m, state.inference.loaded().contains(&m.id))));
     }
     let base = state.registry.list().into_iter().find(|b| b.name == id).ok_or_else(|| ApiError::not_found("model", &id))?;
     Ok(Json(base_object(&base)))
 }
 
-async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    if state.store.model(&id).await?.is_none() {
+async fn delete(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    if state.store.model(caller.project_id(), &id).await?.is_none() {
         if state.registry.list().iter().any(|b| b.name == id) {
             return Err(ApiError::Conflict(format!("`{id}` is a base model; only fine-tuned models can be deleted")));
         }
         return Err(ApiError::not_found("model", &id));
     }
-    let m = find_fine_tuned(&state, &id).await?;
+    let m = find_fine_tuned(&state, &caller, &id).await?;
     state.inference.unload(&id).await;
     state.store.delete_model(&id).await?;
     // The adapter's bytes go too, unless another model is the same file or the file is a
@@ -93,21 +94,21 @@ async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
     Ok(Json(json!({"id": id, "object": "model", "deleted": true})))
 }
 
-async fn adapter(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let m = find_fine_tuned(&state, &id).await?;
+async fn adapter(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Response> {
+    let m = find_fine_tuned(&state, &caller, &id).await?;
     let bytes = tokio::fs::read(state.artifacts.local(&m.path).await?).await.map_err(|e| ApiError::Internal(e.into()))?;
     let disposition = format!("attachment; filename=\"{}.safetensors\"", m.id);
     Ok(([("content-type", "application/octet-stream".to_string()), ("content-disposition", disposition)], bytes).into_response())
 }
 
-async fn load(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let m = find_fine_tuned(&state, &id).await?;
+async fn load(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let m = find_fine_tuned(&state, &caller, &id).await?;
     state.inference.load(&m.id, state.artifacts.local(&m.path).await?).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(Json(fine_tuned_object(&m, state.inference.loaded().contains(&m.id))))
 }
 
-async fn unload(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let m = find_fine_tuned(&state, &id).await?;
+async fn unload(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let m = find_fine_tuned(&state, &caller, &id).await?;
     state.inference.unload(&m.id).await;
     Ok(Json(fine_tuned_object(&m, false)))
 }

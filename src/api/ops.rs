@@ -81,7 +81,47 @@ async fn metrics(State(state): State<AppState>) -> Response {
     metric("fpt_prediction_failures_total", "counter", "Prediction batches that failed (500), the batcher going on.", get(&s.failures));
     metric("fpt_inference_restarts_total", "counter", "Times the inference loop restarted after a failure.", get(&s.restarts));
     metric("fpt_adapters_loaded", "gauge", "Adapters in the cache now.", state.inference.loaded().len() as f64);
+    per_project(&state, &mut out).await;
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Each project's use of its quotas, labelled by project id.
+async fn per_project(state: &AppState, out: &mut String) {
+    let usage = state.store.usage_by_project().await.unwrap_or_default();
+    let refused: Vec<(String, u64)> = state.rates.refused.lock().unwrap().iter().map(|(p, n)| (p.clone(), *n)).collect();
+    let families: [(&str, &str, &str, Vec<(String, f64)>); 4] = [
+        (
+            "fpt_project_jobs_queued",
+            "gauge",
+            "Queued jobs of each project.",
+            usage.iter().map(|(p, u)| (p.clone(), u.queued_jobs as f64)).collect(),
+        ),
+        (
+            "fpt_project_jobs_running",
+            "gauge",
+            "Running jobs of each project.",
+            usage.iter().map(|(p, u)| (p.clone(), u.running_jobs as f64)).collect(),
+        ),
+        (
+            "fpt_project_stored_bytes",
+            "gauge",
+            "Bytes of uploaded files each project keeps.",
+            usage.iter().map(|(p, u)| (p.clone(), u.stored_bytes as f64)).collect(),
+        ),
+        (
+            "fpt_project_rate_limited_total",
+            "counter",
+            "Requests refused with 429 for their rate, per project (this node).",
+            refused.into_iter().map(|(p, n)| (p, n as f64)).collect(),
+        ),
+    ];
+    for (name, kind, help, values) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (project, v) in values {
+            // Project ids are the server's own (`proj_` and hex): nothing to escape.
+            let _ = writeln!(out, "{name}{{project=\"{project}\"}} {v}");
+        }
+    }
 }
 
 async fn openapi() -> Json<Value> {

@@ -1,5 +1,5 @@
 //! `POST /v1/predictions`: inputs validated like dataset records, answered by the batcher.
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiJson, ApiResult};
 use super::models::find_fine_tuned;
-use super::{AppState, Route};
+use super::{AppState, Caller, Route};
 use crate::serve::PredictError;
 
 pub fn routes() -> Vec<Route> {
@@ -24,7 +24,12 @@ pub struct PredictRequest {
 }
 
 #[tracing::instrument(skip_all, fields(model = %req.model, rows = req.inputs.len()))]
-async fn predict(State(state): State<AppState>, headers: HeaderMap, ApiJson(req): ApiJson<PredictRequest>) -> ApiResult<Response> {
+async fn predict(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<PredictRequest>,
+) -> ApiResult<Response> {
     if req.inputs.is_empty() {
         return Err(ApiError::invalid("inputs", "at least one sample is needed"));
     }
@@ -32,7 +37,7 @@ async fn predict(State(state): State<AppState>, headers: HeaderMap, ApiJson(req)
     if req.inputs.len() > max {
         return Err(ApiError::TooLarge { what: "inputs", limit: max, unit: "samples" });
     }
-    let m = find_fine_tuned(&state, &req.model).await?;
+    let m = find_fine_tuned(&state, &caller, &req.model).await?;
     let timeout = state.settings.prediction_timeout;
     let request_id = super::request_id(&headers).unwrap_or_default();
     let adapter = state.artifacts.local(&m.path).await?;

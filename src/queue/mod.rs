@@ -52,6 +52,8 @@ pub struct QueueConfig {
     pub workers: usize,
     /// How long a claimed job stays this node's without a heartbeat.
     pub lease_seconds: i64,
+    /// Jobs of one project running at once where the project sets no quota (0: no limit).
+    pub max_running_per_project: i64,
 }
 
 /// A job running in this process.
@@ -225,7 +227,7 @@ fn worker_loop(inner: &Arc<Inner>, index: usize) {
     let lease = Lease { worker: format!("{}-w{index}", inner.node), seconds: inner.cfg.lease_seconds };
     let kind = DeviceKind::of(inner.cfg.device);
     while !inner.stopping.load(Ordering::SeqCst) {
-        match inner.rt.block_on(inner.cfg.store.claim_job(&lease, kind)) {
+        match inner.rt.block_on(inner.cfg.store.claim_job(&lease, kind, inner.cfg.max_running_per_project)) {
             Ok(Some(job)) => run_job(inner, job, &lease),
             Ok(None) => {
                 let (lock, cv) = &inner.wake;

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, FromRow};
 
+mod projects;
+
+pub use projects::{ApiKeyRow, ProjectRow, Quotas, Usage, DEFAULT_PROJECT};
+
 use crate::job::status::JobError;
 use crate::job::{DataFiles, Desired, DeviceKind, JobStatus, Method, RunSummary, TrainSpec};
 
@@ -52,12 +56,15 @@ pub struct FileRow {
     pub samples: Option<i64>,
     pub created_at: i64,
     pub path: String,
+    pub project_id: String,
 }
 
 /// A fine-tuning job as the store keeps it: every column decoded into its type once, here.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: String,
+    /// The project it belongs to (see migration 0005).
+    pub project_id: String,
     /// The validated run; its files are uploaded files' ids.
     pub spec: TrainSpec<String>,
     pub status: JobStatus,
@@ -84,6 +91,7 @@ pub struct Job {
 impl Job {
     /// A new job, queued.
     pub fn queued(
+        project_id: &str,
         spec: TrainSpec<String>,
         suffix: Option<String>,
         metadata: Option<serde_json::Map<String, serde_json::Value>>,
@@ -91,6 +99,7 @@ impl Job {
     ) -> Self {
         Self {
             id: new_id("ftjob"),
+            project_id: project_id.to_string(),
             spec,
             status: JobStatus::Queued,
             desired: Desired::Run,
@@ -138,6 +147,7 @@ struct JobRecord {
     device: String,
     request_id: Option<String>,
     attempts: i64,
+    project_id: String,
 }
 
 /// A JSON column decoded, or an error naming the column.
@@ -164,6 +174,7 @@ impl TryFrom<JobRecord> for Job {
             };
             Ok(Job {
                 id: r.id,
+                project_id: r.project_id,
                 spec,
                 status: JobStatus::parse(&r.status)?,
                 desired: Desired::parse(&r.desired)?,
@@ -238,12 +249,15 @@ pub struct CheckpointRow {
 #[derive(Debug, Clone, FromRow)]
 pub struct ModelRow {
     pub id: String,
+    /// Its job's; the store sets it from the job.
     pub job_id: String,
     pub base_model: String,
     pub created_at: i64,
     pub path: String,
     pub checkpoint_step: Option<i64>,
 }
+
+const FILE_COLUMNS: &str = "id, filename, purpose, bytes, format, samples, created_at, path, project_id";
 
 /// A page of a list: `after` an id, at most `limit`.
 pub struct Page<'a> {
@@ -319,7 +333,7 @@ impl Store {
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn insert_file(&self, f: &FileRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO files (id, filename, purpose, bytes, format, samples, created_at, path) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO files (id, filename, purpose, bytes, format, samples, created_at, path, project_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&f.id)
         .bind(&f.filename)
@@ -329,29 +343,30 @@ impl Store {
         .bind(f.samples)
         .bind(f.created_at)
         .bind(&f.path)
+        .bind(&f.project_id)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn file(&self, id: &str) -> Result<Option<FileRow>> {
-        Ok(sqlx::query_as(
-            "SELECT id, filename, purpose, bytes, format, samples, created_at, path FROM files WHERE id = $1 AND deleted = 0",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?)
+    pub async fn file(&self, project: &str, id: &str) -> Result<Option<FileRow>> {
+        Ok(sqlx::query_as(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1 AND project_id = $2 AND deleted = 0"))
+            .bind(id)
+            .bind(project)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn files(&self, page: &Page<'_>) -> Result<Vec<FileRow>> {
-        Ok(sqlx::query_as(
-            "SELECT id, filename, purpose, bytes, format, samples, created_at, path FROM files WHERE deleted = 0
-             AND ($1 IS NULL OR rowid < (SELECT rowid FROM files WHERE id = $1)) ORDER BY rowid DESC LIMIT $2",
-        )
+    pub async fn files(&self, project: &str, page: &Page<'_>) -> Result<Vec<FileRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {FILE_COLUMNS} FROM files WHERE deleted = 0 AND project_id = $3
+             AND ($1 IS NULL OR rowid < (SELECT rowid FROM files WHERE id = $1)) ORDER BY rowid DESC LIMIT $2"
+        ))
         .bind(page.after)
         .bind(page.limit)
+        .bind(project)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -390,14 +405,14 @@ impl Store {
     pub async fn insert_job(&self, j: &Job) -> Result<()> {
         let spec = &j.spec;
         sqlx::query(
-            "INSERT INTO jobs (id, model, task, status, created_at, hyperparameters, method, training_file, validation_file, seed, suffix, metadata, device, desired, request_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            "INSERT INTO jobs (id, model, task, status, created_at, hyperparameters, method, training_file, validation_file, seed, suffix, metadata, device, desired, request_id, project_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&j.id).bind(&spec.model).bind(serde_json::to_string(&spec.task)?).bind(j.status.as_str()).bind(j.created_at)
         .bind(serde_json::to_string(&spec.hyperparameters)?).bind(serde_json::to_string(&spec.method())?)
         .bind(&spec.files.train).bind(&spec.files.valid).bind(spec.seed as i64).bind(&j.suffix)
         .bind(j.metadata.as_ref().map(|m| serde_json::Value::Object(m.clone()).to_string())).bind(spec.device.as_str()).bind(j.desired.as_str())
-        .bind(&j.request_id)
+        .bind(&j.request_id).bind(&j.project_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -410,39 +425,45 @@ impl Store {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn jobs(&self, page: &Page<'_>) -> Result<Vec<Job>> {
+    pub async fn jobs(&self, project: &str, page: &Page<'_>) -> Result<Vec<Job>> {
         decode_jobs(
             sqlx::query_as(
-                "SELECT * FROM jobs WHERE ($1 IS NULL OR rowid < (SELECT rowid FROM jobs WHERE id = $1)) ORDER BY rowid DESC LIMIT $2",
+                "SELECT * FROM jobs WHERE project_id = $3 AND ($1 IS NULL OR rowid < (SELECT rowid FROM jobs WHERE id = $1)) ORDER BY rowid DESC LIMIT $2",
             )
             .bind(page.after)
             .bind(page.limit)
+            .bind(project)
             .fetch_all(&self.pool)
             .await?,
         )
     }
 
     /// Claims, in one statement, the oldest job this worker can run: a queued one, or a running one
-    /// whose worker stopped renewing its lease (it resumes from its last checkpoint). A reclaimed
+    /// whose worker stopped renewing its lease (it resumes from its last checkpoint), of a project
+    /// below its running-jobs quota (its own, else `max_running_per_project`; 0: none). A reclaimed
     /// job keeps what a client last asked of it (`desired`); a queued one starts afresh as `run`.
-    /// PostgreSQL workers on many machines skip the rows another one is claiming; SQLite has one
-    /// writer at a time, so the same statement is atomic there without the lock clause.
+    /// SQLite has one writer at a time, so the statement is atomic there; PostgreSQL claims take a
+    /// transaction-scoped lock first, so that two claims cannot both see a project below its quota.
     #[tracing::instrument(level = "debug", skip_all, fields(worker = %lease.worker))]
-    pub async fn claim_job(&self, lease: &Lease, device: DeviceKind) -> Result<Option<Job>> {
-        let lock = match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-        };
+    pub async fn claim_job(&self, lease: &Lease, device: DeviceKind, max_running_per_project: i64) -> Result<Option<Job>> {
         let t = self.db_now();
         let sql = format!(
             "UPDATE jobs SET status = $4, worker = $1, lease_until = {t} + $2, started_at = COALESCE(started_at, {t}),
                  desired = CASE WHEN status = $4 OR desired = $8 THEN desired ELSE $6 END, attempts = attempts + 1
-             WHERE id = (SELECT id FROM jobs WHERE (status = $5 OR (status = $4 AND lease_until < {t}))
-                         AND device IN ($7, $3) ORDER BY created_at, rowid LIMIT 1 {lock})
+             WHERE id = (SELECT q.id FROM jobs q WHERE (q.status = $5 OR (q.status = $4 AND q.lease_until < {t}))
+                         AND q.device IN ($7, $3)
+                         AND (COALESCE((SELECT p.max_running_jobs FROM projects p WHERE p.id = q.project_id), $9) <= 0
+                              OR (SELECT COUNT(*) FROM jobs r WHERE r.project_id = q.project_id AND r.status = $4 AND r.id <> q.id)
+                                 < COALESCE((SELECT p.max_running_jobs FROM projects p WHERE p.id = q.project_id), $9))
+                         ORDER BY q.created_at, q.rowid LIMIT 1)
              RETURNING *"
         );
         // A queued job starts as `run`, unless a cancel is pending (it was handed back or
         // requeued with one): the worker then stops it at once.
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            let _: i32 = sqlx::query_scalar("SELECT 1 FROM (SELECT pg_advisory_xact_lock(7165)) claim").fetch_one(&mut *tx).await?;
+        }
         let row: Option<JobRecord> = sqlx::query_as(&sql)
             .bind(&lease.worker)
             .bind(lease.seconds)
@@ -452,8 +473,10 @@ impl Store {
             .bind(Desired::Run.as_str())
             .bind(DeviceKind::Any.as_str())
             .bind(Desired::Cancel.as_str())
-            .fetch_optional(&self.pool)
+            .bind(max_running_per_project)
+            .fetch_optional(&mut *tx)
             .await?;
+        tx.commit().await?;
         let Some(row) = row else { return Ok(None) };
         let id = row.id.clone();
         match Job::try_from(row) {
@@ -736,21 +759,25 @@ impl Store {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn model(&self, id: &str) -> Result<Option<ModelRow>> {
-        Ok(sqlx::query_as("SELECT id, job_id, base_model, created_at, path, checkpoint_step FROM models WHERE id = $1 AND deleted = 0")
+    pub async fn model(&self, project: &str, id: &str) -> Result<Option<ModelRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, job_id, base_model, created_at, path, checkpoint_step FROM models WHERE id = $1 AND project_id = $2 AND deleted = 0",
+        )
             .bind(id)
+            .bind(project)
             .fetch_optional(&self.pool)
             .await?)
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn models(&self, page: &Page<'_>) -> Result<Vec<ModelRow>> {
+    pub async fn models(&self, project: &str, page: &Page<'_>) -> Result<Vec<ModelRow>> {
         Ok(sqlx::query_as(
-            "SELECT id, job_id, base_model, created_at, path, checkpoint_step FROM models WHERE deleted = 0
+            "SELECT id, job_id, base_model, created_at, path, checkpoint_step FROM models WHERE deleted = 0 AND project_id = $3
              AND ($1 IS NULL OR rowid < (SELECT rowid FROM models WHERE id = $1)) ORDER BY rowid DESC LIMIT $2",
         )
         .bind(page.after)
         .bind(page.limit)
+        .bind(project)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -856,9 +883,10 @@ impl Store {
 /// One fine-tuned model (a job's result or a checkpoint), in a transaction or not.
 async fn upsert_model<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(exec: E, m: &ModelRow) -> Result<()> {
     sqlx::query(
-        "INSERT INTO models (id, job_id, base_model, created_at, path, checkpoint_step) VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO models (id, job_id, base_model, created_at, path, checkpoint_step, project_id)
+         VALUES ($1, $2, $3, $4, $5, $6, COALESCE((SELECT project_id FROM jobs WHERE id = $2), $7))
          ON CONFLICT (id) DO UPDATE SET job_id = excluded.job_id, base_model = excluded.base_model, created_at = excluded.created_at,
-             path = excluded.path, checkpoint_step = excluded.checkpoint_step, deleted = 0",
+             path = excluded.path, checkpoint_step = excluded.checkpoint_step, project_id = excluded.project_id, deleted = 0",
     )
     .bind(&m.id)
     .bind(&m.job_id)
@@ -866,6 +894,7 @@ async fn upsert_model<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(exec: E, 
     .bind(m.created_at)
     .bind(&m.path)
     .bind(m.checkpoint_step)
+    .bind(DEFAULT_PROJECT)
     .execute(exec)
     .await?;
     Ok(())

@@ -325,13 +325,30 @@ async function predict(id, inputs) {
   }
 }
 
+// ---- the key's project
+async function showProject() {
+  const el = $("#project");
+  try {
+    const me = await api("/v1/me");
+    el.textContent = `Project: ${me.project.name}`;
+    el.title = me.project.id;
+    el.className = "project";
+  } catch (e) {
+    el.textContent = "No project: set a valid API key";
+    el.title = e.message;
+    el.className = "project error";
+  }
+}
+
 // ---- start
 $("#key-form").addEventListener("submit", (e) => {
   e.preventDefault();
   sessionStorage.setItem("fpt-key", $("#api-key").value);
   say("API key set for this browser session");
+  showProject();
   route();
 });
 $("#api-key").value = sessionStorage.getItem("fpt-key") || "";
 window.addEventListener("hashchange", route);
+showProject();
 route();

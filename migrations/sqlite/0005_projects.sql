@@ -1,0 +1,35 @@
+-- Tenancy: every file, job (and with it its events and checkpoints) and model belongs to a
+-- project; what was stored before moves to the default project, which a server without project
+-- keys keeps using. Idempotency keys are scoped by the API (the project is part of the stored key).
+CREATE TABLE projects (
+    id                  TEXT PRIMARY KEY,
+    name                TEXT NOT NULL,
+    created_at          INTEGER NOT NULL,
+    archived_at         INTEGER,
+    -- Quotas; NULL takes the server's default (its flags), 0 is no limit.
+    max_running_jobs    INTEGER,
+    max_queued_jobs     INTEGER,
+    max_storage_bytes   INTEGER,
+    requests_per_second REAL
+);
+INSERT INTO projects (id, name, created_at) VALUES ('proj_default', 'Default project', 0);
+
+-- A project's API keys: only a SHA-256 of the secret is kept (the secret is shown once); a key
+-- is refused as soon as `revoked_at` is set, on every node, because every request looks it up.
+CREATE TABLE api_keys (
+    id             TEXT PRIMARY KEY,
+    project_id     TEXT NOT NULL REFERENCES projects(id),
+    name           TEXT NOT NULL,
+    secret_sha256  TEXT NOT NULL UNIQUE,
+    redacted_value TEXT NOT NULL,
+    created_at     INTEGER NOT NULL,
+    revoked_at     INTEGER
+);
+CREATE INDEX api_keys_project ON api_keys(project_id, created_at);
+
+ALTER TABLE files ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default';
+ALTER TABLE jobs ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default';
+ALTER TABLE models ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default';
+CREATE INDEX files_project ON files(project_id, deleted);
+CREATE INDEX jobs_project ON jobs(project_id, status);
+CREATE INDEX models_project ON models(project_id, deleted);

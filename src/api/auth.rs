@@ -1,0 +1,157 @@
+//! Who is calling, and what they may do. `/v1/organization/*` takes the admin key only; every other
+//! `/v1/*` route takes a project's key: one made over the API (stored as a SHA-256 and looked up on
+//! every request, so that a revocation holds on every node at once), or a configured `--api-key`
+//! (the default project). With no keys configured at all the API is open, on loopback only, as the
+//! default project. Each project and each key is held to its request rate here.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::store::{ProjectRow, Quotas, DEFAULT_PROJECT};
+
+/// The caller of a project route, as authenticated.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub project: ProjectRow,
+    /// The project's quotas, its own or the server's defaults: every one is set (0: no limit).
+    pub quotas: Quotas,
+    /// The client whose share of the bounded resources (rate, live streams) a request takes: the
+    /// key's id (`key-<n>` for the n-th `--api-key`), or the peer's address when the API is open.
+    pub client: String,
+}
+
+impl Caller {
+    pub fn project_id(&self) -> &str {
+        &self.project.id
+    }
+}
+
+/// The SHA-256 a project key's secret is stored and looked up as.
+pub fn secret_sha256(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn same(a: &str, b: &str) -> bool {
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if !path.starts_with("/v1/") {
+        return next.run(req).await;
+    }
+    let given = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let settings = &state.settings;
+    let admin = settings.admin_key.as_deref().is_some_and(|k| same(k, given));
+    if path.starts_with("/v1/organization/") {
+        return match (&settings.admin_key, admin) {
+            (_, true) => next.run(req).await,
+            (None, false) => {
+                ApiError::Forbidden("projects are managed with the admin key: start the server with --admin-key".into()).into_response()
+            }
+            (Some(_), false) => ApiError::Unauthorized.into_response(),
+        };
+    }
+    if admin {
+        return ApiError::Forbidden("the admin key manages projects (/v1/organization/*); use a project's key here".into()).into_response();
+    }
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(|| "local".to_string(), |c| c.0.ip().to_string());
+    let caller = match identify(&state, given, peer).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return ApiError::Unauthorized.into_response(),
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = state.rates.check(&caller) {
+        return e.into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// The caller `given` (a bearer secret, possibly empty) authenticates as; None: nobody.
+async fn identify(state: &AppState, given: &str, peer: String) -> Result<Option<Caller>, ApiError> {
+    let s = &state.settings;
+    let open = s.api_keys.is_empty() && s.admin_key.is_none();
+    // Every configured key is compared, in constant time each, whichever matches.
+    let configured = s.api_keys.iter().enumerate().fold(None, |acc, (i, k)| if same(k, given) { Some(i) } else { acc });
+    let (client, project) = if open {
+        (peer, state.store.project(DEFAULT_PROJECT).await?)
+    } else if let Some(i) = configured {
+        (format!("key-{i}"), state.store.project(DEFAULT_PROJECT).await?)
+    } else if given.is_empty() {
+        return Ok(None);
+    } else {
+        match state.store.key_by_secret(&secret_sha256(given)).await? {
+            Some((key, project)) => (key, Some(project)),
+            None => return Ok(None),
+        }
+    };
+    let project = project.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the default project is missing from the database")))?;
+    let quotas = project.quotas.or(&s.default_quotas);
+    Ok(Some(Caller { project, quotas, client }))
+}
+
+/// Request rates per project and per key, on this node. A limiter is made on first use and again
+/// when its rate changes; only authenticated projects and keys get one.
+pub struct Rates {
+    projects: Mutex<HashMap<String, (u64, Arc<DefaultDirectRateLimiter>)>>,
+    keys: Mutex<HashMap<String, (u64, Arc<DefaultDirectRateLimiter>)>>,
+    key_rps: f64,
+    /// Requests refused for their rate, per project, for /metrics.
+    pub refused: Mutex<HashMap<String, u64>>,
+}
+
+impl Rates {
+    pub fn new(key_rps: f64) -> Self {
+        Self { projects: Mutex::default(), keys: Mutex::default(), key_rps, refused: Mutex::default() }
+    }
+
+    fn check(&self, caller: &Caller) -> Result<(), ApiError> {
+        let project_rps = caller.quotas.requests_per_second.unwrap_or(0.0);
+        let over = admit(&self.projects, caller.project_id(), project_rps)
+            .map(|wait| ("project", wait))
+            .or_else(|| admit(&self.keys, &caller.client, self.key_rps).map(|wait| ("API key", wait)));
+        match over {
+            None => Ok(()),
+            Some((who, wait)) => {
+                *self.refused.lock().unwrap().entry(caller.project_id().to_string()).or_default() += 1;
+                Err(ApiError::RateLimited { who, retry_after: wait.as_secs_f64().ceil().max(1.0) as u64 })
+            }
+        }
+    }
+}
+
+/// Takes one request from `id`'s allowance of `rps` (0: unlimited); how long to wait when there is none.
+fn admit(limiters: &Mutex<HashMap<String, (u64, Arc<DefaultDirectRateLimiter>)>>, id: &str, rps: f64) -> Option<Duration> {
+    if rps <= 0.0 {
+        return None;
+    }
+    let limiter = {
+        let mut map = limiters.lock().unwrap();
+        let entry = map.entry(id.to_string()).or_insert_with(|| (rps.to_bits(), Arc::new(limiter(rps))));
+        if entry.0 != rps.to_bits() {
+            *entry = (rps.to_bits(), Arc::new(limiter(rps)));
+        }
+        entry.1.clone()
+    };
+    limiter.check().err().map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+}
+
+/// `rps` requests per second on average, with bursts of up to a second's worth.
+fn limiter(rps: f64) -> DefaultDirectRateLimiter {
+    let burst = NonZeroU32::new(rps.ceil().clamp(1.0, u32::MAX as f64) as u32).unwrap();
+    let period = Duration::from_secs_f64(1.0 / rps).max(Duration::from_nanos(1));
+    RateLimiter::direct(Quota::with_period(period).expect("a positive period").allow_burst(burst))
+}
