@@ -93,7 +93,7 @@ fn cors_origins_are_checked_at_start_and_star_allows_any() {
         .send()
         .unwrap();
     assert_eq!(r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()), Some("*"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fpt"))
+    let out = std::process::Command::new(common::fpt_bin())
         .args(["serve", "--bind", "127.0.0.1:0", "--cors-origin", "example.org/path", "--data-dir"])
         .arg(common::tempdir().path())
         .output()
@@ -313,6 +313,94 @@ fn jobs_name_base_models_of_the_models_folder_only() {
     // The models folder's own names still work.
     let id = s.create_job(json!({"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "hyperparameters": {"n_steps": 2}}));
     assert_eq!(s.wait_finished(&id)["status"], "succeeded");
+}
+
+/// A Hugging Face hub on loopback, as much of its protocol as a download uses: `HEAD` names a
+/// file's sha256 in `x-linked-etag` (as the hub does for LFS files), `GET` sends it. `lie` makes the
+/// named sha256 wrong; `declare` overrides the Content-Length of the weights' answer.
+fn loopback_hub(files: std::path::PathBuf, lie: bool, declare: Option<u64>) -> String {
+    use sha2::Digest;
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut line = String::new();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            // The rest of the head: read to the blank line.
+            let mut h = String::new();
+            while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
+                h.clear();
+            }
+            let mut parts = line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let name = path.rsplit('/').next().unwrap_or("");
+            let Ok(mut body) = std::fs::read(files.join(name)) else {
+                let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                continue;
+            };
+            let mut sha = hex::encode(sha2::Sha256::digest(&body));
+            if lie {
+                sha = sha.chars().rev().collect();
+            }
+            let len = match (name, declare) {
+                ("model.safetensors", Some(n)) => n,
+                _ => body.len() as u64,
+            };
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\nx-linked-etag: \"{sha}\"\r\nconnection: close\r\n\r\n");
+            let _ = conn.write_all(head.as_bytes());
+            if method == "GET" {
+                body.truncate(len as usize);
+                let _ = conn.write_all(&body);
+            }
+            let _ = reader.read(&mut [0u8; 1]);
+        }
+    });
+    url
+}
+
+/// A GPT-2-family name started a hub download inside the request with no size cap and no checksum.
+/// Downloads are now off unless the operator allows them, and then checked against the hub's
+/// sha256 and capped in size; a refused download leaves no file behind.
+#[test]
+fn hub_downloads_are_off_by_default_checked_and_capped() {
+    let files = common::tiny_models().join("tiny-gpt2");
+    let tmp = common::tempdir();
+    let body = json!({"model": "distilgpt2", "task": {"type": "bit_xor", "n_bits": 3}});
+    let start = |name: &str, url: &str, allow: bool| {
+        let cache = tmp.path().join(name);
+        let cache_env = cache.display().to_string();
+        let mut flags = vec!["--no-workers"];
+        if allow {
+            flags.push("--allow-downloads");
+        }
+        let s =
+            Server::start_with_env(&tmp.path().join(format!("data-{name}")), &flags, &[("HF_ENDPOINT", url), ("HF_HUB_CACHE", &cache_env)]);
+        (s, cache)
+    };
+    let good = loopback_hub(files.clone(), false, None);
+    let (off, _) = start("off", &good, false);
+    let e = error_of(off.post("/v1/fine_tuning/jobs", &body), 422);
+    assert_eq!(e["param"], "model", "{e}");
+    let (lying, cache) = start("lying", &loopback_hub(files.clone(), true, None), true);
+    let e = error_of(lying.post("/v1/fine_tuning/jobs", &body), 422);
+    assert!(e["message"].as_str().unwrap().contains("the hub says"), "a wrong sha256 is refused: {e}");
+    assert!(
+        walk(&cache).iter().all(|p| !p.ends_with("model.safetensors") && !p.to_string_lossy().ends_with(".part")),
+        "{:?}",
+        walk(&cache)
+    );
+    let (huge, _) = start("huge", &loopback_hub(files.clone(), false, Some(17 << 30)), true);
+    let e = error_of(huge.post("/v1/fine_tuning/jobs", &body), 422);
+    assert!(e["message"].as_str().unwrap().contains("more than the"), "an oversized download is refused: {e}");
+    let (fine, cache) = start("fine", &good, true);
+    let job = fine.post_ok("/v1/fine_tuning/jobs", &body);
+    assert_eq!(job["model"], "distilgpt2");
+    assert!(walk(&cache).iter().any(|p| p.ends_with("model.safetensors")), "downloaded into the hub cache");
 }
 
 fn long_job(s: &Server, train: &str, steps: u64) -> String {

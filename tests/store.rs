@@ -172,6 +172,10 @@ async fn projects(store: &Store) {
     let running_default = store.usage(DEFAULT_PROJECT).await.unwrap().running_jobs;
     assert!(store.claim_job(&lease("w-q", 60), DeviceKind::Cpu, running_default).await.unwrap().is_none());
     assert_eq!(store.claim_job(&lease("w-q", 60), DeviceKind::Cpu, running_default + 1).await.unwrap().unwrap().id, a.id);
+    assert_eq!(store.claim_job(&lease("w-q", 60), DeviceKind::Cpu, 0).await.unwrap().unwrap().id, b.id);
+    for j in [&a, &b] {
+        store.finish_job(&j.id, "w-q", &end(JobStatus::Succeeded)).await.unwrap();
+    }
     // A model belongs to its job's project.
     let m = ModelRow {
         id: "ft-a".into(),
@@ -193,10 +197,22 @@ async fn projects(store: &Store) {
         redacted_value: "sk-…".into(),
         created_at: now(),
         revoked_at: None,
+        quotas: Quotas { max_running_jobs: Some(1), ..Quotas::default() },
     };
     store.insert_api_key(&key, "hash-1").await.unwrap();
     let (found, project) = store.key_by_secret("hash-1").await.unwrap().unwrap();
-    assert_eq!((found.as_str(), project.id.as_str()), (key.id.as_str(), p.id.as_str()));
+    assert_eq!((found.id.as_str(), project.id.as_str()), (key.id.as_str(), p.id.as_str()));
+    assert_eq!(found.quotas, key.quotas);
+    // A key allowed one running job: its second waits, though the project would allow more.
+    let (k1, k2) = (Job { api_key_id: Some(key.id.clone()), ..job("any") }, Job { api_key_id: Some(key.id.clone()), ..job("any") });
+    store.insert_job(&k1).await.unwrap();
+    store.insert_job(&k2).await.unwrap();
+    assert_eq!(store.claim_job(&lease("w-k", 60), DeviceKind::Cpu, 0).await.unwrap().unwrap().id, k1.id);
+    assert!(store.claim_job(&lease("w-k", 60), DeviceKind::Cpu, 0).await.unwrap().is_none());
+    assert_eq!(store.key_usage(&key.id).await.unwrap().queued_jobs, 1);
+    store.finish_job(&k1.id, "w-k", &end(JobStatus::Succeeded)).await.unwrap();
+    assert_eq!(store.claim_job(&lease("w-k", 60), DeviceKind::Cpu, 0).await.unwrap().unwrap().id, k2.id);
+    store.finish_job(&k2.id, "w-k", &end(JobStatus::Succeeded)).await.unwrap();
     assert!(store.key_by_secret("hash-2").await.unwrap().is_none());
     assert_eq!(store.api_keys(&p.id, &Page { after: None, limit: 10 }).await.unwrap().len(), 1);
     assert!(store.revoke_api_key(&p.id, &key.id).await.unwrap());
@@ -250,6 +266,7 @@ async fn files(store: &Store) {
             created_at: now(),
             path: format!("files/x{i}"),
             project_id: DEFAULT_PROJECT.into(),
+            api_key_id: None,
         };
         store.insert_file(&f).await.unwrap();
         ids.push(f.id);

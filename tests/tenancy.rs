@@ -277,6 +277,37 @@ fn a_projects_request_rate_is_limited_and_recovers() {
     assert!(text.lines().any(|l| l.starts_with(&format!("fpt_project_rate_limited_total{{project=\"{pa}\"}}"))), "{text}");
 }
 
+/// A key may have quotas of its own, below its project's: its second queued job is refused while
+/// another key of the project still creates jobs, and its request rate is its own.
+#[test]
+fn a_keys_own_quotas_hold_within_its_project() {
+    let mut s = Server::start(&["--admin-key", ADMIN, "--no-workers"]);
+    let (project, free) = project_with_key(&mut s, "shared", json!({}));
+    let tight = s.post_ok(
+        &format!("/v1/organization/projects/{project}/api_keys"),
+        &json!({"name": "tight", "quotas": {"max_queued_jobs": 1, "requests_per_second": 1}}),
+    );
+    assert_eq!(tight["quotas"]["max_queued_jobs"], 1);
+    let tight = tight["value"].as_str().unwrap().to_string();
+    let body = json!({"model": "tiny-gpt2", "task": {"type": "bit_xor", "n_bits": 3}});
+    as_key(&mut s, &tight);
+    s.create_job(body.clone());
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = s.post("/v1/fine_tuning/jobs", &body);
+    assert_eq!(r.status(), 429);
+    let e: Value = r.json().unwrap();
+    assert_eq!(e["error"]["param"], "max_queued_jobs");
+    assert!(e["error"]["message"].as_str().unwrap().contains("API key's quota"), "{e}");
+    // Its rate: a burst past one request a second is refused; the other key is not held back.
+    std::thread::sleep(Duration::from_millis(1100));
+    let statuses: Vec<u16> = (0..3).map(|_| s.get("/v1/files").status().as_u16()).collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    as_key(&mut s, &free);
+    s.create_job(body.clone());
+    s.create_job(body);
+    assert_eq!(s.get_json("/v1/me")["usage"]["queued_jobs"], 3);
+}
+
 /// Without any key configured, everything is the default project, on loopback, as before.
 #[test]
 fn without_keys_everything_is_the_default_project() {

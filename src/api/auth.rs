@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::store::{ProjectRow, Quotas, DEFAULT_PROJECT};
+use crate::store::{ApiKeyRow, ProjectRow, Quotas, Store, DEFAULT_PROJECT};
 
 /// The caller of a project route, as authenticated.
 #[derive(Clone, Debug)]
@@ -27,6 +27,8 @@ pub struct Caller {
     pub project: ProjectRow,
     /// The project's quotas, its own or the server's defaults: every one is set (0: no limit).
     pub quotas: Quotas,
+    /// The project key used, with its own quotas (None: a configured key, or an open API).
+    pub key: Option<ApiKeyRow>,
     /// The client whose share of the bounded resources (rate, live streams) a request takes: the
     /// key's id (`key-<n>` for the n-th `--api-key`), or the peer's address when the API is open.
     pub client: String,
@@ -35,6 +37,38 @@ pub struct Caller {
 impl Caller {
     pub fn project_id(&self) -> &str {
         &self.project.id
+    }
+
+    pub fn key_id(&self) -> Option<String> {
+        self.key.as_ref().map(|k| k.id.clone())
+    }
+
+    /// Refuses one more queued job past the project's quota or the key's.
+    pub async fn may_queue_a_job(&self, store: &Store) -> Result<(), ApiError> {
+        let within = |limit: Option<i64>, used: i64| limit.filter(|&l| l > 0 && used >= l);
+        if let Some(limit) = within(self.quotas.max_queued_jobs, store.usage(self.project_id()).await?.queued_jobs) {
+            return Err(ApiError::QuotaExceeded { scope: "project", quota: "max_queued_jobs", limit });
+        }
+        if let Some(k) = &self.key {
+            if let Some(limit) = within(k.quotas.max_queued_jobs, store.key_usage(&k.id).await?.queued_jobs) {
+                return Err(ApiError::QuotaExceeded { scope: "API key", quota: "max_queued_jobs", limit });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses `bytes` more of uploaded files past the project's quota or the key's.
+    pub async fn may_store(&self, store: &Store, bytes: i64) -> Result<(), ApiError> {
+        let over = |limit: Option<i64>, used: i64| limit.filter(|&l| l > 0 && used.saturating_add(bytes) > l);
+        if let Some(limit) = over(self.quotas.max_storage_bytes, store.usage(self.project_id()).await?.stored_bytes) {
+            return Err(ApiError::QuotaExceeded { scope: "project", quota: "max_storage_bytes", limit });
+        }
+        if let Some(k) = &self.key {
+            if let Some(limit) = over(k.quotas.max_storage_bytes, store.key_usage(&k.id).await?.stored_bytes) {
+                return Err(ApiError::QuotaExceeded { scope: "API key", quota: "max_storage_bytes", limit });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -86,21 +120,21 @@ async fn identify(state: &AppState, given: &str, peer: String) -> Result<Option<
     let open = s.api_keys.is_empty() && s.admin_key.is_none();
     // Every configured key is compared, in constant time each, whichever matches.
     let configured = s.api_keys.iter().enumerate().fold(None, |acc, (i, k)| if same(k, given) { Some(i) } else { acc });
-    let (client, project) = if open {
-        (peer, state.store.project(DEFAULT_PROJECT).await?)
+    let (client, project, key) = if open {
+        (peer, state.store.project(DEFAULT_PROJECT).await?, None)
     } else if let Some(i) = configured {
-        (format!("key-{i}"), state.store.project(DEFAULT_PROJECT).await?)
+        (format!("key-{i}"), state.store.project(DEFAULT_PROJECT).await?, None)
     } else if given.is_empty() {
         return Ok(None);
     } else {
         match state.store.key_by_secret(&secret_sha256(given)).await? {
-            Some((key, project)) => (key, Some(project)),
+            Some((key, project)) => (key.id.clone(), Some(project), Some(key)),
             None => return Ok(None),
         }
     };
     let project = project.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the default project is missing from the database")))?;
     let quotas = project.quotas.or(&s.default_quotas);
-    Ok(Some(Caller { project, quotas, client }))
+    Ok(Some(Caller { project, quotas, key, client }))
 }
 
 /// Request rates per project and per key, on this node. A limiter is made on first use and again
@@ -120,9 +154,10 @@ impl Rates {
 
     fn check(&self, caller: &Caller) -> Result<(), ApiError> {
         let project_rps = caller.quotas.requests_per_second.unwrap_or(0.0);
+        let key_rps = caller.key.as_ref().and_then(|k| k.quotas.requests_per_second).unwrap_or(self.key_rps);
         let over = admit(&self.projects, caller.project_id(), project_rps)
             .map(|wait| ("project", wait))
-            .or_else(|| admit(&self.keys, &caller.client, self.key_rps).map(|wait| ("API key", wait)));
+            .or_else(|| admit(&self.keys, &caller.client, key_rps).map(|wait| ("API key", wait)));
         match over {
             None => Ok(()),
             Some((who, wait)) => {

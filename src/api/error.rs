@@ -15,9 +15,9 @@ pub enum ApiError {
     /// elsewhere).
     #[error("{0}")]
     Forbidden(String),
-    /// A project's quota is used up: retrying will not help until something is freed.
-    #[error("the project's quota `{quota}` is used up (limit {limit})")]
-    QuotaExceeded { quota: &'static str, limit: i64 },
+    /// A project's (or its key's) quota is used up: retrying will not help until something is freed.
+    #[error("the {scope}'s quota `{quota}` is used up (limit {limit})")]
+    QuotaExceeded { scope: &'static str, quota: &'static str, limit: i64 },
     /// A project or key over its request rate.
     #[error("too many requests for this {who}; retry after {retry_after} s")]
     RateLimited { who: &'static str, retry_after: u64 },

@@ -102,12 +102,7 @@ async fn store_upload(state: &AppState, caller: &Caller, upload: Upload) -> ApiR
     if purpose != "fine-tune" {
         return Err(ApiError::invalid("purpose", format!("purpose `{purpose}` is not supported (fine-tune)")));
     }
-    if let Some(limit) = caller.quotas.max_storage_bytes.filter(|&l| l > 0) {
-        let used = state.store.usage(caller.project_id()).await?.stored_bytes;
-        if used.saturating_add(bytes.len() as i64) > limit {
-            return Err(ApiError::QuotaExceeded { quota: "max_storage_bytes", limit });
-        }
-    }
+    caller.may_store(&state.store, bytes.len() as i64).await?;
     let name = filename.clone();
     let (bytes, info) = tokio::task::spawn_blocking(move || {
         let info = crate::tasks::files::inspect_file(&name, &bytes);
@@ -130,6 +125,7 @@ async fn store_upload(state: &AppState, caller: &Caller, upload: Upload) -> ApiR
         created_at: now(),
         path: key,
         project_id: caller.project_id().to_string(),
+        api_key_id: caller.key_id(),
     };
     state.store.insert_file(&row).await?;
     Ok(file_object(&row))

@@ -161,12 +161,8 @@ async fn create_job(state: &AppState, caller: &Caller, req: CreateJob, request_i
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;
-    if let Some(limit) = caller.quotas.max_queued_jobs.filter(|&l| l > 0) {
-        if state.store.usage(caller.project_id()).await?.queued_jobs >= limit {
-            return Err(ApiError::QuotaExceeded { quota: "max_queued_jobs", limit });
-        }
-    }
-    let job = Job::queued(caller.project_id(), spec, req.suffix, req.metadata, request_id);
+    caller.may_queue_a_job(&state.store).await?;
+    let job = Job { api_key_id: caller.key_id(), ..Job::queued(caller.project_id(), spec, req.suffix, req.metadata, request_id) };
     tracing::Span::current().record("job", job.id.as_str());
     state.store.insert_job(&job).await?;
     state.queue.notify();

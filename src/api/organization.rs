@@ -54,7 +54,7 @@ fn project_object(p: &ProjectRow) -> Value {
 
 fn key_object(k: &ApiKeyRow) -> Value {
     json!({"id": k.id, "object": "organization.project.api_key", "name": k.name, "redacted_value": k.redacted_value,
-           "created_at": k.created_at, "last_used_at": null, "project_id": k.project_id,
+           "created_at": k.created_at, "last_used_at": null, "project_id": k.project_id, "quotas": k.quotas,
            "owner": {"type": "service_account", "service_account": {"id": k.id, "name": k.name, "created_at": k.created_at}}})
 }
 
@@ -86,6 +86,9 @@ struct ModifyProject {
 #[serde(deny_unknown_fields)]
 struct CreateKey {
     name: String,
+    /// The key's own quotas within its project's.
+    #[serde(default)]
+    quotas: Quotas,
 }
 
 fn check_name(name: &str) -> ApiResult<String> {
@@ -188,6 +191,7 @@ async fn create_key(
 ) -> ApiResult<Json<Value>> {
     let p = find_project(&state, &project).await?;
     let name = check_name(&req.name)?;
+    check_quotas(&req.quotas)?;
     if p.archived_at.is_some() {
         return Err(ApiError::Conflict(format!("project `{project}` is archived")));
     }
@@ -205,6 +209,7 @@ async fn create_key(
         redacted_value: format!("{KEY_PREFIX}{}...{}", &body[..3], &body[body.len() - 4..]),
         created_at: now(),
         revoked_at: None,
+        quotas: req.quotas,
     };
     state.store.insert_api_key(&k, &secret_sha256(&secret)).await?;
     let mut v = key_object(&k);

@@ -57,14 +57,17 @@ pub struct FileRow {
     pub created_at: i64,
     pub path: String,
     pub project_id: String,
+    /// The project key that uploaded it (None: a configured key, or an open API).
+    pub api_key_id: Option<String>,
 }
 
 /// A fine-tuning job as the store keeps it: every column decoded into its type once, here.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: String,
-    /// The project it belongs to (see migration 0005).
+    /// The project it belongs to, and the project key that made it (see migration 0005).
     pub project_id: String,
+    pub api_key_id: Option<String>,
     /// The validated run; its files are uploaded files' ids.
     pub spec: TrainSpec<String>,
     pub status: JobStatus,
@@ -100,6 +103,7 @@ impl Job {
         Self {
             id: new_id("ftjob"),
             project_id: project_id.to_string(),
+            api_key_id: None,
             spec,
             status: JobStatus::Queued,
             desired: Desired::Run,
@@ -148,6 +152,7 @@ struct JobRecord {
     request_id: Option<String>,
     attempts: i64,
     project_id: String,
+    api_key_id: Option<String>,
 }
 
 /// A JSON column decoded, or an error naming the column.
@@ -175,6 +180,7 @@ impl TryFrom<JobRecord> for Job {
             Ok(Job {
                 id: r.id,
                 project_id: r.project_id,
+                api_key_id: r.api_key_id,
                 spec,
                 status: JobStatus::parse(&r.status)?,
                 desired: Desired::parse(&r.desired)?,
@@ -257,7 +263,7 @@ pub struct ModelRow {
     pub checkpoint_step: Option<i64>,
 }
 
-const FILE_COLUMNS: &str = "id, filename, purpose, bytes, format, samples, created_at, path, project_id";
+const FILE_COLUMNS: &str = "id, filename, purpose, bytes, format, samples, created_at, path, project_id, api_key_id";
 
 /// A page of a list: `after` an id, at most `limit`.
 pub struct Page<'a> {
@@ -333,7 +339,8 @@ impl Store {
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn insert_file(&self, f: &FileRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO files (id, filename, purpose, bytes, format, samples, created_at, path, project_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO files (id, filename, purpose, bytes, format, samples, created_at, path, project_id, api_key_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&f.id)
         .bind(&f.filename)
@@ -344,6 +351,7 @@ impl Store {
         .bind(f.created_at)
         .bind(&f.path)
         .bind(&f.project_id)
+        .bind(&f.api_key_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -405,14 +413,14 @@ impl Store {
     pub async fn insert_job(&self, j: &Job) -> Result<()> {
         let spec = &j.spec;
         sqlx::query(
-            "INSERT INTO jobs (id, model, task, status, created_at, hyperparameters, method, training_file, validation_file, seed, suffix, metadata, device, desired, request_id, project_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            "INSERT INTO jobs (id, model, task, status, created_at, hyperparameters, method, training_file, validation_file, seed, suffix, metadata, device, desired, request_id, project_id, api_key_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(&j.id).bind(&spec.model).bind(serde_json::to_string(&spec.task)?).bind(j.status.as_str()).bind(j.created_at)
         .bind(serde_json::to_string(&spec.hyperparameters)?).bind(serde_json::to_string(&spec.method())?)
         .bind(&spec.files.train).bind(&spec.files.valid).bind(spec.seed as i64).bind(&j.suffix)
         .bind(j.metadata.as_ref().map(|m| serde_json::Value::Object(m.clone()).to_string())).bind(spec.device.as_str()).bind(j.desired.as_str())
-        .bind(&j.request_id).bind(&j.project_id)
+        .bind(&j.request_id).bind(&j.project_id).bind(&j.api_key_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -440,7 +448,8 @@ impl Store {
 
     /// Claims, in one statement, the oldest job this worker can run: a queued one, or a running one
     /// whose worker stopped renewing its lease (it resumes from its last checkpoint), of a project
-    /// below its running-jobs quota (its own, else `max_running_per_project`; 0: none). A reclaimed
+    /// below its running-jobs quota (its own, else `max_running_per_project`; 0: none) and made by
+    /// a key below its own (if it has one). A reclaimed
     /// job keeps what a client last asked of it (`desired`); a queued one starts afresh as `run`.
     /// SQLite has one writer at a time, so the statement is atomic there; PostgreSQL claims take a
     /// transaction-scoped lock first, so that two claims cannot both see a project below its quota.
@@ -455,6 +464,9 @@ impl Store {
                          AND (COALESCE((SELECT p.max_running_jobs FROM projects p WHERE p.id = q.project_id), $9) <= 0
                               OR (SELECT COUNT(*) FROM jobs r WHERE r.project_id = q.project_id AND r.status = $4 AND r.id <> q.id)
                                  < COALESCE((SELECT p.max_running_jobs FROM projects p WHERE p.id = q.project_id), $9))
+                         AND (COALESCE((SELECT k.max_running_jobs FROM api_keys k WHERE k.id = q.api_key_id), 0) <= 0
+                              OR (SELECT COUNT(*) FROM jobs r WHERE r.api_key_id = q.api_key_id AND r.status = $4 AND r.id <> q.id)
+                                 < (SELECT k.max_running_jobs FROM api_keys k WHERE k.id = q.api_key_id))
                          ORDER BY q.created_at, q.rowid LIMIT 1)
              RETURNING *"
         );

@@ -49,6 +49,9 @@ pub struct ApiKeyRow {
     pub redacted_value: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// The key's own quotas within its project's (None: no more than the project's).
+    #[sqlx(flatten)]
+    pub quotas: Quotas,
 }
 
 /// What a project holds now, against its quotas.
@@ -61,7 +64,8 @@ pub struct Usage {
 
 const PROJECT_COLUMNS: &str =
     "id, name, created_at, archived_at, max_running_jobs, max_queued_jobs, max_storage_bytes, requests_per_second";
-const KEY_COLUMNS: &str = "id, project_id, name, redacted_value, created_at, revoked_at";
+const KEY_COLUMNS: &str =
+    "id, project_id, name, redacted_value, created_at, revoked_at, max_running_jobs, max_queued_jobs, max_storage_bytes, requests_per_second";
 
 impl Store {
     #[tracing::instrument(level = "debug", skip_all)]
@@ -140,7 +144,8 @@ impl Store {
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn insert_api_key(&self, k: &ApiKeyRow, secret_sha256: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_keys (id, project_id, name, secret_sha256, redacted_value, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_keys (id, project_id, name, secret_sha256, redacted_value, created_at,
+                 max_running_jobs, max_queued_jobs, max_storage_bytes, requests_per_second) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&k.id)
         .bind(&k.project_id)
@@ -148,6 +153,10 @@ impl Store {
         .bind(secret_sha256)
         .bind(&k.redacted_value)
         .bind(k.created_at)
+        .bind(k.quotas.max_running_jobs)
+        .bind(k.quotas.max_queued_jobs)
+        .bind(k.quotas.max_storage_bytes)
+        .bind(k.quotas.requests_per_second)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -201,32 +210,39 @@ impl Store {
     /// The live key (not revoked, its project not archived) whose secret hashes to `secret_sha256`,
     /// with its project. Read on every request, so that a revocation holds on every node at once.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn key_by_secret(&self, secret_sha256: &str) -> Result<Option<(String, ProjectRow)>> {
-        let key: Option<(String, String)> = sqlx::query_as(
-            "SELECT k.id, k.project_id FROM api_keys k JOIN projects p ON p.id = k.project_id
-             WHERE k.secret_sha256 = $1 AND k.revoked_at IS NULL AND p.archived_at IS NULL",
-        )
+    pub async fn key_by_secret(&self, secret_sha256: &str) -> Result<Option<(ApiKeyRow, ProjectRow)>> {
+        let columns = KEY_COLUMNS.split(", ").map(|c| format!("k.{c}")).collect::<Vec<_>>().join(", ");
+        let key: Option<ApiKeyRow> = sqlx::query_as(&format!(
+            "SELECT {columns} FROM api_keys k JOIN projects p ON p.id = k.project_id
+             WHERE k.secret_sha256 = $1 AND k.revoked_at IS NULL AND p.archived_at IS NULL"
+        ))
         .bind(secret_sha256)
         .fetch_optional(&self.pool)
         .await?;
-        let Some((key_id, project)) = key else { return Ok(None) };
-        Ok(self.project(&project).await?.map(|p| (key_id, p)))
+        let Some(key) = key else { return Ok(None) };
+        Ok(self.project(&key.project_id).await?.map(|p| (key, p)))
     }
 
     /// What `project` holds now.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn usage(&self, project: &str) -> Result<Usage> {
-        let count = |status: JobStatus| {
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM jobs WHERE project_id = $1 AND status = $2")
-                .bind(project)
-                .bind(status.as_str())
-                .fetch_one(&self.pool)
-        };
+        self.usage_of("project_id", project).await
+    }
+
+    /// What the project key `key` made and is still held: its jobs queued and running, its files.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn key_usage(&self, key: &str) -> Result<Usage> {
+        self.usage_of("api_key_id", key).await
+    }
+
+    async fn usage_of(&self, owner_column: &'static str, owner: &str) -> Result<Usage> {
+        let jobs = format!("SELECT COUNT(*) FROM jobs WHERE {owner_column} = $1 AND status = $2");
+        let count = |status: JobStatus| sqlx::query_scalar::<_, i64>(&jobs).bind(owner).bind(status.as_str()).fetch_one(&self.pool);
         let queued_jobs = count(JobStatus::Queued).await?;
         let running_jobs = count(JobStatus::Running).await?;
         let stored_bytes: Option<i64> =
-            sqlx::query_scalar("SELECT CAST(SUM(bytes) AS BIGINT) FROM files WHERE project_id = $1 AND deleted = 0")
-                .bind(project)
+            sqlx::query_scalar(&format!("SELECT CAST(SUM(bytes) AS BIGINT) FROM files WHERE {owner_column} = $1 AND deleted = 0"))
+                .bind(owner)
                 .fetch_one(&self.pool)
                 .await?;
         Ok(Usage { queued_jobs, running_jobs, stored_bytes: stored_bytes.unwrap_or(0) })

@@ -76,6 +76,12 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
     kb / 1024.0
 }
 
+/// The `fpt` binary the servers and workers of the tests run: this build's, or the one
+/// `FPT_UNDER_TEST` names (to run the regression tests against an older build, to see them fail).
+pub fn fpt_bin() -> PathBuf {
+    std::env::var_os("FPT_UNDER_TEST").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fpt")), PathBuf::from)
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }

@@ -31,6 +31,11 @@ impl Server {
     /// Starts a server on `data_dir` (a restart keeps the folder). One libtorch thread: tests run
     /// side by side, and OpenMP teams spinning on shared cores slow every one of them down.
     pub fn start_on(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_with_env(data_dir, extra, &[("HF_HUB_OFFLINE", "1")])
+    }
+
+    /// Starts a server with these environment variables (`start_on` sets the hub offline).
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let models = super::tiny_models();
         let mut args: Vec<String> = vec![
             "serve".into(),
@@ -46,9 +51,10 @@ impl Server {
             "1".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fpt"))
+        let mut child = Command::new(super::fpt_bin())
             .args(&args)
-            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("HF_HUB_OFFLINE")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -194,7 +200,7 @@ impl Server {
 /// A `fpt worker` process with one training thread on `data_dir` and the tiny test models, once it
 /// says it is ready; `extra` adds flags (a database, a lease).
 pub fn start_worker(data_dir: &Path, extra: &[&str]) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fpt"))
+    let mut child = Command::new(super::fpt_bin())
         .args(["worker", "--workers", "1", "--precision", "fp32", "--threads", "1", "--device", "cpu"])
         .args(extra)
         .arg("--data-dir")
