@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::store::{ApiKeyRow, ProjectRow, Quotas, Store, DEFAULT_PROJECT};
+use crate::store::{ApiKeyRow, ProjectRow, Quotas, Store, Usage, DEFAULT_PROJECT};
 
 /// The caller of a project route, as authenticated.
 #[derive(Clone, Debug)]
@@ -45,27 +45,31 @@ impl Caller {
 
     /// Refuses one more queued job past the project's quota or the key's.
     pub async fn may_queue_a_job(&self, store: &Store) -> Result<(), ApiError> {
-        let within = |limit: Option<i64>, used: i64| limit.filter(|&l| l > 0 && used >= l);
-        if let Some(limit) = within(self.quotas.max_queued_jobs, store.usage(self.project_id()).await?.queued_jobs) {
-            return Err(ApiError::QuotaExceeded { scope: "project", quota: "max_queued_jobs", limit });
-        }
-        if let Some(k) = &self.key {
-            if let Some(limit) = within(k.quotas.max_queued_jobs, store.key_usage(&k.id).await?.queued_jobs) {
-                return Err(ApiError::QuotaExceeded { scope: "API key", quota: "max_queued_jobs", limit });
-            }
-        }
-        Ok(())
+        self.may_add(store, "max_queued_jobs", |q| q.max_queued_jobs, |u| u.queued_jobs, 1).await
     }
 
     /// Refuses `bytes` more of uploaded files past the project's quota or the key's.
     pub async fn may_store(&self, store: &Store, bytes: i64) -> Result<(), ApiError> {
-        let over = |limit: Option<i64>, used: i64| limit.filter(|&l| l > 0 && used.saturating_add(bytes) > l);
-        if let Some(limit) = over(self.quotas.max_storage_bytes, store.usage(self.project_id()).await?.stored_bytes) {
-            return Err(ApiError::QuotaExceeded { scope: "project", quota: "max_storage_bytes", limit });
+        self.may_add(store, "max_storage_bytes", |q| q.max_storage_bytes, |u| u.stored_bytes, bytes).await
+    }
+
+    /// Refuses `adding` more of what `used` counts when it would pass the `quota` (picked by
+    /// `limit`) of the project, then of the key.
+    async fn may_add(
+        &self,
+        store: &Store,
+        quota: &'static str,
+        limit: fn(&Quotas) -> Option<i64>,
+        used: fn(&Usage) -> i64,
+        adding: i64,
+    ) -> Result<(), ApiError> {
+        let over = |quotas: &Quotas, usage: &Usage| limit(quotas).filter(|&l| l > 0 && used(usage).saturating_add(adding) > l);
+        if let Some(limit) = over(&self.quotas, &store.usage(self.project_id()).await?) {
+            return Err(ApiError::QuotaExceeded { scope: "project", quota, limit });
         }
         if let Some(k) = &self.key {
-            if let Some(limit) = over(k.quotas.max_storage_bytes, store.key_usage(&k.id).await?.stored_bytes) {
-                return Err(ApiError::QuotaExceeded { scope: "API key", quota: "max_storage_bytes", limit });
+            if let Some(limit) = over(&k.quotas, &store.key_usage(&k.id).await?) {
+                return Err(ApiError::QuotaExceeded { scope: "API key", quota, limit });
             }
         }
         Ok(())

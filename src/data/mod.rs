@@ -185,11 +185,13 @@ pub enum RecordInputs {
     Tokens { ids: Vec<i64> },
 }
 
-/// Labels of generic user records: one class per sample, or a fixed number of 0/1 bits per sample.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Labels of generic user records: one class per sample, a fixed number of 0/1 bits per sample, or
+/// a fixed number of real-valued regression targets per sample.
+#[derive(Debug, Clone, PartialEq)]
 pub enum RecordLabels {
     Class(Vec<i64>),
     Bits { bits: Vec<u8>, per_sample: usize },
+    Targets { values: Vec<f32>, per_sample: usize },
 }
 
 /// Generic user records (JSONL / npz / safetensors).

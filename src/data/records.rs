@@ -17,12 +17,15 @@ pub enum InputSpec {
     Tokens { vocab_size: usize },
 }
 
-/// What a dataset must look like. With neither `num_classes` nor `bits`, the label kind is taken from the data.
+/// What a dataset must look like. With neither `num_classes` nor `bits` nor `targets`, the label
+/// kind is taken from the data (`"label"`: classes or bits; `"target"`: regression targets).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordSpec {
     pub input: InputSpec,
     pub num_classes: Option<usize>,
     pub bits: Option<usize>,
+    /// Records carry real-valued `"target"`s (a number or an array of them), `num_targets` each when given.
+    pub targets: Option<Option<usize>>,
 }
 
 /// Array names read from npz and safetensors files.
@@ -43,15 +46,19 @@ fn describe_json(value: &Value) -> String {
 
 /// A value that fits f32 and is finite; JSON cannot hold NaN, but float arrays and huge numbers can go wrong.
 fn checked_f32(index: usize, value: f64) -> Result<f32, String> {
+    checked_f32_of("input value", index, value)
+}
+
+fn checked_f32_of(what: &str, index: usize, value: f64) -> Result<f32, String> {
     if value.is_nan() {
-        return Err(format!("input value {index} is NaN"));
+        return Err(format!("{what} {index} is NaN"));
     }
     if value.is_infinite() {
-        return Err(format!("input value {index} is infinite"));
+        return Err(format!("{what} {index} is infinite"));
     }
     let narrowed = value as f32;
     if narrowed.is_infinite() {
-        return Err(format!("input value {index} ({value:e}) does not fit in float32"));
+        return Err(format!("{what} {index} ({value:e}) does not fit in float32"));
     }
     Ok(narrowed)
 }
@@ -102,6 +109,7 @@ enum LabelKind {
     Undecided,
     Class { num_classes: Option<usize> },
     Bits { per_sample: Option<usize>, from_spec: bool },
+    Targets { per_sample: Option<usize>, from_spec: bool },
 }
 
 /// Accumulates validated records from any format.
@@ -115,17 +123,23 @@ struct RecordSetBuilder<'a> {
     label_kind: LabelKind,
     classes: Vec<i64>,
     bits: Vec<u8>,
+    targets: Vec<f32>,
 }
 
 impl<'a> RecordSetBuilder<'a> {
     fn new(spec: &'a RecordSpec) -> Result<Self, DataError> {
-        let label_kind = match (spec.num_classes, spec.bits) {
-            (Some(_), Some(_)) => return Err(DataError::new("spec", "num_classes and bits cannot both be set")),
-            (Some(0), None) => return Err(DataError::new("spec", "num_classes must be at least 1")),
-            (None, Some(0)) => return Err(DataError::new("spec", "bits must be at least 1")),
-            (Some(n), None) => LabelKind::Class { num_classes: Some(n) },
-            (None, Some(k)) => LabelKind::Bits { per_sample: Some(k), from_spec: true },
-            (None, None) => LabelKind::Undecided,
+        let label_kind = match (spec.num_classes, spec.bits, spec.targets) {
+            (Some(_), Some(_), _) => return Err(DataError::new("spec", "num_classes and bits cannot both be set")),
+            (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+                return Err(DataError::new("spec", "regression targets cannot be set with num_classes or bits"))
+            }
+            (Some(0), None, None) => return Err(DataError::new("spec", "num_classes must be at least 1")),
+            (None, Some(0), None) => return Err(DataError::new("spec", "bits must be at least 1")),
+            (None, None, Some(Some(0))) => return Err(DataError::new("spec", "num_targets must be at least 1")),
+            (Some(n), None, None) => LabelKind::Class { num_classes: Some(n) },
+            (None, Some(k), None) => LabelKind::Bits { per_sample: Some(k), from_spec: true },
+            (None, None, Some(k)) => LabelKind::Targets { per_sample: k, from_spec: k.is_some() },
+            (None, None, None) => LabelKind::Undecided,
         };
         match spec.input {
             InputSpec::Continuous { token_dim: Some(0) } => return Err(DataError::new("spec", "token_dim must be at least 1")),
@@ -141,6 +155,7 @@ impl<'a> RecordSetBuilder<'a> {
             label_kind,
             classes: Vec::new(),
             bits: Vec::new(),
+            targets: Vec::new(),
         })
     }
 
@@ -205,6 +220,7 @@ impl<'a> RecordSetBuilder<'a> {
     fn push_class(&mut self, label: i64) -> Result<(), String> {
         let num_classes = match self.label_kind {
             LabelKind::Bits { .. } => return Err("label is a class index, but the dataset has bit labels".to_string()),
+            LabelKind::Targets { .. } => return Err(TARGETS_NOT_LABELS.to_string()),
             LabelKind::Undecided => None,
             LabelKind::Class { num_classes } => num_classes,
         };
@@ -216,6 +232,7 @@ impl<'a> RecordSetBuilder<'a> {
     fn push_bits(&mut self, bits: &[i64]) -> Result<(), String> {
         let (per_sample, from_spec) = match self.label_kind {
             LabelKind::Class { .. } => return Err("label is a bit array, but the dataset has class labels".to_string()),
+            LabelKind::Targets { .. } => return Err(TARGETS_NOT_LABELS.to_string()),
             LabelKind::Undecided => (None, false),
             LabelKind::Bits { per_sample, from_spec } => (per_sample, from_spec),
         };
@@ -237,6 +254,29 @@ impl<'a> RecordSetBuilder<'a> {
         Ok(())
     }
 
+    fn push_targets(&mut self, values: &[f32]) -> Result<(), String> {
+        let (per_sample, from_spec) = match self.label_kind {
+            LabelKind::Class { .. } | LabelKind::Bits { .. } => {
+                return Err("record has a \"target\", but the dataset has class or bit labels (\"label\")".to_string())
+            }
+            LabelKind::Undecided => (None, false),
+            LabelKind::Targets { per_sample, from_spec } => (per_sample, from_spec),
+        };
+        match per_sample {
+            _ if values.is_empty() => return Err("target is an empty array".to_string()),
+            Some(expected) if values.len() != expected && from_spec => {
+                return Err(format!("target has {} values, expected {expected} (num_targets)", values.len()))
+            }
+            Some(expected) if values.len() != expected => {
+                return Err(format!("target has {} values but earlier records have {expected} (mixed shapes)", values.len()))
+            }
+            _ => {}
+        }
+        self.label_kind = LabelKind::Targets { per_sample: Some(values.len()), from_spec };
+        self.targets.extend_from_slice(values);
+        Ok(())
+    }
+
     fn finish(self) -> Result<RecordSet, DataError> {
         if self.offsets.len() == 1 {
             return Err(DataError::file("no records found"));
@@ -250,6 +290,7 @@ impl<'a> RecordSetBuilder<'a> {
         };
         let labels = match self.label_kind {
             LabelKind::Bits { per_sample, .. } => RecordLabels::Bits { bits: self.bits, per_sample: per_sample.unwrap_or(0) },
+            LabelKind::Targets { per_sample, .. } => RecordLabels::Targets { values: self.targets, per_sample: per_sample.unwrap_or(0) },
             _ => RecordLabels::Class(self.classes),
         };
         Ok(RecordSet { inputs, offsets: self.offsets, labels })
@@ -320,15 +361,40 @@ fn push_json_label(builder: &mut RecordSetBuilder, label: &Value) -> Result<(), 
     }
 }
 
+/// A regression target: a number, or an array of numbers.
+fn push_json_target(builder: &mut RecordSetBuilder, target: &Value) -> Result<(), String> {
+    let number = |index: usize, v: &Value| match v.as_f64() {
+        Some(x) => checked_f32_of("target value", index, x),
+        None => Err(format!("target value {index} is {}, expected a number", describe_json(v))),
+    };
+    let values = match target {
+        Value::Array(items) => items.iter().enumerate().map(|(i, v)| number(i, v)).collect::<Result<Vec<_>, _>>()?,
+        Value::Number(_) => vec![number(0, target)?],
+        other => return Err(format!("\"target\" is {}, expected a number or an array of numbers", describe_json(other))),
+    };
+    builder.push_targets(&values)
+}
+
 fn push_json_record(builder: &mut RecordSetBuilder, record: &Value) -> Result<(), String> {
     let object = record
         .as_object()
-        .ok_or_else(|| format!("expected a JSON object with \"input\" and \"label\", found {}", describe_json(record)))?;
+        .ok_or_else(|| format!("expected a JSON object with \"input\" and \"label\" (or \"target\"), found {}", describe_json(record)))?;
     let input = object.get("input").ok_or("missing \"input\"")?;
-    let label = object.get("label").ok_or("missing \"label\"")?;
+    let regression = matches!(builder.label_kind, LabelKind::Targets { .. })
+        || (builder.label_kind == LabelKind::Undecided && object.contains_key("target") && !object.contains_key("label"));
     push_json_input(builder, input)?;
+    if regression {
+        return match object.get("target") {
+            Some(target) => push_json_target(builder, target),
+            None if object.contains_key("label") => Err(TARGETS_NOT_LABELS.to_string()),
+            None => Err("missing \"target\" (a regression record carries a number or an array of numbers)".to_string()),
+        };
+    }
+    let label = object.get("label").ok_or("missing \"label\"")?;
     push_json_label(builder, label)
 }
+
+const TARGETS_NOT_LABELS: &str = "record has a \"label\", but the dataset has regression targets (\"target\")";
 
 /// Reads JSON lines of `{"input": ..., "label": ...}` (extra keys allowed, blank lines ignored).
 pub fn read_jsonl(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError> {
@@ -404,8 +470,16 @@ fn push_array_inputs(builder: &mut RecordSetBuilder, inputs: &Array) -> Result<(
     }
 }
 
-/// Adds every record's label from a `labels` array shaped [N] (classes) or [N, k] (bits).
+/// Adds every record's label from a `labels` array shaped [N] (classes) or [N, k] (bits), or, as
+/// regression targets, a float array shaped [N] or [N, k].
 fn push_array_labels(builder: &mut RecordSetBuilder, labels: &Array) -> Result<(), DataError> {
+    let float = matches!(labels.data, ArrayData::F32(_) | ArrayData::F64(_));
+    if matches!(builder.label_kind, LabelKind::Targets { .. }) || (float && builder.label_kind == LabelKind::Undecided) {
+        if !matches!(labels.shape.len(), 1 | 2) {
+            return Err(shape_error(labels, "[N] or [N, k] regression targets"));
+        }
+        return for_each_record(&labels.shape, |range| builder.push_targets(&record_values(&labels.data, range)?));
+    }
     let values = integer_elements(labels)?;
     match labels.shape.len() {
         1 => for_each_record(&labels.shape, |range| builder.push_class(values[range.start])),
@@ -452,11 +526,11 @@ mod tests {
     use safetensors::Dtype;
 
     fn continuous(token_dim: Option<usize>, num_classes: Option<usize>) -> RecordSpec {
-        RecordSpec { input: InputSpec::Continuous { token_dim }, num_classes, bits: None }
+        RecordSpec { input: InputSpec::Continuous { token_dim }, num_classes, bits: None, targets: None }
     }
 
     fn tokens(vocab_size: usize) -> RecordSpec {
-        RecordSpec { input: InputSpec::Tokens { vocab_size }, num_classes: None, bits: None }
+        RecordSpec { input: InputSpec::Tokens { vocab_size }, num_classes: None, bits: None, targets: None }
     }
 
     fn le_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N]) -> Vec<u8> {
@@ -485,7 +559,7 @@ mod tests {
 
     #[test]
     fn reads_token_ids_and_bit_labels() {
-        let spec = RecordSpec { input: InputSpec::Tokens { vocab_size: 5 }, num_classes: None, bits: Some(3) };
+        let spec = RecordSpec { input: InputSpec::Tokens { vocab_size: 5 }, num_classes: None, bits: Some(3), targets: None };
         let set = read_jsonl(b"{\"input\": [0, 4, 2], \"label\": [1, 0, 1]}\n{\"input\": [1], \"label\": [0, 0, 0]}", &spec).unwrap();
         assert_eq!(set.inputs, RecordInputs::Tokens { ids: vec![0, 4, 2, 1] });
         assert_eq!(set.labels, RecordLabels::Bits { bits: vec![1, 0, 1, 0, 0, 0], per_sample: 3 });
@@ -520,7 +594,10 @@ mod tests {
         assert_eq!(jsonl_error("{\"input\": [1], \"label\": 1.5}", &spec), "line 1: label must be an integer, found 1.5");
         assert_eq!(jsonl_error(&format!("{ok}{{\"input\": [1]}}"), &spec), "line 2: missing \"label\"");
         assert_eq!(jsonl_error("{\"label\": 1}", &spec), "line 1: missing \"input\"");
-        assert_eq!(jsonl_error("[1, 2]", &spec), "line 1: expected a JSON object with \"input\" and \"label\", found an array");
+        assert_eq!(
+            jsonl_error("[1, 2]", &spec),
+            "line 1: expected a JSON object with \"input\" and \"label\" (or \"target\"), found an array"
+        );
         let err = jsonl_error(&format!("{ok}{ok}{{\"input\": [1,], \"label\": 0}}"), &spec);
         assert!(err.starts_with("line 3: invalid JSON: ") && !err.contains("at line"), "{err}");
         assert_eq!(jsonl_error("\n  \n", &spec), "file: no records found");
@@ -555,7 +632,7 @@ mod tests {
 
     #[test]
     fn spec_contradictions_are_refused() {
-        let both = RecordSpec { input: InputSpec::Tokens { vocab_size: 4 }, num_classes: Some(2), bits: Some(2) };
+        let both = RecordSpec { input: InputSpec::Tokens { vocab_size: 4 }, num_classes: Some(2), bits: Some(2), targets: None };
         assert!(jsonl_error("{\"input\": [1], \"label\": 1}", &both).starts_with("spec: "));
         assert!(jsonl_error("{\"input\": [1], \"label\": 1}", &continuous(Some(0), None)).contains("token_dim must be at least 1"));
     }
@@ -647,5 +724,35 @@ mod tests {
         assert_eq!(err.to_string(), "record 1: input value 3 is infinite");
         let err = read_safetensors(&serialize(&[0.0; 8]), &continuous(Some(4), Some(3))).unwrap_err();
         assert_eq!(err.to_string(), "record 0: tokens have 2 values, expected 4 (token_dim)");
+    }
+
+    #[test]
+    fn reads_regression_targets_and_names_bad_ones() {
+        let undecided = continuous(Some(2), None);
+        let set = read_jsonl(b"{\"input\": [1, 2], \"target\": 3.5}\n{\"input\": [0, 1], \"target\": -2}", &undecided).unwrap();
+        assert_eq!(set.labels, RecordLabels::Targets { values: vec![3.5, -2.0], per_sample: 1 });
+        let two = read_jsonl(b"{\"input\": [1, 2], \"target\": [1, 2]}", &undecided).unwrap();
+        assert_eq!(two.labels, RecordLabels::Targets { values: vec![1.0, 2.0], per_sample: 2 });
+        let three = RecordSpec { targets: Some(Some(3)), ..undecided.clone() };
+        assert_eq!(jsonl_error("{\"input\": [1, 2], \"target\": [1, 2]}", &three), "line 1: target has 2 values, expected 3 (num_targets)");
+        let mixed = "{\"input\": [1, 2], \"target\": [1, 2]}\n{\"input\": [1, 2], \"target\": 1}";
+        assert_eq!(jsonl_error(mixed, &undecided), "line 2: target has 1 values but earlier records have 2 (mixed shapes)");
+        assert_eq!(
+            jsonl_error("{\"input\": [1, 2], \"target\": \"7\"}", &undecided),
+            "line 1: \"target\" is a string (\"7\"), expected a number or an array of numbers"
+        );
+        assert_eq!(
+            jsonl_error("{\"input\": [1, 2], \"target\": [1e300]}", &undecided),
+            "line 1: target value 0 (1e300) does not fit in float32"
+        );
+        let regression = RecordSpec { targets: Some(None), ..undecided.clone() };
+        assert!(jsonl_error("{\"input\": [1, 2], \"label\": 1}", &regression).contains("regression targets (\"target\")"));
+        let then_label = "{\"input\": [1, 2], \"target\": 1}\n{\"input\": [1, 2], \"label\": 1}";
+        assert!(jsonl_error(then_label, &undecided).starts_with("line 2: "), "a label after targets is refused");
+        // npz: a float `labels` array holds targets.
+        let inputs = npy_bytes("<f4", &[2, 2], &le_bytes(&[1f32, 2.0, 3.0, 4.0], f32::to_le_bytes));
+        let labels = npy_bytes("<f8", &[2], &le_bytes(&[0.5f64, 1.5], f64::to_le_bytes));
+        let set = read_npz(&npz_bytes(&[("inputs", inputs), ("labels", labels)]), &continuous(Some(2), None)).unwrap();
+        assert_eq!(set.labels, RecordLabels::Targets { values: vec![0.5, 1.5], per_sample: 1 });
     }
 }

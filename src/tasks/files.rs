@@ -60,7 +60,7 @@ impl Loaded {
             seq_len,
             truncated: self.truncated,
         };
-        let fitted = super::nothing_fitted();
+        let fitted = spec.task().fit(&train.targets);
         let objective = spec.task().objective(&self.shape, &fitted);
         let data = Data::Loaded { train, valid, test: self.test };
         Ok(TaskData { spec: spec.clone(), shape: self.shape, fitted, objective, info, seed: src.seed, data })
@@ -281,6 +281,7 @@ fn record_targets(l: &RecordLabels) -> Tensor {
     match l {
         RecordLabels::Class(c) => Tensor::from_slice(c),
         RecordLabels::Bits { bits, per_sample } => Tensor::from_slice(bits).to_kind(Kind::Int64).view([-1, *per_sample as i64]),
+        RecordLabels::Targets { values, per_sample } => Tensor::from_slice(values).view([-1, *per_sample as i64]),
     }
 }
 
@@ -314,7 +315,7 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
                 Format::Npz => data::records::read_npz(bytes, spec),
                 _ => data::records::read_safetensors(bytes, spec),
             };
-            let nested = RecordSpec { input: InputSpec::Continuous { token_dim: None }, num_classes: None, bits: None };
+            let nested = RecordSpec { input: InputSpec::Continuous { token_dim: None }, num_classes: None, bits: None, targets: None };
             let set = match read(&nested) {
                 Err(e) if e.message.contains("no token_dim") => read(&RecordSpec { input: InputSpec::Continuous { token_dim: Some(1) }, ..nested }),
                 other => other,

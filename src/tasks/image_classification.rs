@@ -66,6 +66,7 @@ impl Task for ImageClassification {
             input: InputSpec::Continuous { token_dim: Some(self.height * self.width * self.channels) },
             num_classes: Some(self.num_classes),
             bits: None,
+            targets: None,
         };
         let t = self.transform();
         let dims = [self.height as i64, self.width as i64, self.channels as i64];

@@ -56,6 +56,7 @@ task_types! {
     cifar10 { Cifar10 = "cifar10", Cifar10Lra = "cifar10_lra" }
     remote_homology { RemoteHomology = "remote_homology" }
     sequence_classification { SequenceClassification = "sequence_classification" }
+    regression { Regression = "regression" }
     image_classification { ImageClassification = "image_classification" }
     ; tests:
     toy { ToySumSign = "toy_sum_sign" }
@@ -103,6 +104,10 @@ pub trait Task {
     /// What the task fits on its training split (normalisation statistics, a label map) goes in
     /// [`TaskData::fitted`]; the adapter carries it, and it comes back to the two methods below.
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData>;
+    /// What the task fits on its training split's targets ([`TaskData::fitted`]); nothing, for most.
+    fn fit(&self, _train_targets: &Tensor) -> Fitted {
+        nothing_fitted()
+    }
     /// How the head's logits are scored and answered.
     fn objective(&self, _shape: &HeadShape, _fitted: &Fitted) -> Objective {
         Objective::Classes
@@ -115,7 +120,7 @@ pub trait Task {
 pub struct Batch {
     pub inputs: Tensor,
     pub lengths: Option<Tensor>,
-    /// [B] class indices, or [B, bits] 0/1 for bit tasks.
+    /// [B] class indices, [B, bits] 0/1 for bit tasks, or [B, k] real regression targets.
     pub targets: Tensor,
 }
 

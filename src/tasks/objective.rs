@@ -5,13 +5,17 @@ use tch::{Kind, Tensor};
 
 use crate::metrics::{Direction, MetricMap, Primary, Tally};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Objective {
     /// One class per row from the first read-out token; cross-entropy; `accuracy`.
     Classes,
     /// Each read-out token predicts `per_token` bits, two logits each; per-bit cross-entropy;
     /// `accuracy` per bit and `exact_accuracy` per row (every bit right).
     Bits { per_token: i64 },
+    /// Real-valued targets from the first read-out token, one output each. The head predicts them
+    /// standardised by the training split's `mean` and `std` (MSE on that scale); metrics and
+    /// answers are in the targets' own units: `rmse` (primary), `mae`, `r2` (the mean over targets).
+    Regression { mean: Vec<f32>, std: Vec<f32> },
 }
 
 /// The mean loss of a batch (for the gradient) and its metric sums.
@@ -22,6 +26,23 @@ pub struct Score {
 
 fn count(t: Tensor) -> f64 {
     i64::try_from(t.sum(Kind::Int64)).unwrap() as f64
+}
+
+fn sum(t: &Tensor) -> f64 {
+    f64::try_from(t.sum(Kind::Double)).unwrap()
+}
+
+/// Column sums of a [B, k] tensor.
+fn column_sums(t: &Tensor) -> Vec<f64> {
+    Vec::try_from(t.to_kind(Kind::Double).sum_dim_intlist([0i64].as_slice(), false, Kind::Double).to_device(tch::Device::Cpu)).unwrap()
+}
+
+impl Objective {
+    /// The head's standardised outputs [B, k] in the targets' units.
+    fn in_units(out: &Tensor, mean: &[f32], std: &[f32]) -> Tensor {
+        let dev = out.device();
+        out * Tensor::from_slice(std).to_device(dev) + Tensor::from_slice(mean).to_device(dev)
+    }
 }
 
 impl Objective {
@@ -45,6 +66,24 @@ impl Objective {
                 tally.add("rows", b as f64);
                 l.reshape([-1, 2]).cross_entropy_for_logits(&targets.reshape([-1]))
             }
+            Objective::Regression { mean, std } => {
+                let out = logits.select(1, 0).to_kind(Kind::Float);
+                let y = targets.to_kind(Kind::Float);
+                let dev = out.device();
+                let z = (&y - Tensor::from_slice(mean).to_device(dev)) / Tensor::from_slice(std).to_device(dev);
+                let err = Self::in_units(&out.detach(), mean, std) - &y;
+                tally.add("sse", sum(&err.square()));
+                tally.add("sae", sum(&err.abs()));
+                tally.add("values", y.numel() as f64);
+                tally.add("rows", b as f64);
+                // Per target, what its R^2 needs: squared errors, and the sums of y and y^2.
+                for (name, sums) in [("sse_", column_sums(&err.square())), ("sy_", column_sums(&y)), ("syy_", column_sums(&y.square()))] {
+                    for (j, v) in sums.into_iter().enumerate() {
+                        tally.add(&format!("{name}{j}"), v);
+                    }
+                }
+                (out - z).square().mean(Kind::Float)
+            }
         };
         Score { loss, tally }
     }
@@ -63,12 +102,20 @@ impl Objective {
                 put("accuracy", t.ratio("correct", "bits"));
                 put("exact_accuracy", t.ratio("exact", "rows"));
             }
+            Objective::Regression { mean, .. } => {
+                put("rmse", t.ratio("sse", "values").map(f64::sqrt));
+                put("mae", t.ratio("sae", "values"));
+                put("r2", r_squared(t, mean.len()));
+            }
         }
         m
     }
 
     pub fn primary(&self) -> Primary {
-        Primary { name: "accuracy", direction: Direction::Higher }
+        match self {
+            Objective::Regression { .. } => Primary { name: "rmse", direction: Direction::Lower },
+            _ => Primary { name: "accuracy", direction: Direction::Higher },
+        }
     }
 
     /// Logits [B, k, out] to answers.
@@ -81,21 +128,46 @@ impl Objective {
                     .map(|i| {
                         let probs: Vec<f32> = Vec::try_from(p.get(i)).unwrap();
                         let label = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j as i64);
-                        Prediction { label, probabilities: Some(probs), bits: None }
+                        Prediction { label, probabilities: Some(probs), ..Prediction::default() }
                     })
                     .collect()
             }
             Objective::Bits { .. } => {
                 let bits =
                     logits.to_kind(Kind::Float).reshape([b, -1, 2]).argmax(-1, false).to_kind(Kind::Uint8).to_device(tch::Device::Cpu);
-                (0..b).map(|i| Prediction { label: None, probabilities: None, bits: Some(Vec::try_from(bits.get(i)).unwrap()) }).collect()
+                (0..b).map(|i| Prediction { bits: Some(Vec::try_from(bits.get(i)).unwrap()), ..Prediction::default() }).collect()
+            }
+            Objective::Regression { mean, std } => {
+                let y = Self::in_units(&logits.select(1, 0).to_kind(Kind::Float), mean, std).to_device(tch::Device::Cpu);
+                (0..b)
+                    .map(|i| {
+                        let values: Vec<f32> = Vec::try_from(y.get(i)).unwrap();
+                        match values[..] {
+                            [v] => Prediction { value: Some(v), ..Prediction::default() },
+                            _ => Prediction { values: Some(values), ..Prediction::default() },
+                        }
+                    })
+                    .collect()
             }
         }
     }
 }
 
-/// One answer: a class with probabilities, or bits.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// The mean R^2 over `k` targets of everything tallied; None until a target varies.
+fn r_squared(t: &Tally, k: usize) -> Option<f64> {
+    let n = t.get("rows");
+    let per_target: Vec<f64> = (0..k)
+        .filter_map(|j| {
+            let (sy, syy) = (t.get(&format!("sy_{j}")), t.get(&format!("syy_{j}")));
+            let total = syy - sy * sy / n;
+            (n > 1.0 && total > 1e-12 * syy.abs().max(1.0)).then(|| 1.0 - t.get(&format!("sse_{j}")) / total)
+        })
+        .collect();
+    (!per_target.is_empty()).then(|| per_target.iter().sum::<f64>() / per_target.len() as f64)
+}
+
+/// One answer: a class with probabilities, bits, or a regression's value (or values).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Prediction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<i64>,
@@ -103,4 +175,35 @@ pub struct Prediction {
     pub probabilities: Option<Vec<f32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bits: Option<Vec<u8>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<f32>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_metrics_are_in_the_targets_units() {
+        // Targets 10, 20, 30, 40 with mean 25 and std 10; the head says (standardised) 10, 20, 30, 50.
+        let o = Objective::Regression { mean: vec![25.0], std: vec![10.0] };
+        let targets = Tensor::from_slice(&[10f32, 20.0, 30.0, 40.0]).view([4, 1]);
+        let out = Tensor::from_slice(&[-1.5f32, -0.5, 0.5, 2.5]).view([4, 1, 1]);
+        let s = o.score(&out, &targets);
+        let m = o.metrics(&s.tally);
+        assert!((m["rmse"] - 5.0).abs() < 1e-9, "{m:?}");
+        assert!((m["mae"] - 2.5).abs() < 1e-9, "{m:?}");
+        assert!((m["r2"] - (1.0 - 100.0 / 500.0)).abs() < 1e-9, "{m:?}");
+        assert!((f64::try_from(&s.loss).unwrap() - 0.25).abs() < 1e-6, "MSE on the standardised scale");
+        assert_eq!(o.primary(), Primary { name: "rmse", direction: Direction::Lower });
+        let p = o.predictions(&out);
+        assert_eq!((p[3].value, p[3].values.as_ref()), (Some(50.0), None));
+        // Summed over two batches, the tally gives the same metrics as one.
+        let (a, b) = (o.score(&out.narrow(0, 0, 2), &targets.narrow(0, 0, 2)), o.score(&out.narrow(0, 2, 2), &targets.narrow(0, 2, 2)));
+        let mut t = a.tally.clone();
+        t.merge(&b.tally);
+        assert_eq!(o.metrics(&t), m);
+    }
 }

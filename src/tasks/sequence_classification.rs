@@ -42,7 +42,7 @@ impl Task for SequenceClassification {
             (_, Some(v)) => (InputSpec::Tokens { vocab_size: v }, tokens(v as i64, self.num_classes as i64)),
             (None, None) => unreachable!("validated: one of input_dim and vocab_size"),
         };
-        let rs = RecordSpec { input, num_classes: Some(self.num_classes), bits: None };
+        let rs = RecordSpec { input, num_classes: Some(self.num_classes), bits: None, targets: None };
         let max_len = self.max_len.unwrap_or(src.max_positions).min(src.max_positions);
         let read = |p: &Path| read_records(p, &rs).map(|r| record_split(&r, max_len));
         let tr = read(src.train.expect("checked by TaskData::load"))?;

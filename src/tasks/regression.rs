@@ -1,0 +1,108 @@
+//! `regression`: real-valued targets (one, or `num_targets`) for a sequence of vectors
+//! (`input_dim`) or of token ids (`vocab_size`), from JSONL records with a `"target"` (a number or
+//! an array of numbers), or npz/safetensors with a float `labels` array. The targets are
+//! standardised on the training split (the adapter keeps the statistics) and reported and
+//! answered in their own units.
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tch::{Kind, Tensor};
+
+use super::files::{classes, read_records, record_split, tokens, Loaded};
+use super::samples::Form;
+use super::spec::{bad, check};
+use super::{DataSources, Fitted, Objective, SpecError, Task, TaskData, TaskLimits, TaskSpec};
+use crate::data::records::{InputSpec, RecordSpec};
+use crate::data::RecordLabels;
+use crate::model::fpt::{HeadShape, InputKind};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Regression {
+    pub input_dim: Option<usize>,
+    pub vocab_size: Option<usize>,
+    /// Targets per record; taken from the training file when left out.
+    pub num_targets: Option<usize>,
+    pub max_len: Option<usize>,
+}
+
+impl Task for Regression {
+    fn validate(&self, limits: &TaskLimits) -> Result<(), SpecError> {
+        match (self.input_dim, self.vocab_size) {
+            (Some(d), None) => check::within("input_dim", d, 1, limits.max_input_dim)?,
+            (None, Some(v)) => check::within("vocab_size", v, 1, limits.max_vocab)?,
+            (Some(_), Some(_)) => return Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids), not both")),
+            (None, None) => return Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids)")),
+        }
+        if let Some(k) = self.num_targets {
+            check::within("num_targets", k, 1, limits.max_classes)?;
+        }
+        match self.max_len {
+            Some(l) => check::length("max_len", l, 1, limits),
+            None => Ok(()),
+        }
+    }
+
+    fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
+        let input = match (self.input_dim, self.vocab_size) {
+            (Some(d), _) => InputSpec::Continuous { token_dim: Some(d) },
+            (_, Some(v)) => InputSpec::Tokens { vocab_size: v },
+            (None, None) => unreachable!("validated: one of input_dim and vocab_size"),
+        };
+        let max_len = self.max_len.unwrap_or(src.max_positions).min(src.max_positions);
+        let read = |p: &Path, k: Option<usize>| {
+            let rs = RecordSpec { input: input.clone(), num_classes: None, bits: None, targets: Some(k) };
+            read_records(p, &rs).map(|r| (targets_per_record(&r.labels), record_split(&r, max_len)))
+        };
+        let (k, tr) = read(src.train.expect("checked by TaskData::load"), self.num_targets)?;
+        if k > 10_000 {
+            bail!("{k} targets per record: at most 10,000");
+        }
+        let va = src.valid.map(|p| read(p, Some(k))).transpose()?.map(|(_, s)| s);
+        let te = src.test.map(|p| read(p, Some(k))).transpose()?.map(|(_, s)| s);
+        let shape = match (self.input_dim, self.vocab_size) {
+            (Some(d), _) => classes(d as i64, k as i64),
+            (_, Some(v)) => tokens(v as i64, k as i64),
+            (None, None) => unreachable!("validated"),
+        };
+        let truncated = tr.1 + va.as_ref().map_or(0, |v| v.1) + te.as_ref().map_or(0, |v| v.1);
+        Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated }.finish(spec, src)
+    }
+
+    /// The training targets' mean and standard deviation per target (1 where a target is constant).
+    fn fit(&self, train_targets: &Tensor) -> Fitted {
+        let y = train_targets.to_kind(Kind::Double).view([train_targets.size()[0], -1]);
+        let mean: Vec<f64> = Vec::try_from(y.mean_dim([0i64].as_slice(), false, Kind::Double)).unwrap();
+        let std: Vec<f64> = Vec::try_from(y.std_dim([0i64].as_slice(), false, false)).unwrap();
+        let std: Vec<f64> = std.into_iter().map(|s| if s.is_finite() && s > 1e-12 { s } else { 1.0 }).collect();
+        json!({"target_mean": mean, "target_std": std})
+    }
+
+    fn objective(&self, shape: &HeadShape, fitted: &Fitted) -> Objective {
+        let k = shape.output_dim as usize;
+        let read = |key: &str, default: f32| -> Vec<f32> {
+            fitted[key]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(default as f64) as f32).collect())
+                .filter(|v: &Vec<f32>| v.len() == k)
+                .unwrap_or_else(|| vec![default; k])
+        };
+        Objective::Regression { mean: read("target_mean", 0.0), std: read("target_std", 1.0) }
+    }
+
+    fn sample_form(&self, shape: &HeadShape, _fitted: &Fitted) -> Form {
+        match shape.input {
+            InputKind::Continuous { dim } => Form::Vectors { dim: dim as usize, fixed: None },
+            InputKind::Tokens { vocab } => Form::Ids { vocab, text: None },
+        }
+    }
+}
+
+fn targets_per_record(labels: &RecordLabels) -> usize {
+    match labels {
+        RecordLabels::Targets { per_sample, .. } => *per_sample,
+        _ => unreachable!("read with targets"),
+    }
+}
