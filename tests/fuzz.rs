@@ -118,9 +118,15 @@ fn mutated(seed: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
 
 fn specs() -> Vec<RecordSpec> {
     vec![
-        RecordSpec { input: InputSpec::Continuous { token_dim: Some(4) }, num_classes: Some(2), bits: None, targets: None },
-        RecordSpec { input: InputSpec::Continuous { token_dim: None }, num_classes: None, bits: None, targets: None },
-        RecordSpec { input: InputSpec::Tokens { vocab_size: 8 }, num_classes: Some(2), bits: None, targets: None },
+        RecordSpec {
+            input: InputSpec::Continuous { token_dim: Some(4) },
+            num_classes: Some(2),
+            bits: None,
+            targets: None,
+            label_column: None,
+        },
+        RecordSpec { input: InputSpec::Continuous { token_dim: None }, num_classes: None, bits: None, targets: None, label_column: None },
+        RecordSpec { input: InputSpec::Tokens { vocab_size: 8 }, num_classes: Some(2), bits: None, targets: None, label_column: None },
     ]
 }
 

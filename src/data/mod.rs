@@ -240,6 +240,8 @@ pub enum Format {
     Fasta,
     /// TAPE protein JSON: an array of objects with "primary" and "fold_label", or JSON lines of them.
     TapeJson,
+    /// A table with a header row, comma- or tab-separated: a label (or target) column and numeric inputs.
+    Csv,
 }
 
 impl Format {
@@ -255,6 +257,7 @@ impl Format {
             Format::ListopsTsv => "ListOps TSV",
             Format::Fasta => "FASTA",
             Format::TapeJson => "TAPE JSON",
+            Format::Csv => "CSV",
         }
     }
 }
@@ -328,6 +331,9 @@ fn looks_like_safetensors(bytes: &[u8]) -> bool {
 
 /// What a file is, sniffed from its bytes (magic numbers, then text shape) and name.
 pub fn detect_format(filename: &str, bytes: &[u8]) -> Result<Format, DataError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(DataError::file("empty"));
+    }
     if is_gzip(bytes) {
         return detect_gzip_format(filename, bytes);
     }
@@ -345,8 +351,8 @@ pub fn detect_format(filename: &str, bytes: &[u8]) -> Result<Format, DataError> 
     }
     detect_text_format(bytes).ok_or_else(|| {
         DataError::file(
-            "unrecognised format (expected JSONL, TAPE JSON, npz, safetensors, IDX (optionally gzipped), \
-             CIFAR-10 .bin or .tar.gz, ListOps TSV or FASTA)",
+            "unrecognised format (expected JSONL, TAPE JSON, CSV/TSV with a header row, npz, safetensors, IDX (optionally \
+             gzipped), CIFAR-10 .bin or .tar.gz, ListOps TSV or FASTA)",
         )
     })
 }
@@ -375,6 +381,7 @@ fn detect_text_format(bytes: &[u8]) -> Option<Format> {
         b'{' if fasta::looks_like_tape_object(first_line) => Some(Format::TapeJson),
         b'{' => Some(Format::Jsonl),
         b'[' if text[1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') => Some(Format::TapeJson),
+        _ if records::csv_delimiter(first_line).is_some() => Some(Format::Csv),
         _ => None,
     }
 }

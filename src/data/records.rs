@@ -19,13 +19,21 @@ pub enum InputSpec {
 
 /// What a dataset must look like. With neither `num_classes` nor `bits` nor `targets`, the label
 /// kind is taken from the data (`"label"`: classes or bits; `"target"`: regression targets).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RecordSpec {
     pub input: InputSpec,
     pub num_classes: Option<usize>,
     pub bits: Option<usize>,
     /// Records carry real-valued `"target"`s (a number or an array of them), `num_targets` each when given.
     pub targets: Option<Option<usize>>,
+    /// In a CSV file, the column that holds the label (or the target); default `label` (`target`).
+    pub label_column: Option<String>,
+}
+
+impl Default for InputSpec {
+    fn default() -> Self {
+        InputSpec::Continuous { token_dim: None }
+    }
 }
 
 /// Array names read from npz and safetensors files.
@@ -518,6 +526,82 @@ pub fn read_safetensors(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, Da
     records_from_named(arrays::read_safetensors(bytes, &[INPUTS_ARRAY, LABELS_ARRAY])?, spec)
 }
 
+/// Most columns a CSV file may have.
+const MAX_CSV_COLUMNS: usize = 65_536;
+
+/// The delimiter of a CSV/TSV header line (a tab when it has tabs, else a comma), when the line
+/// looks like a header: at least two fields, at least one of them not a number.
+pub(crate) fn csv_delimiter(line: &[u8]) -> Option<u8> {
+    let delimiter = if line.contains(&b'\t') { b'\t' } else { b',' };
+    let text = std::str::from_utf8(line).ok()?;
+    let fields: Vec<&str> = text.split(delimiter as char).map(|f| f.trim().trim_matches('"')).collect();
+    let named = fields.iter().any(|f| !f.is_empty() && f.parse::<f64>().is_err());
+    (fields.len() >= 2 && named).then_some(delimiter)
+}
+
+/// Reads a table with a header row: the label column (`label_column`, default `label`; `target`
+/// for regression targets, or when there is no `label` column) and every other column a number of
+/// the input, in file order. Errors name the line (the header is line 1) and the column.
+pub fn read_csv(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError> {
+    let text = utf8_text(bytes)?;
+    let first = text.lines().find(|l| !l.trim().is_empty()).ok_or_else(|| DataError::file("empty"))?;
+    let delimiter = csv_delimiter(first.as_bytes()).ok_or_else(|| DataError::at_line(1, "expected a header row naming the columns"))?;
+    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).trim(csv::Trim::All).flexible(false).from_reader(text.as_bytes());
+    let header: Vec<String> =
+        reader.headers().map_err(|e| DataError::at_line(1, format!("invalid CSV: {e}")))?.iter().map(String::from).collect();
+    if header.len() > MAX_CSV_COLUMNS {
+        return Err(DataError::at_line(1, format!("{} columns, at most {MAX_CSV_COLUMNS}", header.len())));
+    }
+    let wanted = spec.label_column.clone().unwrap_or_else(|| if spec.targets.is_some() { "target".into() } else { "label".into() });
+    let column = header
+        .iter()
+        .position(|h| *h == wanted)
+        .or_else(|| {
+            (spec.label_column.is_none() && spec.num_classes.is_none() && spec.bits.is_none())
+                .then(|| header.iter().position(|h| h == "target"))
+                .flatten()
+        })
+        .ok_or_else(|| {
+            DataError::at_line(
+                1,
+                format!(
+                    "no column `{wanted}` (the label; set label_column or target_column to name another); the columns are {}",
+                    header.join(", ")
+                ),
+            )
+        })?;
+    let regression = spec.targets.is_some() || header[column] == "target" && spec.label_column.is_none();
+    let mut builder = RecordSetBuilder::new(spec)?;
+    for (i, row) in reader.records().enumerate() {
+        let line = i + 2;
+        let row = row.map_err(|e| DataError::at_line(line, format!("invalid CSV: {e}")))?;
+        let mut values = Vec::with_capacity(row.len().saturating_sub(1));
+        for (j, field) in row.iter().enumerate().filter(|&(j, _)| j != column) {
+            let v: f64 = match field {
+                "" => return Err(DataError::at_line(line, format!("column `{}` is empty (a missing value)", header[j]))),
+                f => f.parse().map_err(|_| DataError::at_line(line, format!("column `{}`: `{f}` is not a number", header[j])))?,
+            };
+            values.push(checked_f32_of(&format!("column `{}`, value", header[j]), 0, v).map_err(|m| DataError::at_line(line, m))?);
+        }
+        builder.push_values(&values, None).map_err(|m| DataError::at_line(line, m))?;
+        let label = &row[column];
+        let pushed = if regression {
+            label
+                .parse::<f64>()
+                .map_err(|_| format!("column `{}`: `{label}` is not a number", header[column]))
+                .and_then(|v| checked_f32_of("target value", 0, v))
+                .and_then(|v| builder.push_targets(&[v]))
+        } else {
+            label
+                .parse::<i64>()
+                .map_err(|_| format!("column `{}`: `{label}` is not a class index (an integer from 0)", header[column]))
+                .and_then(|l| builder.push_class(l))
+        };
+        pushed.map_err(|m| DataError::at_line(line, m))?;
+    }
+    builder.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,11 +610,11 @@ mod tests {
     use safetensors::Dtype;
 
     fn continuous(token_dim: Option<usize>, num_classes: Option<usize>) -> RecordSpec {
-        RecordSpec { input: InputSpec::Continuous { token_dim }, num_classes, bits: None, targets: None }
+        RecordSpec { input: InputSpec::Continuous { token_dim }, num_classes, bits: None, targets: None, label_column: None }
     }
 
     fn tokens(vocab_size: usize) -> RecordSpec {
-        RecordSpec { input: InputSpec::Tokens { vocab_size }, num_classes: None, bits: None, targets: None }
+        RecordSpec { input: InputSpec::Tokens { vocab_size }, num_classes: None, bits: None, targets: None, label_column: None }
     }
 
     fn le_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N]) -> Vec<u8> {
@@ -559,7 +643,8 @@ mod tests {
 
     #[test]
     fn reads_token_ids_and_bit_labels() {
-        let spec = RecordSpec { input: InputSpec::Tokens { vocab_size: 5 }, num_classes: None, bits: Some(3), targets: None };
+        let spec =
+            RecordSpec { input: InputSpec::Tokens { vocab_size: 5 }, num_classes: None, bits: Some(3), targets: None, label_column: None };
         let set = read_jsonl(b"{\"input\": [0, 4, 2], \"label\": [1, 0, 1]}\n{\"input\": [1], \"label\": [0, 0, 0]}", &spec).unwrap();
         assert_eq!(set.inputs, RecordInputs::Tokens { ids: vec![0, 4, 2, 1] });
         assert_eq!(set.labels, RecordLabels::Bits { bits: vec![1, 0, 1, 0, 0, 0], per_sample: 3 });
@@ -632,7 +717,13 @@ mod tests {
 
     #[test]
     fn spec_contradictions_are_refused() {
-        let both = RecordSpec { input: InputSpec::Tokens { vocab_size: 4 }, num_classes: Some(2), bits: Some(2), targets: None };
+        let both = RecordSpec {
+            input: InputSpec::Tokens { vocab_size: 4 },
+            num_classes: Some(2),
+            bits: Some(2),
+            targets: None,
+            label_column: None,
+        };
         assert!(jsonl_error("{\"input\": [1], \"label\": 1}", &both).starts_with("spec: "));
         assert!(jsonl_error("{\"input\": [1], \"label\": 1}", &continuous(Some(0), None)).contains("token_dim must be at least 1"));
     }
@@ -754,5 +845,21 @@ mod tests {
         let labels = npy_bytes("<f8", &[2], &le_bytes(&[0.5f64, 1.5], f64::to_le_bytes));
         let set = read_npz(&npz_bytes(&[("inputs", inputs), ("labels", labels)]), &continuous(Some(2), None)).unwrap();
         assert_eq!(set.labels, RecordLabels::Targets { values: vec![0.5, 1.5], per_sample: 1 });
+    }
+
+    #[test]
+    fn csv_headers_are_told_from_data_rows() {
+        assert_eq!(csv_delimiter(b"a,b,label"), Some(b','));
+        assert_eq!(csv_delimiter(b"x\ty\ttarget"), Some(b'\t'));
+        assert_eq!(csv_delimiter(b"1,2,3"), None, "a row of numbers is no header");
+        assert_eq!(csv_delimiter(b"label"), None, "one column is no table");
+        let set = read_csv(b"a,label,b\n1,0,2\n3,1,4\n", &continuous(Some(2), Some(2))).unwrap();
+        assert_eq!(set.inputs, RecordInputs::Continuous { values: vec![1.0, 2.0, 3.0, 4.0], token_dim: 2 });
+        assert_eq!(set.labels, RecordLabels::Class(vec![0, 1]));
+        let named = RecordSpec { label_column: Some("y".into()), targets: Some(None), ..continuous(Some(1), None) };
+        let set = read_csv(b"y,x\n2.5,1\n", &named).unwrap();
+        assert_eq!(set.labels, RecordLabels::Targets { values: vec![2.5], per_sample: 1 });
+        let err = read_csv(b"a,label\n1,2\n", &continuous(Some(1), Some(2))).unwrap_err().to_string();
+        assert_eq!(err, "line 2: label 2 out of range 0..2 (num_classes)");
     }
 }

@@ -242,7 +242,8 @@ pub(super) fn read_records(p: &Path, spec: &RecordSpec) -> Result<RecordSet> {
         data::Format::Jsonl => data::records::read_jsonl(&bytes, spec),
         data::Format::Npz => data::records::read_npz(&bytes, spec),
         data::Format::Safetensors => data::records::read_safetensors(&bytes, spec),
-        other => bail!("{}: a {} file cannot hold records for this task (JSONL, npz or safetensors)", p.display(), other.name()),
+        data::Format::Csv => data::records::read_csv(&bytes, spec),
+        other => bail!("{}: a {} file cannot hold records for this task (JSONL, CSV, npz or safetensors)", p.display(), other.name()),
     };
     set.map_err(|e| named(p, e))
 }
@@ -309,13 +310,14 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
     // A plain tar can only be the MNIST pair (CIFAR-10 comes as .tar.gz, which detection knows).
     let format = if is_tar(bytes) { Format::Cifar10TarGz } else { data::detect_format(filename, bytes)? };
     match format {
-        Format::Jsonl | Format::Npz | Format::Safetensors => {
+        Format::Jsonl | Format::Npz | Format::Safetensors | Format::Csv => {
             let read = |spec: &RecordSpec| match format {
                 Format::Jsonl => data::records::read_jsonl(bytes, spec),
                 Format::Npz => data::records::read_npz(bytes, spec),
+                Format::Csv => data::records::read_csv(bytes, spec),
                 _ => data::records::read_safetensors(bytes, spec),
             };
-            let nested = RecordSpec { input: InputSpec::Continuous { token_dim: None }, num_classes: None, bits: None, targets: None };
+            let nested = RecordSpec { input: InputSpec::Continuous { token_dim: None }, num_classes: None, bits: None, targets: None, label_column: None };
             let set = match read(&nested) {
                 Err(e) if e.message.contains("no token_dim") => read(&RecordSpec { input: InputSpec::Continuous { token_dim: Some(1) }, ..nested }),
                 other => other,
@@ -323,6 +325,7 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
             let name = match format {
                 Format::Jsonl => "jsonl",
                 Format::Npz => "npz",
+                Format::Csv => "csv",
                 _ => "safetensors",
             };
             info(name, set.len())

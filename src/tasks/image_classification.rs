@@ -67,6 +67,7 @@ impl Task for ImageClassification {
             num_classes: Some(self.num_classes),
             bits: None,
             targets: None,
+            label_column: None,
         };
         let t = self.transform();
         let dims = [self.height as i64, self.width as i64, self.channels as i64];

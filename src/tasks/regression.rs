@@ -26,6 +26,8 @@ pub struct Regression {
     /// Targets per record; taken from the training file when left out.
     pub num_targets: Option<usize>,
     pub max_len: Option<usize>,
+    /// In a CSV file, the column holding the target (default `target`).
+    pub target_column: Option<String>,
 }
 
 impl Task for Regression {
@@ -36,6 +38,7 @@ impl Task for Regression {
             (Some(_), Some(_)) => return Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids), not both")),
             (None, None) => return Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids)")),
         }
+        check::column("target_column", self.target_column.as_deref())?;
         if let Some(k) = self.num_targets {
             check::within("num_targets", k, 1, limits.max_classes)?;
         }
@@ -53,7 +56,7 @@ impl Task for Regression {
         };
         let max_len = self.max_len.unwrap_or(src.max_positions).min(src.max_positions);
         let read = |p: &Path, k: Option<usize>| {
-            let rs = RecordSpec { input: input.clone(), num_classes: None, bits: None, targets: Some(k) };
+            let rs = RecordSpec { input: input.clone(), num_classes: None, bits: None, targets: Some(k), label_column: self.target_column.clone() };
             read_records(p, &rs).map(|r| (targets_per_record(&r.labels), record_split(&r, max_len)))
         };
         let (k, tr) = read(src.train.expect("checked by TaskData::load"), self.num_targets)?;

@@ -19,6 +19,8 @@ pub struct SequenceClassification {
     pub vocab_size: Option<usize>,
     pub num_classes: usize,
     pub max_len: Option<usize>,
+    /// In a CSV file, the column holding the class (default `label`).
+    pub label_column: Option<String>,
 }
 
 impl Task for SequenceClassification {
@@ -30,6 +32,7 @@ impl Task for SequenceClassification {
             (None, None) => return Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids)")),
         }
         check::classes(self.num_classes, limits)?;
+        check::column("label_column", self.label_column.as_deref())?;
         match self.max_len {
             Some(l) => check::length("max_len", l, 1, limits),
             None => Ok(()),
@@ -42,7 +45,7 @@ impl Task for SequenceClassification {
             (_, Some(v)) => (InputSpec::Tokens { vocab_size: v }, tokens(v as i64, self.num_classes as i64)),
             (None, None) => unreachable!("validated: one of input_dim and vocab_size"),
         };
-        let rs = RecordSpec { input, num_classes: Some(self.num_classes), bits: None, targets: None };
+        let rs = RecordSpec { input, num_classes: Some(self.num_classes), bits: None, targets: None, label_column: self.label_column.clone() };
         let max_len = self.max_len.unwrap_or(src.max_positions).min(src.max_positions);
         let read = |p: &Path| read_records(p, &rs).map(|r| record_split(&r, max_len));
         let tr = read(src.train.expect("checked by TaskData::load"))?;

@@ -115,6 +115,14 @@ pub(crate) mod check {
         Ok(())
     }
 
+    /// A CSV column name: 1 to 256 characters.
+    pub fn column(field: &str, name: Option<&str>) -> Result<(), SpecError> {
+        match name {
+            Some(n) if n.is_empty() || n.chars().count() > 256 => Err(bad(field, "a column name is 1 to 256 characters")),
+            _ => Ok(()),
+        }
+    }
+
     pub fn within(field: &str, n: usize, min: usize, max: usize) -> Result<(), SpecError> {
         if n < min || n > max {
             return Err(bad(field, format!("must be within {min}..={max}")));

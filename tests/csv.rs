@@ -1,0 +1,69 @@
+//! CSV (and TSV) tables with a header row: a label or target column, every other column a number
+//! of the input; detected by content on upload, read by the classification and regression tasks,
+//! with the line and the column named in every error.
+mod common;
+
+use common::server::Server;
+use serde_json::{json, Value};
+
+/// A table of `n` rows: columns a, b (inputs), `label` (a's sign) and `price` (linear in a and b, in raw units).
+fn table(n: usize, delimiter: char) -> Vec<u8> {
+    let d = delimiter;
+    let mut t = format!("a{d}label{d}b{d}price\n");
+    for i in 0..n {
+        let a = ((i * 37) % 101) as f64 / 50.0 - 1.0;
+        let b = ((i * 53) % 97) as f64 / 48.0 - 1.0;
+        t.push_str(&format!("{a}{d}{}{d}{b}{d}{}\n", (a > 0.0) as u8, 1000.0 * (a - b) + 5000.0));
+    }
+    t.into_bytes()
+}
+
+fn error_message(r: reqwest::blocking::Response) -> String {
+    r.json::<Value>().unwrap()["error"]["message"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn csv_tables_train_classification_and_regression_and_bad_rows_are_named() {
+    let s = Server::start(&[]);
+    let file = s.upload("table.csv", table(200, ','));
+    let meta: Value = file.json().unwrap();
+    assert_eq!((meta["format"].as_str(), meta["samples"].as_i64()), (Some("csv"), Some(200)), "{meta}");
+    let file = meta["id"].as_str().unwrap().to_string();
+    let tsv = s.upload_ok("table.tsv", table(50, '\t'));
+    let train = |task: Value, file: &str| {
+        let id = s.create_job(json!({"model": "tiny-gpt2", "task": task, "training_file": file,
+                                     "hyperparameters": {"n_steps": 30, "batch_size": 8, "eval_every": 30}}));
+        let job = s.wait_finished(&id);
+        assert_eq!(job["status"], "succeeded", "{job}");
+        job
+    };
+    // Classification: the `label` column; the inputs are the other numeric columns (a, b, price).
+    let job = train(json!({"type": "sequence_classification", "input_dim": 3, "num_classes": 2}), &file);
+    assert!(job["result"]["valid_accuracy"].is_number(), "{job}");
+    // Regression on another column; `label` is then an input like any other.
+    let job = train(json!({"type": "regression", "input_dim": 3, "target_column": "price"}), &tsv);
+    assert_eq!(job["result"]["primary_metric"], "rmse");
+    let answer: Value = s.predict(job["fine_tuned_model"].as_str().unwrap(), json!([[0.5, 1, -0.5]])).json().unwrap();
+    assert!(answer["data"][0]["value"].is_number(), "{answer}");
+    // A column the task names but the file lacks; a row with a word or a gap, named by line and column.
+    let r = s.post(
+        "/v1/fine_tuning/jobs",
+        &json!({"model": "tiny-gpt2", "training_file": file,
+                                                   "task": {"type": "regression", "input_dim": 3, "target_column": "cost"}}),
+    );
+    assert!(error_message(r).contains("line 1: no column `cost`"));
+    let mut bad = table(5, ',');
+    bad.extend_from_slice(b"0.5,1,n/a,12\n0.5,1,,12\n");
+    let r = s.upload("bad.csv", bad);
+    assert_eq!(r.status(), 422);
+    assert!(error_message(r).contains("line 7: column `b`: `n/a` is not a number"));
+    let r = s.upload("gap.csv", b"a,label\n0.5,1\n,0\n".to_vec());
+    assert!(error_message(r).contains("line 3: column `a` is empty (a missing value)"));
+    let r = s.upload("names.csv", b"a,label\n0.5,cat\n".to_vec());
+    assert!(error_message(r).contains("line 2: column `label`: `cat` is not a class index"));
+    let r = s.upload("ragged.csv", b"a,b,label\n0.5,1\n".to_vec());
+    assert!(error_message(r).contains("line 2: invalid CSV"));
+    assert_eq!(error_message(s.upload("empty.csv", b"\n \n".to_vec())), "file: empty");
+    let r = s.upload("nolabel.csv", b"a,b\n0.5,1\n".to_vec());
+    assert!(error_message(r).contains("no column `label`"));
+}
