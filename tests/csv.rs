@@ -59,11 +59,38 @@ fn csv_tables_train_classification_and_regression_and_bad_rows_are_named() {
     assert!(error_message(r).contains("line 7: column `b`: `n/a` is not a number"));
     let r = s.upload("gap.csv", b"a,label\n0.5,1\n,0\n".to_vec());
     assert!(error_message(r).contains("line 3: column `a` is empty (a missing value)"));
-    let r = s.upload("names.csv", b"a,label\n0.5,cat\n".to_vec());
-    assert!(error_message(r).contains("line 2: column `label`: `cat` is not a class index"));
     let r = s.upload("ragged.csv", b"a,b,label\n0.5,1\n".to_vec());
     assert!(error_message(r).contains("line 2: invalid CSV"));
-    assert_eq!(error_message(s.upload("empty.csv", b"\n \n".to_vec())), "file: empty");
+    assert_eq!(error_message(s.upload("empty.csv", b"\n \n".to_vec())), "empty.csv: file: empty");
     let r = s.upload("nolabel.csv", b"a,b\n0.5,1\n".to_vec());
     assert!(error_message(r).contains("no column `label`"));
+}
+
+/// Class names instead of indices: numbered in sorted order, kept in the adapter, answered by name;
+/// `num_classes` comes from the training file; a validation file's unknown name is named.
+#[test]
+fn class_names_train_and_are_answered_by_name() {
+    let s = Server::start(&[]);
+    let rows: String =
+        (0..60).map(|i| format!("{{\"input\": [{}, 0.5], \"label\": \"{}\"}}\n", i % 3, ["ant", "bee", "cow"][i % 3])).collect();
+    let train = s.upload_ok("names.jsonl", rows.into_bytes());
+    let id = s
+        .create_job(json!({"model": "tiny-gpt2", "task": {"type": "sequence_classification", "input_dim": 2}, "training_file": train,
+                                 "hyperparameters": {"n_steps": 60, "batch_size": 8, "eval_every": 30, "learning_rate": 0.01}}));
+    let job = s.wait_finished(&id);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let answer: Value = s.predict(job["fine_tuned_model"].as_str().unwrap(), json!([[2, 0.5], [0, 0.5]])).json().unwrap();
+    for p in answer["data"].as_array().unwrap() {
+        let (label, name) = (p["label"].as_i64().unwrap(), p["label_name"].as_str().unwrap());
+        assert_eq!(name, ["ant", "bee", "cow"][label as usize], "{p}");
+        assert_eq!(p["probabilities"].as_array().unwrap().len(), 3, "three classes from the file");
+    }
+    let valid = s.upload_ok("valid.csv", b"x,y,label\n1,0.5,bee\n2,0.5,yak\n".to_vec());
+    let r = s.post(
+        "/v1/fine_tuning/jobs",
+        &json!({"model": "tiny-gpt2", "task": {"type": "sequence_classification", "input_dim": 2},
+                                                   "training_file": train, "validation_file": valid}),
+    );
+    assert_eq!(r.status(), 422);
+    assert!(error_message(r).contains("line 3: label `yak` is not one of the training file's classes (ant, bee, cow)"));
 }

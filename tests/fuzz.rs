@@ -124,9 +124,24 @@ fn specs() -> Vec<RecordSpec> {
             bits: None,
             targets: None,
             label_column: None,
+            label_names: None,
         },
-        RecordSpec { input: InputSpec::Continuous { token_dim: None }, num_classes: None, bits: None, targets: None, label_column: None },
-        RecordSpec { input: InputSpec::Tokens { vocab_size: 8 }, num_classes: Some(2), bits: None, targets: None, label_column: None },
+        RecordSpec {
+            input: InputSpec::Continuous { token_dim: None },
+            num_classes: None,
+            bits: None,
+            targets: None,
+            label_column: None,
+            label_names: None,
+        },
+        RecordSpec {
+            input: InputSpec::Tokens { vocab_size: 8 },
+            num_classes: Some(2),
+            bits: None,
+            targets: None,
+            label_column: None,
+            label_names: None,
+        },
     ]
 }
 

@@ -201,6 +201,8 @@ pub struct RecordSet {
     /// Token offsets, n+1 entries: record i holds tokens offsets[i]..offsets[i+1].
     pub offsets: Vec<usize>,
     pub labels: RecordLabels,
+    /// The class names, in index order, when the labels were names (`"cat"`) rather than indices.
+    pub label_names: Option<Vec<String>>,
 }
 
 impl RecordSet {

@@ -28,6 +28,9 @@ pub struct RecordSpec {
     pub targets: Option<Option<usize>>,
     /// In a CSV file, the column that holds the label (or the target); default `label` (`target`).
     pub label_column: Option<String>,
+    /// The class names (in index order) that named labels must be among: the training file's,
+    /// when a validation or test file is read. None: the names are the file's own, sorted.
+    pub label_names: Option<Vec<String>>,
 }
 
 impl Default for InputSpec {
@@ -132,6 +135,8 @@ struct RecordSetBuilder<'a> {
     classes: Vec<i64>,
     bits: Vec<u8>,
     targets: Vec<f32>,
+    /// Labels given as names, record by record (then `classes` is filled at the finish).
+    names: Vec<String>,
 }
 
 impl<'a> RecordSetBuilder<'a> {
@@ -164,6 +169,7 @@ impl<'a> RecordSetBuilder<'a> {
             classes: Vec::new(),
             bits: Vec::new(),
             targets: Vec::new(),
+            names: Vec::new(),
         })
     }
 
@@ -225,7 +231,34 @@ impl<'a> RecordSetBuilder<'a> {
         Ok(())
     }
 
+    /// A class given by name: an index into the spec's names, or collected for the finish to number.
+    fn push_class_name(&mut self, name: &str) -> Result<(), String> {
+        if name.is_empty() || name.chars().count() > 256 {
+            return Err("a class name is 1 to 256 characters".to_string());
+        }
+        if let Some(known) = &self.spec.label_names {
+            let index = known
+                .iter()
+                .position(|n| n == name)
+                .ok_or_else(|| format!("label `{name}` is not one of the training file's classes ({})", known.join(", ")))?;
+            return self.push_class_checked(index as i64);
+        }
+        if !self.classes.is_empty() && self.names.is_empty() {
+            return Err(format!("label `{name}` is a name, but earlier records have class indices"));
+        }
+        self.push_class_checked(0)?;
+        self.names.push(name.to_string());
+        Ok(())
+    }
+
     fn push_class(&mut self, label: i64) -> Result<(), String> {
+        if !self.names.is_empty() {
+            return Err(format!("label {label} is a class index, but earlier records have class names"));
+        }
+        self.push_class_checked(label)
+    }
+
+    fn push_class_checked(&mut self, label: i64) -> Result<(), String> {
         let num_classes = match self.label_kind {
             LabelKind::Bits { .. } => return Err("label is a class index, but the dataset has bit labels".to_string()),
             LabelKind::Targets { .. } => return Err(TARGETS_NOT_LABELS.to_string()),
@@ -301,8 +334,27 @@ impl<'a> RecordSetBuilder<'a> {
             LabelKind::Targets { per_sample, .. } => RecordLabels::Targets { values: self.targets, per_sample: per_sample.unwrap_or(0) },
             _ => RecordLabels::Class(self.classes),
         };
-        Ok(RecordSet { inputs, offsets: self.offsets, labels })
+        let (labels, label_names) = match labels {
+            RecordLabels::Class(_) if !self.names.is_empty() => {
+                let (classes, names) = number_names(&self.names, self.spec.num_classes)?;
+                (RecordLabels::Class(classes), Some(names))
+            }
+            other => (other, self.spec.label_names.clone()),
+        };
+        Ok(RecordSet { inputs, offsets: self.offsets, labels, label_names })
     }
+}
+
+/// Class names numbered in sorted order; the labels as those numbers.
+fn number_names(names: &[String], num_classes: Option<usize>) -> Result<(Vec<i64>, Vec<String>), DataError> {
+    let mut sorted: Vec<String> = names.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    if let Some(n) = num_classes.filter(|&n| sorted.len() > n) {
+        return Err(DataError::file(format!("{} class names, more than num_classes ({n})", sorted.len())));
+    }
+    let classes = names.iter().map(|n| sorted.binary_search(n).expect("a collected name") as i64).collect();
+    Ok((classes, sorted))
 }
 
 /// Real values of a flat JSON array.
@@ -365,7 +417,8 @@ fn push_json_label(builder: &mut RecordSetBuilder, label: &Value) -> Result<(), 
             builder.push_bits(&bits)
         }
         Value::Number(_) => builder.push_class(json_integer(label, "label")?),
-        other => Err(format!("\"label\" is {}, expected a class index or an array of 0/1 bits", describe_json(other))),
+        Value::String(name) => builder.push_class_name(name),
+        other => Err(format!("\"label\" is {}, expected a class index, a class name or an array of 0/1 bits", describe_json(other))),
     }
 }
 
@@ -592,10 +645,10 @@ pub fn read_csv(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError>
                 .and_then(|v| checked_f32_of("target value", 0, v))
                 .and_then(|v| builder.push_targets(&[v]))
         } else {
-            label
-                .parse::<i64>()
-                .map_err(|_| format!("column `{}`: `{label}` is not a class index (an integer from 0)", header[column]))
-                .and_then(|l| builder.push_class(l))
+            match label.parse::<i64>() {
+                Ok(l) => builder.push_class(l),
+                Err(_) => builder.push_class_name(label),
+            }
         };
         pushed.map_err(|m| DataError::at_line(line, m))?;
     }
@@ -610,11 +663,25 @@ mod tests {
     use safetensors::Dtype;
 
     fn continuous(token_dim: Option<usize>, num_classes: Option<usize>) -> RecordSpec {
-        RecordSpec { input: InputSpec::Continuous { token_dim }, num_classes, bits: None, targets: None, label_column: None }
+        RecordSpec {
+            input: InputSpec::Continuous { token_dim },
+            num_classes,
+            bits: None,
+            targets: None,
+            label_column: None,
+            label_names: None,
+        }
     }
 
     fn tokens(vocab_size: usize) -> RecordSpec {
-        RecordSpec { input: InputSpec::Tokens { vocab_size }, num_classes: None, bits: None, targets: None, label_column: None }
+        RecordSpec {
+            input: InputSpec::Tokens { vocab_size },
+            num_classes: None,
+            bits: None,
+            targets: None,
+            label_column: None,
+            label_names: None,
+        }
     }
 
     fn le_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N]) -> Vec<u8> {
@@ -643,8 +710,14 @@ mod tests {
 
     #[test]
     fn reads_token_ids_and_bit_labels() {
-        let spec =
-            RecordSpec { input: InputSpec::Tokens { vocab_size: 5 }, num_classes: None, bits: Some(3), targets: None, label_column: None };
+        let spec = RecordSpec {
+            input: InputSpec::Tokens { vocab_size: 5 },
+            num_classes: None,
+            bits: Some(3),
+            targets: None,
+            label_column: None,
+            label_names: None,
+        };
         let set = read_jsonl(b"{\"input\": [0, 4, 2], \"label\": [1, 0, 1]}\n{\"input\": [1], \"label\": [0, 0, 0]}", &spec).unwrap();
         assert_eq!(set.inputs, RecordInputs::Tokens { ids: vec![0, 4, 2, 1] });
         assert_eq!(set.labels, RecordLabels::Bits { bits: vec![1, 0, 1, 0, 0, 0], per_sample: 3 });
@@ -723,6 +796,7 @@ mod tests {
             bits: Some(2),
             targets: None,
             label_column: None,
+            label_names: None,
         };
         assert!(jsonl_error("{\"input\": [1], \"label\": 1}", &both).starts_with("spec: "));
         assert!(jsonl_error("{\"input\": [1], \"label\": 1}", &continuous(Some(0), None)).contains("token_dim must be at least 1"));
@@ -861,5 +935,28 @@ mod tests {
         assert_eq!(set.labels, RecordLabels::Targets { values: vec![2.5], per_sample: 1 });
         let err = read_csv(b"a,label\n1,2\n", &continuous(Some(1), Some(2))).unwrap_err().to_string();
         assert_eq!(err, "line 2: label 2 out of range 0..2 (num_classes)");
+    }
+
+    #[test]
+    fn class_names_are_numbered_in_sorted_order_and_checked() {
+        let undecided = continuous(Some(1), None);
+        let set = read_jsonl(
+            b"{\"input\": [1], \"label\": \"dog\"}\n{\"input\": [2], \"label\": \"cat\"}\n{\"input\": [3], \"label\": \"dog\"}",
+            &undecided,
+        )
+        .unwrap();
+        assert_eq!(set.labels, RecordLabels::Class(vec![1, 0, 1]));
+        assert_eq!(set.label_names, Some(vec!["cat".to_string(), "dog".to_string()]));
+        let known = RecordSpec { label_names: Some(vec!["cat".into(), "dog".into()]), ..continuous(Some(1), Some(2)) };
+        let set = read_csv(b"x,label\n1,dog\n2,cat\n", &known).unwrap();
+        assert_eq!(set.labels, RecordLabels::Class(vec![1, 0]));
+        assert_eq!(
+            jsonl_error("{\"input\": [1], \"label\": \"cow\"}", &known),
+            "line 1: label `cow` is not one of the training file's classes (cat, dog)"
+        );
+        let mixed = "{\"input\": [1], \"label\": \"cat\"}\n{\"input\": [1], \"label\": 1}";
+        assert_eq!(jsonl_error(mixed, &undecided), "line 2: label 1 is a class index, but earlier records have class names");
+        let too_many = "{\"input\": [1], \"label\": \"a\"}\n{\"input\": [1], \"label\": \"b\"}\n{\"input\": [1], \"label\": \"c\"}";
+        assert_eq!(jsonl_error(too_many, &continuous(Some(1), Some(2))), "file: 3 class names, more than num_classes (2)");
     }
 }

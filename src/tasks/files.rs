@@ -23,6 +23,8 @@ pub(super) struct Loaded {
     pub shape: HeadShape,
     /// Samples cut to fit the backbone's positions.
     pub truncated: usize,
+    /// The training file's class names, when its labels were names.
+    pub label_names: Option<Vec<String>>,
 }
 
 impl Loaded {
@@ -40,6 +42,7 @@ impl Loaded {
             test: test.map(|s| image_split(s, eval_transform)),
             shape,
             truncated: 0,
+            label_names: None,
         }
     }
 
@@ -60,7 +63,10 @@ impl Loaded {
             seq_len,
             truncated: self.truncated,
         };
-        let fitted = spec.task().fit(&train.targets);
+        let mut fitted = spec.task().fit(&train.targets);
+        if let Some(names) = self.label_names {
+            fitted["label_names"] = serde_json::json!(names);
+        }
         let objective = spec.task().objective(&self.shape, &fitted);
         let data = Data::Loaded { train, valid, test: self.test };
         Ok(TaskData { spec: spec.clone(), shape: self.shape, fitted, objective, info, seed: src.seed, data })
@@ -317,7 +323,7 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
                 Format::Csv => data::records::read_csv(bytes, spec),
                 _ => data::records::read_safetensors(bytes, spec),
             };
-            let nested = RecordSpec { input: InputSpec::Continuous { token_dim: None }, num_classes: None, bits: None, targets: None, label_column: None };
+            let nested = RecordSpec { input: InputSpec::Continuous { token_dim: None }, num_classes: None, bits: None, targets: None, label_column: None, label_names: None };
             let set = match read(&nested) {
                 Err(e) if e.message.contains("no token_dim") => read(&RecordSpec { input: InputSpec::Continuous { token_dim: Some(1) }, ..nested }),
                 other => other,

@@ -68,6 +68,7 @@ impl Task for ImageClassification {
             bits: None,
             targets: None,
             label_column: None,
+            label_names: None,
         };
         let t = self.transform();
         let dims = [self.height as i64, self.width as i64, self.channels as i64];
@@ -78,6 +79,7 @@ impl Task for ImageClassification {
             test: src.test.map(read).transpose()?,
             shape: classes((self.patch_size * self.patch_size * self.channels) as i64, self.num_classes as i64),
             truncated: 0,
+            label_names: None,
         };
         loaded.finish(spec, src)
     }

@@ -78,6 +78,7 @@ impl Task for Listops {
             test,
             shape: tokens(listops::vocab_size() as i64, 10),
             truncated,
+            label_names: None,
         };
         loaded.finish(spec, src)
     }

@@ -109,8 +109,8 @@ pub trait Task {
         nothing_fitted()
     }
     /// How the head's logits are scored and answered.
-    fn objective(&self, _shape: &HeadShape, _fitted: &Fitted) -> Objective {
-        Objective::Classes
+    fn objective(&self, _shape: &HeadShape, fitted: &Fitted) -> Objective {
+        Objective::classes(fitted)
     }
     /// How a prediction's input sample looks.
     fn sample_form(&self, shape: &HeadShape, fitted: &Fitted) -> Form;

@@ -7,8 +7,9 @@ use crate::metrics::{Direction, MetricMap, Primary, Tally};
 
 #[derive(Debug, Clone)]
 pub enum Objective {
-    /// One class per row from the first read-out token; cross-entropy; `accuracy`.
-    Classes,
+    /// One class per row from the first read-out token; cross-entropy; `accuracy`. `names` (the
+    /// training file's class names, in index order; empty when its labels were indices) name the answers.
+    Classes { names: Vec<String> },
     /// Each read-out token predicts `per_token` bits, two logits each; per-bit cross-entropy;
     /// `accuracy` per bit and `exact_accuracy` per row (every bit right).
     Bits { per_token: i64 },
@@ -38,6 +39,12 @@ fn column_sums(t: &Tensor) -> Vec<f64> {
 }
 
 impl Objective {
+    /// Classes, named by the `label_names` a task fitted (none: the answers are indices only).
+    pub fn classes(fitted: &super::Fitted) -> Objective {
+        let names = fitted["label_names"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect());
+        Objective::Classes { names: names.unwrap_or_default() }
+    }
+
     /// The head's standardised outputs [B, k] in the targets' units.
     fn in_units(out: &Tensor, mean: &[f32], std: &[f32]) -> Tensor {
         let dev = out.device();
@@ -51,7 +58,7 @@ impl Objective {
         let b = logits.size()[0];
         let mut tally = Tally::default();
         let loss = match self {
-            Objective::Classes => {
+            Objective::Classes { .. } => {
                 let l = logits.select(1, 0).to_kind(Kind::Float);
                 tally.add("correct", count(l.argmax(-1, false).eq_tensor(targets)));
                 tally.add("rows", b as f64);
@@ -97,7 +104,7 @@ impl Objective {
             }
         };
         match self {
-            Objective::Classes => put("accuracy", t.ratio("correct", "rows")),
+            Objective::Classes { .. } => put("accuracy", t.ratio("correct", "rows")),
             Objective::Bits { .. } => {
                 put("accuracy", t.ratio("correct", "bits"));
                 put("exact_accuracy", t.ratio("exact", "rows"));
@@ -122,13 +129,14 @@ impl Objective {
     pub fn predictions(&self, logits: &Tensor) -> Vec<Prediction> {
         let b = logits.size()[0];
         match self {
-            Objective::Classes => {
+            Objective::Classes { names } => {
                 let p = logits.select(1, 0).to_kind(Kind::Float).softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
                 (0..b)
                     .map(|i| {
                         let probs: Vec<f32> = Vec::try_from(p.get(i)).unwrap();
                         let label = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j as i64);
-                        Prediction { label, probabilities: Some(probs), ..Prediction::default() }
+                        let label_name = label.and_then(|l| names.get(l as usize)).cloned();
+                        Prediction { label, label_name, probabilities: Some(probs), ..Prediction::default() }
                     })
                     .collect()
             }
@@ -171,6 +179,9 @@ fn r_squared(t: &Tally, k: usize) -> Option<f64> {
 pub struct Prediction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<i64>,
+    /// The class's name, when the training file named its classes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probabilities: Option<Vec<f32>>,
     #[serde(skip_serializing_if = "Option::is_none")]

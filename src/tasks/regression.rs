@@ -56,7 +56,7 @@ impl Task for Regression {
         };
         let max_len = self.max_len.unwrap_or(src.max_positions).min(src.max_positions);
         let read = |p: &Path, k: Option<usize>| {
-            let rs = RecordSpec { input: input.clone(), num_classes: None, bits: None, targets: Some(k), label_column: self.target_column.clone() };
+            let rs = RecordSpec { input: input.clone(), num_classes: None, bits: None, targets: Some(k), label_column: self.target_column.clone(), label_names: None };
             read_records(p, &rs).map(|r| (targets_per_record(&r.labels), record_split(&r, max_len)))
         };
         let (k, tr) = read(src.train.expect("checked by TaskData::load"), self.num_targets)?;
@@ -71,7 +71,7 @@ impl Task for Regression {
             (None, None) => unreachable!("validated"),
         };
         let truncated = tr.1 + va.as_ref().map_or(0, |v| v.1) + te.as_ref().map_or(0, |v| v.1);
-        Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated }.finish(spec, src)
+        Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated, label_names: None }.finish(spec, src)
     }
 
     /// The training targets' mean and standard deviation per target (1 where a target is constant).

@@ -49,6 +49,7 @@ impl Task for RemoteHomology {
             test: te.as_ref().map(seq_split),
             shape: tokens(fasta::vocab_size() as i64, self.num_classes as i64),
             truncated,
+            label_names: None,
         };
         loaded.finish(spec, src)
     }

@@ -10,6 +10,7 @@ use super::samples::Form;
 use super::spec::{bad, check};
 use super::{DataSources, Fitted, SpecError, Task, TaskData, TaskLimits, TaskSpec};
 use crate::data::records::{InputSpec, RecordSpec};
+use crate::data::RecordLabels;
 use crate::model::fpt::{HeadShape, InputKind};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,7 +18,8 @@ use crate::model::fpt::{HeadShape, InputKind};
 pub struct SequenceClassification {
     pub input_dim: Option<usize>,
     pub vocab_size: Option<usize>,
-    pub num_classes: usize,
+    /// Classes; taken from the training file when left out (its class names, or its largest index + 1).
+    pub num_classes: Option<usize>,
     pub max_len: Option<usize>,
     /// In a CSV file, the column holding the class (default `label`).
     pub label_column: Option<String>,
@@ -31,7 +33,9 @@ impl Task for SequenceClassification {
             (Some(_), Some(_)) => return Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids), not both")),
             (None, None) => return Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids)")),
         }
-        check::classes(self.num_classes, limits)?;
+        if let Some(n) = self.num_classes {
+            check::classes(n, limits)?;
+        }
         check::column("label_column", self.label_column.as_deref())?;
         match self.max_len {
             Some(l) => check::length("max_len", l, 1, limits),
@@ -40,19 +44,41 @@ impl Task for SequenceClassification {
     }
 
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
-        let (input, shape) = match (self.input_dim, self.vocab_size) {
-            (Some(d), _) => (InputSpec::Continuous { token_dim: Some(d) }, classes(d as i64, self.num_classes as i64)),
-            (_, Some(v)) => (InputSpec::Tokens { vocab_size: v }, tokens(v as i64, self.num_classes as i64)),
+        let input = match (self.input_dim, self.vocab_size) {
+            (Some(d), _) => InputSpec::Continuous { token_dim: Some(d) },
+            (_, Some(v)) => InputSpec::Tokens { vocab_size: v },
             (None, None) => unreachable!("validated: one of input_dim and vocab_size"),
         };
-        let rs = RecordSpec { input, num_classes: Some(self.num_classes), bits: None, targets: None, label_column: self.label_column.clone() };
         let max_len = self.max_len.unwrap_or(src.max_positions).min(src.max_positions);
-        let read = |p: &Path| read_records(p, &rs).map(|r| record_split(&r, max_len));
-        let tr = read(src.train.expect("checked by TaskData::load"))?;
+        let spec_for = |num_classes: Option<usize>, label_names: Option<Vec<String>>| RecordSpec {
+            input: input.clone(),
+            num_classes,
+            label_column: self.label_column.clone(),
+            label_names,
+            ..RecordSpec::default()
+        };
+        // The training file fixes the classes (their names too, when its labels are names); the
+        // validation and test files are read against them.
+        let train = read_records(src.train.expect("checked by TaskData::load"), &spec_for(self.num_classes, None))?;
+        let names = train.label_names.clone();
+        let k = match (self.num_classes, &names, &train.labels) {
+            (Some(n), _, _) => n,
+            (None, Some(names), _) => names.len().max(2),
+            (None, None, RecordLabels::Class(c)) => (c.iter().copied().max().unwrap_or(0) as usize + 1).max(2),
+            (None, None, _) => unreachable!("read as classes"),
+        };
+        let others = spec_for(Some(k), names.clone());
+        let read = |p: &Path| read_records(p, &others).map(|r| record_split(&r, max_len));
+        let tr = record_split(&train, max_len);
         let va = src.valid.map(read).transpose()?;
         let te = src.test.map(read).transpose()?;
+        let shape = match (self.input_dim, self.vocab_size) {
+            (Some(d), _) => classes(d as i64, k as i64),
+            (_, Some(v)) => tokens(v as i64, k as i64),
+            (None, None) => unreachable!("validated"),
+        };
         let truncated = tr.1 + va.as_ref().map_or(0, |v| v.1) + te.as_ref().map_or(0, |v| v.1);
-        Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated }.finish(spec, src)
+        Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated, label_names: names }.finish(spec, src)
     }
 
     fn sample_form(&self, shape: &HeadShape, _fitted: &Fitted) -> Form {

@@ -43,7 +43,7 @@ impl Task for ToySumSign {
     }
 
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
-        let loaded = Loaded { train: self.split(self.n_train, src.seed), valid: None, test: None, shape: classes(1, 2), truncated: 0 };
+        let loaded = Loaded { train: self.split(self.n_train, src.seed), valid: None, test: None, shape: classes(1, 2), truncated: 0, label_names: None };
         loaded.finish(spec, src)
     }
 
