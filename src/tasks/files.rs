@@ -48,10 +48,11 @@ impl Loaded {
 
     pub fn finish(self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
         let positions = src.max_positions;
-        let (train, valid) = match self.valid {
+        let (mut train, mut valid) = match self.valid {
             Some(v) => (self.train, v),
             None => self.train.split_off(src.valid_fraction, src.seed)?,
         };
+        let mut test = self.test;
         let seq_len = max_tokens(&train).max(max_tokens(&valid));
         if seq_len > positions {
             bail!("task `{}` needs {seq_len} tokens, the backbone has {positions} positions", spec.name());
@@ -59,7 +60,7 @@ impl Loaded {
         let info = DataInfo {
             train_samples: train.len(),
             valid_samples: valid.len(),
-            test_samples: self.test.as_ref().map_or(0, |t| t.len()),
+            test_samples: test.as_ref().map_or(0, |t| t.len()),
             seq_len,
             truncated: self.truncated,
         };
@@ -67,8 +68,9 @@ impl Loaded {
         if let Some(names) = self.label_names {
             fitted["label_names"] = serde_json::json!(names);
         }
+        super::normalize::fit_and_apply(spec.task().input_normalization(), &mut train, [Some(&mut valid), test.as_mut()], &mut fitted);
         let objective = spec.task().objective(&self.shape, &fitted);
-        let data = Data::Loaded { train, valid, test: self.test };
+        let data = Data::Loaded { train, valid, test };
         Ok(TaskData { spec: spec.clone(), shape: self.shape, fitted, objective, info, seed: src.seed, data })
     }
 }

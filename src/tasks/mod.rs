@@ -6,6 +6,7 @@
 //! only through [`TaskSpec::task`].
 pub mod files;
 pub mod images;
+pub mod normalize;
 pub mod objective;
 pub mod samples;
 pub mod spec;
@@ -104,6 +105,10 @@ pub trait Task {
     /// What the task fits on its training split (normalisation statistics, a label map) goes in
     /// [`TaskData::fitted`]; the adapter carries it, and it comes back to the two methods below.
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData>;
+    /// How the task's continuous inputs are normalised (see [`normalize`]); as given, for most.
+    fn input_normalization(&self) -> normalize::Normalize {
+        normalize::Normalize::None
+    }
     /// What the task fits on its training split's targets ([`TaskData::fitted`]); nothing, for most.
     fn fit(&self, _train_targets: &Tensor) -> Fitted {
         nothing_fitted()

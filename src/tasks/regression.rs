@@ -11,6 +11,7 @@ use serde_json::json;
 use tch::{Kind, Tensor};
 
 use super::files::{classes, read_records, record_split, tokens, Loaded};
+use super::normalize::Normalize;
 use super::samples::Form;
 use super::spec::{bad, check};
 use super::{DataSources, Fitted, Objective, SpecError, Task, TaskData, TaskLimits, TaskSpec};
@@ -28,6 +29,8 @@ pub struct Regression {
     pub max_len: Option<usize>,
     /// In a CSV file, the column holding the target (default `target`).
     pub target_column: Option<String>,
+    /// How continuous inputs are normalised: `dataset` (the default), `instance` or `none`.
+    pub normalize: Option<Normalize>,
 }
 
 impl Task for Regression {
@@ -93,6 +96,10 @@ impl Task for Regression {
                 .unwrap_or_else(|| vec![default; k])
         };
         Objective::Regression { mean: read("target_mean", 0.0), std: read("target_std", 1.0) }
+    }
+
+    fn input_normalization(&self) -> Normalize {
+        self.normalize.unwrap_or_default()
     }
 
     fn sample_form(&self, shape: &HeadShape, _fitted: &Fitted) -> Form {

@@ -96,7 +96,9 @@ pub fn batch_from_samples(
                 }
                 rows.push(flat);
             }
-            Ok(pad_vectors(&rows, dim))
+            let b = pad_vectors(&rows, dim);
+            // The inputs normalised as the training data was.
+            Ok(SampleBatch { inputs: super::normalize::apply(fitted, b.inputs, b.lengths.as_ref()), lengths: b.lengths })
         }
         Form::Ids { vocab, text } => {
             let mut rows = Vec::new();

@@ -6,6 +6,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::files::{classes, read_records, record_split, tokens, Loaded};
+use super::normalize::Normalize;
 use super::samples::Form;
 use super::spec::{bad, check};
 use super::{DataSources, Fitted, SpecError, Task, TaskData, TaskLimits, TaskSpec};
@@ -23,6 +24,8 @@ pub struct SequenceClassification {
     pub max_len: Option<usize>,
     /// In a CSV file, the column holding the class (default `label`).
     pub label_column: Option<String>,
+    /// How continuous inputs are normalised: `dataset` (the default), `instance` or `none`.
+    pub normalize: Option<Normalize>,
 }
 
 impl Task for SequenceClassification {
@@ -79,6 +82,10 @@ impl Task for SequenceClassification {
         };
         let truncated = tr.1 + va.as_ref().map_or(0, |v| v.1) + te.as_ref().map_or(0, |v| v.1);
         Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated, label_names: names }.finish(spec, src)
+    }
+
+    fn input_normalization(&self) -> Normalize {
+        self.normalize.unwrap_or_default()
     }
 
     fn sample_form(&self, shape: &HeadShape, _fitted: &Fitted) -> Form {
