@@ -383,8 +383,8 @@ impl ServeArgs {
             }
         }
         for (flag, v) in [("--project-rps", self.project_rps), ("--key-rps", self.key_rps)] {
-            if !v.is_finite() || v < 0.0 {
-                bail!("{flag} must be a number of requests per second, 0 or more (0: no limit)");
+            if !v.is_finite() || v < 0.0 || (v > 0.0 && v < 0.001) {
+                bail!("{flag} must be 0 (no limit) or a number of requests per second from 0.001");
             }
         }
         cors_origins(&self.cors_origins)?;

@@ -62,8 +62,14 @@ fn csv_tables_train_classification_and_regression_and_bad_rows_are_named() {
     let r = s.upload("ragged.csv", b"a,b,label\n0.5,1\n".to_vec());
     assert!(error_message(r).contains("line 2: invalid CSV"));
     assert_eq!(error_message(s.upload("empty.csv", b"\n \n".to_vec())), "empty.csv: file: empty");
-    let r = s.upload("nolabel.csv", b"a,b\n0.5,1\n".to_vec());
-    assert!(error_message(r).contains("no column `label`"));
+    // A table without a `label` column uploads (a task may name its column); a task that names none is told.
+    let unlabelled = s.upload_ok("nolabel.csv", b"a,b\n0.5,1\n0.25,0\n".to_vec());
+    let r = s.post(
+        "/v1/fine_tuning/jobs",
+        &json!({"model": "tiny-gpt2", "training_file": unlabelled,
+                                                   "task": {"type": "sequence_classification", "input_dim": 1}}),
+    );
+    assert!(error_message(r).contains("line 1: no column `label`"));
 }
 
 /// Class names instead of indices: numbered in sorted order, kept in the adapter, answered by name;
@@ -93,4 +99,36 @@ fn class_names_train_and_are_answered_by_name() {
     );
     assert_eq!(r.status(), 422);
     assert!(error_message(r).contains("line 3: label `yak` is not one of the training file's classes (ant, bee, cow)"));
+    // Labels that are not classes, or that would make a huge head, are refused, not crashed on.
+    let bits = s.upload_ok("bits.jsonl", b"{\"input\": [1, 2], \"label\": [0, 1]}\n".to_vec());
+    let r = s.post(
+        "/v1/fine_tuning/jobs",
+        &json!({"model": "tiny-gpt2", "task": {"type": "sequence_classification", "input_dim": 2}, "training_file": bits}),
+    );
+    assert_eq!(r.status(), 422);
+    assert!(error_message(r).contains("labels are not classes"));
+    let huge = s.upload_ok("huge.jsonl", b"{\"input\": [1, 2], \"label\": 2000000000}\n{\"input\": [1, 2], \"label\": 0}\n".to_vec());
+    let r = s.post(
+        "/v1/fine_tuning/jobs",
+        &json!({"model": "tiny-gpt2", "task": {"type": "sequence_classification", "input_dim": 2}, "training_file": huge}),
+    );
+    assert_eq!(r.status(), 422);
+    assert!(error_message(r).contains("more than 65536"));
+    // Indices in the training file, names in the validation file: refused, not numbered apart.
+    let indices = s.upload_ok("indices.jsonl", b"{\"input\": [1, 2], \"label\": 1}\n{\"input\": [1, 2], \"label\": 0}\n".to_vec());
+    let named = s.upload_ok("named.jsonl", b"{\"input\": [1, 2], \"label\": \"bee\"}\n".to_vec());
+    let r = s.post(
+        "/v1/fine_tuning/jobs",
+        &json!({"model": "tiny-gpt2", "task": {"type": "sequence_classification", "input_dim": 2},
+                                                   "training_file": indices, "validation_file": named}),
+    );
+    assert!(error_message(r).contains("is a name, but the training file's labels are class indices"));
+    // A table whose label column has another name uploads, and the task names it.
+    let priced = s.upload_ok("priced.csv", b"a,b,kind\n1,2,x\n3,4,y\n5,6,x\n7,8,y\n9,1,x\n".to_vec());
+    let id = s
+        .create_job(json!({"model": "tiny-gpt2", "task": {"type": "sequence_classification", "input_dim": 2, "label_column": "kind"},
+                                 "training_file": priced, "hyperparameters": {"n_steps": 2, "batch_size": 2, "eval_every": 2}}));
+    assert_eq!(s.wait_finished(&id)["status"], "succeeded");
+    let r = s.upload("two-word-columns.csv", b"a,b,kind\n1,z,x\n".to_vec());
+    assert!(error_message(r).contains("line 2: column `kind`: `x` is not a number (only one column, the label, may hold names)"));
 }

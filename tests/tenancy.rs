@@ -123,6 +123,17 @@ fn two_projects_see_nothing_of_each_other() {
         }
     }
     assert!(ids(&s.get_json("/v1/models?limit=1000")).contains(&"tiny-gpt2".to_string()), "base models are shared");
+    // Another project's id as a paging cursor tells nothing: the page is as for an unknown id.
+    for (list, theirs) in
+        [("/v1/files", &train), ("/v1/fine_tuning/jobs", &done), (&format!("/v1/fine_tuning/jobs/{done}/checkpoints"), &checkpoint)]
+    {
+        let r = s.get(&format!("{list}?after={theirs}"));
+        if r.status() == 200 {
+            assert_eq!(r.json::<Value>().unwrap()["data"], json!([]), "{list} after another project's id");
+        } else {
+            assert_eq!(r.status(), 404, "{list}");
+        }
+    }
     assert_eq!(s.get_json("/v1/me")["project"]["id"], pb);
 
     // Idempotency keys are per project: the same key and body in B makes B's own job.
@@ -175,6 +186,20 @@ fn a_revoked_key_is_refused_at_once_by_a_second_api_node() {
     let (project, key) = project_with_key(&mut one, "team", json!({}));
     as_key(&mut two, &key);
     let file = two.upload_ok("train.jsonl", sign_dataset(8, 1));
+    // A stream opened with the key, on the second node, before it is revoked.
+    let job = two.create_job(json!({"model": "tiny-gpt2", "task": {"type": "bit_xor", "n_bits": 3}}));
+    let stream_url = format!("{}/v1/fine_tuning/jobs/{job}/events?stream=true", two.url);
+    let watcher = {
+        let key = key.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut r = reqwest::blocking::Client::new().get(stream_url).bearer_auth(key).send().unwrap();
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            Instant::now()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
     as_key(&mut one, ADMIN);
     let keys = one.get_json(&format!("/v1/organization/projects/{project}/api_keys"));
     let key_id = keys["data"][0]["id"].as_str().unwrap().to_string();
@@ -183,6 +208,9 @@ fn a_revoked_key_is_refused_at_once_by_a_second_api_node() {
     assert_eq!(gone.status(), 200);
     let (status, e) = status_of(two.get(&format!("/v1/files/{file}")));
     assert_eq!((status, e["error"]["code"].as_str().unwrap()), (401, "invalid_api_key"), "the second node refuses the revoked key");
+    let revoked_at = Instant::now();
+    let ended = watcher.join().unwrap();
+    assert!(ended.duration_since(revoked_at) < Duration::from_secs(15), "the revoked key's live stream ended");
     // A new key of the project sees the project's file on either node.
     let fresh = one.post_ok(&format!("/v1/organization/projects/{project}/api_keys"), &json!({"name": "again"}));
     as_key(&mut two, fresh["value"].as_str().unwrap());
@@ -227,7 +255,10 @@ fn a_projects_quotas_hold() {
     as_key(&mut s, &ka);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(s.job(&jobs[2])["status"], "queued", "the project's third job waits for one of its two to end");
+    assert!(!s.get("/metrics").text().unwrap().contains("fpt_project_jobs_running{"), "projects' use is the admin key's to see");
+    as_key(&mut s, ADMIN);
     let text = s.get("/metrics").text().unwrap();
+    as_key(&mut s, &ka);
     assert!(text.contains(&format!("fpt_project_jobs_running{{project=\"{pa}\"}} 2")), "{text}");
     assert!(text.contains(&format!("fpt_project_jobs_queued{{project=\"{pa}\"}} 1")), "{text}");
     // A fourth would be the second queued one: refused, not to be retried.
@@ -239,6 +270,14 @@ fn a_projects_quotas_hold() {
     assert_eq!(r.headers()["x-should-retry"], "false");
     let e: Value = r.json().unwrap();
     assert_eq!((e["error"]["code"].as_str().unwrap(), e["error"]["param"].as_str().unwrap()), ("quota_exceeded", "max_queued_jobs"));
+    // Pausing the queued job is no way past the quota: a paused job still waits.
+    s.post_ok(&format!("/v1/fine_tuning/jobs/{}/pause", jobs[2]), &json!({}));
+    let again = s.post(
+        "/v1/fine_tuning/jobs",
+        &json!({"model": "tiny-gpt2", "training_file": train, "task": serde_json::from_str::<Value>(SIGN_TASK).unwrap()}),
+    );
+    assert_eq!(again.status(), 429, "a paused job counts as queued");
+    s.post_ok(&format!("/v1/fine_tuning/jobs/{}/resume", jobs[2]), &json!({}));
     // Stored bytes: the second upload would pass the project's 4,000 bytes.
     let r = s.upload("more.jsonl", sign_dataset(16, 3));
     assert_eq!(r.status(), 429);
@@ -273,6 +312,7 @@ fn a_projects_request_rate_is_limited_and_recovers() {
     assert_eq!(e["error"]["code"], "rate_limit_exceeded");
     std::thread::sleep(Duration::from_secs(wait));
     assert_eq!(s.get("/v1/files").status(), 200, "served again after retry-after");
+    as_key(&mut s, ADMIN);
     let text = s.get("/metrics").text().unwrap();
     assert!(text.lines().any(|l| l.starts_with(&format!("fpt_project_rate_limited_total{{project=\"{pa}\"}}"))), "{text}");
 }

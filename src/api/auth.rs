@@ -81,6 +81,24 @@ pub fn secret_sha256(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
+/// Whether the request carries the admin key (an admin key must be configured).
+pub fn is_admin(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    state.settings.admin_key.as_deref().is_some_and(|k| same(k, given))
+}
+
+/// Whether the caller's key still works (not revoked, its project not archived): a long-lived
+/// request (an event stream) asks again now and then.
+pub async fn still_valid(state: &AppState, caller: &Caller) -> bool {
+    match &caller.key {
+        None => true,
+        Some(k) => {
+            matches!(state.store.api_key(caller.project_id(), &k.id).await, Ok(Some(_)))
+                && matches!(state.store.project(caller.project_id()).await, Ok(Some(p)) if p.archived_at.is_none())
+        }
+    }
+}
+
 fn same(a: &str, b: &str) -> bool {
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
@@ -159,9 +177,10 @@ impl Rates {
     fn check(&self, caller: &Caller) -> Result<(), ApiError> {
         let project_rps = caller.quotas.requests_per_second.unwrap_or(0.0);
         let key_rps = caller.key.as_ref().and_then(|k| k.quotas.requests_per_second).unwrap_or(self.key_rps);
-        let over = admit(&self.projects, caller.project_id(), project_rps)
-            .map(|wait| ("project", wait))
-            .or_else(|| admit(&self.keys, &caller.client, key_rps).map(|wait| ("API key", wait)));
+        // The key's own rate first: a key over it must not spend its project's allowance too.
+        let over = admit(&self.keys, &caller.client, key_rps)
+            .map(|wait| ("API key", wait))
+            .or_else(|| admit(&self.projects, caller.project_id(), project_rps).map(|wait| ("project", wait)));
         match over {
             None => Ok(()),
             Some((who, wait)) => {
@@ -188,9 +207,12 @@ fn admit(limiters: &Mutex<HashMap<String, (u64, Arc<DefaultDirectRateLimiter>)>>
     limiter.check().err().map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
 }
 
+/// The smallest request rate a project or key may be given (one request in about 17 minutes).
+pub const MIN_RPS: f64 = 0.001;
+
 /// `rps` requests per second on average, with bursts of up to a second's worth.
 fn limiter(rps: f64) -> DefaultDirectRateLimiter {
     let burst = NonZeroU32::new(rps.ceil().clamp(1.0, u32::MAX as f64) as u32).unwrap();
-    let period = Duration::from_secs_f64(1.0 / rps).max(Duration::from_nanos(1));
+    let period = Duration::try_from_secs_f64(1.0 / rps.max(MIN_RPS)).unwrap_or(Duration::from_secs(1000)).max(Duration::from_nanos(1));
     RateLimiter::direct(Quota::with_period(period).expect("a positive period").allow_burst(burst))
 }

@@ -278,9 +278,16 @@ async fn events(
     let permit = state.streams.take(&caller.client).ok_or(ApiError::Overloaded { retry_after: 5 })?;
     let store = state.store.clone();
     let stopping = state.stopping.clone();
+    let (state, caller) = (state.clone(), caller.clone());
     let stream = async_stream::stream! {
         let _permit = permit;
+        let mut polls = 0u64;
         loop {
+            // A key revoked (or its project archived) while it watches ends its stream within seconds.
+            polls += 1;
+            if polls % 25 == 0 && !super::auth::still_valid(&state, &caller).await {
+                break;
+            }
             // Read the status before the events: a finished job's last events are then in this read.
             let finished = match store.job(&id).await {
                 Ok(Some(j)) => j.status.is_terminal(),

@@ -38,7 +38,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(json!({"status": if ok { "ready" } else { "starting" }}))).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     let c = &state.counters;
     let s = &state.inference.stats;
     let queued = state.store.count_status(crate::job::JobStatus::Queued).await.unwrap_or(-1);
@@ -81,7 +81,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     metric("fpt_prediction_failures_total", "counter", "Prediction batches that failed (500), the batcher going on.", get(&s.failures));
     metric("fpt_inference_restarts_total", "counter", "Times the inference loop restarted after a failure.", get(&s.restarts));
     metric("fpt_adapters_loaded", "gauge", "Adapters in the cache now.", state.inference.loaded().len() as f64);
-    per_project(&state, &mut out).await;
+    // Projects' ids and use are the operator's to see: with an admin key, only with it.
+    if state.settings.admin_key.is_none() || super::auth::is_admin(&state, &headers) {
+        per_project(&state, &mut out).await;
+    }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -93,7 +96,7 @@ async fn per_project(state: &AppState, out: &mut String) {
         (
             "fpt_project_jobs_queued",
             "gauge",
-            "Queued jobs of each project.",
+            "Queued (or paused) jobs of each project.",
             usage.iter().map(|(p, u)| (p.clone(), u.queued_jobs as f64)).collect(),
         ),
         (

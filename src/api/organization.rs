@@ -107,8 +107,11 @@ fn check_quotas(q: &Quotas) -> ApiResult<()> {
             return Err(ApiError::invalid(format!("quotas.{name}"), "must be 0 (no limit) or more"));
         }
     }
-    if q.requests_per_second.is_some_and(|r| !r.is_finite() || r < 0.0) {
-        return Err(ApiError::invalid("quotas.requests_per_second", "must be a number of requests per second, 0 (no limit) or more"));
+    if q.requests_per_second.is_some_and(|r| !r.is_finite() || r < 0.0 || (r > 0.0 && r < super::auth::MIN_RPS)) {
+        return Err(ApiError::invalid(
+            "quotas.requests_per_second",
+            format!("must be 0 (no limit) or a number of requests per second from {}", super::auth::MIN_RPS),
+        ));
     }
     Ok(())
 }

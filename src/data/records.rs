@@ -237,6 +237,9 @@ impl<'a> RecordSetBuilder<'a> {
             return Err("a class name is 1 to 256 characters".to_string());
         }
         if let Some(known) = &self.spec.label_names {
+            if known.is_empty() {
+                return Err(format!("label `{name}` is a name, but the training file's labels are class indices"));
+            }
             let index = known
                 .iter()
                 .position(|n| n == name)
@@ -339,7 +342,7 @@ impl<'a> RecordSetBuilder<'a> {
                 let (classes, names) = number_names(&self.names, self.spec.num_classes)?;
                 (RecordLabels::Class(classes), Some(names))
             }
-            other => (other, self.spec.label_names.clone()),
+            other => (other, self.spec.label_names.clone().filter(|n| !n.is_empty())),
         };
         Ok(RecordSet { inputs, offsets: self.offsets, labels, label_names })
     }
@@ -592,10 +595,46 @@ pub(crate) fn csv_delimiter(line: &[u8]) -> Option<u8> {
     (fields.len() >= 2 && named).then_some(delimiter)
 }
 
-/// Reads a table with a header row: the label column (`label_column`, default `label`; `target`
-/// for regression targets, or when there is no `label` column) and every other column a number of
-/// the input, in file order. Errors name the line (the header is line 1) and the column.
-pub fn read_csv(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError> {
+/// Checks an uploaded table before any task names its columns; returns its rows. With a `label`
+/// or `target` column it is read as a task would read it; otherwise (a task may name its
+/// `label_column` later) every row must be whole, with at most one column that is not all numbers.
+pub fn inspect_csv(bytes: &[u8]) -> Result<usize, DataError> {
+    let (header, mut reader) = csv_reader(bytes)?;
+    if header.iter().any(|h| h == "label" || h == "target") {
+        let spec = RecordSpec { input: InputSpec::Continuous { token_dim: Some(1) }, ..RecordSpec::default() };
+        return read_csv(bytes, &spec).map(|s| s.len());
+    }
+    let mut words: Option<usize> = None;
+    let mut rows = 0;
+    for row in reader.records() {
+        let row = row.map_err(|e| DataError::at_line(e.position().map_or(0, |p| p.line() as usize), format!("invalid CSV: {e}")))?;
+        let line = row.position().map_or(0, |p| p.line() as usize);
+        for (j, field) in row.iter().enumerate() {
+            if field.is_empty() {
+                return Err(DataError::at_line(line, format!("column `{}` is empty (a missing value)", header[j])));
+            }
+            if field.parse::<f64>().is_err() {
+                match words {
+                    Some(w) if w != j => {
+                        return Err(DataError::at_line(
+                            line,
+                            format!("column `{}`: `{field}` is not a number (only one column, the label, may hold names)", header[j]),
+                        ))
+                    }
+                    _ => words = Some(j),
+                }
+            }
+        }
+        rows += 1;
+    }
+    if rows == 0 {
+        return Err(DataError::file("no records found"));
+    }
+    Ok(rows)
+}
+
+/// A CSV reader past the header, and the header's names.
+fn csv_reader(bytes: &[u8]) -> Result<(Vec<String>, csv::Reader<&[u8]>), DataError> {
     let text = utf8_text(bytes)?;
     let first = text.lines().find(|l| !l.trim().is_empty()).ok_or_else(|| DataError::file("empty"))?;
     let delimiter = csv_delimiter(first.as_bytes()).ok_or_else(|| DataError::at_line(1, "expected a header row naming the columns"))?;
@@ -605,6 +644,14 @@ pub fn read_csv(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError>
     if header.len() > MAX_CSV_COLUMNS {
         return Err(DataError::at_line(1, format!("{} columns, at most {MAX_CSV_COLUMNS}", header.len())));
     }
+    Ok((header, reader))
+}
+
+/// Reads a table with a header row: the label column (`label_column`, default `label`; `target`
+/// for regression targets, or when there is no `label` column) and every other column a number of
+/// the input, in file order. Errors name the line (the header is line 1) and the column.
+pub fn read_csv(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError> {
+    let (header, mut reader) = csv_reader(bytes)?;
     let wanted = spec.label_column.clone().unwrap_or_else(|| if spec.targets.is_some() { "target".into() } else { "label".into() });
     let column = header
         .iter()
@@ -625,9 +672,9 @@ pub fn read_csv(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError>
         })?;
     let regression = spec.targets.is_some() || header[column] == "target" && spec.label_column.is_none();
     let mut builder = RecordSetBuilder::new(spec)?;
-    for (i, row) in reader.records().enumerate() {
-        let line = i + 2;
-        let row = row.map_err(|e| DataError::at_line(line, format!("invalid CSV: {e}")))?;
+    for row in reader.records() {
+        let row = row.map_err(|e| DataError::at_line(e.position().map_or(0, |p| p.line() as usize), format!("invalid CSV: {e}")))?;
+        let line = row.position().map_or(0, |p| p.line() as usize);
         let mut values = Vec::with_capacity(row.len().saturating_sub(1));
         for (j, field) in row.iter().enumerate().filter(|&(j, _)| j != column) {
             let v: f64 = match field {

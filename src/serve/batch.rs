@@ -170,8 +170,9 @@ impl Worker {
     }
 
     /// Runs one batch: a result per part, in order. Parts whose adapter cannot be loaded, or whose
-    /// group fails, are answered with that error; the others go on.
-    pub fn predict(&mut self, parts: &[Part<'_>]) -> Vec<Result<Vec<Prediction>, PredictError>> {
+    /// group fails, are answered with that error; the others go on. The adapters of `waiting`
+    /// (requests with rows still to run) are not evicted after it.
+    pub fn predict(&mut self, parts: &[Part<'_>], waiting: &HashSet<&str>) -> Vec<Result<Vec<Prediction>, PredictError>> {
         let request_ids: Vec<&str> = parts.iter().map(|p| p.request_id).collect();
         let span = tracing::info_span!("batch", requests = parts.len(), request_ids = %request_ids.join(","));
         let _in_batch = span.enter();
@@ -222,7 +223,7 @@ impl Worker {
             // on other backbones (one group per backbone) and are done.
             self.reset();
         }
-        self.evict(&HashSet::new());
+        self.evict(waiting);
         self.publish();
         results.into_iter().map(|r| r.expect("every part is answered")).collect()
     }

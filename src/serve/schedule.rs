@@ -1,7 +1,7 @@
 //! Which rows run next. Requests take turns, a batch's worth of rows at a time: a request of
 //! thousands of rows runs as many batches, and one that arrives meanwhile joins the next batch
 //! instead of waiting for all of them.
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,14 @@ impl Turns {
         let started = Instant::now();
         let results = {
             let parts: Vec<Part> = taken.iter().map(|(p, n)| p.part(*n)).collect();
-            w.predict(&parts)
+            // The adapters of requests with rows still to come stay loaded for their next turn.
+            let waiting: HashSet<&str> = self
+                .queue
+                .iter()
+                .map(|p| p.job.model_id.as_str())
+                .chain(taken.iter().filter(|(p, n)| p.left() > *n).map(|(p, _)| p.job.model_id.as_str()))
+                .collect();
+            w.predict(&parts, &waiting)
         };
         let spent = started.elapsed();
         for ((mut p, _), result) in taken.into_iter().zip(results) {

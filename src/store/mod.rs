@@ -370,7 +370,7 @@ impl Store {
     pub async fn files(&self, project: &str, page: &Page<'_>) -> Result<Vec<FileRow>> {
         Ok(sqlx::query_as(&format!(
             "SELECT {FILE_COLUMNS} FROM files WHERE deleted = 0 AND project_id = $3
-             AND ($1 IS NULL OR rowid < (SELECT rowid FROM files WHERE id = $1)) ORDER BY rowid DESC LIMIT $2"
+             AND ($1 IS NULL OR rowid < (SELECT rowid FROM files WHERE id = $1 AND project_id = $3)) ORDER BY rowid DESC LIMIT $2"
         ))
         .bind(page.after)
         .bind(page.limit)
@@ -436,7 +436,8 @@ impl Store {
     pub async fn jobs(&self, project: &str, page: &Page<'_>) -> Result<Vec<Job>> {
         decode_jobs(
             sqlx::query_as(
-                "SELECT * FROM jobs WHERE project_id = $3 AND ($1 IS NULL OR rowid < (SELECT rowid FROM jobs WHERE id = $1)) ORDER BY rowid DESC LIMIT $2",
+                "SELECT * FROM jobs WHERE project_id = $3 AND ($1 IS NULL OR rowid < (SELECT rowid FROM jobs WHERE id = $1 AND project_id = $3))
+                 ORDER BY rowid DESC LIMIT $2",
             )
             .bind(page.after)
             .bind(page.limit)
@@ -452,22 +453,31 @@ impl Store {
     /// a key below its own (if it has one). A reclaimed
     /// job keeps what a client last asked of it (`desired`); a queued one starts afresh as `run`.
     /// SQLite has one writer at a time, so the statement is atomic there; PostgreSQL claims take a
-    /// transaction-scoped lock first, so that two claims cannot both see a project below its quota.
+    /// transaction-scoped lock first, so that two claims cannot both see a project below its quota,
+    /// and lock the row they take (a cancel landing meanwhile is seen by the status re-checked).
     #[tracing::instrument(level = "debug", skip_all, fields(worker = %lease.worker))]
     pub async fn claim_job(&self, lease: &Lease, device: DeviceKind, max_running_per_project: i64) -> Result<Option<Job>> {
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "FOR UPDATE OF q SKIP LOCKED",
+        };
         let t = self.db_now();
+        // Running jobs count against a quota while their lease holds: a dead worker's jobs must not
+        // keep their project's queue (and their own reclaim) waiting for ever.
+        let running = format!("r.status = $4 AND r.id <> q.id AND r.lease_until >= {t}");
         let sql = format!(
             "UPDATE jobs SET status = $4, worker = $1, lease_until = {t} + $2, started_at = COALESCE(started_at, {t}),
                  desired = CASE WHEN status = $4 OR desired = $8 THEN desired ELSE $6 END, attempts = attempts + 1
              WHERE id = (SELECT q.id FROM jobs q WHERE (q.status = $5 OR (q.status = $4 AND q.lease_until < {t}))
                          AND q.device IN ($7, $3)
                          AND (COALESCE((SELECT p.max_running_jobs FROM projects p WHERE p.id = q.project_id), $9) <= 0
-                              OR (SELECT COUNT(*) FROM jobs r WHERE r.project_id = q.project_id AND r.status = $4 AND r.id <> q.id)
+                              OR (SELECT COUNT(*) FROM jobs r WHERE r.project_id = q.project_id AND {running})
                                  < COALESCE((SELECT p.max_running_jobs FROM projects p WHERE p.id = q.project_id), $9))
                          AND (COALESCE((SELECT k.max_running_jobs FROM api_keys k WHERE k.id = q.api_key_id), 0) <= 0
-                              OR (SELECT COUNT(*) FROM jobs r WHERE r.api_key_id = q.api_key_id AND r.status = $4 AND r.id <> q.id)
+                              OR (SELECT COUNT(*) FROM jobs r WHERE r.api_key_id = q.api_key_id AND {running})
                                  < (SELECT k.max_running_jobs FROM api_keys k WHERE k.id = q.api_key_id))
-                         ORDER BY q.created_at, q.rowid LIMIT 1)
+                         ORDER BY q.created_at, q.rowid LIMIT 1 {lock})
+                 AND (status = $5 OR (status = $4 AND lease_until < {t}))
              RETURNING *"
         );
         // A queued job starts as `run`, unless a cancel is pending (it was handed back or
@@ -755,7 +765,7 @@ impl Store {
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn checkpoints(&self, job_id: &str, page: &Page<'_>) -> Result<Vec<CheckpointRow>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM checkpoints WHERE job_id = $1 AND ($2 IS NULL OR step_number < (SELECT step_number FROM checkpoints WHERE id = $2))
+            "SELECT * FROM checkpoints WHERE job_id = $1 AND ($2 IS NULL OR step_number < (SELECT step_number FROM checkpoints WHERE id = $2 AND job_id = $1))
              ORDER BY step_number DESC LIMIT $3",
         )
         .bind(job_id)
@@ -785,7 +795,7 @@ impl Store {
     pub async fn models(&self, project: &str, page: &Page<'_>) -> Result<Vec<ModelRow>> {
         Ok(sqlx::query_as(
             "SELECT id, job_id, base_model, created_at, path, checkpoint_step FROM models WHERE deleted = 0 AND project_id = $3
-             AND ($1 IS NULL OR rowid < (SELECT rowid FROM models WHERE id = $1)) ORDER BY rowid DESC LIMIT $2",
+             AND ($1 IS NULL OR rowid < (SELECT rowid FROM models WHERE id = $1 AND project_id = $3)) ORDER BY rowid DESC LIMIT $2",
         )
         .bind(page.after)
         .bind(page.limit)

@@ -57,6 +57,7 @@ pub struct ApiKeyRow {
 /// What a project holds now, against its quotas.
 #[derive(Debug, Clone, Default)]
 pub struct Usage {
+    /// Jobs waiting to run: queued or paused.
     pub queued_jobs: i64,
     pub running_jobs: i64,
     pub stored_bytes: i64,
@@ -236,10 +237,13 @@ impl Store {
     }
 
     async fn usage_of(&self, owner_column: &'static str, owner: &str) -> Result<Usage> {
-        let jobs = format!("SELECT COUNT(*) FROM jobs WHERE {owner_column} = $1 AND status = $2");
-        let count = |status: JobStatus| sqlx::query_scalar::<_, i64>(&jobs).bind(owner).bind(status.as_str()).fetch_one(&self.pool);
-        let queued_jobs = count(JobStatus::Queued).await?;
-        let running_jobs = count(JobStatus::Running).await?;
+        let jobs = format!("SELECT COUNT(*) FROM jobs WHERE {owner_column} = $1 AND status IN ($2, $3)");
+        let count = |a: JobStatus, b: JobStatus| {
+            sqlx::query_scalar::<_, i64>(&jobs).bind(owner).bind(a.as_str()).bind(b.as_str()).fetch_one(&self.pool)
+        };
+        // A paused job is waiting as a queued one is: it counts, so that pausing jobs is no way past the quota.
+        let queued_jobs = count(JobStatus::Queued, JobStatus::Paused).await?;
+        let running_jobs = count(JobStatus::Running, JobStatus::Running).await?;
         let stored_bytes: Option<i64> =
             sqlx::query_scalar(&format!("SELECT CAST(SUM(bytes) AS BIGINT) FROM files WHERE {owner_column} = $1 AND deleted = 0"))
                 .bind(owner)
@@ -252,10 +256,11 @@ impl Store {
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn usage_by_project(&self) -> Result<Vec<(String, Usage)>> {
         let jobs: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT project_id, status, COUNT(*) FROM jobs WHERE status IN ($1, $2) GROUP BY project_id, status ORDER BY project_id",
+            "SELECT project_id, status, COUNT(*) FROM jobs WHERE status IN ($1, $2, $3) GROUP BY project_id, status ORDER BY project_id",
         )
         .bind(JobStatus::Queued.as_str())
         .bind(JobStatus::Running.as_str())
+        .bind(JobStatus::Paused.as_str())
         .fetch_all(&self.pool)
         .await?;
         let bytes: Vec<(String, i64)> = sqlx::query_as(
@@ -266,10 +271,10 @@ impl Store {
         let mut by: std::collections::BTreeMap<String, Usage> = Default::default();
         for (p, status, n) in jobs {
             let u = by.entry(p).or_default();
-            if status == JobStatus::Queued.as_str() {
-                u.queued_jobs = n;
-            } else {
+            if status == JobStatus::Running.as_str() {
                 u.running_jobs = n;
+            } else {
+                u.queued_jobs += n;
             }
         }
         for (p, b) in bytes {

@@ -318,11 +318,12 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
     // A plain tar can only be the MNIST pair (CIFAR-10 comes as .tar.gz, which detection knows).
     let format = if is_tar(bytes) { Format::Cifar10TarGz } else { data::detect_format(filename, bytes)? };
     match format {
-        Format::Jsonl | Format::Npz | Format::Safetensors | Format::Csv => {
+        // A table's label column may be named by the task later: checked as far as can be now.
+        Format::Csv => info("csv", data::records::inspect_csv(bytes)?),
+        Format::Jsonl | Format::Npz | Format::Safetensors => {
             let read = |spec: &RecordSpec| match format {
                 Format::Jsonl => data::records::read_jsonl(bytes, spec),
                 Format::Npz => data::records::read_npz(bytes, spec),
-                Format::Csv => data::records::read_csv(bytes, spec),
                 _ => data::records::read_safetensors(bytes, spec),
             };
             let nested = RecordSpec { input: InputSpec::Continuous { token_dim: None }, num_classes: None, bits: None, targets: None, label_column: None, label_names: None };
@@ -333,7 +334,6 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
             let name = match format {
                 Format::Jsonl => "jsonl",
                 Format::Npz => "npz",
-                Format::Csv => "csv",
                 _ => "safetensors",
             };
             info(name, set.len())

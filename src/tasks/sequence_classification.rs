@@ -2,7 +2,7 @@
 //! (`vocab_size`), from JSONL, npz or safetensors records.
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::files::{classes, read_records, record_split, tokens, Loaded};
@@ -67,10 +67,15 @@ impl Task for SequenceClassification {
         let k = match (self.num_classes, &names, &train.labels) {
             (Some(n), _, _) => n,
             (None, Some(names), _) => names.len().max(2),
-            (None, None, RecordLabels::Class(c)) => (c.iter().copied().max().unwrap_or(0) as usize + 1).max(2),
-            (None, None, _) => unreachable!("read as classes"),
+            (None, None, RecordLabels::Class(c)) => (c.iter().copied().max().unwrap_or(0).max(0) as usize).saturating_add(1).max(2),
+            (None, None, _) => bail!("the training file's labels are not classes (bits or regression targets): use another task, or set num_classes"),
         };
-        let others = spec_for(Some(k), names.clone());
+        let most = TaskLimits::default().max_classes;
+        if k > most {
+            bail!("the training file's labels make {k} classes, more than {most}; set num_classes, or renumber the labels from 0");
+        }
+        // Indices in the training file: names in the others are refused, not numbered on their own.
+        let others = spec_for(Some(k), Some(names.clone().unwrap_or_default()));
         let read = |p: &Path| read_records(p, &others).map(|r| record_split(&r, max_len));
         let tr = record_split(&train, max_len);
         let va = src.valid.map(read).transpose()?;
