@@ -75,6 +75,24 @@ impl Loaded {
     }
 }
 
+/// A sequence task's records: continuous tokens of `input_dim` values, or ids below `vocab_size`
+/// (validated: exactly one is set).
+pub(super) fn sequence_input(input_dim: Option<usize>, vocab_size: Option<usize>) -> InputSpec {
+    match (input_dim, vocab_size) {
+        (Some(d), _) => InputSpec::Continuous { token_dim: Some(d) },
+        (_, Some(v)) => InputSpec::Tokens { vocab_size: v },
+        (None, None) => unreachable!("validated: one of input_dim and vocab_size"),
+    }
+}
+
+/// A sequence task's head: `outputs` from one read-out token, over its kind of input.
+pub(super) fn sequence_head(input_dim: Option<usize>, vocab_size: Option<usize>, outputs: usize) -> HeadShape {
+    match sequence_input(input_dim, vocab_size) {
+        InputSpec::Continuous { token_dim } => classes(token_dim.unwrap_or(1) as i64, outputs as i64),
+        InputSpec::Tokens { vocab_size } => tokens(vocab_size as i64, outputs as i64),
+    }
+}
+
 pub(super) fn classes(dim: i64, n: i64) -> HeadShape {
     HeadShape { input: InputKind::Continuous { dim }, output_dim: n, readout_tokens: 1 }
 }

@@ -10,14 +10,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use super::files::{classes, read_records, record_split, tokens, Loaded};
+use super::files::{read_records, record_split, sequence_head, sequence_input, Loaded};
 use super::normalize::Normalize;
 use super::samples::Form;
-use super::spec::{bad, check};
+use super::spec::check;
 use super::{DataSources, Fitted, Objective, SpecError, Task, TaskData, TaskLimits, TaskSpec};
-use crate::data::records::{InputSpec, RecordSpec};
+use crate::data::records::RecordSpec;
 use crate::data::RecordLabels;
-use crate::model::fpt::{HeadShape, InputKind};
+use crate::model::fpt::HeadShape;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,12 +35,7 @@ pub struct Regression {
 
 impl Task for Regression {
     fn validate(&self, limits: &TaskLimits) -> Result<(), SpecError> {
-        match (self.input_dim, self.vocab_size) {
-            (Some(d), None) => check::within("input_dim", d, 1, limits.max_input_dim)?,
-            (None, Some(v)) => check::within("vocab_size", v, 1, limits.max_vocab)?,
-            (Some(_), Some(_)) => return Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids), not both")),
-            (None, None) => return Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids)")),
-        }
+        check::sequence_input(self.input_dim, self.vocab_size, limits)?;
         check::column("target_column", self.target_column.as_deref())?;
         if let Some(k) = self.num_targets {
             check::within("num_targets", k, 1, limits.max_classes)?;
@@ -52,11 +47,7 @@ impl Task for Regression {
     }
 
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
-        let input = match (self.input_dim, self.vocab_size) {
-            (Some(d), _) => InputSpec::Continuous { token_dim: Some(d) },
-            (_, Some(v)) => InputSpec::Tokens { vocab_size: v },
-            (None, None) => unreachable!("validated: one of input_dim and vocab_size"),
-        };
+        let input = sequence_input(self.input_dim, self.vocab_size);
         let max_len = self.max_len.unwrap_or(src.max_positions).min(src.max_positions);
         let read = |p: &Path, k: Option<usize>| {
             let rs = RecordSpec { input: input.clone(), num_classes: None, bits: None, targets: Some(k), label_column: self.target_column.clone(), label_names: None };
@@ -68,11 +59,7 @@ impl Task for Regression {
         }
         let va = src.valid.map(|p| read(p, Some(k))).transpose()?.map(|(_, s)| s);
         let te = src.test.map(|p| read(p, Some(k))).transpose()?.map(|(_, s)| s);
-        let shape = match (self.input_dim, self.vocab_size) {
-            (Some(d), _) => classes(d as i64, k as i64),
-            (_, Some(v)) => tokens(v as i64, k as i64),
-            (None, None) => unreachable!("validated"),
-        };
+        let shape = sequence_head(self.input_dim, self.vocab_size, k);
         let truncated = tr.1 + va.as_ref().map_or(0, |v| v.1) + te.as_ref().map_or(0, |v| v.1);
         Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated, label_names: None }.finish(spec, src)
     }
@@ -103,10 +90,7 @@ impl Task for Regression {
     }
 
     fn sample_form(&self, shape: &HeadShape, _fitted: &Fitted) -> Form {
-        match shape.input {
-            InputKind::Continuous { dim } => Form::Vectors { dim: dim as usize, fixed: None },
-            InputKind::Tokens { vocab } => Form::Ids { vocab, text: None },
-        }
+        Form::sequence(shape)
     }
 }
 

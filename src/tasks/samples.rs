@@ -25,6 +25,16 @@ fn err(index: usize, message: impl Into<String>) -> SampleError {
     SampleError { index, message: message.into() }
 }
 
+impl Form {
+    /// A sequence task's samples: vectors of the head's token size, or ids below its vocabulary.
+    pub fn sequence(shape: &HeadShape) -> Form {
+        match shape.input {
+            InputKind::Continuous { dim } => Form::Vectors { dim: dim as usize, fixed: None },
+            InputKind::Tokens { vocab } => Form::Ids { vocab, text: None },
+        }
+    }
+}
+
 /// How a task's prediction samples look; each task says which form its samples take.
 pub enum Form {
     /// Tokens of `dim` values; a flat array is cut into tokens, `[L][D]` taken as is; `fixed` tokens when set.

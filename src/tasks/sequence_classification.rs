@@ -5,14 +5,14 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::files::{classes, read_records, record_split, tokens, Loaded};
+use super::files::{read_records, record_split, sequence_head, sequence_input, Loaded};
 use super::normalize::Normalize;
 use super::samples::Form;
-use super::spec::{bad, check};
+use super::spec::check;
 use super::{DataSources, Fitted, SpecError, Task, TaskData, TaskLimits, TaskSpec};
-use crate::data::records::{InputSpec, RecordSpec};
+use crate::data::records::RecordSpec;
 use crate::data::RecordLabels;
-use crate::model::fpt::{HeadShape, InputKind};
+use crate::model::fpt::HeadShape;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,12 +30,7 @@ pub struct SequenceClassification {
 
 impl Task for SequenceClassification {
     fn validate(&self, limits: &TaskLimits) -> Result<(), SpecError> {
-        match (self.input_dim, self.vocab_size) {
-            (Some(d), None) => check::within("input_dim", d, 1, limits.max_input_dim)?,
-            (None, Some(v)) => check::within("vocab_size", v, 1, limits.max_vocab)?,
-            (Some(_), Some(_)) => return Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids), not both")),
-            (None, None) => return Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids)")),
-        }
+        check::sequence_input(self.input_dim, self.vocab_size, limits)?;
         if let Some(n) = self.num_classes {
             check::classes(n, limits)?;
         }
@@ -47,11 +42,7 @@ impl Task for SequenceClassification {
     }
 
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
-        let input = match (self.input_dim, self.vocab_size) {
-            (Some(d), _) => InputSpec::Continuous { token_dim: Some(d) },
-            (_, Some(v)) => InputSpec::Tokens { vocab_size: v },
-            (None, None) => unreachable!("validated: one of input_dim and vocab_size"),
-        };
+        let input = sequence_input(self.input_dim, self.vocab_size);
         let max_len = self.max_len.unwrap_or(src.max_positions).min(src.max_positions);
         let spec_for = |num_classes: Option<usize>, label_names: Option<Vec<String>>| RecordSpec {
             input: input.clone(),
@@ -80,11 +71,7 @@ impl Task for SequenceClassification {
         let tr = record_split(&train, max_len);
         let va = src.valid.map(read).transpose()?;
         let te = src.test.map(read).transpose()?;
-        let shape = match (self.input_dim, self.vocab_size) {
-            (Some(d), _) => classes(d as i64, k as i64),
-            (_, Some(v)) => tokens(v as i64, k as i64),
-            (None, None) => unreachable!("validated"),
-        };
+        let shape = sequence_head(self.input_dim, self.vocab_size, k);
         let truncated = tr.1 + va.as_ref().map_or(0, |v| v.1) + te.as_ref().map_or(0, |v| v.1);
         Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated, label_names: names }.finish(spec, src)
     }
@@ -94,9 +81,6 @@ impl Task for SequenceClassification {
     }
 
     fn sample_form(&self, shape: &HeadShape, _fitted: &Fitted) -> Form {
-        match shape.input {
-            InputKind::Continuous { dim } => Form::Vectors { dim: dim as usize, fixed: None },
-            InputKind::Tokens { vocab } => Form::Ids { vocab, text: None },
-        }
+        Form::sequence(shape)
     }
 }

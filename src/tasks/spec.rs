@@ -115,6 +115,16 @@ pub(crate) mod check {
         Ok(())
     }
 
+    /// A sequence task's input: `input_dim` (continuous tokens) or `vocab_size` (token ids), exactly one.
+    pub fn sequence_input(input_dim: Option<usize>, vocab_size: Option<usize>, limits: &TaskLimits) -> Result<(), SpecError> {
+        match (input_dim, vocab_size) {
+            (Some(d), None) => within("input_dim", d, 1, limits.max_input_dim),
+            (None, Some(v)) => within("vocab_size", v, 1, limits.max_vocab),
+            (Some(_), Some(_)) => Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids), not both")),
+            (None, None) => Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids)")),
+        }
+    }
+
     /// A CSV column name: 1 to 256 characters.
     pub fn column(field: &str, name: Option<&str>) -> Result<(), SpecError> {
         match name {
