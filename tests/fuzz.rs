@@ -125,6 +125,7 @@ fn specs() -> Vec<RecordSpec> {
             targets: None,
             label_column: None,
             label_names: None,
+            multilabel: None,
         },
         RecordSpec {
             input: InputSpec::Continuous { token_dim: None },
@@ -133,6 +134,7 @@ fn specs() -> Vec<RecordSpec> {
             targets: None,
             label_column: None,
             label_names: None,
+            multilabel: None,
         },
         RecordSpec {
             input: InputSpec::Tokens { vocab_size: 8 },
@@ -141,6 +143,7 @@ fn specs() -> Vec<RecordSpec> {
             targets: None,
             label_column: None,
             label_names: None,
+            multilabel: None,
         },
     ]
 }

@@ -28,6 +28,11 @@ pub struct RecordSpec {
     pub targets: Option<Option<usize>>,
     /// In a CSV file, the column that holds the label (or the target); default `label` (`target`).
     pub label_column: Option<String>,
+    /// Multi-label records over this many labels: a label is a list of label indices or a 0/1
+    /// vector of this length (an array of this length holding only 0 and 1 is read as the vector).
+    /// `Some(0)`: the number is not known yet (an upload's check); each label must be a list of
+    /// distinct indices, and is counted, not kept.
+    pub multilabel: Option<usize>,
     /// The class names (in index order) that named labels must be among: the training file's,
     /// when a validation or test file is read. None: the names are the file's own, sorted.
     pub label_names: Option<Vec<String>>,
@@ -409,7 +414,49 @@ fn push_json_input(builder: &mut RecordSetBuilder, input: &Value) -> Result<(), 
     }
 }
 
+/// A multi-label record's labels as a 0/1 vector over `k`: from a list of distinct indices below `k`,
+/// or from a 0/1 vector of length `k`.
+fn multilabel_vector(items: &[Value], k: usize) -> Result<Vec<i64>, String> {
+    let values =
+        items.iter().enumerate().map(|(index, item)| json_integer(item, &format!("label {index}"))).collect::<Result<Vec<_>, _>>()?;
+    if values.len() == k && values.iter().all(|&v| v == 0 || v == 1) {
+        return Ok(values);
+    }
+    let mut vector = vec![0i64; k];
+    for (index, &v) in values.iter().enumerate() {
+        let slot =
+            usize::try_from(v).ok().filter(|&v| v < k).ok_or_else(|| format!("label {index} is {v}, out of range 0..{k} (num_labels)"))?;
+        if vector[slot] == 1 {
+            return Err(format!("label {v} is listed twice"));
+        }
+        vector[slot] = 1;
+    }
+    Ok(vector)
+}
+
 fn push_json_label(builder: &mut RecordSetBuilder, label: &Value) -> Result<(), String> {
+    if builder.spec.multilabel == Some(0) {
+        let items = label
+            .as_array()
+            .ok_or_else(|| format!("\"label\" is {}, expected a list of label indices or a 0/1 vector", describe_json(label)))?;
+        let mut seen = std::collections::HashSet::new();
+        for (index, item) in items.iter().enumerate() {
+            let v = json_integer(item, &format!("label {index}"))?;
+            if v < 0 {
+                return Err(format!("label {index} is {v}, a label index is 0 or more"));
+            }
+            if !seen.insert(v) && !(v == 0 || v == 1) {
+                return Err(format!("label {v} is listed twice"));
+            }
+        }
+        return builder.push_class_checked(0);
+    }
+    if let Some(k) = builder.spec.multilabel {
+        let items = label
+            .as_array()
+            .ok_or_else(|| format!("\"label\" is {}, expected a list of label indices or a 0/1 vector", describe_json(label)))?;
+        return builder.push_bits(&multilabel_vector(items, k)?);
+    }
     match label {
         Value::Array(items) => {
             let bits = items
@@ -717,6 +764,7 @@ mod tests {
             targets: None,
             label_column: None,
             label_names: None,
+            multilabel: None,
         }
     }
 
@@ -728,6 +776,7 @@ mod tests {
             targets: None,
             label_column: None,
             label_names: None,
+            multilabel: None,
         }
     }
 
@@ -764,6 +813,7 @@ mod tests {
             targets: None,
             label_column: None,
             label_names: None,
+            multilabel: None,
         };
         let set = read_jsonl(b"{\"input\": [0, 4, 2], \"label\": [1, 0, 1]}\n{\"input\": [1], \"label\": [0, 0, 0]}", &spec).unwrap();
         assert_eq!(set.inputs, RecordInputs::Tokens { ids: vec![0, 4, 2, 1] });
@@ -844,6 +894,7 @@ mod tests {
             targets: None,
             label_column: None,
             label_names: None,
+            multilabel: None,
         };
         assert!(jsonl_error("{\"input\": [1], \"label\": 1}", &both).starts_with("spec: "));
         assert!(jsonl_error("{\"input\": [1], \"label\": 1}", &continuous(Some(0), None)).contains("token_dim must be at least 1"));
@@ -1005,5 +1056,21 @@ mod tests {
         assert_eq!(jsonl_error(mixed, &undecided), "line 2: label 1 is a class index, but earlier records have class names");
         let too_many = "{\"input\": [1], \"label\": \"a\"}\n{\"input\": [1], \"label\": \"b\"}\n{\"input\": [1], \"label\": \"c\"}";
         assert_eq!(jsonl_error(too_many, &continuous(Some(1), Some(2))), "file: 3 class names, more than num_classes (2)");
+    }
+
+    #[test]
+    fn multilabel_labels_are_index_lists_or_vectors() {
+        let spec = RecordSpec { bits: Some(3), multilabel: Some(3), ..continuous(Some(1), None) };
+        let set = read_jsonl(
+            b"{\"input\": [1], \"label\": [2, 0]}\n{\"input\": [1], \"label\": [0, 1, 1]}\n{\"input\": [1], \"label\": []}",
+            &spec,
+        )
+        .unwrap();
+        assert_eq!(set.labels, RecordLabels::Bits { bits: vec![1, 0, 1, 0, 1, 1, 0, 0, 0], per_sample: 3 });
+        assert_eq!(jsonl_error("{\"input\": [1], \"label\": [1, 1]}", &spec), "line 1: label 1 is listed twice");
+        assert_eq!(
+            jsonl_error("{\"input\": [1], \"label\": 2}", &spec),
+            "line 1: \"label\" is a number (2), expected a list of label indices or a 0/1 vector"
+        );
     }
 }

@@ -344,9 +344,19 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
                 Format::Npz => data::records::read_npz(bytes, spec),
                 _ => data::records::read_safetensors(bytes, spec),
             };
-            let nested = RecordSpec { input: InputSpec::Continuous { token_dim: None }, num_classes: None, bits: None, targets: None, label_column: None, label_names: None };
-            let set = match read(&nested) {
-                Err(e) if e.message.contains("no token_dim") => read(&RecordSpec { input: InputSpec::Continuous { token_dim: Some(1) }, ..nested }),
+            let nested = RecordSpec::default();
+            let attempt = |spec: &RecordSpec| match read(spec) {
+                Err(e) if e.message.contains("no token_dim") => {
+                    read(&RecordSpec { input: InputSpec::Continuous { token_dim: Some(1) }, ..spec.clone() })
+                }
+                other => other,
+            };
+            let set = match attempt(&nested) {
+                // Label arrays of different lengths may be multi-label index lists: checked as such
+                // here; the task, which knows num_labels, reads them.
+                Err(e) if e.message.contains("bits") || e.message.contains("bit label") => {
+                    attempt(&RecordSpec { multilabel: Some(0), ..nested.clone() }).map_err(|_| e)
+                }
                 other => other,
             }?;
             let name = match format {

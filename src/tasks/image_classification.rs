@@ -69,6 +69,7 @@ impl Task for ImageClassification {
             targets: None,
             label_column: None,
             label_names: None,
+            multilabel: None,
         };
         let t = self.transform();
         let dims = [self.height as i64, self.width as i64, self.channels as i64];

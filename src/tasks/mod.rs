@@ -58,6 +58,7 @@ task_types! {
     remote_homology { RemoteHomology = "remote_homology" }
     sequence_classification { SequenceClassification = "sequence_classification" }
     regression { Regression = "regression" }
+    multilabel_classification { MultilabelClassification = "multilabel_classification" }
     image_classification { ImageClassification = "image_classification" }
     ; tests:
     toy { ToySumSign = "toy_sum_sign" }

@@ -17,6 +17,10 @@ pub enum Objective {
     /// standardised by the training split's `mean` and `std` (MSE on that scale); metrics and
     /// answers are in the targets' own units: `rmse` (primary), `mae`, `r2` (the mean over targets).
     Regression { mean: Vec<f32>, std: Vec<f32> },
+    /// Any number of `k` labels per row from the first read-out token, one logit each; binary
+    /// cross-entropy; a label is predicted when its probability reaches `threshold`; `micro_f1`
+    /// (primary), `macro_f1` and `subset_accuracy` (every label right).
+    MultiLabel { k: usize, threshold: f64 },
 }
 
 /// The mean loss of a batch (for the gradient) and its metric sums.
@@ -73,6 +77,20 @@ impl Objective {
                 tally.add("rows", b as f64);
                 l.reshape([-1, 2]).cross_entropy_for_logits(&targets.reshape([-1]))
             }
+            Objective::MultiLabel { threshold, .. } => {
+                let out = logits.select(1, 0).to_kind(Kind::Float);
+                let y = targets.to_kind(Kind::Float);
+                let predicted = out.sigmoid().ge(*threshold).to_kind(Kind::Float);
+                let (tp, fp, fn_) = (&predicted * &y, &predicted * (1.0 - &y), (1.0 - &predicted) * &y);
+                for (name, sums) in [("tp_", column_sums(&tp)), ("fp_", column_sums(&fp)), ("fn_", column_sums(&fn_))] {
+                    for (j, v) in sums.into_iter().enumerate() {
+                        tally.add(&format!("{name}{j}"), v);
+                    }
+                }
+                tally.add("exact", count(predicted.eq_tensor(&y).all_dim(1, false)));
+                tally.add("rows", b as f64);
+                out.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Mean)
+            }
             Objective::Regression { mean, std } => {
                 let out = logits.select(1, 0).to_kind(Kind::Float);
                 let y = targets.to_kind(Kind::Float);
@@ -109,6 +127,14 @@ impl Objective {
                 put("accuracy", t.ratio("correct", "bits"));
                 put("exact_accuracy", t.ratio("exact", "rows"));
             }
+            Objective::MultiLabel { k, .. } => {
+                let sum = |name: &str| (0..*k).map(|j| t.get(&format!("{name}{j}"))).sum::<f64>();
+                put("micro_f1", f1(sum("tp_"), sum("fp_"), sum("fn_")));
+                let per_label: Vec<f64> =
+                    (0..*k).filter_map(|j| f1(t.get(&format!("tp_{j}")), t.get(&format!("fp_{j}")), t.get(&format!("fn_{j}")))).collect();
+                put("macro_f1", (!per_label.is_empty()).then(|| per_label.iter().sum::<f64>() / per_label.len() as f64));
+                put("subset_accuracy", t.ratio("exact", "rows"));
+            }
             Objective::Regression { mean, .. } => {
                 put("rmse", t.ratio("sse", "values").map(f64::sqrt));
                 put("mae", t.ratio("sae", "values"));
@@ -121,6 +147,7 @@ impl Objective {
     pub fn primary(&self) -> Primary {
         match self {
             Objective::Regression { .. } => Primary { name: "rmse", direction: Direction::Lower },
+            Objective::MultiLabel { .. } => Primary { name: "micro_f1", direction: Direction::Higher },
             _ => Primary { name: "accuracy", direction: Direction::Higher },
         }
     }
@@ -145,6 +172,16 @@ impl Objective {
                     logits.to_kind(Kind::Float).reshape([b, -1, 2]).argmax(-1, false).to_kind(Kind::Uint8).to_device(tch::Device::Cpu);
                 (0..b).map(|i| Prediction { bits: Some(Vec::try_from(bits.get(i)).unwrap()), ..Prediction::default() }).collect()
             }
+            Objective::MultiLabel { threshold, .. } => {
+                let p = logits.select(1, 0).to_kind(Kind::Float).sigmoid().to_device(tch::Device::Cpu);
+                (0..b)
+                    .map(|i| {
+                        let probs: Vec<f32> = Vec::try_from(p.get(i)).unwrap();
+                        let labels = probs.iter().enumerate().filter(|(_, &q)| f64::from(q) >= *threshold).map(|(j, _)| j as i64).collect();
+                        Prediction { labels: Some(labels), probabilities: Some(probs), ..Prediction::default() }
+                    })
+                    .collect()
+            }
             Objective::Regression { mean, std } => {
                 let y = Self::in_units(&logits.select(1, 0).to_kind(Kind::Float), mean, std).to_device(tch::Device::Cpu);
                 (0..b)
@@ -159,6 +196,12 @@ impl Objective {
             }
         }
     }
+}
+
+/// F1 from true positives, false positives and false negatives; None when there is nothing to score.
+fn f1(tp: f64, fp: f64, fn_: f64) -> Option<f64> {
+    let d = 2.0 * tp + fp + fn_;
+    (d > 0.0).then(|| 2.0 * tp / d)
 }
 
 /// The mean R^2 over `k` targets of everything tallied; None until a target varies.
@@ -182,6 +225,9 @@ pub struct Prediction {
     /// The class's name, when the training file named its classes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label_name: Option<String>,
+    /// Multi-label: the labels whose probability reaches the threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<i64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probabilities: Option<Vec<f32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -216,5 +262,20 @@ mod tests {
         let mut t = a.tally.clone();
         t.merge(&b.tally);
         assert_eq!(o.metrics(&t), m);
+    }
+
+    #[test]
+    fn multilabel_metrics_count_each_label() {
+        let o = Objective::MultiLabel { k: 2, threshold: 0.5 };
+        // Rows predict (1, 0), (1, 1), (0, 0) against (1, 0), (0, 1), (1, 0).
+        let logits = Tensor::from_slice(&[3f32, -3.0, 3.0, 3.0, -3.0, -3.0]).view([3, 1, 2]);
+        let targets = Tensor::from_slice(&[1i64, 0, 0, 1, 1, 0]).view([3, 2]);
+        let m = o.metrics(&o.score(&logits, &targets).tally);
+        // Label 0: tp 1, fp 1, fn 1 (F1 0.5); label 1: tp 1 (F1 1); micro: tp 2, fp 1, fn 1.
+        assert!((m["micro_f1"] - 4.0 / 6.0).abs() < 1e-9, "{m:?}");
+        assert!((m["macro_f1"] - 0.75).abs() < 1e-9, "{m:?}");
+        assert!((m["subset_accuracy"] - 1.0 / 3.0).abs() < 1e-9, "{m:?}");
+        assert_eq!(o.predictions(&logits)[1].labels, Some(vec![0, 1]));
+        assert_eq!(o.primary().name, "micro_f1");
     }
 }

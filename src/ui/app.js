@@ -3,7 +3,7 @@
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const main = () => $("#main");
-const TASKS = ["mnist", "bit_xor", "bit_memory", "listops", "cifar10", "cifar10_lra", "remote_homology", "sequence_classification", "image_classification", "regression"];
+const TASKS = ["mnist", "bit_xor", "bit_memory", "listops", "cifar10", "cifar10_lra", "remote_homology", "sequence_classification", "image_classification", "regression", "multilabel_classification"];
 let stopStream = null;
 
 function esc(s) {
