@@ -118,33 +118,9 @@ fn mutated(seed: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
 
 fn specs() -> Vec<RecordSpec> {
     vec![
-        RecordSpec {
-            input: InputSpec::Continuous { token_dim: Some(4) },
-            num_classes: Some(2),
-            bits: None,
-            targets: None,
-            label_column: None,
-            label_names: None,
-            multilabel: None,
-        },
-        RecordSpec {
-            input: InputSpec::Continuous { token_dim: None },
-            num_classes: None,
-            bits: None,
-            targets: None,
-            label_column: None,
-            label_names: None,
-            multilabel: None,
-        },
-        RecordSpec {
-            input: InputSpec::Tokens { vocab_size: 8 },
-            num_classes: Some(2),
-            bits: None,
-            targets: None,
-            label_column: None,
-            label_names: None,
-            multilabel: None,
-        },
+        RecordSpec { input: InputSpec::Continuous { token_dim: Some(4) }, num_classes: Some(2), ..RecordSpec::default() },
+        RecordSpec { input: InputSpec::Continuous { token_dim: None }, num_classes: None, ..RecordSpec::default() },
+        RecordSpec { input: InputSpec::Tokens { vocab_size: 8 }, num_classes: Some(2), ..RecordSpec::default() },
     ]
 }
 

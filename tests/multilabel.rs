@@ -3,8 +3,6 @@
 //! and answers the labels over its threshold with every probability; over the API and the CLI.
 mod common;
 
-use std::process::Command;
-
 use common::server::Server;
 use serde_json::{json, Value};
 
@@ -58,30 +56,7 @@ fn multilabel_trains_and_predicts_from_the_command_line() {
     let dir = common::tempdir();
     let path = dir.path().join("train.jsonl");
     std::fs::write(&path, records(64, 3)).unwrap();
-    let out = dir.path().join("ml.safetensors");
-    let models = common::tiny_models().display().to_string();
-    let run = |args: &[&str]| {
-        let o = Command::new(common::fpt_bin()).args(args).args(["--models-dir", &models]).output().unwrap();
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).to_string()
-    };
     let task = r#"{"type":"multilabel_classification","input_dim":4,"num_labels":3}"#;
-    run(&[
-        "train",
-        "--task",
-        task,
-        "--model",
-        "tiny-gpt2",
-        "--train",
-        path.to_str().unwrap(),
-        "--steps",
-        "10",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let inputs = dir.path().join("x.jsonl");
-    std::fs::write(&inputs, "{\"input\": [0.1, 0.2, 0.3, 0.4]}\n").unwrap();
-    let answer: Value =
-        serde_json::from_str(run(&["predict", "--adapter", out.to_str().unwrap(), "--input", inputs.to_str().unwrap()]).trim()).unwrap();
-    assert!(answer["labels"].is_array() && answer["probabilities"].as_array().unwrap().len() == 3, "{answer}");
+    let answers = common::cli_train_and_predict(dir.path(), task, &path, 10, "{\"input\": [0.1, 0.2, 0.3, 0.4]}\n");
+    assert!(answers[0]["labels"].is_array() && answers[0]["probabilities"].as_array().unwrap().len() == 3, "{answers:?}");
 }

@@ -3,8 +3,6 @@
 //! API and the command line.
 mod common;
 
-use std::process::Command;
-
 use common::server::Server;
 use serde_json::{json, Value};
 
@@ -105,34 +103,16 @@ fn several_targets_train_and_answer_values_and_a_label_file_is_refused() {
 #[test]
 fn regression_trains_and_predicts_from_the_command_line() {
     let dir = common::tempdir();
-    let (train, _) = records(128, 4, 1);
     let path = dir.path().join("train.jsonl");
-    std::fs::write(&path, train).unwrap();
-    let out = dir.path().join("reg.safetensors");
-    let models = common::tiny_models().display().to_string();
-    let run = |args: &[&str]| {
-        let o = Command::new(common::fpt_bin()).args(args).args(["--models-dir", &models]).output().unwrap();
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).to_string()
-    };
-    let task = r#"{"type":"regression","input_dim":4}"#;
-    run(&[
-        "train",
-        "--task",
-        task,
-        "--model",
-        "tiny-gpt2",
-        "--train",
-        path.to_str().unwrap(),
-        "--steps",
-        "20",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let inputs = dir.path().join("x.jsonl");
-    std::fs::write(&inputs, "{\"input\": [0.1, 0.2, 0.3, 0.4]}\n").unwrap();
-    let answer = run(&["predict", "--adapter", out.to_str().unwrap(), "--input", inputs.to_str().unwrap()]);
-    assert!(answer.contains("\"value\""), "{answer}");
+    std::fs::write(&path, records(128, 4, 1).0).unwrap();
+    let answers = common::cli_train_and_predict(
+        dir.path(),
+        r#"{"type":"regression","input_dim":4}"#,
+        &path,
+        20,
+        "{\"input\": [0.1, 0.2, 0.3, 0.4]}\n",
+    );
+    assert!(answers[0]["value"].is_number(), "{answers:?}");
 }
 
 /// A regression adapter and a classification adapter of one backbone share a forward pass, each

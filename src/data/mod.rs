@@ -9,6 +9,7 @@ pub mod fasta;
 pub mod idx;
 pub mod listops;
 pub mod records;
+pub mod ts;
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -244,6 +245,8 @@ pub enum Format {
     TapeJson,
     /// A table with a header row, comma- or tab-separated: a label (or target) column and numeric inputs.
     Csv,
+    /// The sktime/aeon/UEA time-series format: `@` header keywords, then `@data` and a case per line.
+    Ts,
 }
 
 impl Format {
@@ -260,6 +263,7 @@ impl Format {
             Format::Fasta => "FASTA",
             Format::TapeJson => "TAPE JSON",
             Format::Csv => "CSV",
+            Format::Ts => "UCR/UEA .ts",
         }
     }
 }
@@ -353,8 +357,8 @@ pub fn detect_format(filename: &str, bytes: &[u8]) -> Result<Format, DataError> 
     }
     detect_text_format(bytes).ok_or_else(|| {
         DataError::file(
-            "unrecognised format (expected JSONL, TAPE JSON, CSV/TSV with a header row, npz, safetensors, IDX (optionally \
-             gzipped), CIFAR-10 .bin or .tar.gz, ListOps TSV or FASTA)",
+            "unrecognised format (expected JSONL, TAPE JSON, CSV/TSV with a header row, UCR/UEA .ts, npz, safetensors, IDX \
+             (optionally gzipped), CIFAR-10 .bin or .tar.gz, ListOps TSV or FASTA)",
         )
     })
 }
@@ -379,6 +383,7 @@ fn detect_text_format(bytes: &[u8]) -> Option<Format> {
     let first_line = first_line.strip_suffix(b"\r").unwrap_or(first_line);
     match text[0] {
         b'>' => Some(Format::Fasta),
+        b'@' | b'#' => Some(Format::Ts),
         _ if listops::is_tsv_line(first_line) => Some(Format::ListopsTsv),
         b'{' if fasta::looks_like_tape_object(first_line) => Some(Format::TapeJson),
         b'{' => Some(Format::Jsonl),

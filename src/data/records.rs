@@ -65,7 +65,7 @@ fn checked_f32(index: usize, value: f64) -> Result<f32, String> {
     checked_f32_of("input value", index, value)
 }
 
-fn checked_f32_of(what: &str, index: usize, value: f64) -> Result<f32, String> {
+pub(super) fn checked_f32_of(what: &str, index: usize, value: f64) -> Result<f32, String> {
     if value.is_nan() {
         return Err(format!("{what} {index} is NaN"));
     }
@@ -129,7 +129,7 @@ enum LabelKind {
 }
 
 /// Accumulates validated records from any format.
-struct RecordSetBuilder<'a> {
+pub(super) struct RecordSetBuilder<'a> {
     spec: &'a RecordSpec,
     values: Vec<f32>,
     ids: Vec<i64>,
@@ -145,7 +145,7 @@ struct RecordSetBuilder<'a> {
 }
 
 impl<'a> RecordSetBuilder<'a> {
-    fn new(spec: &'a RecordSpec) -> Result<Self, DataError> {
+    pub(super) fn new(spec: &'a RecordSpec) -> Result<Self, DataError> {
         let label_kind = match (spec.num_classes, spec.bits, spec.targets) {
             (Some(_), Some(_), _) => return Err(DataError::new("spec", "num_classes and bits cannot both be set")),
             (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
@@ -206,7 +206,7 @@ impl<'a> RecordSetBuilder<'a> {
     }
 
     /// Adds a record of real values; `shape_dim` is the token size the record's own shape states, if any.
-    fn push_values(&mut self, values: &[f32], shape_dim: Option<usize>) -> Result<(), String> {
+    pub(super) fn push_values(&mut self, values: &[f32], shape_dim: Option<usize>) -> Result<(), String> {
         let InputSpec::Continuous { token_dim } = self.spec.input else {
             return Err("input holds real values, but the dataset expects token ids".to_string());
         };
@@ -266,7 +266,7 @@ impl<'a> RecordSetBuilder<'a> {
         self.push_class_checked(label)
     }
 
-    fn push_class_checked(&mut self, label: i64) -> Result<(), String> {
+    pub(super) fn push_class_checked(&mut self, label: i64) -> Result<(), String> {
         let num_classes = match self.label_kind {
             LabelKind::Bits { .. } => return Err("label is a class index, but the dataset has bit labels".to_string()),
             LabelKind::Targets { .. } => return Err(TARGETS_NOT_LABELS.to_string()),
@@ -303,7 +303,7 @@ impl<'a> RecordSetBuilder<'a> {
         Ok(())
     }
 
-    fn push_targets(&mut self, values: &[f32]) -> Result<(), String> {
+    pub(super) fn push_targets(&mut self, values: &[f32]) -> Result<(), String> {
         let (per_sample, from_spec) = match self.label_kind {
             LabelKind::Class { .. } | LabelKind::Bits { .. } => {
                 return Err("record has a \"target\", but the dataset has class or bit labels (\"label\")".to_string())
@@ -326,7 +326,7 @@ impl<'a> RecordSetBuilder<'a> {
         Ok(())
     }
 
-    fn finish(self) -> Result<RecordSet, DataError> {
+    pub(super) fn finish(self) -> Result<RecordSet, DataError> {
         if self.offsets.len() == 1 {
             return Err(DataError::file("no records found"));
         }
@@ -757,27 +757,11 @@ mod tests {
     use safetensors::Dtype;
 
     fn continuous(token_dim: Option<usize>, num_classes: Option<usize>) -> RecordSpec {
-        RecordSpec {
-            input: InputSpec::Continuous { token_dim },
-            num_classes,
-            bits: None,
-            targets: None,
-            label_column: None,
-            label_names: None,
-            multilabel: None,
-        }
+        RecordSpec { input: InputSpec::Continuous { token_dim }, num_classes, bits: None, ..RecordSpec::default() }
     }
 
     fn tokens(vocab_size: usize) -> RecordSpec {
-        RecordSpec {
-            input: InputSpec::Tokens { vocab_size },
-            num_classes: None,
-            bits: None,
-            targets: None,
-            label_column: None,
-            label_names: None,
-            multilabel: None,
-        }
+        RecordSpec { input: InputSpec::Tokens { vocab_size }, num_classes: None, bits: None, ..RecordSpec::default() }
     }
 
     fn le_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N]) -> Vec<u8> {
@@ -806,15 +790,7 @@ mod tests {
 
     #[test]
     fn reads_token_ids_and_bit_labels() {
-        let spec = RecordSpec {
-            input: InputSpec::Tokens { vocab_size: 5 },
-            num_classes: None,
-            bits: Some(3),
-            targets: None,
-            label_column: None,
-            label_names: None,
-            multilabel: None,
-        };
+        let spec = RecordSpec { input: InputSpec::Tokens { vocab_size: 5 }, num_classes: None, bits: Some(3), ..RecordSpec::default() };
         let set = read_jsonl(b"{\"input\": [0, 4, 2], \"label\": [1, 0, 1]}\n{\"input\": [1], \"label\": [0, 0, 0]}", &spec).unwrap();
         assert_eq!(set.inputs, RecordInputs::Tokens { ids: vec![0, 4, 2, 1] });
         assert_eq!(set.labels, RecordLabels::Bits { bits: vec![1, 0, 1, 0, 0, 0], per_sample: 3 });
@@ -887,15 +863,7 @@ mod tests {
 
     #[test]
     fn spec_contradictions_are_refused() {
-        let both = RecordSpec {
-            input: InputSpec::Tokens { vocab_size: 4 },
-            num_classes: Some(2),
-            bits: Some(2),
-            targets: None,
-            label_column: None,
-            label_names: None,
-            multilabel: None,
-        };
+        let both = RecordSpec { input: InputSpec::Tokens { vocab_size: 4 }, num_classes: Some(2), bits: Some(2), ..RecordSpec::default() };
         assert!(jsonl_error("{\"input\": [1], \"label\": 1}", &both).starts_with("spec: "));
         assert!(jsonl_error("{\"input\": [1], \"label\": 1}", &continuous(Some(0), None)).contains("token_dim must be at least 1"));
     }

@@ -269,7 +269,8 @@ pub(super) fn read_records(p: &Path, spec: &RecordSpec) -> Result<RecordSet> {
         data::Format::Npz => data::records::read_npz(&bytes, spec),
         data::Format::Safetensors => data::records::read_safetensors(&bytes, spec),
         data::Format::Csv => data::records::read_csv(&bytes, spec),
-        other => bail!("{}: a {} file cannot hold records for this task (JSONL, CSV, npz or safetensors)", p.display(), other.name()),
+        data::Format::Ts => data::ts::read_ts(&bytes, spec),
+        other => bail!("{}: a {} file cannot hold records for this task (JSONL, CSV, .ts, npz or safetensors)", p.display(), other.name()),
     };
     set.map_err(|e| named(p, e))
 }
@@ -338,6 +339,7 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
     match format {
         // A table's label column may be named by the task later: checked as far as can be now.
         Format::Csv => info("csv", data::records::inspect_csv(bytes)?),
+        Format::Ts => info("ts", data::ts::read_ts(bytes, &RecordSpec::default())?.len()),
         Format::Jsonl | Format::Npz | Format::Safetensors => {
             let read = |spec: &RecordSpec| match format {
                 Format::Jsonl => data::records::read_jsonl(bytes, spec),

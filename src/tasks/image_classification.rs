@@ -65,11 +65,7 @@ impl Task for ImageClassification {
         let rs = RecordSpec {
             input: InputSpec::Continuous { token_dim: Some(self.height * self.width * self.channels) },
             num_classes: Some(self.num_classes),
-            bits: None,
-            targets: None,
-            label_column: None,
-            label_names: None,
-            multilabel: None,
+            ..RecordSpec::default()
         };
         let t = self.transform();
         let dims = [self.height as i64, self.width as i64, self.channels as i64];

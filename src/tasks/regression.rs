@@ -50,7 +50,7 @@ impl Task for Regression {
         let input = sequence_input(self.input_dim, self.vocab_size);
         let max_len = self.max_len.unwrap_or(src.max_positions).min(src.max_positions);
         let read = |p: &Path, k: Option<usize>| {
-            let rs = RecordSpec { input: input.clone(), num_classes: None, bits: None, targets: Some(k), label_column: self.target_column.clone(), label_names: None, multilabel: None };
+            let rs = RecordSpec { input: input.clone(), targets: Some(k), label_column: self.target_column.clone(), ..RecordSpec::default() };
             read_records(p, &rs).map(|r| (targets_per_record(&r.labels), record_split(&r, max_len)))
         };
         let (k, tr) = read(src.train.expect("checked by TaskData::load"), self.num_targets)?;

@@ -82,6 +82,23 @@ pub fn fpt_bin() -> PathBuf {
     std::env::var_os("FPT_UNDER_TEST").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fpt")), PathBuf::from)
 }
 
+/// Trains `task` from the command line on the tiny GPT-2 (`steps` steps on `train`), then predicts
+/// for each JSONL line of `inputs`; returns the predictions, one per line.
+pub fn cli_train_and_predict(dir: &Path, task: &str, train: &Path, steps: u32, inputs: &str) -> Vec<serde_json::Value> {
+    let models = tiny_models().display().to_string();
+    let run = |args: &[&str]| {
+        let o = Command::new(fpt_bin()).args(args).args(["--models-dir", &models]).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let (adapter, input_file) = (dir.join("cli.safetensors"), dir.join("cli-inputs.jsonl"));
+    let (adapter, train) = (adapter.to_str().unwrap(), train.to_str().unwrap());
+    run(&["train", "--task", task, "--model", "tiny-gpt2", "--train", train, "--steps", &steps.to_string(), "--out", adapter]);
+    std::fs::write(&input_file, inputs).unwrap();
+    let out = run(&["predict", "--adapter", adapter, "--input", input_file.to_str().unwrap()]);
+    out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
