@@ -236,6 +236,13 @@ pub struct DataSources<'a> {
     pub max_positions: usize,
 }
 
+impl DataSources<'_> {
+    /// Tokens a record keeps: a task's `max_len` where it sets one, never more than the backbone's positions.
+    pub fn tokens_kept(&self, max_len: Option<usize>) -> usize {
+        max_len.unwrap_or(self.max_positions).min(self.max_positions)
+    }
+}
+
 enum Data {
     Synthetic { task: BitTask, valid: Split },
     Loaded { train: Split, valid: Split, test: Option<Split> },

@@ -42,10 +42,7 @@ impl Task for MultilabelClassification {
         if !(self.threshold() > 0.0 && self.threshold() < 1.0) {
             return Err(bad("threshold", "must be between 0 and 1 (exclusive)"));
         }
-        match self.max_len {
-            Some(l) => check::length("max_len", l, 1, limits),
-            None => Ok(()),
-        }
+        check::max_len(self.max_len, limits)
     }
 
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
@@ -55,7 +52,7 @@ impl Task for MultilabelClassification {
             multilabel: Some(self.num_labels),
             ..RecordSpec::default()
         };
-        let max_len = self.max_len.unwrap_or(src.max_positions).min(src.max_positions);
+        let max_len = src.tokens_kept(self.max_len);
         let read = |p: &Path| read_records(p, &rs).map(|r| record_split(&r, max_len));
         let tr = read(src.train.expect("checked by TaskData::load"))?;
         let va = src.valid.map(read).transpose()?;

@@ -40,15 +40,12 @@ impl Task for Regression {
         if let Some(k) = self.num_targets {
             check::within("num_targets", k, 1, limits.max_classes)?;
         }
-        match self.max_len {
-            Some(l) => check::length("max_len", l, 1, limits),
-            None => Ok(()),
-        }
+        check::max_len(self.max_len, limits)
     }
 
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
         let input = sequence_input(self.input_dim, self.vocab_size);
-        let max_len = self.max_len.unwrap_or(src.max_positions).min(src.max_positions);
+        let max_len = src.tokens_kept(self.max_len);
         let read = |p: &Path, k: Option<usize>| {
             let rs = RecordSpec { input: input.clone(), targets: Some(k), label_column: self.target_column.clone(), ..RecordSpec::default() };
             read_records(p, &rs).map(|r| (targets_per_record(&r.labels), record_split(&r, max_len)))

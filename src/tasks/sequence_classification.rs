@@ -35,15 +35,12 @@ impl Task for SequenceClassification {
             check::classes(n, limits)?;
         }
         check::column("label_column", self.label_column.as_deref())?;
-        match self.max_len {
-            Some(l) => check::length("max_len", l, 1, limits),
-            None => Ok(()),
-        }
+        check::max_len(self.max_len, limits)
     }
 
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
         let input = sequence_input(self.input_dim, self.vocab_size);
-        let max_len = self.max_len.unwrap_or(src.max_positions).min(src.max_positions);
+        let max_len = src.tokens_kept(self.max_len);
         let spec_for = |num_classes: Option<usize>, label_names: Option<Vec<String>>| RecordSpec {
             input: input.clone(),
             num_classes,

@@ -125,6 +125,11 @@ pub(crate) mod check {
         }
     }
 
+    /// A sequence task's optional `max_len`: at least 1, within the length bound.
+    pub fn max_len(max_len: Option<usize>, limits: &TaskLimits) -> Result<(), SpecError> {
+        max_len.map_or(Ok(()), |l| length("max_len", l, 1, limits))
+    }
+
     /// A CSV column name: 1 to 256 characters.
     pub fn column(field: &str, name: Option<&str>) -> Result<(), SpecError> {
         match name {
