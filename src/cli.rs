@@ -190,7 +190,7 @@ fn predict(a: PredictArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: record {}: {}", a.input.display(), c * a.batch_size + e.index, e.message))?;
         let logits =
             tch::no_grad(|| model.forward(&b.inputs.to_device(device), b.lengths.as_ref().map(|l| l.to_device(device)).as_ref(), false));
-        for p in objective.predictions(&logits) {
+        for p in objective.predictions(&logits, b.context.as_ref()) {
             writeln!(out, "{}", serde_json::to_string(&p)?)?;
         }
     }

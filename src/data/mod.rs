@@ -9,6 +9,7 @@ pub mod fasta;
 pub mod idx;
 pub mod listops;
 pub mod records;
+pub mod series;
 pub mod ts;
 
 use std::borrow::Cow;

@@ -644,7 +644,8 @@ pub(crate) fn csv_delimiter(line: &[u8]) -> Option<u8> {
 
 /// Checks an uploaded table before any task names its columns; returns its rows. With a `label`
 /// or `target` column it is read as a task would read it; otherwise (a task may name its
-/// `label_column` later) every row must be whole, with at most one column that is not all numbers.
+/// `label_column` later, or it is a forecasting task's series) every row must be whole, with at
+/// most one column (a label or a time stamp) that is not all numbers; gaps are left to the task.
 pub fn inspect_csv(bytes: &[u8]) -> Result<usize, DataError> {
     let (header, mut reader) = csv_reader(bytes)?;
     if header.iter().any(|h| h == "label" || h == "target") {
@@ -657,8 +658,9 @@ pub fn inspect_csv(bytes: &[u8]) -> Result<usize, DataError> {
         let row = row.map_err(|e| DataError::at_line(e.position().map_or(0, |p| p.line() as usize), format!("invalid CSV: {e}")))?;
         let line = row.position().map_or(0, |p| p.line() as usize);
         for (j, field) in row.iter().enumerate() {
-            if field.is_empty() {
-                return Err(DataError::at_line(line, format!("column `{}` is empty (a missing value)", header[j])));
+            // A gap may be a series' missing value, which a forecasting task's `missing` handles.
+            if super::series::is_missing_text(field) {
+                continue;
             }
             if field.parse::<f64>().is_err() {
                 match words {
@@ -681,7 +683,7 @@ pub fn inspect_csv(bytes: &[u8]) -> Result<usize, DataError> {
 }
 
 /// A CSV reader past the header, and the header's names.
-fn csv_reader(bytes: &[u8]) -> Result<(Vec<String>, csv::Reader<&[u8]>), DataError> {
+pub(super) fn csv_reader(bytes: &[u8]) -> Result<(Vec<String>, csv::Reader<&[u8]>), DataError> {
     let text = utf8_text(bytes)?;
     let first = text.lines().find(|l| !l.trim().is_empty()).ok_or_else(|| DataError::file("empty"))?;
     let delimiter = csv_delimiter(first.as_bytes()).ok_or_else(|| DataError::at_line(1, "expected a header row naming the columns"))?;

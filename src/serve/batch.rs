@@ -236,8 +236,8 @@ impl Worker {
         let dev = self.cfg.device;
         let logits = m.forward(&b.inputs.to_device(dev), b.lengths.map(|l| l.to_device(dev)).as_ref(), false);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats.batch_rows.fetch_add(j.samples.len() as u64, Ordering::Relaxed);
-        Ok(a.objective.predictions(&logits))
+        self.stats.batch_rows.fetch_add(logits.size()[0] as u64, Ordering::Relaxed);
+        Ok(a.objective.predictions(&logits, b.context.as_ref()))
     }
 
     /// Many adapters, one pass of the shared backbone; one result per job, in order.
@@ -247,6 +247,7 @@ impl Worker {
         // Validate and embed each request with its own input layer.
         let mut results: Vec<Result<Vec<Prediction>, PredictError>> = Vec::with_capacity(jobs.len());
         let mut parts = Vec::new();
+        let mut contexts = Vec::new();
         let mut good = Vec::new();
         for (i, j) in jobs.iter().enumerate() {
             let a = &self.adapters[j.model_id];
@@ -257,6 +258,7 @@ impl Worker {
                     let lengths = b.lengths.unwrap_or_else(|| Tensor::full([n], l, (Kind::Int64, tch::Device::Cpu)));
                     let emb = a.layers.embed(&b.inputs.to_device(dev));
                     parts.push((emb, lengths));
+                    contexts.push(b.context);
                     good.push(i);
                     results.push(Ok(Vec::new()));
                 }
@@ -295,11 +297,11 @@ impl Worker {
         };
         // Answer each request with its own head on its own read-out rows.
         let mut start = 0;
-        for (&i, n) in good.iter().zip(row_counts) {
+        for ((&i, n), context) in good.iter().zip(row_counts).zip(&contexts) {
             let a = &self.adapters[jobs[i].model_id];
             let k = a.layers.meta.shape.readout_tokens;
             let h = hs.narrow(0, start, n).narrow(1, kmax - k, k);
-            results[i] = Ok(a.objective.predictions(&a.layers.project(&h)));
+            results[i] = Ok(a.objective.predictions(&a.layers.project(&h), context.as_ref()));
             start += n;
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);

@@ -63,6 +63,7 @@ impl Loaded {
             test_samples: test.as_ref().map_or(0, |t| t.len()),
             seq_len,
             truncated: self.truncated,
+            notes: Vec::new(),
         };
         let mut fitted = spec.task().fit(&train.targets);
         if let Some(names) = self.label_names {
@@ -340,6 +341,10 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
         // A table's label column may be named by the task later: checked as far as can be now.
         Format::Csv => info("csv", data::records::inspect_csv(bytes)?),
         Format::Ts => info("ts", data::ts::read_ts(bytes, &RecordSpec::default())?.len()),
+        // Series records (forecasting): gaps are the task's to refuse or fill.
+        Format::Jsonl if data::series::holds_series(bytes) => {
+            info("jsonl", data::series::read_jsonl_series(bytes, data::series::Missing::Interpolate)?.series.len())
+        }
         Format::Jsonl | Format::Npz | Format::Safetensors => {
             let read = |spec: &RecordSpec| match format {
                 Format::Jsonl => data::records::read_jsonl(bytes, spec),

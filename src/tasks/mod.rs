@@ -59,6 +59,7 @@ task_types! {
     sequence_classification { SequenceClassification = "sequence_classification" }
     regression { Regression = "regression" }
     multilabel_classification { MultilabelClassification = "multilabel_classification" }
+    forecasting { Forecasting = "forecasting" }
     image_classification { ImageClassification = "image_classification" }
     ; tests:
     toy { ToySumSign = "toy_sum_sign" }
@@ -223,6 +224,9 @@ pub struct DataInfo {
     pub seq_len: usize,
     /// Samples cut to fit the backbone's positions (counted, never dropped silently).
     pub truncated: usize,
+    /// What reading the data decided that the user should hear (a time column skipped, gaps filled).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Where the data comes from and how to split it.
@@ -304,7 +308,13 @@ impl TaskData {
             objective: spec.task().objective(&shape, &fitted),
             fitted,
             shape,
-            info: DataInfo { train_samples: 0, valid_samples: n_valid.max(1), test_samples: 0, seq_len: task.tokens(), truncated: 0 },
+            info: DataInfo {
+                train_samples: 0,
+                valid_samples: n_valid.max(1),
+                test_samples: 0,
+                seq_len: task.tokens(),
+                ..DataInfo::default()
+            },
             seed: src.seed,
             data: Data::Synthetic { task, valid },
         })

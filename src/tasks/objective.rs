@@ -21,6 +21,13 @@ pub enum Objective {
     /// cross-entropy; a label is predicted when its probability reaches `threshold`; `micro_f1`
     /// (primary), `macro_f1` and `subset_accuracy` (every label right).
     MultiLabel { k: usize, threshold: f64 },
+    /// The next `horizon` steps of `channels_per_row` channels from the first read-out token,
+    /// standardised by their window's context (MSE on that scale); a target row packs the
+    /// horizon's values, the seasonal-naive forecast and the context's mean and deviation (see
+    /// `forecasting::Windowing`). Metrics in the series' units: `mae` (primary), `mse`,
+    /// `naive_mae` (the seasonal-naive forecast's) and `mase` (the ratio of the two: below 1 beats
+    /// it). A sample is `rows_per_sample` rows (its channels, when they are independent).
+    Forecast { horizon: usize, channels_per_row: usize, rows_per_sample: usize },
 }
 
 /// The mean loss of a batch (for the gradient) and its metric sums.
@@ -91,6 +98,19 @@ impl Objective {
                 tally.add("rows", b as f64);
                 out.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Mean)
             }
+            Objective::Forecast { horizon, channels_per_row, .. } => {
+                let (h, c) = (*horizon as i64, *channels_per_row as i64);
+                let out = logits.select(1, 0).to_kind(Kind::Float).view([b, h, c]);
+                let t = targets.to_kind(Kind::Float);
+                let (y, naive) = (t.narrow(1, 0, h * c).view([b, h, c]), t.narrow(1, h * c, h * c).view([b, h, c]));
+                let (mean, std) = (t.narrow(1, 2 * h * c, c).view([b, 1, c]), t.narrow(1, 2 * h * c + c, c).view([b, 1, c]));
+                let err = out.detach() * &std + &mean - &y;
+                tally.add("sae", sum(&err.abs()));
+                tally.add("sse", sum(&err.square()));
+                tally.add("naive_sae", sum(&(naive - &y).abs()));
+                tally.add("values", y.numel() as f64);
+                (out - (y - mean) / std).square().mean(Kind::Float)
+            }
             Objective::Regression { mean, std } => {
                 let out = logits.select(1, 0).to_kind(Kind::Float);
                 let y = targets.to_kind(Kind::Float);
@@ -135,6 +155,12 @@ impl Objective {
                 put("macro_f1", (!per_label.is_empty()).then(|| per_label.iter().sum::<f64>() / per_label.len() as f64));
                 put("subset_accuracy", t.ratio("exact", "rows"));
             }
+            Objective::Forecast { .. } => {
+                put("mae", t.ratio("sae", "values"));
+                put("mse", t.ratio("sse", "values"));
+                put("naive_mae", t.ratio("naive_sae", "values"));
+                put("mase", t.ratio("sae", "naive_sae"));
+            }
             Objective::Regression { mean, .. } => {
                 put("rmse", t.ratio("sse", "values").map(f64::sqrt));
                 put("mae", t.ratio("sae", "values"));
@@ -147,15 +173,32 @@ impl Objective {
     pub fn primary(&self) -> Primary {
         match self {
             Objective::Regression { .. } => Primary { name: "rmse", direction: Direction::Lower },
+            Objective::Forecast { .. } => Primary { name: "mae", direction: Direction::Lower },
             Objective::MultiLabel { .. } => Primary { name: "micro_f1", direction: Direction::Higher },
             _ => Primary { name: "accuracy", direction: Direction::Higher },
         }
     }
 
-    /// Logits [B, k, out] to answers.
-    pub fn predictions(&self, logits: &Tensor) -> Vec<Prediction> {
+    /// Logits [B, k, out] to answers; `context` is what the samples' batch kept for them
+    /// ([`super::samples::SampleBatch::context`]).
+    pub fn predictions(&self, logits: &Tensor, context: Option<&Tensor>) -> Vec<Prediction> {
         let b = logits.size()[0];
         match self {
+            Objective::Forecast { horizon, channels_per_row, rows_per_sample } => {
+                let (h, c) = (*horizon as i64, *channels_per_row as i64);
+                let stats = context.expect("a forecast's batch keeps its windows' statistics").to_device(logits.device());
+                let (mean, std) = (stats.narrow(1, 0, c).view([b, 1, c]), stats.narrow(1, c, c).view([b, 1, c]));
+                let y = (logits.select(1, 0).to_kind(Kind::Float).view([b, h, c]) * std + mean).to_device(tch::Device::Cpu);
+                let rows: Vec<Vec<Vec<f32>>> = (0..b).map(|i| Vec::<Vec<f32>>::try_from(y.get(i)).unwrap()).collect();
+                // A sample's rows are its channels (independent) or one row of them all: [H][channels].
+                rows.chunks(*rows_per_sample)
+                    .map(|sample| {
+                        let forecast =
+                            (0..h as usize).map(|step| sample.iter().flat_map(|row| row[step].iter().copied()).collect()).collect();
+                        Prediction { forecast: Some(forecast), ..Prediction::default() }
+                    })
+                    .collect()
+            }
             Objective::Classes { names } => {
                 let p = logits.select(1, 0).to_kind(Kind::Float).softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
                 (0..b)
@@ -217,7 +260,7 @@ fn r_squared(t: &Tally, k: usize) -> Option<f64> {
     (!per_target.is_empty()).then(|| per_target.iter().sum::<f64>() / per_target.len() as f64)
 }
 
-/// One answer: a class with probabilities, bits, or a regression's value (or values).
+/// One answer: a class with probabilities, labels, bits, a regression's value (or values), or a forecast.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Prediction {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -236,6 +279,9 @@ pub struct Prediction {
     pub value: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub values: Option<Vec<f32>>,
+    /// A forecast: the horizon's steps, each a value per channel, in the series' units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<Vec<Vec<f32>>>,
 }
 
 #[cfg(test)]
@@ -255,7 +301,7 @@ mod tests {
         assert!((m["r2"] - (1.0 - 100.0 / 500.0)).abs() < 1e-9, "{m:?}");
         assert!((f64::try_from(&s.loss).unwrap() - 0.25).abs() < 1e-6, "MSE on the standardised scale");
         assert_eq!(o.primary(), Primary { name: "rmse", direction: Direction::Lower });
-        let p = o.predictions(&out);
+        let p = o.predictions(&out, None);
         assert_eq!((p[3].value, p[3].values.as_ref()), (Some(50.0), None));
         // Summed over two batches, the tally gives the same metrics as one.
         let (a, b) = (o.score(&out.narrow(0, 0, 2), &targets.narrow(0, 0, 2)), o.score(&out.narrow(0, 2, 2), &targets.narrow(0, 2, 2)));
@@ -275,7 +321,7 @@ mod tests {
         assert!((m["micro_f1"] - 4.0 / 6.0).abs() < 1e-9, "{m:?}");
         assert!((m["macro_f1"] - 0.75).abs() < 1e-9, "{m:?}");
         assert!((m["subset_accuracy"] - 1.0 / 3.0).abs() < 1e-9, "{m:?}");
-        assert_eq!(o.predictions(&logits)[1].labels, Some(vec![0, 1]));
+        assert_eq!(o.predictions(&logits, None)[1].labels, Some(vec![0, 1]));
         assert_eq!(o.primary().name, "micro_f1");
     }
 }

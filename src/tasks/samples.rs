@@ -19,6 +19,9 @@ pub struct SampleError {
 pub struct SampleBatch {
     pub inputs: Tensor,
     pub lengths: Option<Tensor>,
+    /// What the answers need from the inputs, per row: a forecast's context statistics [B, 2 x
+    /// channels] (its rows are normalised by them); None for the other tasks.
+    pub context: Option<Tensor>,
 }
 
 fn err(index: usize, message: impl Into<String>) -> SampleError {
@@ -43,6 +46,9 @@ pub enum Form {
     Ids { vocab: i64, text: Option<fn(&str) -> Result<Vec<i64>, String>> },
     /// A flat H*W*C image, transformed as the task's evaluation data.
     Image { h: i64, w: i64, c: i64, scale: f64, transform: ImageTransform },
+    /// A series' recent steps (`[T][channels]`, or a flat array for one channel), of which the
+    /// last context's worth is windowed as the training data was.
+    Context(super::forecasting::Windowing),
 }
 
 /// The vocabulary of a head that reads token ids (0 for one that reads vectors).
@@ -108,7 +114,7 @@ pub fn batch_from_samples(
             }
             let b = pad_vectors(&rows, dim);
             // The inputs normalised as the training data was.
-            Ok(SampleBatch { inputs: super::normalize::apply(fitted, b.inputs, b.lengths.as_ref()), lengths: b.lengths })
+            Ok(SampleBatch { inputs: super::normalize::apply(fitted, b.inputs, b.lengths.as_ref()), lengths: b.lengths, context: None })
         }
         Form::Ids { vocab, text } => {
             let mut rows = Vec::new();
@@ -147,9 +153,43 @@ pub fn batch_from_samples(
                 flat.extend(numbers(i, arr)?);
             }
             let x = Tensor::from_slice(&flat).view([samples.len() as i64, h, w, c]) / scale;
-            Ok(SampleBatch { inputs: transform.apply(&x, false), lengths: None })
+            Ok(SampleBatch { inputs: transform.apply(&x, false), lengths: None, context: None })
+        }
+        Form::Context(w) => context_batch(&w, samples),
+    }
+}
+
+/// Forecast contexts as model rows, with the statistics that undo their normalisation.
+fn context_batch(w: &super::forecasting::Windowing, samples: &[Value]) -> Result<SampleBatch, SampleError> {
+    let (c, l) = (w.channels(), w.context());
+    let (mut tokens, mut stats) = (Vec::new(), Vec::new());
+    for (i, s) in samples.iter().enumerate() {
+        let steps =
+            s.as_array().ok_or_else(|| err(i, format!("expected the series' last {l} (or more) steps, each an array of {c} values")))?;
+        if steps.len() < l {
+            return Err(err(i, format!("{} steps, the context is {l}", steps.len())));
+        }
+        let mut values = Vec::with_capacity(l * c);
+        for (t, step) in steps[steps.len() - l..].iter().enumerate() {
+            let cells = match step {
+                Value::Array(a) if a.len() == c => numbers(i, a)?,
+                Value::Array(a) => return Err(err(i, format!("step {t} of the context has {} values, expected {c}", a.len()))),
+                v if c == 1 => numbers(i, std::slice::from_ref(v))?,
+                _ => return Err(err(i, format!("step {t} of the context is not an array of {c} values"))),
+            };
+            values.extend(cells);
+        }
+        for (mean, std) in w.rows(&values, &mut tokens) {
+            stats.extend(mean);
+            stats.extend(std);
         }
     }
+    let rows = (samples.len() * w.rows_per_window()) as i64;
+    Ok(SampleBatch {
+        inputs: Tensor::from_slice(&tokens).view([rows, w.tokens() as i64, w.token_dim() as i64]),
+        lengths: None,
+        context: Some(Tensor::from_slice(&stats).view([rows, -1])),
+    })
 }
 
 fn pad_vectors(rows: &[Vec<f32>], dim: usize) -> SampleBatch {
@@ -161,7 +201,7 @@ fn pad_vectors(rows: &[Vec<f32>], dim: usize) -> SampleBatch {
     }
     let inputs = Tensor::from_slice(&out).view([rows.len() as i64, lmax as i64, dim as i64]);
     let lengths = lens.iter().any(|&l| l != lmax as i64).then(|| Tensor::from_slice(&lens));
-    SampleBatch { inputs, lengths }
+    SampleBatch { inputs, lengths, context: None }
 }
 
 fn pad_ids(rows: &[Vec<i64>]) -> SampleBatch {
@@ -173,5 +213,5 @@ fn pad_ids(rows: &[Vec<i64>]) -> SampleBatch {
     }
     let inputs = Tensor::from_slice(&out).view([rows.len() as i64, lmax as i64]);
     let lengths = lens.iter().any(|&l| l != lmax as i64).then(|| Tensor::from_slice(&lens));
-    SampleBatch { inputs, lengths }
+    SampleBatch { inputs, lengths, context: None }
 }

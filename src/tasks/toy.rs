@@ -93,7 +93,7 @@ mod tests {
         let samples = [serde_json::json!([1.0, 2.0, 3.0]), serde_json::json!([-1.0, -2.0, -3.0])];
         let b = batch_from_samples(&task.spec, &task.shape, &task.fitted, run.model.max_positions(), &samples).unwrap();
         let logits = tch::no_grad(|| run.model.forward(&b.inputs, None, false));
-        let answers = task.objective.predictions(&logits);
+        let answers = task.objective.predictions(&logits, b.context.as_ref());
         assert_eq!(answers.len(), 2);
         assert!(answers.iter().all(|a| a.label.is_some() && a.probabilities.as_ref().is_some_and(|p| p.len() == 2)));
         let wrong = batch_from_samples(&task.spec, &task.shape, &task.fitted, run.model.max_positions(), &[serde_json::json!([1.0])]);
