@@ -192,9 +192,8 @@ impl<'a> RecordSetBuilder<'a> {
                 Err(format!("input has {count} values, expected a multiple of {expected} (token_dim)"))
             }
             (Some(expected), _) => Ok(expected),
-            (None, None) => {
-                Err(format!("input is a flat list of {count} values but no token_dim was given; set token_dim or store tokens as rows"))
-            }
+            // A flat list with no token size given is a series of single values.
+            (None, None) => self.resolve_token_dim(None, Some(1), count),
             (None, Some(0)) => Err("tokens have 0 values".to_string()),
             (None, Some(found)) => match self.learned_token_dim.replace(found) {
                 Some(earlier) if earlier != found => {
@@ -810,7 +809,10 @@ mod tests {
         assert_eq!(jsonl_error(mixed, &continuous(None, None)), "line 3: tokens have 3 values but earlier records have 2 (mixed shapes)");
         let ragged = "{\"input\": [[1, 2], [3]], \"label\": 0}";
         assert_eq!(jsonl_error(ragged, &continuous(None, None)), "line 1: input row 1 has 1 values but row 0 has 2");
-        assert!(jsonl_error("{\"input\": [1, 2], \"label\": 0}", &continuous(None, None)).contains("no token_dim"));
+        let series = read_jsonl(b"{\"input\": [1, 2], \"label\": 0}", &continuous(None, None)).unwrap();
+        assert_eq!((series.values_per_token(), series.token_count(0)), (1, 2), "a flat list is a series of single values");
+        let mixed = "{\"input\": [[1, 2]], \"label\": 0}\n{\"input\": [1, 2], \"label\": 0}";
+        assert_eq!(jsonl_error(mixed, &continuous(None, None)), "line 2: tokens have 1 values but earlier records have 2 (mixed shapes)");
         assert_eq!(jsonl_error("{\"input\": [], \"label\": 0}", &spec), "line 1: input is empty");
     }
 

@@ -77,7 +77,7 @@ impl Task for BitMemory {
     }
 
     fn sample_form(&self, _shape: &HeadShape, _fitted: &Fitted) -> Form {
-        Form::Vectors { dim: self.patch_size, fixed: Some((self.n_patterns + 1) * self.n_bits / self.patch_size) }
+        Form::Vectors { dim: self.patch_size, fixed: Some((self.n_patterns + 1) * self.n_bits / self.patch_size), patch: None }
     }
 }
 
@@ -104,7 +104,7 @@ impl Task for BitXor {
     }
 
     fn sample_form(&self, _shape: &HeadShape, _fitted: &Fitted) -> Form {
-        Form::Vectors { dim: 1, fixed: Some(2 * self.n_bits) }
+        Form::Vectors { dim: 1, fixed: Some(2 * self.n_bits), patch: None }
     }
 }
 

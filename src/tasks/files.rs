@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use super::images::ImageTransform;
 use super::{Data, DataInfo, DataSources, Features, Split, TaskData, TaskSpec};
-use crate::data::records::{InputSpec, RecordSpec};
+use crate::data::records::RecordSpec;
 use crate::data::{self, cifar::CifarSplit, ImageSet, RecordInputs, RecordLabels, RecordSet, SequenceSet};
 use crate::model::fpt::{HeadShape, InputKind};
 
@@ -73,24 +73,6 @@ impl Loaded {
         let objective = spec.task().objective(&self.shape, &fitted);
         let data = Data::Loaded { train, valid, test };
         Ok(TaskData { spec: spec.clone(), shape: self.shape, fitted, objective, info, seed: src.seed, data })
-    }
-}
-
-/// A sequence task's records: continuous tokens of `input_dim` values, or ids below `vocab_size`
-/// (validated: exactly one is set).
-pub(super) fn sequence_input(input_dim: Option<usize>, vocab_size: Option<usize>) -> InputSpec {
-    match (input_dim, vocab_size) {
-        (Some(d), _) => InputSpec::Continuous { token_dim: Some(d) },
-        (_, Some(v)) => InputSpec::Tokens { vocab_size: v },
-        (None, None) => unreachable!("validated: one of input_dim and vocab_size"),
-    }
-}
-
-/// A sequence task's head: `outputs` from one read-out token, over its kind of input.
-pub(super) fn sequence_head(input_dim: Option<usize>, vocab_size: Option<usize>, outputs: usize) -> HeadShape {
-    match sequence_input(input_dim, vocab_size) {
-        InputSpec::Continuous { token_dim } => classes(token_dim.unwrap_or(1) as i64, outputs as i64),
-        InputSpec::Tokens { vocab_size } => tokens(vocab_size as i64, outputs as i64),
     }
 }
 
@@ -352,17 +334,11 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
                 _ => data::records::read_safetensors(bytes, spec),
             };
             let nested = RecordSpec::default();
-            let attempt = |spec: &RecordSpec| match read(spec) {
-                Err(e) if e.message.contains("no token_dim") => {
-                    read(&RecordSpec { input: InputSpec::Continuous { token_dim: Some(1) }, ..spec.clone() })
-                }
-                other => other,
-            };
-            let set = match attempt(&nested) {
+            let set = match read(&nested) {
                 // Label arrays of different lengths may be multi-label index lists: checked as such
                 // here; the task, which knows num_labels, reads them.
                 Err(e) if e.message.contains("bits") || e.message.contains("bit label") => {
-                    attempt(&RecordSpec { multilabel: Some(0), ..nested.clone() }).map_err(|_| e)
+                    read(&RecordSpec { multilabel: Some(0), ..nested.clone() }).map_err(|_| e)
                 }
                 other => other,
             }?;

@@ -9,6 +9,7 @@ pub mod images;
 pub mod normalize;
 pub mod objective;
 pub mod samples;
+pub mod sequence;
 pub mod spec;
 
 /// Registers the task types. Each line names a task's file (declared as a module here) and, for

@@ -8,9 +8,10 @@ use std::path::Path;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::files::{read_records, record_split, sequence_head, sequence_input, Loaded};
+use super::files::{record_split, Loaded};
 use super::normalize::Normalize;
 use super::samples::Form;
+use super::sequence::SequenceInput;
 use super::spec::{bad, check};
 use super::{DataSources, Fitted, Objective, SpecError, Task, TaskData, TaskLimits, TaskSpec};
 use crate::data::records::RecordSpec;
@@ -27,9 +28,17 @@ pub struct MultilabelClassification {
     pub max_len: Option<usize>,
     /// How continuous inputs are normalised: `dataset` (the default), `instance` or `none`.
     pub normalize: Option<Normalize>,
+    /// Steps grouped into one token (continuous inputs; GPT4TS's patching).
+    pub patch_size: Option<usize>,
+    /// Steps between patches (default `patch_size`).
+    pub stride: Option<usize>,
 }
 
 impl MultilabelClassification {
+    fn input(&self) -> SequenceInput {
+        SequenceInput { input_dim: self.input_dim, vocab_size: self.vocab_size, patch_size: self.patch_size, stride: self.stride }
+    }
+
     fn threshold(&self) -> f64 {
         self.threshold.unwrap_or(0.5)
     }
@@ -37,7 +46,7 @@ impl MultilabelClassification {
 
 impl Task for MultilabelClassification {
     fn validate(&self, limits: &TaskLimits) -> Result<(), SpecError> {
-        check::sequence_input(self.input_dim, self.vocab_size, limits)?;
+        self.input().validate(limits)?;
         check::within("num_labels", self.num_labels, 1, limits.max_classes)?;
         if !(self.threshold() > 0.0 && self.threshold() < 1.0) {
             return Err(bad("threshold", "must be between 0 and 1 (exclusive)"));
@@ -46,18 +55,20 @@ impl Task for MultilabelClassification {
     }
 
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
+        let input = self.input();
         let rs = RecordSpec {
-            input: sequence_input(self.input_dim, self.vocab_size),
+            input: input.record_input(),
             bits: Some(self.num_labels),
             multilabel: Some(self.num_labels),
             ..RecordSpec::default()
         };
         let max_len = src.tokens_kept(self.max_len);
-        let read = |p: &Path| read_records(p, &rs).map(|r| record_split(&r, max_len));
-        let tr = read(src.train.expect("checked by TaskData::load"))?;
+        let read = |p: &Path| input.read(p, &rs).map(|r| record_split(&r, max_len));
+        let train = input.read(src.train.expect("checked by TaskData::load"), &rs)?;
+        let shape = input.head(&train, self.num_labels)?;
+        let tr = record_split(&train, max_len);
         let va = src.valid.map(read).transpose()?;
         let te = src.test.map(read).transpose()?;
-        let shape = sequence_head(self.input_dim, self.vocab_size, self.num_labels);
         let truncated = tr.1 + va.as_ref().map_or(0, |v| v.1) + te.as_ref().map_or(0, |v| v.1);
         Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated, label_names: None }.finish(spec, src)
     }
@@ -71,6 +82,6 @@ impl Task for MultilabelClassification {
     }
 
     fn sample_form(&self, shape: &HeadShape, _fitted: &Fitted) -> Form {
-        Form::sequence(shape)
+        self.input().form(shape)
     }
 }

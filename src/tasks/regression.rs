@@ -1,5 +1,5 @@
 //! `regression`: real-valued targets (one, or `num_targets`) for a sequence of vectors
-//! (`input_dim`) or of token ids (`vocab_size`), from JSONL records with a `"target"` (a number or
+//! (`input_dim`, taken from the file when left out) or of token ids (`vocab_size`), from JSONL, CSV or `.ts` records with a `"target"` (a number or
 //! an array of numbers), or npz/safetensors with a float `labels` array. The targets are
 //! standardised on the training split (the adapter keeps the statistics) and reported and
 //! answered in their own units.
@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use super::files::{read_records, record_split, sequence_head, sequence_input, Loaded};
+use super::files::{record_split, Loaded};
 use super::normalize::Normalize;
 use super::samples::Form;
+use super::sequence::SequenceInput;
 use super::spec::check;
 use super::{DataSources, Fitted, Objective, SpecError, Task, TaskData, TaskLimits, TaskSpec};
 use crate::data::records::RecordSpec;
@@ -31,11 +32,21 @@ pub struct Regression {
     pub target_column: Option<String>,
     /// How continuous inputs are normalised: `dataset` (the default), `instance` or `none`.
     pub normalize: Option<Normalize>,
+    /// Steps grouped into one token (continuous inputs; GPT4TS's patching).
+    pub patch_size: Option<usize>,
+    /// Steps between patches (default `patch_size`).
+    pub stride: Option<usize>,
+}
+
+impl Regression {
+    fn input(&self) -> SequenceInput {
+        SequenceInput { input_dim: self.input_dim, vocab_size: self.vocab_size, patch_size: self.patch_size, stride: self.stride }
+    }
 }
 
 impl Task for Regression {
     fn validate(&self, limits: &TaskLimits) -> Result<(), SpecError> {
-        check::sequence_input(self.input_dim, self.vocab_size, limits)?;
+        self.input().validate(limits)?;
         check::column("target_column", self.target_column.as_deref())?;
         if let Some(k) = self.num_targets {
             check::within("num_targets", k, 1, limits.max_classes)?;
@@ -44,19 +55,21 @@ impl Task for Regression {
     }
 
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
-        let input = sequence_input(self.input_dim, self.vocab_size);
+        let input = self.input();
         let max_len = src.tokens_kept(self.max_len);
         let read = |p: &Path, k: Option<usize>| {
-            let rs = RecordSpec { input: input.clone(), targets: Some(k), label_column: self.target_column.clone(), ..RecordSpec::default() };
-            read_records(p, &rs).map(|r| (targets_per_record(&r.labels), record_split(&r, max_len)))
+            let rs = RecordSpec { input: input.record_input(), targets: Some(k), label_column: self.target_column.clone(), ..RecordSpec::default() };
+            input.read(p, &rs)
         };
-        let (k, tr) = read(src.train.expect("checked by TaskData::load"), self.num_targets)?;
+        let train = read(src.train.expect("checked by TaskData::load"), self.num_targets)?;
+        let k = targets_per_record(&train.labels);
         if k > 10_000 {
             bail!("{k} targets per record: at most 10,000");
         }
-        let va = src.valid.map(|p| read(p, Some(k))).transpose()?.map(|(_, s)| s);
-        let te = src.test.map(|p| read(p, Some(k))).transpose()?.map(|(_, s)| s);
-        let shape = sequence_head(self.input_dim, self.vocab_size, k);
+        let shape = input.head(&train, k)?;
+        let tr = record_split(&train, max_len);
+        let va = src.valid.map(|p| read(p, Some(k))).transpose()?.map(|r| record_split(&r, max_len));
+        let te = src.test.map(|p| read(p, Some(k))).transpose()?.map(|r| record_split(&r, max_len));
         let truncated = tr.1 + va.as_ref().map_or(0, |v| v.1) + te.as_ref().map_or(0, |v| v.1);
         Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated, label_names: None }.finish(spec, src)
     }
@@ -87,7 +100,7 @@ impl Task for Regression {
     }
 
     fn sample_form(&self, shape: &HeadShape, _fitted: &Fitted) -> Form {
-        Form::sequence(shape)
+        self.input().form(shape)
     }
 }
 

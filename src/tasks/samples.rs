@@ -4,6 +4,7 @@ use serde_json::Value;
 use tch::Tensor;
 
 use super::images::ImageTransform;
+use super::sequence::Patching;
 use super::{Fitted, TaskSpec};
 use crate::model::fpt::{HeadShape, InputKind};
 
@@ -28,20 +29,11 @@ fn err(index: usize, message: impl Into<String>) -> SampleError {
     SampleError { index, message: message.into() }
 }
 
-impl Form {
-    /// A sequence task's samples: vectors of the head's token size, or ids below its vocabulary.
-    pub fn sequence(shape: &HeadShape) -> Form {
-        match shape.input {
-            InputKind::Continuous { dim } => Form::Vectors { dim: dim as usize, fixed: None },
-            InputKind::Tokens { vocab } => Form::Ids { vocab, text: None },
-        }
-    }
-}
-
 /// How a task's prediction samples look; each task says which form its samples take.
 pub enum Form {
-    /// Tokens of `dim` values; a flat array is cut into tokens, `[L][D]` taken as is; `fixed` tokens when set.
-    Vectors { dim: usize, fixed: Option<usize> },
+    /// Tokens of `dim` values; a flat array is cut into tokens, `[L][D]` taken as is; `fixed` tokens
+    /// when set; grouped into patches (of `dim` x the patch's size values) when `patch` is set.
+    Vectors { dim: usize, fixed: Option<usize>, patch: Option<Patching> },
     /// Token ids below `vocab`, or a string the task's tokenizer reads (ListOps, amino acids).
     Ids { vocab: i64, text: Option<fn(&str) -> Result<Vec<i64>, String>> },
     /// A flat H*W*C image, transformed as the task's evaluation data.
@@ -81,7 +73,7 @@ pub fn batch_from_samples(
         return Err(err(0, "no samples: `inputs` must hold at least one"));
     }
     match spec.task().sample_form(shape, fitted) {
-        Form::Vectors { dim, fixed } => {
+        Form::Vectors { dim, fixed, patch } => {
             let mut rows = Vec::new();
             for (i, s) in samples.iter().enumerate() {
                 let arr = s.as_array().ok_or_else(|| err(i, "expected an array of numbers or an array of token vectors"))?;
@@ -107,12 +99,20 @@ pub fn batch_from_samples(
                         return Err(err(i, format!("expected {} values ({n} tokens of {dim}), got {}", n * dim, flat.len())));
                     }
                 }
+                let (flat, tokens) = match patch {
+                    Some(p) => {
+                        let mut patched = Vec::new();
+                        p.apply(&flat, dim, &mut patched);
+                        (patched, p.tokens(tokens))
+                    }
+                    None => (flat, tokens),
+                };
                 if tokens as i64 > max_positions {
                     return Err(err(i, format!("{tokens} tokens exceed the backbone's {max_positions} positions")));
                 }
                 rows.push(flat);
             }
-            let b = pad_vectors(&rows, dim);
+            let b = pad_vectors(&rows, dim * patch.map_or(1, |p| p.size));
             // The inputs normalised as the training data was.
             Ok(SampleBatch { inputs: super::normalize::apply(fitted, b.inputs, b.lengths.as_ref()), lengths: b.lengths, context: None })
         }

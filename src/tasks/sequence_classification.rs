@@ -1,13 +1,15 @@
-//! `sequence_classification`: a class for a sequence of vectors (`input_dim`) or of token ids
-//! (`vocab_size`), from JSONL, npz or safetensors records.
+//! `sequence_classification`: a class for a sequence of vectors (`input_dim`, taken from the file
+//! when left out; time series, optionally patched) or of token ids (`vocab_size`), from JSONL,
+//! CSV, `.ts`, npz or safetensors records; sequences of different lengths are padded and masked.
 use std::path::Path;
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::files::{read_records, record_split, sequence_head, sequence_input, Loaded};
+use super::files::{record_split, Loaded};
 use super::normalize::Normalize;
 use super::samples::Form;
+use super::sequence::SequenceInput;
 use super::spec::check;
 use super::{DataSources, Fitted, SpecError, Task, TaskData, TaskLimits, TaskSpec};
 use crate::data::records::RecordSpec;
@@ -26,11 +28,21 @@ pub struct SequenceClassification {
     pub label_column: Option<String>,
     /// How continuous inputs are normalised: `dataset` (the default), `instance` or `none`.
     pub normalize: Option<Normalize>,
+    /// Steps grouped into one token (continuous inputs; GPT4TS's patching).
+    pub patch_size: Option<usize>,
+    /// Steps between patches (default `patch_size`).
+    pub stride: Option<usize>,
+}
+
+impl SequenceClassification {
+    fn input(&self) -> SequenceInput {
+        SequenceInput { input_dim: self.input_dim, vocab_size: self.vocab_size, patch_size: self.patch_size, stride: self.stride }
+    }
 }
 
 impl Task for SequenceClassification {
     fn validate(&self, limits: &TaskLimits) -> Result<(), SpecError> {
-        check::sequence_input(self.input_dim, self.vocab_size, limits)?;
+        self.input().validate(limits)?;
         if let Some(n) = self.num_classes {
             check::classes(n, limits)?;
         }
@@ -39,10 +51,10 @@ impl Task for SequenceClassification {
     }
 
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
-        let input = sequence_input(self.input_dim, self.vocab_size);
+        let input = self.input();
         let max_len = src.tokens_kept(self.max_len);
         let spec_for = |num_classes: Option<usize>, label_names: Option<Vec<String>>| RecordSpec {
-            input: input.clone(),
+            input: input.record_input(),
             num_classes,
             label_column: self.label_column.clone(),
             label_names,
@@ -50,7 +62,7 @@ impl Task for SequenceClassification {
         };
         // The training file fixes the classes (their names too, when its labels are names); the
         // validation and test files are read against them.
-        let train = read_records(src.train.expect("checked by TaskData::load"), &spec_for(self.num_classes, None))?;
+        let train = input.read(src.train.expect("checked by TaskData::load"), &spec_for(self.num_classes, None))?;
         let names = train.label_names.clone();
         let k = match (self.num_classes, &names, &train.labels) {
             (Some(n), _, _) => n,
@@ -64,11 +76,11 @@ impl Task for SequenceClassification {
         }
         // Indices in the training file: names in the others are refused, not numbered on their own.
         let others = spec_for(Some(k), Some(names.clone().unwrap_or_default()));
-        let read = |p: &Path| read_records(p, &others).map(|r| record_split(&r, max_len));
+        let read = |p: &Path| input.read(p, &others).map(|r| record_split(&r, max_len));
         let tr = record_split(&train, max_len);
         let va = src.valid.map(read).transpose()?;
         let te = src.test.map(read).transpose()?;
-        let shape = sequence_head(self.input_dim, self.vocab_size, k);
+        let shape = input.head(&train, k)?;
         let truncated = tr.1 + va.as_ref().map_or(0, |v| v.1) + te.as_ref().map_or(0, |v| v.1);
         Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated, label_names: names }.finish(spec, src)
     }
@@ -78,6 +90,6 @@ impl Task for SequenceClassification {
     }
 
     fn sample_form(&self, shape: &HeadShape, _fitted: &Fitted) -> Form {
-        Form::sequence(shape)
+        self.input().form(shape)
     }
 }

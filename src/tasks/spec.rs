@@ -115,13 +115,14 @@ pub(crate) mod check {
         Ok(())
     }
 
-    /// A sequence task's input: `input_dim` (continuous tokens) or `vocab_size` (token ids), exactly one.
+    /// A sequence task's input: `input_dim` (continuous tokens), `vocab_size` (token ids), or
+    /// neither (continuous tokens, their size taken from the training file).
     pub fn sequence_input(input_dim: Option<usize>, vocab_size: Option<usize>, limits: &TaskLimits) -> Result<(), SpecError> {
         match (input_dim, vocab_size) {
             (Some(d), None) => within("input_dim", d, 1, limits.max_input_dim),
             (None, Some(v)) => within("vocab_size", v, 1, limits.max_vocab),
             (Some(_), Some(_)) => Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids), not both")),
-            (None, None) => Err(bad("input_dim", "give input_dim (continuous) or vocab_size (token ids)")),
+            (None, None) => Ok(()),
         }
     }
 

@@ -48,7 +48,7 @@ impl Task for ToySumSign {
     }
 
     fn sample_form(&self, _shape: &HeadShape, _fitted: &Fitted) -> Form {
-        Form::Vectors { dim: 1, fixed: Some(self.length) }
+        Form::Vectors { dim: 1, fixed: Some(self.length), patch: None }
     }
 }
 
