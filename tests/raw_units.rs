@@ -46,6 +46,7 @@ fn raw_units_train_as_well_as_standardised_inputs() {
     let accuracy = |j: &Value| j["result"]["best_valid_accuracy"].as_f64().unwrap();
     let (a_std, a_raw) = (accuracy(&standardised), accuracy(&in_raw_units));
     assert!(a_std > 0.7, "the task is learnt at all: {a_std}");
+    assert!(standardised["result"]["warning"].is_null(), "a run that learns is not warned about: {}", standardised["result"]);
     assert!((a_std - a_raw).abs() <= 0.03, "raw units {a_raw} against standardised {a_std}");
     // The adapter keeps the statistics, so predictions take raw units as well.
     let model = in_raw_units["fine_tuned_model"].as_str().unwrap();
@@ -64,4 +65,25 @@ fn raw_units_train_as_well_as_standardised_inputs() {
                                                    "task": {"type": "sequence_classification", "input_dim": 4, "normalize": "sometimes"}}),
     );
     assert_eq!(r.status(), 422);
+}
+
+/// A run that ends no better than its data's trivial predictor (here the majority class) says so
+/// in its events and its summary.
+#[test]
+fn a_run_no_better_than_the_majority_class_says_so() {
+    let s = Server::start(&[]);
+    // Every input is the same: no adapter can tell the classes apart.
+    let text: String = (0..120).map(|i| format!("{}\n", json!({"input": [1.0, 2.0, 3.0, 4.0], "label": i64::from(i % 3 == 0)}))).collect();
+    let file = s.upload_ok("same.jsonl", text.into_bytes());
+    let id = s
+        .create_job(json!({"model": "tiny-gpt2", "task": {"type": "sequence_classification", "num_classes": 2}, "training_file": file,
+                                 "hyperparameters": {"n_steps": 40, "batch_size": 16, "eval_every": 20}}));
+    let job = s.wait_finished(&id);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let result = &job["result"];
+    let warning = result["warning"].as_str().unwrap_or_else(|| panic!("a warning: {result}"));
+    assert!(warning.contains("no better than the majority class's"), "{warning}");
+    assert!(result["trivial_valid_accuracy"].as_f64().is_some_and(|t| t >= result["best_valid_accuracy"].as_f64().unwrap()), "{result}");
+    let said = s.events(&id).iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("no better than the majority class's")));
+    assert!(said, "the events say so too");
 }

@@ -213,6 +213,10 @@ pub struct RunSummary {
     /// Where `fpt train` wrote the kept adapter (jobs store theirs as a model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<PathBuf>,
+    /// Set when the run ended no better than its data's trivial predictor (its value is
+    /// `trivial_valid_<primary metric>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 impl RunSummary {
@@ -226,6 +230,9 @@ impl RunSummary {
         }
         if let Some(b) = o.best_valid.filter(|b| b.is_finite()) {
             metrics.insert(format!("best_valid_{}", o.primary), b);
+        }
+        if let Some(t) = &o.no_better_than {
+            metrics.insert(format!("trivial_valid_{}", o.primary), t.value);
         }
         Self {
             steps: o.steps,
@@ -242,6 +249,7 @@ impl RunSummary {
             lr: Some(lr),
             seed: Some(seed),
             adapter: None,
+            warning: o.no_better_than.as_ref().map(|t| crate::train::no_better_message(o.primary, o.best_valid.unwrap_or(f64::NAN), t)),
         }
     }
 
@@ -317,6 +325,7 @@ mod tests {
             lr: Some(1e-3),
             seed: Some(0),
             adapter: None,
+            warning: Some("no better".into()),
         };
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["valid_accuracy"], 0.5);

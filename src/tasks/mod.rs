@@ -230,6 +230,13 @@ pub struct DataInfo {
     pub notes: Vec<String>,
 }
 
+/// The trivial predictor of a task's data, and its primary metric on the validation split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trivial {
+    pub name: &'static str,
+    pub value: f64,
+}
+
 /// Where the data comes from and how to split it.
 pub struct DataSources<'a> {
     pub train: Option<&'a Path>,
@@ -343,6 +350,21 @@ impl TaskData {
         };
         let n = s.len() as i64;
         (0..n).step_by(batch).map(|i| s.batch(&(i..(i + batch as i64).min(n)).collect::<Vec<_>>(), false)).collect()
+    }
+
+    /// The trivial predictor a run must beat (see [`Objective::trivial`]), and its primary metric
+    /// on the validation split; None for generated tasks and objectives without one.
+    pub fn trivial_valid(&self) -> Option<Trivial> {
+        let Data::Loaded { train, .. } = &self.data else { return None };
+        let mut tally = crate::metrics::Tally::default();
+        let mut name = None;
+        for b in self.eval_batches(EvalSplit::Valid, 1024) {
+            let (n, logits) = self.objective.trivial(&train.targets, &b.targets, self.shape.output_dim)?;
+            tally.merge(&self.objective.score(&logits, &b.targets).tally);
+            name = Some(n);
+        }
+        let value = self.objective.metrics(&tally).get(self.objective.primary().name).copied()?;
+        Some(Trivial { name: name?, value })
     }
 
     pub fn has_test(&self) -> bool {

@@ -133,6 +133,38 @@ impl Objective {
         Score { loss, tally }
     }
 
+    /// The logits [B, 1, out] of the trivial predictor a run must beat, for a batch of `targets`,
+    /// and its name: the training split's majority class (`train` its targets), its mean, each
+    /// label's majority value, or the seasonal-naive forecast. None where there is none (bits).
+    pub fn trivial(&self, train: &Tensor, targets: &Tensor, out: i64) -> Option<(&'static str, Tensor)> {
+        let b = targets.size()[0];
+        let dev = targets.device();
+        let logits = match self {
+            Objective::Classes { .. } => {
+                let majority = train.bincount::<Tensor>(None, out).argmax(0, false);
+                (
+                    "the majority class",
+                    majority.one_hot(out).to_kind(Kind::Float).to_device(dev).view([1, 1, out]).expand([b, 1, out], false),
+                )
+            }
+            Objective::MultiLabel { .. } => {
+                let common = train.to_kind(Kind::Float).mean_dim([0i64].as_slice(), false, Kind::Float).ge(0.5).to_kind(Kind::Float);
+                ("each label's majority value", (common * 20.0 - 10.0).to_device(dev).view([1, 1, out]).expand([b, 1, out], false))
+            }
+            // Outputs are standardised targets: zeros are the training mean.
+            Objective::Regression { .. } => ("the training mean", Tensor::zeros([b, 1, out], (Kind::Float, dev))),
+            Objective::Forecast { horizon, channels_per_row, .. } => {
+                let (h, c) = (*horizon as i64, *channels_per_row as i64);
+                let t = targets.to_kind(Kind::Float);
+                let naive = t.narrow(1, h * c, h * c).view([b, h, c]);
+                let (mean, std) = (t.narrow(1, 2 * h * c, c).view([b, 1, c]), t.narrow(1, 2 * h * c + c, c).view([b, 1, c]));
+                ("the seasonal-naive forecast", ((naive - mean) / std).view([b, 1, h * c]))
+            }
+            Objective::Bits { .. } => return None,
+        };
+        Some(logits)
+    }
+
     /// The metrics of everything tallied.
     pub fn metrics(&self, t: &Tally) -> MetricMap {
         let mut m = MetricMap::new();

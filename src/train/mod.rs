@@ -185,6 +185,17 @@ pub struct Outcome {
     pub wall_seconds: f64,
     /// The adapter to keep: the best by the primary validation metric, else the last.
     pub adapter: Option<PathBuf>,
+    /// The trivial predictor, when the run's best validation value is no better than its.
+    pub no_better_than: Option<crate::tasks::Trivial>,
+}
+
+/// What a run that is no better than its trivial predictor says.
+pub fn no_better_message(metric: &str, best: f64, t: &crate::tasks::Trivial) -> String {
+    format!(
+        "the best validation {metric} ({best:.4}) is no better than {}'s ({:.4}): the adapter learned nothing useful; \
+         check the inputs (their units, their normalize setting) and the learning rate",
+        t.name, t.value
+    )
 }
 
 /// Evaluates on a whole split (no dropout, no gradient).
@@ -330,6 +341,12 @@ impl Trainer<'_> {
         let adapter =
             if best.exists() { Some(best) } else { checkpoint::latest(&self.checkpoint_dir)?.map(|l| self.checkpoint_dir.join(l.adapter)) };
         let finished = matches!(ending, Ending::Finished | Ending::EarlyStopped);
+        // A run that learned nothing its data's trivial predictor does not know says so.
+        let no_better_than =
+            self.task.trivial_valid().filter(|t| finished && state.best_valid.is_some_and(|b| !primary.direction.better(b, t.value)));
+        if let Some(t) = &no_better_than {
+            report(Progress::Message(no_better_message(primary.name, state.best_valid.unwrap_or(f64::NAN), t)));
+        }
         let test = if finished && self.task.has_test() { self.test_with(adapter.as_deref())? } else { None };
         let wall = started.elapsed().as_secs_f64();
         Ok(Outcome {
@@ -345,6 +362,7 @@ impl Trainer<'_> {
             samples_per_second: trained_samples as f64 / wall.max(1e-9),
             wall_seconds: wall,
             adapter,
+            no_better_than,
         })
     }
 
