@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.fpt-setup-v1
+EXPERIMENT_STAMP := $(VENV)/.fpt-experiment-v1
 MINILM := models/all-MiniLM-L6-v2
 MNIST := datasets/mnist/train-images-idx3-ubyte
 TIMESERIES := datasets/timeseries/co2.csv
@@ -30,6 +31,10 @@ $(SETUP_STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(EXPERIMENT_STAMP): $(SETUP_STAMP)
+	$(PY) -m pip install --quiet statsmodels==0.15.0
 	touch $@
 
 libtorch: $(SETUP_STAMP)
@@ -60,6 +65,7 @@ test: setup
 bench: build
 	./target/release/fpt bench
 
-## experiment: the CPU suite of docs/results.md (about 40 minutes on 2 cores); regenerates it and its plots.
-experiment: build
+## experiment: the CPU suite of docs/results.md (about an hour on 2 cores); regenerates it and its plots.
+## Its classic baselines (scripts/baselines.py) need statsmodels, installed here and not for the tests.
+experiment: build $(EXPERIMENT_STAMP)
 	./target/release/fpt experiment experiments/cpu-suite.toml

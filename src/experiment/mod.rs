@@ -77,6 +77,10 @@ struct Group {
     lrs: Vec<f64>,
     #[serde(default = "default_seeds")]
     seeds: Vec<u64>,
+    /// Classic baselines on the group's split, each a command that prints one JSON object
+    /// `{"name", "metric", "test", "metrics"}` (see scripts/baselines.py).
+    #[serde(default)]
+    baselines: Vec<Vec<String>>,
 }
 
 fn both_inits() -> Vec<String> {
@@ -262,9 +266,51 @@ fn plan(spec: &Spec) -> Result<Vec<PlannedRun>> {
     Ok(runs)
 }
 
+/// Init of the records that are a group's classic baselines (their name is `summary.baseline`).
+const BASELINE: &str = "baseline";
+
+/// Runs a baseline's command; its JSON becomes a record's summary, its test value under
+/// `test_<metric>` as a run's would be.
+fn run_baseline(group: &Group, command: &[String], commit: &str) -> Result<RunRecord> {
+    let (program, args) = command.split_first().context("a baseline's command is empty")?;
+    let out = std::process::Command::new(program).args(args).output().with_context(|| format!("running {command:?}"))?;
+    anyhow::ensure!(out.status.success(), "baseline {command:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("baseline {command:?} printed no JSON object"))?;
+    let metric = v["metric"].as_str().context("a baseline names its metric")?;
+    let mut summary = serde_json::json!({"baseline": v["name"], "primary_metric": metric});
+    for (k, x) in v["metrics"].as_object().into_iter().flatten() {
+        summary[format!("test_{k}")] = x.clone();
+    }
+    summary[format!("test_{metric}")] = v["test"].clone();
+    Ok(RunRecord {
+        group: group.name.clone(),
+        task: group.task.clone(),
+        backbone: "-".into(),
+        init: BASELINE.into(),
+        freeze: "-".into(),
+        lr: 0.0,
+        seed: 0,
+        args: command.to_vec(),
+        commit: commit.to_string(),
+        summary,
+        curve: Vec::new(),
+    })
+}
+
 fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, runner: &mut Runner) -> Result<Vec<RunRecord>> {
     let mut records = Vec::new();
     let commit = output_of("git", &["rev-parse", "--short", "HEAD"]);
+    for g in &spec.group {
+        for command in &g.baselines {
+            match done.iter().find(|r| r.group == g.name && r.init == BASELINE && &r.args == command) {
+                Some(r) => records.push(r.clone()),
+                None => {
+                    eprintln!("[{}] {} baseline: {}", spec.name, g.name, command.join(" "));
+                    records.push(run_baseline(g, command, &commit)?);
+                }
+            }
+        }
+    }
     for run in plan(spec)? {
         let name = &run.name;
         let same = |r: &&RunRecord| {
@@ -322,6 +368,52 @@ fn acc(r: &RunRecord) -> f64 {
     r.summary[format!("best_valid_{}", primary(r))].as_f64().unwrap_or(f64::NAN)
 }
 
+/// The run's test value of its primary metric (at the checkpoint chosen on validation).
+fn test(r: &RunRecord) -> f64 {
+    r.summary[format!("test_{}", primary(r))].as_f64().unwrap_or(f64::NAN)
+}
+
+/// What a run is judged by in the report: its test value when it has a test split, else its best
+/// validation value.
+fn score(r: &RunRecord) -> f64 {
+    let t = test(r);
+    if t.is_finite() {
+        t
+    } else {
+        acc(r)
+    }
+}
+
+/// Whether a metric is a fraction shown as a percentage.
+fn is_fraction(metric: &str) -> bool {
+    matches!(metric, "accuracy" | "exact_accuracy" | "micro_f1" | "macro_f1" | "subset_accuracy")
+}
+
+/// A metric's value as the report shows it: fractions as percentages, others as numbers.
+fn shown(metric: &str, v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if is_fraction(metric) {
+        format!("{:.2}%", 100.0 * v)
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// A difference of a metric as the report shows it (percentage points for fractions).
+fn shown_gap(metric: &str, d: f64) -> String {
+    if is_fraction(metric) {
+        format!("{:.2} pts", 100.0 * d)
+    } else {
+        format!("{d:.4}")
+    }
+}
+
+/// Whether lower values of the run's primary metric are better.
+fn lower_is_better(r: &RunRecord) -> bool {
+    r.summary["direction"] == "lower" || matches!(primary(r), "rmse" | "mae" | "mse" | "mase")
+}
+
 fn write_csv(path: &Path, records: &[RunRecord]) -> Result<()> {
     let mut s = String::from(
         "group,task,backbone,init,freeze,lr,seed,steps,primary_metric,best_valid,final_valid,train_loss,trainable_parameters,wall_seconds\n",
@@ -349,20 +441,30 @@ fn write_csv(path: &Path, records: &[RunRecord]) -> Result<()> {
     Ok(std::fs::write(path, s)?)
 }
 
-/// Mean and spread (max - min) of best validation accuracy per (group, backbone, freeze, init, lr).
+/// Per (group, backbone, freeze, init, lr): the primary metric's best validation and test values
+/// (means over seeds) and the spread (max - min) of the reported one. Baselines are rows of their own.
 fn table(spec: &Spec, records: &[RunRecord]) -> String {
-    let mut cells: BTreeMap<(String, String, String, String, String), Vec<f64>> = BTreeMap::new();
+    let mut cells: BTreeMap<(String, String, String, String, String), Vec<&RunRecord>> = BTreeMap::new();
     for r in records {
-        let key = (r.group.clone(), r.backbone.clone(), r.freeze.clone(), r.init.clone(), format!("{:e}", r.lr));
-        cells.entry(key).or_default().push(acc(r));
+        let init = if r.init == BASELINE { r.summary["baseline"].as_str().unwrap_or(BASELINE).to_string() } else { r.init.clone() };
+        let lr = if r.init == BASELINE { "-".into() } else { format!("{:e}", r.lr) };
+        cells.entry((r.group.clone(), r.backbone.clone(), r.freeze.clone(), init, lr)).or_default().push(r);
     }
     let mut s = format!(
-        "### {}\n\n{}\n\n| group | backbone | freeze | init | lr | runs | best valid accuracy (mean) | spread over seeds |\n|---|---|---|---|---|---|---|---|\n",
+        "### {}\n\n{}\n\n| group | backbone | freeze | init | lr | runs | metric | best valid (mean) | test (mean) | spread over seeds |\n|---|---|---|---|---|---|---|---|---|---|\n",
         spec.name, spec.description
     );
-    for ((g, b, f, i, lr), v) in &cells {
-        let (mean, spread) = mean_spread(v);
-        s.push_str(&format!("| {g} | {b} | {f} | {i} | {lr} | {} | {:.2}% | {:.2} pts |\n", v.len(), 100.0 * mean, 100.0 * spread));
+    for ((g, b, f, i, lr), runs) in &cells {
+        let metric = primary(runs[0]);
+        let mean = |f: fn(&RunRecord) -> f64| mean_spread(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
+        let (valid, test_mean, spread) = (mean(acc).0, mean(test).0, mean(score).1);
+        let spread = if runs.len() > 1 { shown_gap(metric, spread) } else { "-".into() };
+        s.push_str(&format!(
+            "| {g} | {b} | {f} | {i} | {lr} | {} | {metric} | {} | {} | {spread} |\n",
+            runs.len(),
+            shown(metric, valid),
+            shown(metric, test_mean)
+        ));
     }
     s
 }
@@ -411,38 +513,63 @@ fn report_text(spec: &Spec, records: &[RunRecord], out: &Path) -> String {
     s
 }
 
-/// Plain sentences: does pretrained beat random init by more than the spread over seeds?
+/// Plain sentences, per group: does pretrained beat random init by more than the spread over
+/// seeds, and where does it stand against the group's baselines (and, for forecasts, the
+/// seasonal-naive forecast of the same windows)? Test values where the group has a test split.
 fn findings(records: &[RunRecord]) -> String {
-    let mut s = String::from("\n### Pretrained against random init\n\n");
-    let cells: std::collections::BTreeSet<(&str, &str)> = records.iter().map(|r| (r.group.as_str(), r.backbone.as_str())).collect();
+    let mut s = String::from("\n### Pretrained against random init and the baselines\n\n");
+    let cells: std::collections::BTreeSet<(&str, &str)> =
+        records.iter().filter(|r| r.init != BASELINE).map(|r| (r.group.as_str(), r.backbone.as_str())).collect();
     let several = cells.iter().map(|c| c.1).collect::<std::collections::BTreeSet<_>>().len() > 1;
     for (g, b) in cells {
-        let stats = |init: &str| {
-            let v: Vec<f64> =
-                records.iter().filter(|r| r.group == g && r.backbone == b && r.init == init && r.freeze == "default").map(acc).collect();
-            (!v.is_empty()).then(|| {
-                let (mean, spread) = mean_spread(&v);
-                (mean, spread, v.len())
-            })
+        let runs = |init: &str| -> Vec<&RunRecord> {
+            records.iter().filter(|r| r.group == g && r.backbone == b && r.init == init && r.freeze == "default").collect()
         };
-        let g = if several { format!("{g} ({b})") } else { g.to_string() };
-        if let (Some((p, sp, n)), Some((r, sr, m))) = (stats("pretrained"), stats("random")) {
-            let margin = 100.0 * (p - r);
-            let spread = 100.0 * sp.max(sr);
-            let verdict = if n < 2 || m < 2 {
+        let (pretrained, random) = (runs("pretrained"), runs("random"));
+        let Some(first) = pretrained.first().copied() else { continue };
+        let (metric, lower) = (primary(first), lower_is_better(first));
+        let split = if test(first).is_finite() { "test" } else { "best validation" };
+        let stats = |rs: &[&RunRecord]| mean_spread(&rs.iter().map(|r| score(r)).collect::<Vec<_>>());
+        let (p, sp) = stats(&pretrained);
+        let name = if several { format!("{g} ({b})") } else { g.to_string() };
+        let mut line = format!("- {name}: pretrained {split} {metric} {}", shown(metric, p));
+        if !random.is_empty() {
+            let (r, sr) = stats(&random);
+            let margin = if lower { r - p } else { p - r };
+            let spread = sp.max(sr);
+            let verdict = if pretrained.len() < 2 || random.len() < 2 {
                 "one seed each, so no spread to compare with".to_string()
             } else if margin > spread {
-                format!("larger than the spread over seeds ({spread:.2} pts)")
+                format!("larger than the spread over seeds ({})", shown_gap(metric, spread))
             } else {
-                format!("**not** larger than the spread over seeds ({spread:.2} pts)")
+                format!("**not** larger than the spread over seeds ({})", shown_gap(metric, spread))
             };
             let comparison = if margin >= 0.0 {
-                format!("beats random init by {margin:.2} pts")
+                format!("beats random init ({}) by {}", shown(metric, r), shown_gap(metric, margin))
             } else {
-                format!("does **not** beat random init: it is {:.2} pts below", -margin)
+                format!("does **not** beat random init ({}): it is {} worse", shown(metric, r), shown_gap(metric, -margin))
             };
-            s.push_str(&format!("- {g}: pretrained {comparison}; {verdict}.\n"));
+            line.push_str(&format!("; {comparison}; {verdict}"));
         }
+        for base in records.iter().filter(|r| r.group == g && r.init == BASELINE) {
+            let v = base.summary[format!("test_{metric}")].as_f64().unwrap_or(f64::NAN);
+            let better = if lower { p < v } else { p > v };
+            line.push_str(&format!(
+                "; {} {} {} ({})",
+                if better { "better than" } else { "**not** better than" },
+                base.summary["baseline"].as_str().unwrap_or(BASELINE),
+                shown(metric, v),
+                base.args.join(" ")
+            ));
+        }
+        let naive = pretrained.iter().filter_map(|r| r.summary["test_naive_mae"].as_f64()).collect::<Vec<_>>();
+        if !naive.is_empty() && metric == "mae" {
+            let v = mean_spread(&naive).0;
+            let word = if p < v { "better than" } else { "**not** better than" };
+            line.push_str(&format!("; {word} the seasonal-naive forecast of the same windows ({})", shown(metric, v)));
+        }
+        s.push_str(&line);
+        s.push_str(".\n");
     }
     s
 }
@@ -486,18 +613,32 @@ fn unfreezing(records: &[RunRecord]) -> String {
 fn plot_curves(out: &Path, records: &[RunRecord]) -> Result<()> {
     let groups: Vec<String> = records.iter().map(|r| r.group.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     for g in groups {
-        let runs: Vec<&RunRecord> = records.iter().filter(|r| r.group == g).collect();
+        let runs: Vec<&RunRecord> = records.iter().filter(|r| r.group == g && r.init != BASELINE).collect();
+        let Some(first) = runs.first() else { continue };
+        let metric = primary(first);
         let path = out.join(format!("curve-{g}.svg"));
         let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
         root.fill(&WHITE)?;
         let xmax = runs.iter().flat_map(|r| r.curve.iter().map(|c| c.0)).max().unwrap_or(1) as f64;
+        // Fractions on 0..1; other metrics (errors in the data's units) on the range they span.
+        let values = || runs.iter().flat_map(|r| r.curve.iter().filter_map(|c| c.2)).filter(|v| v.is_finite());
+        let (lo, hi) = if is_fraction(metric) {
+            (0.0, 1.0)
+        } else {
+            let (lo, hi) = values().fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+            if lo < hi {
+                (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+            } else {
+                (0.0, 1.0)
+            }
+        };
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("{g}: validation accuracy by step"), ("sans-serif", 18))
+            .caption(format!("{g}: validation {metric} by step"), ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(32)
-            .y_label_area_size(44)
-            .build_cartesian_2d(0f64..xmax, 0f64..1.0)?;
-        chart.configure_mesh().x_desc("step").y_desc("accuracy").draw()?;
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..xmax, lo..hi)?;
+        chart.configure_mesh().x_desc("step").y_desc(metric).draw()?;
         for (i, r) in runs.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             let pts: Vec<(f64, f64)> = r.curve.iter().filter_map(|c| c.2.map(|a| (c.0 as f64, a))).collect();
@@ -520,6 +661,7 @@ fn plot_curves(out: &Path, records: &[RunRecord]) -> Result<()> {
 fn plot_params(path: &Path, records: &[RunRecord]) -> Result<()> {
     let pts: Vec<(f64, f64, String)> = records
         .iter()
+        .filter(|r| r.init != BASELINE && is_fraction(primary(r)))
         .filter_map(|r| {
             r.summary["trainable_parameters"].as_f64().map(|p| (p.max(1.0).log10(), acc(r), format!("{} {}", r.group, r.freeze)))
         })
@@ -531,7 +673,7 @@ fn plot_params(path: &Path, records: &[RunRecord]) -> Result<()> {
     root.fill(&WHITE)?;
     let (lo, hi) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let mut chart = ChartBuilder::on(&root)
-        .caption("best validation accuracy vs trained parameters (log10)", ("sans-serif", 18))
+        .caption("best validation accuracy (or F1) vs trained parameters (log10)", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(32)
         .y_label_area_size(44)

@@ -20,6 +20,9 @@ pub struct LoopState {
     /// checkpointed before metrics had names).
     #[serde(alias = "best_valid_accuracy")]
     pub best_valid: Option<f64>,
+    /// The validation loss of the best evaluation, which breaks ties of the primary metric.
+    #[serde(default)]
+    pub best_valid_loss: Option<f64>,
     pub best_step: Option<u64>,
     /// Evaluations since the best one (early stopping).
     pub evals_since_best: u64,

@@ -293,8 +293,12 @@ impl Trainer<'_> {
             if let Some(v) = &valid {
                 last_valid = Some(v.clone());
                 let value = v.metrics.get(primary.name).copied().unwrap_or(f64::NAN);
-                if state.best_valid.is_none_or(|b| primary.direction.better(value, b)) {
+                // A tie of the primary metric (a small validation split's accuracy often ties)
+                // goes to the lower validation loss.
+                let tie_won = state.best_valid == Some(value) && state.best_valid_loss.is_some_and(|l| v.loss < l);
+                if state.best_valid.is_none_or(|b| primary.direction.better(value, b)) || tie_won {
                     state.best_valid = Some(value);
+                    state.best_valid_loss = Some(v.loss);
                     state.best_step = Some(step);
                     state.evals_since_best = 0;
                     self.model.save_adapter(&checkpoint::best_path(&self.checkpoint_dir), &self.metadata)?;
