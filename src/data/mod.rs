@@ -8,6 +8,7 @@ pub mod cifar;
 pub mod fasta;
 pub mod idx;
 pub mod listops;
+pub mod parquet;
 pub mod records;
 pub mod series;
 pub mod ts;
@@ -248,6 +249,8 @@ pub enum Format {
     Csv,
     /// The sktime/aeon/UEA time-series format: `@` header keywords, then `@data` and a case per line.
     Ts,
+    /// Apache Parquet: records with an `input` column, or a table.
+    Parquet,
 }
 
 impl Format {
@@ -265,6 +268,7 @@ impl Format {
             Format::TapeJson => "TAPE JSON",
             Format::Csv => "CSV",
             Format::Ts => "UCR/UEA .ts",
+            Format::Parquet => "Parquet",
         }
     }
 }
@@ -344,6 +348,9 @@ pub fn detect_format(filename: &str, bytes: &[u8]) -> Result<Format, DataError> 
     if is_gzip(bytes) {
         return detect_gzip_format(filename, bytes);
     }
+    if parquet::is_parquet(bytes) {
+        return Ok(Format::Parquet);
+    }
     if bytes.starts_with(&ZIP_MAGIC) || bytes.starts_with(&EMPTY_ZIP_MAGIC) {
         return Ok(Format::Npz);
     }
@@ -358,7 +365,7 @@ pub fn detect_format(filename: &str, bytes: &[u8]) -> Result<Format, DataError> 
     }
     detect_text_format(bytes).ok_or_else(|| {
         DataError::file(
-            "unrecognised format (expected JSONL, TAPE JSON, CSV/TSV with a header row, UCR/UEA .ts, npz, safetensors, IDX \
+            "unrecognised format (expected JSONL, TAPE JSON, CSV/TSV with a header row, UCR/UEA .ts, Parquet, npz, safetensors, IDX \
              (optionally gzipped), CIFAR-10 .bin or .tar.gz, ListOps TSV or FASTA)",
         )
     })

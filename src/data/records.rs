@@ -485,7 +485,7 @@ fn push_json_target(builder: &mut RecordSetBuilder, target: &Value) -> Result<()
     builder.push_targets(&values)
 }
 
-fn push_json_record(builder: &mut RecordSetBuilder, record: &Value) -> Result<(), String> {
+pub(super) fn push_json_record(builder: &mut RecordSetBuilder, record: &Value) -> Result<(), String> {
     let object = record
         .as_object()
         .ok_or_else(|| format!("expected a JSON object with \"input\" and \"label\" (or \"target\"), found {}", describe_json(record)))?;

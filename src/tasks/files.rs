@@ -253,7 +253,14 @@ pub(super) fn read_records(p: &Path, spec: &RecordSpec) -> Result<RecordSet> {
         data::Format::Safetensors => data::records::read_safetensors(&bytes, spec),
         data::Format::Csv => data::records::read_csv(&bytes, spec),
         data::Format::Ts => data::ts::read_ts(&bytes, spec),
-        other => bail!("{}: a {} file cannot hold records for this task (JSONL, CSV, .ts, npz or safetensors)", p.display(), other.name()),
+        data::Format::Parquet => data::parquet::read_parquet(&bytes, spec),
+        other => {
+            bail!(
+                "{}: a {} file cannot hold records for this task (JSONL, CSV, .ts, Parquet, npz or safetensors)",
+                p.display(),
+                other.name()
+            )
+        }
     };
     set.map_err(|e| named(p, e))
 }
@@ -327,10 +334,12 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
         Format::Jsonl if data::series::holds_series(bytes) => {
             info("jsonl", data::series::read_jsonl_series(bytes, data::series::Missing::Interpolate)?.series.len())
         }
-        Format::Jsonl | Format::Npz | Format::Safetensors => {
+        Format::Parquet if !data::parquet::holds_records(bytes) => info("parquet", data::parquet::inspect_parquet_table(bytes)?),
+        Format::Jsonl | Format::Npz | Format::Safetensors | Format::Parquet => {
             let read = |spec: &RecordSpec| match format {
                 Format::Jsonl => data::records::read_jsonl(bytes, spec),
                 Format::Npz => data::records::read_npz(bytes, spec),
+                Format::Parquet => data::parquet::read_parquet(bytes, spec),
                 _ => data::records::read_safetensors(bytes, spec),
             };
             let nested = RecordSpec::default();
@@ -345,6 +354,7 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
             let name = match format {
                 Format::Jsonl => "jsonl",
                 Format::Npz => "npz",
+                Format::Parquet => "parquet",
                 _ => "safetensors",
             };
             info(name, set.len())

@@ -149,7 +149,8 @@ fn read_series(p: &Path, missing: Missing) -> Result<SeriesSet> {
     let set = match data::detect_format(&name, &bytes).map_err(|e| named(p, e))? {
         Format::Csv => series::read_csv_series(&bytes, missing),
         Format::Jsonl => series::read_jsonl_series(&bytes, missing),
-        other => bail!("{}: a {other} file cannot hold series (a CSV with a column per channel, or JSONL {{\"series\": …}})", p.display()),
+        Format::Parquet => crate::data::parquet::read_parquet_series(&bytes, missing),
+        other => bail!("{}: a {other} file cannot hold series (a CSV or Parquet table with a column per channel, or JSONL {{\"series\": …}})", p.display()),
     };
     set.map_err(|e| named(p, e))
 }
