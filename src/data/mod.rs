@@ -395,7 +395,11 @@ fn detect_text_format(bytes: &[u8]) -> Option<Format> {
         _ if listops::is_tsv_line(first_line) => Some(Format::ListopsTsv),
         b'{' if fasta::looks_like_tape_object(first_line) => Some(Format::TapeJson),
         b'{' => Some(Format::Jsonl),
-        b'[' if text[1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') => Some(Format::TapeJson),
+        // An array of objects: TAPE's proteins (they have a "primary"), or records.
+        b'[' if text[1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') => {
+            let head = &text[..text.len().min(4096)];
+            Some(if head.windows(9).any(|w| w == b"\"primary\"") { Format::TapeJson } else { Format::Jsonl })
+        }
         _ if records::csv_delimiter(first_line).is_some() => Some(Format::Csv),
         _ => None,
     }
@@ -420,6 +424,12 @@ mod tests {
         assert_eq!(err.to_string(), "line 7: input has 15 values");
         assert_eq!(DataError::at_record(3, "bad").within("test_batch.bin").to_string(), "test_batch.bin, record 3: bad");
         assert_eq!(DataError::file("empty").to_string(), "file: empty");
+    }
+
+    #[test]
+    fn an_array_of_records_is_json_records_and_one_of_proteins_is_tape() {
+        assert_eq!(detect_format("r.json", b"[{\"input\": [1], \"label\": 0}]").unwrap(), Format::Jsonl);
+        assert_eq!(detect_format("p.json", b"[\n {\"primary\": \"MKV\", \"fold_label\": 3}]").unwrap(), Format::TapeJson);
     }
 
     #[test]

@@ -508,13 +508,26 @@ const TARGETS_NOT_LABELS: &str = "record has a \"label\", but the dataset has re
 
 /// Reads JSON lines of `{"input": ..., "label": ...}` (extra keys allowed, blank lines ignored).
 pub fn read_jsonl(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError> {
-    let text = utf8_text(bytes)?;
     let mut builder = RecordSetBuilder::new(spec)?;
-    for (line_number, line) in numbered_lines(text).filter(|(_, line)| !line.trim().is_empty()) {
-        let record = parse_json_line(line_number, line)?;
-        push_json_record(&mut builder, &record).map_err(|message| DataError::at_line(line_number, message))?;
-    }
+    for_each_json_record(utf8_text(bytes)?, |record| push_json_record(&mut builder, record))?;
     builder.finish()
+}
+
+/// Runs `push` on each record of JSON lines (an error names the line) or of one JSON array of
+/// objects (an error names the record, 0-based as array indices are).
+pub(crate) fn for_each_json_record(text: &str, mut push: impl FnMut(&Value) -> Result<(), String>) -> Result<(), DataError> {
+    let array_of_objects = text.trim_start().strip_prefix('[').is_some_and(|rest| rest.trim_start().starts_with('{'));
+    if array_of_objects {
+        let Value::Array(records) = parse_json_document(text)? else { unreachable!("a document that starts with [ is an array") };
+        for (i, record) in records.iter().enumerate() {
+            push(record).map_err(|m| DataError::at_record(i, m))?;
+        }
+        return Ok(());
+    }
+    for (line_number, line) in numbered_lines(text).filter(|(_, line)| !line.trim().is_empty()) {
+        push(&parse_json_line(line_number, line)?).map_err(|m| DataError::at_line(line_number, m))?;
+    }
+    Ok(())
 }
 
 /// Record `index`'s real values from a float or integer array, checked to be finite float32.
@@ -809,6 +822,10 @@ mod tests {
         assert_eq!(jsonl_error(mixed, &continuous(None, None)), "line 3: tokens have 3 values but earlier records have 2 (mixed shapes)");
         let ragged = "{\"input\": [[1, 2], [3]], \"label\": 0}";
         assert_eq!(jsonl_error(ragged, &continuous(None, None)), "line 1: input row 1 has 1 values but row 0 has 2");
+        let array = read_jsonl(b"[{\"input\": [1, 2], \"label\": 0},\n {\"input\": [3], \"label\": 1}]", &continuous(None, None)).unwrap();
+        assert_eq!((array.len(), array.labels.clone()), (2, RecordLabels::Class(vec![0, 1])), "a JSON array of records");
+        let err = read_jsonl(b"[{\"input\": [1], \"label\": 0}, {\"label\": 1}]", &continuous(None, None)).unwrap_err();
+        assert!(err.to_string().starts_with("record 1: "), "{err}");
         let series = read_jsonl(b"{\"input\": [1, 2], \"label\": 0}", &continuous(None, None)).unwrap();
         assert_eq!((series.values_per_token(), series.token_count(0)), (1, 2), "a flat list is a series of single values");
         let mixed = "{\"input\": [[1, 2]], \"label\": 0}\n{\"input\": [1, 2], \"label\": 0}";

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::records::{csv_reader, parse_json_line};
-use super::{numbered_lines, utf8_text, DataError};
+use super::records::{csv_reader, for_each_json_record};
+use super::{utf8_text, DataError};
 
 /// What to do with a missing value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -120,63 +120,62 @@ fn finite(v: f64) -> Result<f32, String> {
     }
 }
 
-/// JSON lines of `{"series": [...]}`: numbers (one channel) or `[T][C]` arrays; `null` is missing.
+/// JSON lines (or a JSON array) of `{"series": [...]}` records: numbers (one channel) or `[T][C]`
+/// arrays; `null` is missing.
 pub fn read_jsonl_series(bytes: &[u8], missing: Missing) -> Result<SeriesSet, DataError> {
-    let text = utf8_text(bytes)?;
     let mut channels: Option<usize> = None;
     let mut series = Vec::new();
-    let mut lines = Vec::new();
-    for (line, raw) in numbered_lines(text) {
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let record = parse_json_line(line, raw)?;
-        let at = |m: String| DataError::at_line(line, m);
-        let steps =
-            record.get("series").and_then(Value::as_array).ok_or_else(|| at("expected an object with a \"series\" array".into()))?;
-        if steps.is_empty() {
-            return Err(at("the series is empty".into()));
-        }
-        let c = steps[0].as_array().map_or(1, Vec::len);
-        match channels {
-            None if c == 0 => return Err(at("step 0 has no values".into())),
-            None => channels = Some(c),
-            Some(k) if k != c => return Err(at(format!("{c} channels, the earlier records have {k}"))),
-            _ => {}
-        }
-        let mut values = Vec::with_capacity(steps.len() * c);
-        for (t, step) in steps.iter().enumerate() {
-            let cells: &[Value] = match step {
-                Value::Array(a) if a.len() == c => a,
-                Value::Array(a) => return Err(at(format!("step {t} has {} values, step 0 has {c}", a.len()))),
-                v if c == 1 && !steps[0].is_array() => std::slice::from_ref(v),
-                _ => return Err(at(format!("step {t} is not an array of {c} values"))),
-            };
-            for (ch, v) in cells.iter().enumerate() {
-                let x = match v {
-                    Value::Null if missing == Missing::Refuse => {
-                        return Err(at(format!("step {t}, channel {ch} is null {}", missing_hint())))
-                    }
-                    Value::Null => f32::NAN,
-                    Value::Number(n) => finite(n.as_f64().unwrap_or(f64::NAN)).map_err(|m| at(format!("step {t}, channel {ch}: {m}")))?,
-                    _ => return Err(at(format!("step {t}, channel {ch} is not a number"))),
-                };
-                values.push(x);
-            }
-        }
+    for_each_json_record(utf8_text(bytes)?, |record| {
+        let values = series_values(record, &mut channels, missing)?;
         series.push(values);
-        lines.push(line);
-    }
+        Ok(())
+    })?;
     let c = channels.ok_or_else(|| DataError::file("no records found"))?;
     let mut set = SeriesSet { channels: (0..c).map(|i| format!("channel_{i}")).collect(), series, notes: Vec::new() };
-    handle_missing(&mut set, missing, &|s, _| format!("line {}", lines[s]))?;
+    handle_missing(&mut set, missing, &|s, _| format!("series {s}"))?;
     Ok(set)
 }
 
-/// Whether JSON lines hold series records: the first record has a `"series"`.
+/// One record's series, time-major; its channel count must be the earlier records'.
+fn series_values(record: &Value, channels: &mut Option<usize>, missing: Missing) -> Result<Vec<f32>, String> {
+    let steps = record.get("series").and_then(Value::as_array).ok_or("expected an object with a \"series\" array")?;
+    if steps.is_empty() {
+        return Err("the series is empty".into());
+    }
+    let c = steps[0].as_array().map_or(1, Vec::len);
+    match *channels {
+        None if c == 0 => return Err("step 0 has no values".into()),
+        None => *channels = Some(c),
+        Some(k) if k != c => return Err(format!("{c} channels, the earlier records have {k}")),
+        _ => {}
+    }
+    let mut values = Vec::with_capacity(steps.len() * c);
+    for (t, step) in steps.iter().enumerate() {
+        let cells: &[Value] = match step {
+            Value::Array(a) if a.len() == c => a,
+            Value::Array(a) => return Err(format!("step {t} has {} values, step 0 has {c}", a.len())),
+            v if c == 1 && !steps[0].is_array() => std::slice::from_ref(v),
+            _ => return Err(format!("step {t} is not an array of {c} values")),
+        };
+        for (ch, v) in cells.iter().enumerate() {
+            values.push(match v {
+                Value::Null if missing == Missing::Refuse => return Err(format!("step {t}, channel {ch} is null {}", missing_hint())),
+                Value::Null => f32::NAN,
+                Value::Number(n) => finite(n.as_f64().unwrap_or(f64::NAN)).map_err(|m| format!("step {t}, channel {ch}: {m}"))?,
+                _ => return Err(format!("step {t}, channel {ch} is not a number")),
+            });
+        }
+    }
+    Ok(values)
+}
+
+/// Whether JSON records are series: the first holds a `"series"` (read from the start of the
+/// text, for a JSON array as for lines).
 pub fn holds_series(bytes: &[u8]) -> bool {
-    let first = utf8_text(bytes).ok().and_then(|t| t.lines().find(|l| !l.trim().is_empty()));
-    first.and_then(|l| serde_json::from_str::<Value>(l).ok()).is_some_and(|v| v.get("series").is_some())
+    let Ok(text) = utf8_text(bytes) else { return false };
+    let text = text.trim_start().trim_start_matches('[').trim_start();
+    let mut first = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    first.next().and_then(Result::ok).is_some_and(|v| v.get("series").is_some())
 }
 
 /// Drops or interpolates the missing (NaN) values as `missing` says, and notes how many there were.
@@ -272,6 +271,9 @@ mod tests {
             assert!(err.starts_with(want), "{text}: {err}");
         }
         let err = read_jsonl_series(b"{\"series\": [null, null]}", Missing::Interpolate).unwrap_err().to_string();
-        assert_eq!(err, "line 1: channel `channel_0` has no values");
+        assert_eq!(err, "series 0: channel `channel_0` has no values");
+        // A JSON array of records reads as the lines do.
+        let set = read_jsonl_series(b"[{\"series\": [1, 2]}, {\"series\": [3]}]", Missing::Refuse).unwrap();
+        assert_eq!(set.series, vec![vec![1.0, 2.0], vec![3.0]]);
     }
 }
