@@ -156,3 +156,34 @@ fn the_dashboard_shows_the_keys_project_and_only_its_jobs() {
     let errors = b.script("return window.__errors;", vec![]);
     assert_eq!(errors, Value::Array(vec![]), "console errors: {errors}");
 }
+
+/// The playground of a forecasting adapter draws the context and the forecast after it.
+#[test]
+fn the_playground_draws_a_forecast_beside_its_context() {
+    let s = Server::start(&[]);
+    let csv: String = std::iter::once("date,load\n".to_string())
+        .chain((0..200).map(|t| format!("2020-01-{:02},{:.3}\n", 1 + t % 28, 100.0 + 10.0 * (t as f64 / 4.0).sin())))
+        .collect();
+    let file = s.upload_ok("load.csv", csv.into_bytes());
+    let id = s.create_job(serde_json::json!({"model": "tiny-gpt2", "training_file": file,
+        "task": {"type": "forecasting", "context_length": 24, "horizon": 6}, "hyperparameters": {"n_steps": 10, "batch_size": 8, "eval_every": 10}}));
+    let job = s.wait_finished(&id);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let model = job["fine_tuned_model"].as_str().unwrap();
+    let b = Browser::start(1280, 800);
+    b.goto(&format!("{}/#/playground/{model}", s.url));
+    b.wait_for("#pg-json", Duration::from_secs(20));
+    let context: Vec<f64> = (0..30).map(|t| 100.0 + 10.0 * (t as f64 / 4.0).sin()).collect();
+    b.type_into("#pg-json", &serde_json::to_string(&context).unwrap());
+    b.click("#pg-predict");
+    b.wait_for("#pg-forecast polyline.forecast", Duration::from_secs(20));
+    let points = |class: &str| {
+        b.script(&format!("return document.querySelector('#pg-forecast polyline.{class}').getAttribute('points').split(' ').length;"), vec![])
+    };
+    assert_eq!(points("context"), Value::from(24), "the last context's worth of steps");
+    assert_eq!(points("forecast"), Value::from(7), "the horizon, joined to the context's last step");
+    assert!(b.text("#pg-out").contains("forecast"));
+    b.screenshot(&shots().join("6-forecast.png"));
+    let errors = b.script("return window.__errors;", vec![]);
+    assert_eq!(errors, Value::Array(vec![]), "console errors: {errors}");
+}

@@ -299,6 +299,19 @@ async function pgBody(id) {
       const sample = Array.from({ length: 784 }, (_, i) => px[4 * i]);
       await predict(id, [sample]);
     });
+  } else if (job.task?.type === "forecasting") {
+    const n = job.task.context_length;
+    body.innerHTML = `<p>The series' last ${n} steps (or more) as JSON: a flat array for one channel, <code>[[…], …]</code> (a value per channel) for several.</p>
+      <label for="pg-json">Context</label><br><textarea id="pg-json" rows="6" cols="60"></textarea>
+      <div class="actions"><button id="pg-predict">Forecast</button></div>
+      <div class="chart"><svg id="pg-forecast" viewBox="0 0 400 220" role="img" aria-label="the context and its forecast, first channel"></svg>
+      <div class="legend">first channel: context (blue), forecast (orange)</div></div><pre id="pg-out" aria-live="polite"></pre>`;
+    $("#pg-predict").addEventListener("click", async () => {
+      let context;
+      try { context = JSON.parse($("#pg-json").value); } catch (e) { say(e.message, true); return; }
+      const d = await predict(id, [context]);
+      if (d?.forecast) forecastChart($("#pg-forecast"), context.slice(-n), d.forecast);
+    });
   } else {
     body.innerHTML = `<p>One sample as JSON (the form of a dataset record's <code>input</code>).</p>
       <label for="pg-json">Sample</label><br><textarea id="pg-json" rows="6" cols="60"></textarea>
@@ -320,9 +333,26 @@ async function predict(id, inputs) {
     const out = $("#pg-out");
     if (out) out.textContent = JSON.stringify(d, null, 2);
     say(d.label != null ? `Predicted ${d.label}` : "Predicted");
+    return d;
   } catch (e) {
     say(e.message, true);
   }
+}
+
+// A context (its first channel) and the forecast that follows it, on one axis.
+function forecastChart(svg, context, forecast) {
+  const first = (step) => (Array.isArray(step) ? step[0] : step);
+  const past = context.map(first), future = forecast.map(first);
+  const all = past.concat(future), n = all.length;
+  const W = 400, H = 220, L = 48, B = 24, T = 8, R = 8;
+  const lo = Math.min(...all), hi = Math.max(...all), span = hi - lo || 1;
+  const X = (i) => L + (W - L - R) * (i / Math.max(1, n - 1)), Y = (v) => T + (H - T - B) * (1 - (v - lo) / span);
+  const line = (values, start, color, cls) =>
+    `<polyline class="${cls}" fill="none" stroke="${color}" stroke-width="2" points="${values.map((v, i) => `${X(start + i).toFixed(1)},${Y(v).toFixed(1)}`).join(" ")}"/>`;
+  svg.innerHTML = `<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="#999"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="#999"/>
+    <text x="${L - 4}" y="${T + 10}" font-size="10" text-anchor="end">${hi.toPrecision(4)}</text><text x="${L - 4}" y="${H - B}" font-size="10" text-anchor="end">${lo.toPrecision(4)}</text>
+    <text x="${W - R}" y="${H - 6}" font-size="10" text-anchor="end">step ${n}</text>
+    ${line(past, 0, "#2457c5", "context")}${line([past.at(-1)].concat(future), past.length - 1, "#e07a10", "forecast")}`;
 }
 
 // ---- the key's project
