@@ -178,7 +178,10 @@ fn the_playground_draws_a_forecast_beside_its_context() {
     b.click("#pg-predict");
     b.wait_for("#pg-forecast polyline.forecast", Duration::from_secs(20));
     let points = |class: &str| {
-        b.script(&format!("return document.querySelector('#pg-forecast polyline.{class}').getAttribute('points').split(' ').length;"), vec![])
+        b.script(
+            &format!("return document.querySelector('#pg-forecast polyline.{class}').getAttribute('points').split(' ').length;"),
+            vec![],
+        )
     };
     assert_eq!(points("context"), Value::from(24), "the last context's worth of steps");
     assert_eq!(points("forecast"), Value::from(7), "the horizon, joined to the context's last step");

@@ -35,13 +35,27 @@ fn ts_files_train_classification_and_regression() {
     let answer: Value = s.predict(job["fine_tuned_model"].as_str().unwrap(), json!([x])).json().unwrap();
     let p = &answer["data"][0];
     assert_eq!(p["label_name"], ["2", "1"][p["label"].as_u64().unwrap() as usize], "names in the header's order: {p}");
-    // A missing value is refused with its line and case.
-    let mut gappy = cases(3);
+    // A missing value is refused with its line and case, unless the task drops or fills it.
+    let mut gappy = cases(40);
     gappy.push_str("1,?,3:1,2,3:2\n");
-    let r = s.upload("gappy.ts", gappy.into_bytes());
-    assert_eq!(r.status(), 422);
-    let e: Value = r.json().unwrap();
-    assert!(e["error"]["message"].as_str().unwrap().contains("line 12: case 3: channel 0, step 1: a missing value"), "{e}");
+    let gappy = s.upload_ok("gappy.ts", gappy.into_bytes());
+    let task = |missing: Option<&str>| {
+        let mut t = json!({"type": "sequence_classification", "input_dim": 2});
+        if let Some(m) = missing {
+            t["missing"] = json!(m);
+        }
+        json!({"model": "tiny-gpt2", "task": t, "training_file": gappy, "hyperparameters": {"n_steps": 4, "batch_size": 8, "eval_every": 4}})
+    };
+    let e: Value = s.post("/v1/fine_tuning/jobs", &task(None)).json().unwrap();
+    assert!(e["error"]["message"].as_str().unwrap().contains("line 49: case 40: channel 0, step 1: a missing value"), "{e}");
+    for (missing, cases) in [("drop", 40), ("interpolate", 41)] {
+        let id = s.create_job(task(Some(missing)));
+        let job = s.wait_finished(&id);
+        assert_eq!(job["status"], "succeeded", "{missing}: {job}");
+        let data = s.events(&id).iter().find_map(|e| e["data"]["data"].as_object().cloned()).expect("the data event");
+        let read = data["train_samples"].as_u64().unwrap() + data["valid_samples"].as_u64().unwrap();
+        assert_eq!(read, cases, "{missing}: {data:?}");
+    }
     // Regression from @targetLabel.
     let mut reg = String::from("@problemName level\n@targetLabel true\n@data\n");
     for i in 0..40 {

@@ -6,6 +6,7 @@ use std::ops::Range;
 use serde_json::Value;
 
 use super::arrays::{self, Array, ArrayData};
+use super::series::Missing;
 use super::{numbered_lines, utf8_text, DataError, RecordInputs, RecordLabels, RecordSet};
 
 /// What the inputs of a dataset are.
@@ -36,6 +37,9 @@ pub struct RecordSpec {
     /// The class names (in index order) that named labels must be among: the training file's,
     /// when a validation or test file is read. None: the names are the file's own, sorted.
     pub label_names: Option<Vec<String>>,
+    /// Missing input values (a `.ts` file's `?`, a table's empty cell): refused, the record
+    /// dropped, or (within a `.ts` case's channel) interpolated.
+    pub missing: super::series::Missing,
 }
 
 impl Default for InputSpec {
@@ -737,9 +741,24 @@ pub fn read_csv(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError>
         let row = row.map_err(|e| DataError::at_line(e.position().map_or(0, |p| p.line() as usize), format!("invalid CSV: {e}")))?;
         let line = row.position().map_or(0, |p| p.line() as usize);
         let mut values = Vec::with_capacity(row.len().saturating_sub(1));
+        if spec.missing == Missing::Drop && row.iter().enumerate().any(|(j, f)| j != column && super::series::is_missing_text(f)) {
+            continue;
+        }
         for (j, field) in row.iter().enumerate().filter(|&(j, _)| j != column) {
             let v: f64 = match field {
-                "" => return Err(DataError::at_line(line, format!("column `{}` is empty (a missing value)", header[j]))),
+                "" if spec.missing == Missing::Interpolate => return Err(DataError::at_line(
+                    line,
+                    format!(
+                        "column `{}` is empty: a table's row is one sample, with no series to interpolate along; set `missing` to \"drop\"",
+                        header[j]
+                    ),
+                )),
+                "" => {
+                    return Err(DataError::at_line(
+                        line,
+                        format!("column `{}` is empty (a missing value; set the task's `missing` to \"drop\")", header[j]),
+                    ))
+                }
                 f => f.parse().map_err(|_| DataError::at_line(line, format!("column `{}`: `{f}` is not a number", header[j])))?,
             };
             values.push(checked_f32_of(&format!("column `{}`, value", header[j]), 0, v).map_err(|m| DataError::at_line(line, m))?);

@@ -209,7 +209,7 @@ fn handle_missing(set: &mut SeriesSet, missing: Missing, place: &dyn Fn(usize, u
 
 /// Fills channel `ch` of a time-major series of `c` channels: between two known values linearly,
 /// before the first and after the last with that value.
-fn interpolate(s: &mut [f32], c: usize, ch: usize) -> Result<(), String> {
+pub(crate) fn interpolate(s: &mut [f32], c: usize, ch: usize) -> Result<(), String> {
     let t = s.len() / c;
     let known: Vec<usize> = (0..t).filter(|&i| !s[i * c + ch].is_nan()).collect();
     let (&first, &last) = (known.first().ok_or("has no values")?, known.last().unwrap());

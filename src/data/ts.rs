@@ -6,6 +6,7 @@
 //! each holding one value per channel; cases may differ in length. Class labels are names even
 //! when they look like digits, numbered in the order the header declares them.
 use super::records::{checked_f32_of, RecordSetBuilder, RecordSpec};
+use super::series::{interpolate, Missing};
 use super::{numbered_lines, utf8_text, DataError, RecordSet};
 
 /// What the header says about the cases.
@@ -86,11 +87,14 @@ pub fn read_ts(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError> 
             fields.pop().filter(|_| !fields.is_empty()).ok_or_else(|| at("expected channels and a label, separated by `:`".into()))?.trim();
         let mut channels: Vec<Vec<f32>> = Vec::with_capacity(fields.len());
         for (c, field) in fields.iter().enumerate() {
-            let series = field
+            let mut series = field
                 .split(',')
                 .enumerate()
                 .map(|(t, v)| match v.trim() {
-                    "?" | "NaN" | "nan" => Err(format!("channel {c}, step {t}: a missing value (fill or drop it first)")),
+                    "?" | "NaN" | "nan" if spec.missing == Missing::Refuse => {
+                        Err(format!("channel {c}, step {t}: a missing value (set the task's `missing` to \"drop\" or \"interpolate\")"))
+                    }
+                    "?" | "NaN" | "nan" => Ok(f32::NAN),
                     v => v
                         .parse::<f64>()
                         .map_err(|_| format!("channel {c}, step {t}: `{}` is not a number", truncate(v)))
@@ -101,7 +105,14 @@ pub fn read_ts(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError> 
             if let Some(first) = channels.first().filter(|f| f.len() != series.len()) {
                 return Err(at(format!("channel {c} has {} steps, channel 0 has {}", series.len(), first.len())));
             }
+            if spec.missing == Missing::Interpolate {
+                interpolate(&mut series, 1, 0).map_err(|m| at(format!("channel {c} {m}")))?;
+            }
             channels.push(series);
+        }
+        if spec.missing == Missing::Drop && channels.iter().flatten().any(|v| v.is_nan()) {
+            case += 1;
+            continue;
         }
         let steps = channels[0].len();
         let tokens: Vec<f32> = (0..steps).flat_map(|t| channels.iter().map(move |ch| ch[t])).collect();

@@ -329,7 +329,11 @@ pub fn inspect_file(filename: &str, bytes: &[u8]) -> std::result::Result<FileInf
     match format {
         // A table's label column may be named by the task later: checked as far as can be now.
         Format::Csv => info("csv", data::records::inspect_csv(bytes)?),
-        Format::Ts => info("ts", data::ts::read_ts(bytes, &RecordSpec::default())?.len()),
+        // Missing values are the task's to refuse, drop or fill: checked here as if filled.
+        Format::Ts => {
+            let spec = RecordSpec { missing: data::series::Missing::Interpolate, ..RecordSpec::default() };
+            info("ts", data::ts::read_ts(bytes, &spec)?.len())
+        }
         // Series records (forecasting): gaps are the task's to refuse or fill.
         Format::Jsonl if data::series::holds_series(bytes) => {
             info("jsonl", data::series::read_jsonl_series(bytes, data::series::Missing::Interpolate)?.series.len())

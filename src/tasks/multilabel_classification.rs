@@ -15,6 +15,7 @@ use super::sequence::SequenceInput;
 use super::spec::{bad, check};
 use super::{DataSources, Fitted, Objective, SpecError, Task, TaskData, TaskLimits, TaskSpec};
 use crate::data::records::RecordSpec;
+use crate::data::series::Missing;
 use crate::model::fpt::HeadShape;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,11 +33,19 @@ pub struct MultilabelClassification {
     pub patch_size: Option<usize>,
     /// Steps between patches (default `patch_size`).
     pub stride: Option<usize>,
+    /// Missing input values: `refuse` (the default), `drop` (the record) or `interpolate` (within a `.ts` case's channel).
+    pub missing: Option<Missing>,
 }
 
 impl MultilabelClassification {
     fn input(&self) -> SequenceInput {
-        SequenceInput { input_dim: self.input_dim, vocab_size: self.vocab_size, patch_size: self.patch_size, stride: self.stride }
+        SequenceInput {
+            input_dim: self.input_dim,
+            vocab_size: self.vocab_size,
+            patch_size: self.patch_size,
+            stride: self.stride,
+            missing: self.missing.unwrap_or_default(),
+        }
     }
 
     fn threshold(&self) -> f64 {
@@ -58,6 +67,7 @@ impl Task for MultilabelClassification {
         let input = self.input();
         let rs = RecordSpec {
             input: input.record_input(),
+            missing: input.missing,
             bits: Some(self.num_labels),
             multilabel: Some(self.num_labels),
             ..RecordSpec::default()

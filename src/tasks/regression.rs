@@ -17,6 +17,7 @@ use super::sequence::SequenceInput;
 use super::spec::check;
 use super::{DataSources, Fitted, Objective, SpecError, Task, TaskData, TaskLimits, TaskSpec};
 use crate::data::records::RecordSpec;
+use crate::data::series::Missing;
 use crate::data::RecordLabels;
 use crate::model::fpt::HeadShape;
 
@@ -36,11 +37,19 @@ pub struct Regression {
     pub patch_size: Option<usize>,
     /// Steps between patches (default `patch_size`).
     pub stride: Option<usize>,
+    /// Missing input values: `refuse` (the default), `drop` (the record) or `interpolate` (within a `.ts` case's channel).
+    pub missing: Option<Missing>,
 }
 
 impl Regression {
     fn input(&self) -> SequenceInput {
-        SequenceInput { input_dim: self.input_dim, vocab_size: self.vocab_size, patch_size: self.patch_size, stride: self.stride }
+        SequenceInput {
+            input_dim: self.input_dim,
+            vocab_size: self.vocab_size,
+            patch_size: self.patch_size,
+            stride: self.stride,
+            missing: self.missing.unwrap_or_default(),
+        }
     }
 }
 
@@ -58,7 +67,13 @@ impl Task for Regression {
         let input = self.input();
         let max_len = src.tokens_kept(self.max_len);
         let read = |p: &Path, k: Option<usize>| {
-            let rs = RecordSpec { input: input.record_input(), targets: Some(k), label_column: self.target_column.clone(), ..RecordSpec::default() };
+            let rs = RecordSpec {
+                input: input.record_input(),
+                targets: Some(k),
+                label_column: self.target_column.clone(),
+                missing: input.missing,
+                ..RecordSpec::default()
+            };
             input.read(p, &rs)
         };
         let train = read(src.train.expect("checked by TaskData::load"), self.num_targets)?;

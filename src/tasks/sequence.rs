@@ -21,6 +21,7 @@ pub(super) struct SequenceInput {
     pub vocab_size: Option<usize>,
     pub patch_size: Option<usize>,
     pub stride: Option<usize>,
+    pub missing: crate::data::series::Missing,
 }
 
 /// Steps grouped into one token: `size` of them, a patch every `stride`; the last patch is filled

@@ -13,6 +13,7 @@ use super::sequence::SequenceInput;
 use super::spec::check;
 use super::{DataSources, Fitted, SpecError, Task, TaskData, TaskLimits, TaskSpec};
 use crate::data::records::RecordSpec;
+use crate::data::series::Missing;
 use crate::data::RecordLabels;
 use crate::model::fpt::HeadShape;
 
@@ -32,11 +33,19 @@ pub struct SequenceClassification {
     pub patch_size: Option<usize>,
     /// Steps between patches (default `patch_size`).
     pub stride: Option<usize>,
+    /// Missing input values: `refuse` (the default), `drop` (the record) or `interpolate` (within a `.ts` case's channel).
+    pub missing: Option<Missing>,
 }
 
 impl SequenceClassification {
     fn input(&self) -> SequenceInput {
-        SequenceInput { input_dim: self.input_dim, vocab_size: self.vocab_size, patch_size: self.patch_size, stride: self.stride }
+        SequenceInput {
+            input_dim: self.input_dim,
+            vocab_size: self.vocab_size,
+            patch_size: self.patch_size,
+            stride: self.stride,
+            missing: self.missing.unwrap_or_default(),
+        }
     }
 }
 
@@ -55,6 +64,7 @@ impl Task for SequenceClassification {
         let max_len = src.tokens_kept(self.max_len);
         let spec_for = |num_classes: Option<usize>, label_names: Option<Vec<String>>| RecordSpec {
             input: input.record_input(),
+            missing: input.missing,
             num_classes,
             label_column: self.label_column.clone(),
             label_names,
