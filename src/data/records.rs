@@ -113,6 +113,47 @@ fn json_error_message(error: &serde_json::Error) -> String {
     format!("invalid JSON: {message} (column {})", error.column())
 }
 
+/// Runs `push` on each element of a JSON array as it is parsed, so that one record at a time is
+/// held as JSON; an error names the record (0-based), a syntax error its line.
+fn each_array_element(text: &str, push: &mut dyn FnMut(&Value) -> Result<(), String>) -> Result<(), DataError> {
+    use serde::de::{DeserializeSeed, Error, SeqAccess, Visitor};
+    struct Each<'a> {
+        push: &'a mut dyn FnMut(&Value) -> Result<(), String>,
+        failed: &'a mut Option<DataError>,
+    }
+    impl<'de> Visitor<'de> for Each<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of records")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            while let Some(record) = seq.next_element::<Value>()? {
+                if let Err(m) = (self.push)(&record) {
+                    *self.failed = Some(DataError::at_record(i, m));
+                    return Err(A::Error::custom("a bad record"));
+                }
+                i += 1;
+            }
+            Ok(())
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Each<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    let mut failed = None;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = Each { push, failed: &mut failed }.deserialize(&mut de).and_then(|()| de.end());
+    match (failed, parsed) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(DataError::at_line(e.line(), json_error_message(&e))),
+        (None, Ok(())) => Ok(()),
+    }
+}
+
 /// One line of a JSON-lines file.
 pub(crate) fn parse_json_line(line_number: usize, line: &str) -> Result<Value, DataError> {
     serde_json::from_str(line).map_err(|e| DataError::at_line(line_number, json_error_message(&e)))
@@ -522,11 +563,7 @@ pub fn read_jsonl(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataErro
 pub(crate) fn for_each_json_record(text: &str, mut push: impl FnMut(&Value) -> Result<(), String>) -> Result<(), DataError> {
     let array_of_objects = text.trim_start().strip_prefix('[').is_some_and(|rest| rest.trim_start().starts_with('{'));
     if array_of_objects {
-        let Value::Array(records) = parse_json_document(text)? else { unreachable!("a document that starts with [ is an array") };
-        for (i, record) in records.iter().enumerate() {
-            push(record).map_err(|m| DataError::at_record(i, m))?;
-        }
-        return Ok(());
+        return each_array_element(text, &mut push);
     }
     for (line_number, line) in numbered_lines(text).filter(|(_, line)| !line.trim().is_empty()) {
         push(&parse_json_line(line_number, line)?).map_err(|m| DataError::at_line(line_number, m))?;
@@ -746,13 +783,15 @@ pub fn read_csv(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError>
         }
         for (j, field) in row.iter().enumerate().filter(|&(j, _)| j != column) {
             let v: f64 = match field {
-                "" if spec.missing == Missing::Interpolate => return Err(DataError::at_line(
-                    line,
-                    format!(
+                "" if spec.missing == Missing::Interpolate => {
+                    return Err(DataError::at_line(
+                        line,
+                        format!(
                         "column `{}` is empty: a table's row is one sample, with no series to interpolate along; set `missing` to \"drop\"",
                         header[j]
                     ),
-                )),
+                    ))
+                }
                 "" => {
                     return Err(DataError::at_line(
                         line,

@@ -160,7 +160,10 @@ mod tests {
         assert_eq!(set.labels, RecordLabels::Targets { values: vec![0.5, 1.5], per_sample: 1 });
         let err = |text: &str| read_ts(text.as_bytes(), &RecordSpec::default()).unwrap_err().to_string();
         let head = "@classLabel true a b\n@data\n";
-        assert_eq!(err(&format!("{head}1,2:a\n1,?:b\n")), "line 4: case 1: channel 0, step 1: a missing value (fill or drop it first)");
+        assert_eq!(
+            err(&format!("{head}1,2:a\n1,?:b\n")),
+            "line 4: case 1: channel 0, step 1: a missing value (set the task's `missing` to \"drop\" or \"interpolate\")"
+        );
         assert_eq!(err(&format!("{head}1,2:3,4:c\n")), "line 3: case 0: class `c` is not among a, b");
         assert_eq!(err(&format!("{head}1,2:3,4,5:a\n")), "line 3: case 0: channel 1 has 3 steps, channel 0 has 2");
         assert_eq!(

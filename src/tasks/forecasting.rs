@@ -91,21 +91,23 @@ impl Task for Forecasting {
             valid: if valid.is_some() { 0.0 } else { src.valid_fraction },
             test: if test.is_some() { 0.0 } else { self.test_fraction.unwrap_or(0.2) },
         };
-        let mut windows = [Windows::default(), Windows::default(), Windows::default()];
+        // Each series' parts (the steps their windows' targets start in), per split.
+        let mut plan: Vec<(&[f32], std::ops::Range<usize>, usize)> = Vec::new();
         for (i, s) in train.series.iter().enumerate() {
             let cut = parts.cut(train.steps(i), &w).map_err(|m| anyhow::anyhow!("{}: series {i}: {m}", src.train.unwrap().display()))?;
-            w.cut(s, cut[0].clone(), &mut windows[0]);
-            w.cut(s, cut[1].clone(), &mut windows[1]);
-            w.cut(s, cut[2].clone(), &mut windows[2]);
+            plan.extend(cut.into_iter().enumerate().map(|(k, part)| (s.as_slice(), part, k)));
         }
         for (set, k) in [(&valid, 1), (&test, 2)] {
-            for s in set.iter().flat_map(|set| set.series.iter()) {
-                w.cut(s, w.context..s.len() / c, &mut windows[k]);
-            }
+            plan.extend(set.iter().flat_map(|set| set.series.iter()).map(|s| (s.as_slice(), w.context..s.len() / c, k)));
         }
-        let values: usize = windows.iter().map(|x| x.tokens.len() + x.targets.len()).sum();
+        // Windows overlap, so they hold many times the series' values: counted before they are cut.
+        let values: usize = plan.iter().map(|(_, part, _)| w.windows(part).saturating_mul(w.values_per_window())).sum();
         if values > MAX_WINDOW_VALUES {
             bail!("the windows would hold {values} values, at most {MAX_WINDOW_VALUES}: set window_stride (or a shorter context)");
+        }
+        let mut windows = [Windows::default(), Windows::default(), Windows::default()];
+        for (s, part, k) in plan {
+            w.cut(s, part, &mut windows[k]);
         }
         let [tr, va, te] = windows;
         if tr.rows == 0 {
@@ -267,11 +269,26 @@ impl Windowing {
         2 * self.horizon * self.channels_per_row() + 2 * self.channels_per_row()
     }
 
+    /// The first step of the last window whose target lies wholly within `part`, if any.
+    fn last_start(&self, part: &std::ops::Range<usize>) -> Option<usize> {
+        part.end.checked_sub(self.horizon).filter(|&l| l >= part.start)
+    }
+
+    /// The windows [`Self::cut`] cuts from `part`.
+    fn windows(&self, part: &std::ops::Range<usize>) -> usize {
+        self.last_start(part).map_or(0, |last| (last - part.start) / self.step + 1)
+    }
+
+    /// The values a window's rows hold, tokens and targets.
+    fn values_per_window(&self) -> usize {
+        self.rows_per_window() * (self.tokens() * self.token_dim() + self.target_width())
+    }
+
     /// The windows of series `s` (time-major) whose targets lie wholly within the steps of `part`
     /// (which starts a context or more into the series).
     fn cut(&self, s: &[f32], part: std::ops::Range<usize>, out: &mut Windows) {
         let c = self.channels;
-        let Some(last) = part.end.checked_sub(self.horizon).filter(|&l| l >= part.start) else { return };
+        let Some(last) = self.last_start(&part) else { return };
         for start in (part.start..=last).step_by(self.step) {
             let context = &s[(start - self.context) * c..start * c];
             let future = &s[start * c..(start + self.horizon) * c];
@@ -351,7 +368,9 @@ mod tests {
         let w = windowing(2, 2, true, 2);
         assert_eq!((w.tokens(), w.token_dim()), (2, 2), "patches [1, 2] and [3, 4] of steps 0..5");
         let mut out = Windows::default();
+        assert_eq!(w.windows(&(5..8)), 2);
         w.cut(&s, 5..8, &mut out);
+        assert_eq!(out.tokens.len() + out.targets.len(), 2 * w.values_per_window(), "counted as cut");
         assert_eq!(out.rows, 2 * 2, "windows with targets starting at 5 and 6 (7 would run past the part), a row per channel");
         let width = w.target_width();
         // Row 0: channel 0 of the first window: targets 5, 6; seasonal naive (season 2) 3, 4; mean 2.

@@ -99,18 +99,19 @@ pub fn batch_from_samples(
                         return Err(err(i, format!("expected {} values ({n} tokens of {dim}), got {}", n * dim, flat.len())));
                     }
                 }
-                let (flat, tokens) = match patch {
-                    Some(p) => {
-                        let mut patched = Vec::new();
-                        p.apply(&flat, dim, &mut patched);
-                        (patched, p.tokens(tokens))
-                    }
-                    None => (flat, tokens),
-                };
+                // Patches are counted before they are made: a small stride multiplies the values.
+                let tokens = patch.map_or(tokens, |p| p.tokens(tokens));
                 if tokens as i64 > max_positions {
                     return Err(err(i, format!("{tokens} tokens exceed the backbone's {max_positions} positions")));
                 }
-                rows.push(flat);
+                rows.push(match patch {
+                    Some(p) => {
+                        let mut patched = Vec::with_capacity(tokens * p.size * dim);
+                        p.apply(&flat, dim, &mut patched);
+                        patched
+                    }
+                    None => flat,
+                });
             }
             let b = pad_vectors(&rows, dim * patch.map_or(1, |p| p.size));
             // The inputs normalised as the training data was.

@@ -12,6 +12,7 @@ use super::samples::Form;
 use super::spec::{bad, check};
 use super::{SpecError, TaskLimits};
 use crate::data::records::{InputSpec, RecordSpec};
+use crate::data::series::Missing;
 use crate::data::{RecordInputs, RecordSet};
 use crate::model::fpt::{HeadShape, InputKind};
 
@@ -21,7 +22,7 @@ pub(super) struct SequenceInput {
     pub vocab_size: Option<usize>,
     pub patch_size: Option<usize>,
     pub stride: Option<usize>,
-    pub missing: crate::data::series::Missing,
+    pub missing: Missing,
 }
 
 /// Steps grouped into one token: `size` of them, a patch every `stride`; the last patch is filled
@@ -34,6 +35,8 @@ pub struct Patching {
 
 /// The largest patch: a token of at most this many steps.
 const MAX_PATCH: usize = 4096;
+/// Values a file's patched records may hold (4 bytes each).
+const MAX_PATCHED_VALUES: usize = 1 << 28;
 
 impl Patching {
     /// Patches of a sequence of `steps` steps.
@@ -58,6 +61,17 @@ impl Patching {
 }
 
 impl SequenceInput {
+    /// A task's input fields, as its spec gives them.
+    pub fn new(
+        input_dim: Option<usize>,
+        vocab_size: Option<usize>,
+        patch_size: Option<usize>,
+        stride: Option<usize>,
+        missing: Option<Missing>,
+    ) -> Self {
+        SequenceInput { input_dim, vocab_size, patch_size, stride, missing: missing.unwrap_or_default() }
+    }
+
     pub fn validate(&self, limits: &TaskLimits) -> Result<(), SpecError> {
         check::sequence_input(self.input_dim, self.vocab_size, limits)?;
         if let Some(size) = self.patch_size {
@@ -87,10 +101,18 @@ impl SequenceInput {
     /// A file's records as `spec` says, patched when the task patches.
     pub fn read(&self, p: &Path, spec: &RecordSpec) -> Result<RecordSet> {
         let r = read_records(p, spec)?;
-        Ok(match self.patching() {
-            Some(patch) => patched(r, patch),
-            None => r,
-        })
+        let Some(patch) = self.patching() else { return Ok(r) };
+        // Overlapping patches repeat values (size / stride times): counted before they are made.
+        let values: usize = (0..r.len()).map(|i| patch.tokens(r.token_count(i)).saturating_mul(patch.size * r.values_per_token())).sum();
+        if values > MAX_PATCHED_VALUES {
+            bail!(
+                "{}: patches of {} every {} make {values} values, at most {MAX_PATCHED_VALUES}: set a larger stride",
+                p.display(),
+                patch.size,
+                patch.stride
+            );
+        }
+        Ok(patched(r, patch))
     }
 
     /// The head: `outputs` from one read-out token, over tokens the size of the training records'.

@@ -39,13 +39,7 @@ pub struct SequenceClassification {
 
 impl SequenceClassification {
     fn input(&self) -> SequenceInput {
-        SequenceInput {
-            input_dim: self.input_dim,
-            vocab_size: self.vocab_size,
-            patch_size: self.patch_size,
-            stride: self.stride,
-            missing: self.missing.unwrap_or_default(),
-        }
+        SequenceInput::new(self.input_dim, self.vocab_size, self.patch_size, self.stride, self.missing)
     }
 }
 
