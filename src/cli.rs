@@ -154,6 +154,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             valid_fraction: 0.1,
             seed: a.seed,
             max_positions: model.max_positions() as usize,
+            fitted: Some(&model.task_state),
         },
     )?;
     let e = evaluate(&model, &task, EvalSplit::Valid, 64).context("no samples to evaluate")?;

@@ -14,7 +14,11 @@ use tch::{Device, Kind, Tensor};
 
 fn xor_task(seed: u64) -> TaskData {
     let spec = TaskSpec::parse_cli(r#"{"type":"bit_xor","n_bits":3,"n_valid":64}"#).unwrap();
-    TaskData::load(&spec, &DataSources { train: None, valid: None, test: None, valid_fraction: 0.1, seed, max_positions: 1024 }).unwrap()
+    TaskData::load(
+        &spec,
+        &DataSources { train: None, valid: None, test: None, valid_fraction: 0.1, seed, max_positions: 1024, fitted: None },
+    )
+    .unwrap()
 }
 
 fn model(base: &BaseModel, task: &TaskData, switches: FreezeSwitches, seed: u64) -> FptModel {

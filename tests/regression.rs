@@ -113,6 +113,21 @@ fn regression_trains_and_predicts_from_the_command_line() {
         "{\"input\": [0.1, 0.2, 0.3, 0.4]}\n",
     );
     assert!(answers[0]["value"].is_number(), "{answers:?}");
+    // Evaluation uses the adapter's statistics, not the evaluated file's: on one record (twice),
+    // its rmse is that record's prediction error, in the targets' units.
+    let (x, y) = ([0.1, 0.2, 0.3, 0.4], 5321.0);
+    let one = dir.path().join("one.jsonl");
+    std::fs::write(&one, format!("{0}\n{0}\n", json!({"input": x, "target": y}))).unwrap();
+    let adapter = dir.path().join("cli.safetensors");
+    let o = std::process::Command::new(common::fpt_bin())
+        .args(["eval", "--adapter", adapter.to_str().unwrap(), "--data", one.to_str().unwrap(), "--models-dir"])
+        .arg(common::tiny_models())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let eval: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let error = (answers[0]["value"].as_f64().unwrap() - y).abs();
+    assert!((eval["rmse"].as_f64().unwrap() - error).abs() <= 1e-3 * y, "eval {eval} against the prediction's error {error}");
 }
 
 /// A regression adapter and a classification adapter of one backbone share a forward pass, each

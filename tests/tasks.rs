@@ -12,7 +12,7 @@ use fpt::train::{Control, TrainConfig, Trainer};
 use tch::Device;
 
 fn sources<'a>(train: Option<&'a Path>, valid: Option<&'a Path>, positions: usize) -> DataSources<'a> {
-    DataSources { train, valid, test: None, valid_fraction: 0.2, seed: 0, max_positions: positions }
+    DataSources { train, valid, test: None, valid_fraction: 0.2, seed: 0, max_positions: positions, fitted: None }
 }
 
 /// Loads `task` and trains 3 steps on the tiny GPT-2; returns the task for further checks.

@@ -48,6 +48,7 @@ pub fn prepare_data(spec: &TrainSpec<PathBuf>, registry: &ModelRegistry, limits:
         valid_fraction: spec.hyperparameters.validation_fraction,
         seed: spec.seed,
         max_positions,
+        fitted: None,
     };
     let task = TaskData::load(&spec.task, &sources).map_err(|e| {
         let msg = format!("{e:#}");

@@ -65,11 +65,28 @@ impl Loaded {
             truncated: self.truncated,
             notes: Vec::new(),
         };
-        let mut fitted = spec.task().fit(&train.targets);
-        if let Some(names) = self.label_names {
-            fitted["label_names"] = serde_json::json!(names);
-        }
-        super::normalize::fit_and_apply(spec.task().input_normalization(), &mut train, [Some(&mut valid), test.as_mut()], &mut fitted);
+        let fitted = match src.fitted {
+            // Evaluating an adapter: its data is normalised as its training split was.
+            Some(fitted) => {
+                for s in [Some(&mut train), Some(&mut valid), test.as_mut()].into_iter().flatten() {
+                    super::normalize::apply_to_split(fitted, s);
+                }
+                fitted.clone()
+            }
+            None => {
+                let mut fitted = spec.task().fit(&train.targets);
+                if let Some(names) = self.label_names {
+                    fitted["label_names"] = serde_json::json!(names);
+                }
+                super::normalize::fit_and_apply(
+                    spec.task().input_normalization(),
+                    &mut train,
+                    [Some(&mut valid), test.as_mut()],
+                    &mut fitted,
+                );
+                fitted
+            }
+        };
         let objective = spec.task().objective(&self.shape, &fitted);
         let data = Data::Loaded { train, valid, test };
         Ok(TaskData { spec: spec.clone(), shape: self.shape, fitted, objective, info, seed: src.seed, data })

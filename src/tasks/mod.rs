@@ -246,6 +246,9 @@ pub struct DataSources<'a> {
     pub valid_fraction: f64,
     pub seed: u64,
     pub max_positions: usize,
+    /// What an adapter fitted on its training split, when its data is evaluated: the files are
+    /// read and normalised as that split was (its class names, its statistics), not fitted afresh.
+    pub fitted: Option<&'a Fitted>,
 }
 
 impl DataSources<'_> {

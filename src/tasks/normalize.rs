@@ -91,6 +91,14 @@ pub(super) fn fit_and_apply(mode: Normalize, train: &mut Split, others: [Option<
     fitted["input_normalization"] = json!(mode);
 }
 
+/// A split's continuous inputs normalised as an adapter's training data was (see [`apply`]).
+pub(super) fn apply_to_split(fitted: &Fitted, s: &mut Split) {
+    if let Some((x, lengths)) = tokens_of(s) {
+        let lengths = lengths.map(|l| l.shallow_clone());
+        *x = apply(fitted, x.shallow_clone(), lengths.as_ref());
+    }
+}
+
 /// A prediction batch's continuous inputs [B, L, D], normalised as the training data was
 /// (adapters from before normalisation existed say nothing and are left as they were).
 pub fn apply(fitted: &Fitted, x: Tensor, lengths: Option<&Tensor>) -> Tensor {

@@ -66,7 +66,9 @@ impl Task for SequenceClassification {
         };
         // The training file fixes the classes (their names too, when its labels are names); the
         // validation and test files are read against them.
-        let train = input.read(src.train.expect("checked by TaskData::load"), &spec_for(self.num_classes, None))?;
+        // An adapter's evaluation reads its data with the adapter's class names.
+        let known = src.fitted.and_then(|f| f["label_names"].as_array()).map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect());
+        let train = input.read(src.train.expect("checked by TaskData::load"), &spec_for(self.num_classes, known))?;
         let names = train.label_names.clone();
         let k = match (self.num_classes, &names, &train.labels) {
             (Some(n), _, _) => n,

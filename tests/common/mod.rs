@@ -82,8 +82,9 @@ pub fn fpt_bin() -> PathBuf {
     std::env::var_os("FPT_UNDER_TEST").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fpt")), PathBuf::from)
 }
 
-/// Trains `task` from the command line on the tiny GPT-2 (`steps` steps on `train`), then predicts
-/// for each JSONL line of `inputs`; returns the predictions, one per line.
+/// Trains `task` from the command line on the tiny GPT-2 (`steps` steps on `train`), evaluates the
+/// adapter on `train`, then predicts for each JSONL line of `inputs`; returns the predictions, one
+/// per line.
 pub fn cli_train_and_predict(dir: &Path, task: &str, train: &Path, steps: u32, inputs: &str) -> Vec<serde_json::Value> {
     let models = tiny_models().display().to_string();
     let run = |args: &[&str]| {
@@ -94,6 +95,10 @@ pub fn cli_train_and_predict(dir: &Path, task: &str, train: &Path, steps: u32, i
     let (adapter, input_file) = (dir.join("cli.safetensors"), dir.join("cli-inputs.jsonl"));
     let (adapter, train) = (adapter.to_str().unwrap(), train.to_str().unwrap());
     run(&["train", "--task", task, "--model", "tiny-gpt2", "--train", train, "--steps", &steps.to_string(), "--out", adapter]);
+    // Evaluation reads the file as the adapter's training split was read (its classes, its statistics).
+    let eval: serde_json::Value = serde_json::from_str(run(&["eval", "--adapter", adapter, "--data", train]).trim()).unwrap();
+    assert!(eval["loss"].as_f64().is_some_and(f64::is_finite) && eval["samples"].as_u64().is_some_and(|n| n > 0), "eval: {eval}");
+    assert!(eval.as_object().unwrap().len() > 2, "eval names the task's metrics: {eval}");
     std::fs::write(&input_file, inputs).unwrap();
     let out = run(&["predict", "--adapter", adapter, "--input", input_file.to_str().unwrap()]);
     out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
