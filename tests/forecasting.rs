@@ -80,7 +80,8 @@ fn forecasting_trains_on_a_table_and_forecasts_in_its_units() {
 fn forecasting_reads_json_series_from_the_command_line() {
     let dir = common::tempdir();
     let path = dir.path().join("series.jsonl");
-    let wave = |phase: f64| -> Vec<f64> { (0..200).map(|t| 10.0 * ((t as f64 + phase) / 4.0).sin()).collect() };
+    // Two channels, forecast together (a token holds both).
+    let wave = |phase: f64| -> Vec<[f64; 2]> { (0..200).map(|t| [10.0 * ((t as f64 + phase) / 4.0).sin(), t as f64]).collect() };
     let text: String = [0.0, 1.5, 3.0].iter().map(|&p| format!("{}\n", json!({"series": wave(p)}))).collect();
     std::fs::write(&path, text).unwrap();
     let context = &wave(0.0)[..24];
@@ -92,7 +93,7 @@ fn forecasting_reads_json_series_from_the_command_line() {
         &format!("{}\n", json!({"input": context})),
     );
     let forecast = answers[0]["forecast"].as_array().unwrap_or_else(|| panic!("{answers:?}"));
-    assert_eq!((forecast.len(), forecast[0].as_array().unwrap().len()), (4, 1), "{forecast:?}");
+    assert_eq!((forecast.len(), forecast[0].as_array().unwrap().len()), (4, 2), "{forecast:?}");
 }
 
 /// The real weekly CO2 series (59 empty weeks), its first 600 weeks: interpolated, it trains, and

@@ -38,6 +38,7 @@ temp = [10 + 3 * math.cos(i * 2 * math.pi / 24) for i in range(400)]
 pq.write_table(pa.table({"when": pa.array(when, pa.timestamp("ms")), "load": load, "temp": temp}), f"{out}/series.parquet")
 pq.write_table(pa.table({"a": [1.0, None, 3.0], "label": [0, 1, 0]}), f"{out}/gap.parquet")
 pq.write_table(pa.table({"steps": [[1.0, 2.0]], "label": [0]}), f"{out}/lists.parquet")
+pq.write_table(pa.table({"a": pa.nulls(40_000_000, pa.float64())}), f"{out}/nulls.parquet")
 "#,
     )
     .unwrap();
@@ -97,6 +98,11 @@ fn parquet_records_tables_and_series_train_and_predict_over_the_api() {
     let message = error_message(s.upload("gap.parquet", read("gap.parquet")));
     assert!(message.contains("row 2: column `a` is empty"), "{message}");
     assert!(error_message(s.upload("lists.parquet", read("lists.parquet"))).contains("row 1: column `steps` holds a list"));
+    // A few kilobytes of nulls that would be forty million cells are refused from the metadata.
+    let nulls = read("nulls.parquet");
+    assert!(nulls.len() < 1 << 20, "{} bytes", nulls.len());
+    let message = error_message(s.upload("nulls.parquet", nulls));
+    assert!(message.contains("40000000 cells (rows x columns), at most"), "{message}");
     let mut cut = read("table.parquet");
     cut.truncate(cut.len() / 2);
     assert_eq!(s.upload("cut.parquet", cut).status(), 422, "a cut file is refused");

@@ -30,6 +30,18 @@ fn input_dim_is_taken_from_the_data() {
     let name = answer["data"][0]["label_name"].as_str().unwrap_or_else(|| panic!("{answer}"));
     assert!(("1"..="9").contains(&name), "{answer}");
     assert_eq!(answer["data"][0]["probabilities"].as_array().map(Vec::len), Some(9), "{answer}");
+    // A validation file must have the training file's channels.
+    let two: String =
+        (0..20).map(|i| format!("{}\n", json!({"input": [[0.1, 0.2], [0.3, 0.4]], "label": (1 + i % 2).to_string()}))).collect();
+    let two = s.upload_ok("two.jsonl", two.into_bytes());
+    let e: Value = s
+        .post(
+            "/v1/fine_tuning/jobs",
+            &json!({"model": "tiny-gpt2", "task": {"type": "sequence_classification"}, "training_file": file, "validation_file": two}),
+        )
+        .json()
+        .unwrap();
+    assert!(e["error"]["message"].as_str().unwrap().contains("tokens have 2 values, expected 12"), "{e}");
     let short: Vec<Vec<f64>> = case.iter().map(|t| t[..11].to_vec()).collect();
     let r = s.predict(model, json!([short]));
     assert_eq!(r.status(), 422);

@@ -18,8 +18,13 @@ pub fn is_parquet(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes.starts_with(MAGIC) && bytes.ends_with(MAGIC)
 }
 
-/// The file's column names and its rows as JSON objects, its decompressed size bounded first.
-fn rows(bytes: &[u8]) -> Result<(Vec<String>, Vec<Map<String, Value>>), DataError> {
+/// Cells a file may hold (rows x columns, from its metadata): each is read as JSON on its way in.
+const MAX_CELLS: i64 = 1 << 25;
+
+type Reader = SerializedFileReader<bytes::Bytes>;
+
+/// The file's reader, its sizes checked against the bounds before any row is read.
+fn open(bytes: &[u8]) -> Result<Reader, DataError> {
     let reader =
         SerializedFileReader::new(bytes::Bytes::copy_from_slice(bytes)).map_err(|e| DataError::file(format!("invalid Parquet: {e}")))?;
     let meta = reader.metadata();
@@ -27,21 +32,35 @@ fn rows(bytes: &[u8]) -> Result<(Vec<String>, Vec<Map<String, Value>>), DataErro
     if inflated as u64 > max_inflated_bytes() {
         return Err(too_inflated("the Parquet data"));
     }
-    let columns: Vec<String> =
-        meta.file_metadata().schema_descr().root_schema().get_fields().iter().map(|f| f.name().to_string()).collect();
-    let mut out = Vec::new();
-    let iter = reader.get_row_iter(None).map_err(|e| DataError::file(format!("invalid Parquet: {e}")))?;
-    for (i, row) in iter.enumerate() {
-        let row = row.map_err(|e| DataError::new(format!("row {}", i + 1), format!("invalid Parquet: {e}")))?;
-        match row.to_json_value() {
-            Value::Object(m) => out.push(m),
-            other => return Err(DataError::new(format!("row {}", i + 1), format!("not a record: {other}"))),
-        }
+    let cells = meta.file_metadata().num_rows().max(0).saturating_mul(columns(&reader).len() as i64);
+    if cells > MAX_CELLS {
+        return Err(DataError::file(format!("{cells} cells (rows x columns), at most {MAX_CELLS}")));
     }
-    if out.is_empty() {
+    if meta.file_metadata().num_rows() <= 0 {
         return Err(DataError::file("no rows"));
     }
-    Ok((columns, out))
+    Ok(reader)
+}
+
+fn columns(reader: &Reader) -> Vec<String> {
+    reader.metadata().file_metadata().schema_descr().root_schema().get_fields().iter().map(|f| f.name().to_string()).collect()
+}
+
+/// Runs `each` on every row (numbered from 1) as a JSON object. A malformed file that makes the
+/// reader panic is refused like any other invalid file.
+fn each_row(reader: Reader, each: &mut dyn FnMut(usize, Map<String, Value>) -> Result<(), DataError>) -> Result<(), DataError> {
+    let read = std::panic::AssertUnwindSafe(|| -> Result<(), DataError> {
+        let iter = reader.get_row_iter(None).map_err(|e| DataError::file(format!("invalid Parquet: {e}")))?;
+        for (i, row) in iter.enumerate() {
+            let row = row.map_err(|e| DataError::new(format!("row {}", i + 1), format!("invalid Parquet: {e}")))?;
+            match row.to_json_value() {
+                Value::Object(m) => each(i + 1, m)?,
+                other => return Err(DataError::new(format!("row {}", i + 1), format!("not a record: {other}"))),
+            }
+        }
+        Ok(())
+    });
+    std::panic::catch_unwind(read).unwrap_or_else(|_| Err(DataError::file("invalid Parquet: the reader failed on a malformed file")))
 }
 
 /// Whether a file holds records with an `input` column (rather than a plain table).
@@ -52,27 +71,28 @@ pub fn holds_records(bytes: &[u8]) -> bool {
 
 /// A plain table as CSV text (a header, then a line per row), so that it is read as a CSV table
 /// is; a cell holding a list is refused, naming its row and column.
-fn as_csv(columns: &[String], rows: &[Map<String, Value>]) -> Result<Vec<u8>, DataError> {
+fn as_csv(reader: Reader) -> Result<Vec<u8>, DataError> {
+    let columns = columns(&reader);
     let mut w = csv::Writer::from_writer(Vec::new());
     let io = |e: csv::Error| DataError::file(e.to_string());
-    w.write_record(columns).map_err(io)?;
-    for (i, row) in rows.iter().enumerate() {
+    w.write_record(&columns).map_err(io)?;
+    each_row(reader, &mut |i, row| {
         let mut cells = Vec::with_capacity(columns.len());
-        for c in columns {
+        for c in &columns {
             cells.push(match row.get(c).unwrap_or(&Value::Null) {
                 Value::Null => String::new(),
                 Value::String(s) => s.clone(),
                 v @ (Value::Number(_) | Value::Bool(_)) => v.to_string(),
                 _ => {
                     return Err(DataError::new(
-                        format!("row {}", i + 1),
+                        format!("row {i}"),
                         format!("column `{c}` holds a list: a record's sequence goes in a column named `input`"),
                     ))
                 }
             });
         }
-        w.write_record(&cells).map_err(io)?;
-    }
+        w.write_record(&cells).map_err(io)
+    })?;
     w.into_inner().map_err(|e| DataError::file(e.to_string()))
 }
 
@@ -87,26 +107,22 @@ fn in_rows(e: DataError) -> DataError {
 
 /// Records (`input` with `label` or `target`), or a table read as a CSV table is.
 pub fn read_parquet(bytes: &[u8], spec: &RecordSpec) -> Result<RecordSet, DataError> {
-    let (columns, rows) = rows(bytes)?;
-    if !columns.iter().any(|c| c == "input") {
-        return read_csv(&as_csv(&columns, &rows)?, spec).map_err(in_rows);
+    let reader = open(bytes)?;
+    if !columns(&reader).iter().any(|c| c == "input") {
+        return read_csv(&as_csv(reader)?, spec).map_err(in_rows);
     }
     let mut builder = RecordSetBuilder::new(spec)?;
-    for (i, row) in rows.into_iter().enumerate() {
-        push_json_record(&mut builder, &Value::Object(row)).map_err(|m| DataError::new(format!("row {}", i + 1), m))?;
-    }
+    each_row(reader, &mut |i, row| push_json_record(&mut builder, &Value::Object(row)).map_err(|m| DataError::new(format!("row {i}"), m)))?;
     builder.finish()
 }
 
 /// A table of series values, a column per channel, read as a CSV series is.
 pub fn read_parquet_series(bytes: &[u8], missing: Missing) -> Result<SeriesSet, DataError> {
-    let (columns, rows) = rows(bytes)?;
-    read_csv_series(&as_csv(&columns, &rows)?, missing).map_err(in_rows)
+    read_csv_series(&as_csv(open(bytes)?)?, missing).map_err(in_rows)
 }
 
 /// An upload's check of a plain table before a task names its columns, as a CSV table's; returns
 /// the rows. (Files of records are checked as records.)
 pub fn inspect_parquet_table(bytes: &[u8]) -> Result<usize, DataError> {
-    let (columns, rows) = rows(bytes)?;
-    super::records::inspect_csv(&as_csv(&columns, &rows)?).map_err(in_rows)
+    super::records::inspect_csv(&as_csv(open(bytes)?)?).map_err(in_rows)
 }

@@ -44,12 +44,13 @@ pub(crate) fn is_missing_text(s: &str) -> bool {
     matches!(s, "" | "NA" | "N/A" | "NaN" | "nan" | "null" | "NULL" | "?")
 }
 
-/// A column of time stamps, by its name (`date`, `time`, `timestamp`, `period`, …).
+/// A column of time stamps, by its name: `date`, `Time`, `order_date`, `timestamp`, `ds`, … (a
+/// word of it, so that `uptime` or `update_rate` stay values).
 fn is_time_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    matches!(n.as_str(), "ds" | "period" | "year" | "month" | "week" | "day" | "hour" | "minute")
-        || n.contains("date")
-        || n.contains("time")
+    let word = |w: &str| {
+        matches!(w, "date" | "time" | "timestamp" | "datetime" | "ds" | "period" | "year" | "month" | "week" | "day" | "hour" | "minute")
+    };
+    name.to_ascii_lowercase().split(|c: char| !c.is_ascii_alphanumeric()).any(word)
 }
 
 /// A value shaped like a date or time (`1949-01`, `2020/03/01 10:00`), not a number.
@@ -245,6 +246,9 @@ mod tests {
         assert!(set.notes[1].starts_with("2 missing values"), "{:?}", set.notes);
         let dropped = read_csv_series(csv.as_bytes(), Missing::Drop).unwrap();
         assert_eq!(dropped.series[0], [316.1, 1.0, 318.0, 4.0]);
+        // Names that only hold the letters of one are values.
+        let set = read_csv_series(b"uptime,update_rate\n1,2\n3,4\n", Missing::Refuse).unwrap();
+        assert_eq!(set.channels, ["uptime", "update_rate"]);
         // A time column known by its values, whatever its name.
         let set = read_csv_series(b"when,passengers\n1949-01,112\n1949-02,118\n", Missing::Refuse).unwrap();
         assert_eq!(

@@ -283,12 +283,20 @@ pub(super) fn read_records(p: &Path, spec: &RecordSpec) -> Result<RecordSet> {
 }
 
 /// Records as a padded token split, cut to `max_len` tokens; returns the split and how many were cut.
-pub(super) fn record_split(r: &RecordSet, max_len: usize) -> (Split, usize) {
+pub(super) fn record_split(r: &RecordSet, max_len: usize) -> Result<(Split, usize)> {
     let n = r.len();
     let dim = r.values_per_token();
     let lens: Vec<usize> = (0..n).map(|i| r.token_count(i).min(max_len)).collect();
     let truncated = (0..n).filter(|&i| r.token_count(i) > max_len).count();
     let lmax = lens.iter().copied().max().unwrap_or(1).max(1);
+    // Every record is padded to the longest: one long record among many short ones multiplies the values.
+    let padded_values = n.saturating_mul(lmax).saturating_mul(dim);
+    if padded_values > MAX_SPLIT_VALUES {
+        bail!(
+            "{n} records padded to the longest ({lmax} tokens of {dim} values) make {padded_values} values, at most {MAX_SPLIT_VALUES}: \
+             set max_len, or split the long records"
+        );
+    }
     let padded = lens.iter().any(|&l| l != lmax);
     let lengths = padded.then(|| Tensor::from_slice(&lens.iter().map(|&l| l as i64).collect::<Vec<_>>()));
     let x = match &r.inputs {
@@ -309,8 +317,11 @@ pub(super) fn record_split(r: &RecordSet, max_len: usize) -> (Split, usize) {
             Tensor::from_slice(&out).view([n as i64, lmax as i64])
         }
     };
-    (Split { features: Features::Tokens { x, lengths }, targets: record_targets(&r.labels) }, truncated)
+    Ok((Split { features: Features::Tokens { x, lengths }, targets: record_targets(&r.labels) }, truncated))
 }
+
+/// Values a split of padded records may hold (4 bytes each).
+const MAX_SPLIT_VALUES: usize = 1 << 28;
 
 fn record_targets(l: &RecordLabels) -> Tensor {
     match l {

@@ -78,7 +78,21 @@ impl Task for Forecasting {
         };
         let valid = src.valid.map(read_other).transpose()?;
         let test = src.test.map(read_other).transpose()?;
+        if let Some(known) = src.fitted.map(channels).filter(|&k| k != c) {
+            bail!("the series have {c} channels, the adapter was trained on {known}");
+        }
         let w = self.windowing(c);
+        let most = TaskLimits::default();
+        if w.token_dim() > most.max_input_dim || w.horizon * w.channels_per_row() > most.max_classes {
+            bail!(
+                "{c} channels make tokens of {} values and {} outputs, at most {} and {}: forecast fewer channels together \
+                 (channel_independence) or a shorter horizon",
+                w.token_dim(),
+                w.horizon * w.channels_per_row(),
+                most.max_input_dim,
+                most.max_classes
+            );
+        }
         if w.tokens() > src.max_positions {
             bail!(
                 "a context of {} steps makes {} tokens, the backbone has {} positions: set patch_size (and stride)",
@@ -93,7 +107,13 @@ impl Task for Forecasting {
         };
         // Each series' parts (the steps their windows' targets start in), per split.
         let mut plan: Vec<(&[f32], std::ops::Range<usize>, usize)> = Vec::new();
-        for (i, s) in train.series.iter().enumerate() {
+        if src.fitted.is_some() {
+            // An adapter's evaluation: every window of the file is evaluated (it trains on none).
+            for s in &train.series {
+                plan.extend([0, 1].map(|k| (s.as_slice(), w.context..s.len() / c, k)));
+            }
+        }
+        for (i, s) in train.series.iter().enumerate().filter(|_| src.fitted.is_none()) {
             let cut = parts.cut(train.steps(i), &w).map_err(|m| anyhow::anyhow!("{}: series {i}: {m}", src.train.unwrap().display()))?;
             plan.extend(cut.into_iter().enumerate().map(|(k, part)| (s.as_slice(), part, k)));
         }
@@ -126,7 +146,9 @@ impl Task for Forecasting {
         };
         let test = (te.rows > 0).then(|| te.split(&w));
         let mut data = Loaded { train: tr.split(&w), valid: Some(va.split(&w)), test, shape, truncated: 0, label_names: None }.finish(spec, src)?;
+        // The channels are known once read: what depends on them is made again.
         data.fitted["channels"] = json!(train.channels);
+        data.objective = self.objective(&data.shape, &data.fitted);
         data.info.notes = train.notes;
         Ok(data)
     }

@@ -67,10 +67,12 @@ impl Task for MultilabelClassification {
             ..RecordSpec::default()
         };
         let max_len = src.tokens_kept(self.max_len);
-        let read = |p: &Path| input.read(p, &rs).map(|r| record_split(&r, max_len));
         let train = input.read(src.train.expect("checked by TaskData::load"), &rs)?;
         let shape = input.head(&train, self.num_labels)?;
-        let tr = record_split(&train, max_len);
+        let tr = record_split(&train, max_len)?;
+        let like = input.like(&train);
+        let others = RecordSpec { input: like.record_input(), ..rs.clone() };
+        let read = |p: &Path| like.read(p, &others).and_then(|r| record_split(&r, max_len));
         let va = src.valid.map(read).transpose()?;
         let te = src.test.map(read).transpose()?;
         let truncated = tr.1 + va.as_ref().map_or(0, |v| v.1) + te.as_ref().map_or(0, |v| v.1);

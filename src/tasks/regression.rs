@@ -60,7 +60,7 @@ impl Task for Regression {
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData> {
         let input = self.input();
         let max_len = src.tokens_kept(self.max_len);
-        let read = |p: &Path, k: Option<usize>| {
+        let read = |input: &SequenceInput, p: &Path, k: Option<usize>| {
             let rs = RecordSpec {
                 input: input.record_input(),
                 targets: Some(k),
@@ -70,15 +70,16 @@ impl Task for Regression {
             };
             input.read(p, &rs)
         };
-        let train = read(src.train.expect("checked by TaskData::load"), self.num_targets)?;
+        let train = read(&input, src.train.expect("checked by TaskData::load"), self.num_targets)?;
         let k = targets_per_record(&train.labels);
         if k > 10_000 {
             bail!("{k} targets per record: at most 10,000");
         }
         let shape = input.head(&train, k)?;
-        let tr = record_split(&train, max_len);
-        let va = src.valid.map(|p| read(p, Some(k))).transpose()?.map(|r| record_split(&r, max_len));
-        let te = src.test.map(|p| read(p, Some(k))).transpose()?.map(|r| record_split(&r, max_len));
+        let tr = record_split(&train, max_len)?;
+        let like = input.like(&train);
+        let other = |p: &Path| read(&like, p, Some(k)).and_then(|r| record_split(&r, max_len));
+        let (va, te) = (src.valid.map(other).transpose()?, src.test.map(other).transpose()?);
         let truncated = tr.1 + va.as_ref().map_or(0, |v| v.1) + te.as_ref().map_or(0, |v| v.1);
         Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated, label_names: None }.finish(spec, src)
     }

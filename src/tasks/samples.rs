@@ -160,11 +160,21 @@ pub fn batch_from_samples(
     }
 }
 
+/// Model rows one forecasting request may make.
+const MAX_CONTEXT_ROWS: usize = 16_384;
+
 /// Forecast contexts as model rows, with the statistics that undo their normalisation.
 fn context_batch(w: &super::forecasting::Windowing, samples: &[Value]) -> Result<SampleBatch, SampleError> {
     let (c, l) = (w.channels(), w.context());
     let (mut tokens, mut stats) = (Vec::new(), Vec::new());
     for (i, s) in samples.iter().enumerate() {
+        // Channels handled independently are a row each: a request of many is bounded by its rows.
+        if (i + 1) * w.rows_per_window() > MAX_CONTEXT_ROWS {
+            return Err(err(
+                i,
+                format!("{} samples of {c} channels make more than {MAX_CONTEXT_ROWS} rows: send fewer per request", samples.len()),
+            ));
+        }
         let steps =
             s.as_array().ok_or_else(|| err(i, format!("expected the series' last {l} (or more) steps, each an array of {c} values")))?;
         if steps.len() < l {

@@ -17,6 +17,7 @@ use crate::data::{RecordInputs, RecordSet};
 use crate::model::fpt::{HeadShape, InputKind};
 
 /// A sequence task's input fields, as its spec gives them.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct SequenceInput {
     pub input_dim: Option<usize>,
     pub vocab_size: Option<usize>,
@@ -88,6 +89,15 @@ impl SequenceInput {
 
     fn patching(&self) -> Option<Patching> {
         self.patch_size.map(|size| Patching { size, stride: self.stride.unwrap_or(size) })
+    }
+
+    /// The input the validation and test files must have: the training file's token size (as
+    /// read, before patching) when the task gives none.
+    pub fn like(&self, train: &RecordSet) -> SequenceInput {
+        match self.vocab_size {
+            Some(_) => *self,
+            None => SequenceInput { input_dim: Some(train.values_per_token() / self.patching().map_or(1, |p| p.size)), ..*self },
+        }
     }
 
     /// How the records' inputs are read.

@@ -81,9 +81,10 @@ impl Task for SequenceClassification {
             bail!("the training file's labels make {k} classes, more than {most}; set num_classes, or renumber the labels from 0");
         }
         // Indices in the training file: names in the others are refused, not numbered on their own.
-        let others = spec_for(Some(k), Some(names.clone().unwrap_or_default()));
-        let read = |p: &Path| input.read(p, &others).map(|r| record_split(&r, max_len));
-        let tr = record_split(&train, max_len);
+        let like = input.like(&train);
+        let others = RecordSpec { input: like.record_input(), ..spec_for(Some(k), Some(names.clone().unwrap_or_default())) };
+        let read = |p: &Path| like.read(p, &others).and_then(|r| record_split(&r, max_len));
+        let tr = record_split(&train, max_len)?;
         let va = src.valid.map(read).transpose()?;
         let te = src.test.map(read).transpose()?;
         let shape = input.head(&train, k)?;
