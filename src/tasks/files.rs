@@ -261,10 +261,17 @@ pub(super) fn seq_split(s: &SequenceSet) -> Split {
     Split { features: Features::Tokens { x, lengths: Some(Tensor::from_slice(&lengths)) }, targets: Tensor::from_slice(&s.labels) }
 }
 
-pub(super) fn read_records(p: &Path, spec: &RecordSpec) -> Result<RecordSet> {
+/// A file's bytes and the format detected in them (by content, then name).
+pub(super) fn read_detected(p: &Path) -> Result<(Vec<u8>, data::Format)> {
     let bytes = read_file(p)?;
     let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let set = match data::detect_format(&name, &bytes).map_err(|e| named(p, e))? {
+    let format = data::detect_format(&name, &bytes).map_err(|e| named(p, e))?;
+    Ok((bytes, format))
+}
+
+pub(super) fn read_records(p: &Path, spec: &RecordSpec) -> Result<RecordSet> {
+    let (bytes, format) = read_detected(p)?;
+    let set = match format {
         data::Format::Jsonl => data::records::read_jsonl(&bytes, spec),
         data::Format::Npz => data::records::read_npz(&bytes, spec),
         data::Format::Safetensors => data::records::read_safetensors(&bytes, spec),

@@ -15,12 +15,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::Tensor;
 
-use super::files::{named, read_file, Loaded};
+use super::files::{named, read_detected, Loaded};
 use super::samples::Form;
 use super::spec::{bad, check};
 use super::{DataSources, Features, Fitted, Objective, SpecError, Split, Task, TaskData, TaskLimits, TaskSpec};
 use crate::data::series::{self, Missing, SeriesSet};
-use crate::data::{self, Format};
+use crate::data::Format;
 use crate::model::fpt::{HeadShape, InputKind};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,9 +108,11 @@ impl Task for Forecasting {
         // Each series' parts (the steps their windows' targets start in), per split.
         let mut plan: Vec<(&[f32], std::ops::Range<usize>, usize)> = Vec::new();
         if src.fitted.is_some() {
-            // An adapter's evaluation: every window of the file is evaluated (it trains on none).
+            // An adapter's evaluation: every window of the file is evaluated (it trains on none);
+            // a validation file, when one is named, holds the windows evaluated.
+            let splits: &[usize] = if valid.is_some() { &[0] } else { &[0, 1] };
             for s in &train.series {
-                plan.extend([0, 1].map(|k| (s.as_slice(), w.context..s.len() / c, k)));
+                plan.extend(splits.iter().map(|&k| (s.as_slice(), w.context..s.len() / c, k)));
             }
         }
         for (i, s) in train.series.iter().enumerate().filter(|_| src.fitted.is_none()) {
@@ -168,9 +170,8 @@ fn channels(fitted: &Fitted) -> usize {
 }
 
 fn read_series(p: &Path, missing: Missing) -> Result<SeriesSet> {
-    let bytes = read_file(p)?;
-    let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let set = match data::detect_format(&name, &bytes).map_err(|e| named(p, e))? {
+    let (bytes, format) = read_detected(p)?;
+    let set = match format {
         Format::Csv => series::read_csv_series(&bytes, missing),
         Format::Jsonl => series::read_jsonl_series(&bytes, missing),
         Format::Parquet => crate::data::parquet::read_parquet_series(&bytes, missing),
