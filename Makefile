@@ -29,12 +29,12 @@ postgres:
 
 $(SETUP_STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
+	$(PY) -m pip install --quiet --no-cache-dir -r requirements.txt
 	touch $@
 
 $(EXPERIMENT_STAMP): $(SETUP_STAMP)
-	$(PY) -m pip install --quiet statsmodels==0.15.0
+	$(PY) -m pip install --quiet --no-cache-dir statsmodels==0.15.0
 	touch $@
 
 libtorch: $(SETUP_STAMP)
