@@ -55,7 +55,7 @@ pub struct ModelArgs {
     pub steps: u64,
     /// Train for this many passes over the training set instead of --steps.
     #[arg(long)]
-    pub epochs: Option<f64>,
+    pub epochs: Option<u64>,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Largest forward pass; bigger batches accumulate gradients.
@@ -268,7 +268,7 @@ mod tests {
         let err = |args: &[&str]| spec_of(args).unwrap_err().to_string();
         assert!(err(&["--steps", "0"]).starts_with("--steps: "), "{}", err(&["--steps", "0"]));
         assert!(err(&["--batch-size", "0"]).starts_with("--batch-size: "));
-        assert!(err(&["--epochs=-1"]).starts_with("--epochs: "));
+        assert!(err(&["--epochs=0"]).starts_with("--epochs: "));
         assert!(err(&["--validation-fraction", "2"]).starts_with("--validation-fraction: "));
         let task = Wrap::try_parse_from(["fpt", "--task", r#"{"type":"bit_xor","n_bits":0}"#]).unwrap().m.spec(1e-3, 0);
         assert!(task.unwrap_err().to_string().starts_with("--task field `n_bits`: "));

@@ -47,7 +47,7 @@ async fn a_corrupt_job_row_is_an_error_naming_the_job() {
         sqlx::query(&format!("UPDATE jobs SET {column} = $1 WHERE id = $2")).bind(value).bind(&bad.id).execute(&raw).await.unwrap();
         let err = format!("{:#}", store.job(&bad.id).await.unwrap_err());
         assert!(err.contains(&bad.id) && err.contains(column), "{column}: {err}");
-        let err = format!("{:#}", store.jobs(DEFAULT_PROJECT, &Page { after: None, limit: 10 }).await.unwrap_err());
+        let err = format!("{:#}", store.jobs(DEFAULT_PROJECT, &[], &Page { after: None, limit: 10 }).await.unwrap_err());
         assert!(err.contains(&bad.id), "{err}");
         sqlx::query(&format!("UPDATE jobs SET {column} = (SELECT {column} FROM jobs WHERE id = $1) WHERE id = $2"))
             .bind(&good.id)
@@ -158,7 +158,32 @@ async fn projects(store: &Store) {
         claimed.push(j.id);
     }
     assert_eq!(claimed, vec![ours[0].id.clone(), ours[1].id.clone(), theirs.id.clone()]);
-    assert!(store.jobs(&p.id, &Page { after: None, limit: 10 }).await.unwrap().iter().all(|j| j.project_id == p.id));
+    assert!(store.jobs(&p.id, &[], &Page { after: None, limit: 10 }).await.unwrap().iter().all(|j| j.project_id == p.id));
+    // Jobs by their metadata: every pair must be held; keys and values are data, never SQL.
+    let tagged = |pairs: &[(&str, &str)]| {
+        let m: serde_json::Map<String, serde_json::Value> = pairs.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+        Job { project_id: p.id.clone(), metadata: Some(m), ..job("cuda") }
+    };
+    let a = tagged(&[("team", "a"), ("it's", "x\"'")]);
+    let b = tagged(&[("team", "b")]);
+    store.insert_job(&a).await.unwrap();
+    store.insert_job(&b).await.unwrap();
+    let by = |pairs: &[(&str, &str)]| {
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let store = store.clone();
+        let project = p.id.clone();
+        async move {
+            store.jobs(&project, &pairs, &Page { after: None, limit: 10 }).await.unwrap().into_iter().map(|j| j.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(by(&[("team", "a")]).await, vec![a.id.clone()]);
+    assert_eq!(by(&[("team", "b")]).await, vec![b.id.clone()]);
+    assert_eq!(by(&[("team", "a"), ("it's", "x\"'")]).await, vec![a.id.clone()]);
+    assert!(by(&[("team", "a"), ("it's", "y")]).await.is_empty());
+    assert!(by(&[("team", "c")]).await.is_empty());
+    for j in [&a, &b] {
+        store.transition(&j.id, &[JobStatus::Queued], JobStatus::Cancelled).await.unwrap();
+    }
     assert_eq!(store.usage(&p.id).await.unwrap().running_jobs, 2);
     assert_eq!(store.usage(&p.id).await.unwrap().queued_jobs, 1);
     // One ends: the third runs.
@@ -246,7 +271,7 @@ fn summary(steps: u64) -> RunSummary {
 }
 
 fn end(status: JobStatus) -> JobEnd<'static> {
-    JobEnd { status, result: None, error: None, model: None }
+    JobEnd { status, result: None, error: None, model: None, result_file: None }
 }
 
 fn lease(worker: &str, seconds: i64) -> Lease {
@@ -272,10 +297,15 @@ async fn files(store: &Store) {
         ids.push(f.id);
     }
     // Newest first, paged after an id.
-    let page = store.files(DEFAULT_PROJECT, &Page { after: None, limit: 2 }).await.unwrap();
+    let page = store.files(DEFAULT_PROJECT, None, false, &Page { after: None, limit: 2 }).await.unwrap();
     assert_eq!(page.iter().map(|f| &f.id).collect::<Vec<_>>(), vec![&ids[4], &ids[3]]);
-    let next = store.files(DEFAULT_PROJECT, &Page { after: Some(&ids[3]), limit: 10 }).await.unwrap();
+    let next = store.files(DEFAULT_PROJECT, None, false, &Page { after: Some(&ids[3]), limit: 10 }).await.unwrap();
     assert_eq!(next.iter().map(|f| &f.id).collect::<Vec<_>>(), vec![&ids[2], &ids[1], &ids[0]]);
+    // Oldest first after an id, and by purpose.
+    let asc = store.files(DEFAULT_PROJECT, None, true, &Page { after: Some(&ids[2]), limit: 10 }).await.unwrap();
+    assert_eq!(asc.iter().map(|f| &f.id).collect::<Vec<_>>(), vec![&ids[3], &ids[4]]);
+    assert_eq!(store.files(DEFAULT_PROJECT, Some("fine-tune"), false, &Page { after: None, limit: 10 }).await.unwrap().len(), 5);
+    assert!(store.files(DEFAULT_PROJECT, Some("batch"), false, &Page { after: None, limit: 10 }).await.unwrap().is_empty());
     assert_eq!(store.file(DEFAULT_PROJECT, &ids[2]).await.unwrap().unwrap().samples, Some(2));
     assert!(store.delete_file(&ids[2]).await.unwrap());
     assert!(!store.delete_file(&ids[2]).await.unwrap(), "deleted twice");
@@ -298,12 +328,14 @@ async fn claims(store: &Store) {
     assert_eq!(store.claim_job(&lease("w-gpu", 60), DeviceKind::Cuda, 0).await.unwrap().unwrap().id, gpu.id);
     // Only the holder records the outcome.
     let result = summary(3);
-    let done_end = JobEnd { status: JobStatus::Succeeded, result: Some(&result), error: None, model: Some("ft-x") };
+    let done_end =
+        JobEnd { status: JobStatus::Succeeded, result: Some(&result), error: None, model: Some("ft-x"), result_file: Some("file-results") };
     assert!(!store.finish_job(&a.id, "w-other", &done_end).await.unwrap());
     assert!(store.finish_job(&a.id, "w-cpu", &done_end).await.unwrap());
     let done = store.job(&a.id).await.unwrap().unwrap();
     assert_eq!((done.status, done.fine_tuned_model.as_deref(), done.worker), (JobStatus::Succeeded, Some("ft-x"), None));
     assert_eq!(done.result.as_ref(), Some(&result));
+    assert_eq!(done.result_file.as_deref(), Some("file-results"));
     assert!(done.finished_at.is_some());
     // Handing a job back queues it for anyone; a queued job can be paused and resumed.
     assert!(store.release_job(&b.id, "w-cpu", JobStatus::Queued).await.unwrap());
@@ -313,7 +345,7 @@ async fn claims(store: &Store) {
     assert!(store.transition(&b.id, &[JobStatus::Paused], JobStatus::Cancelled).await.unwrap());
     assert!(store.job(&b.id).await.unwrap().unwrap().finished_at.is_some());
     let error = JobError { code: "training_failed".into(), message: "boom".into(), param: None };
-    let failed = JobEnd { status: JobStatus::Failed, result: None, error: Some(&error), model: None };
+    let failed = JobEnd { status: JobStatus::Failed, result: None, error: Some(&error), model: None, result_file: None };
     assert!(store.finish_job(&gpu.id, "w-gpu", &failed).await.unwrap());
     assert_eq!(store.job(&gpu.id).await.unwrap().unwrap().error, Some(error));
 }

@@ -93,12 +93,44 @@ impl ApiError {
 }
 
 impl ApiError {
-    /// The error's response, telling the client when to try again.
+    /// The error's response, telling the client when to try again (and that it may).
     pub fn with_retry_after(self, seconds: u64) -> Response {
         let mut resp = self.into_response();
         resp.headers_mut().insert("retry-after", HeaderValue::from(seconds));
+        resp.headers_mut().insert("x-should-retry", HeaderValue::from_static("true"));
         resp
     }
+}
+
+/// Most bytes of a non-JSON error body (a framework's rejection) carried into the error object.
+const MAX_REJECTION_BYTES: usize = 4096;
+
+/// An error response that is not the error object (a rejection of the framework's own: a bad
+/// query string or path, a method the route does not take, a timeout) turned into one, its text
+/// as the message: every error a client sees has the one shape.
+pub async fn as_error_object(resp: Response) -> Response {
+    let (parts, body) = resp.into_parts();
+    let status = parts.status;
+    let text = match axum::body::to_bytes(body, MAX_REJECTION_BYTES).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let (kind, code) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ("invalid_request_error", "method_not_allowed"),
+        StatusCode::NOT_FOUND => ("invalid_request_error", "not_found"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("invalid_request_error", "unsupported_media_type"),
+        StatusCode::UNPROCESSABLE_ENTITY => ("invalid_request_error", "invalid_value"),
+        StatusCode::SERVICE_UNAVAILABLE => ("server_error", "unavailable"),
+        s if s.is_server_error() => ("server_error", "internal_error"),
+        _ => ("invalid_request_error", "bad_request"),
+    };
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+    let mut out = (status, Json(body)).into_response();
+    for (name, value) in parts.headers.iter().filter(|(n, _)| *n == "allow" || *n == "retry-after" || *n == "x-request-id") {
+        out.headers_mut().insert(name.clone(), value.clone());
+    }
+    out
 }
 
 impl IntoResponse for ApiError {
@@ -113,8 +145,9 @@ impl IntoResponse for ApiError {
             ApiError::Overloaded { retry_after } | ApiError::RateLimited { retry_after, .. } => {
                 resp.headers_mut().insert("retry-after", HeaderValue::from(retry_after));
             }
-            // Clients that retry every 429 (the OpenAI SDK does) would only burn requests.
-            ApiError::QuotaExceeded { .. } => {
+            // Clients that retry every 429 and 409 (the OpenAI SDK does) would only burn requests:
+            // a used-up quota and a job in the wrong state stay so.
+            ApiError::QuotaExceeded { .. } | ApiError::Conflict(_) => {
                 resp.headers_mut().insert("x-should-retry", HeaderValue::from_static("false"));
             }
             _ => {}

@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::multipart::Field;
-use axum::extract::{DefaultBodyLimit, Extension, Multipart, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Multipart, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -10,7 +10,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
-use super::{idempotency_key, idempotent, list_of, request_hash, AppState, Caller, ListQuery, Route};
+use super::{idempotency_key, idempotent, list_of, request_hash, Accepts, AppState, Caller, ListQuery, Order, Route};
 use crate::artifacts::file_key;
 use crate::store::{new_id, now, FileRow, Page};
 
@@ -29,7 +29,8 @@ pub fn routes() -> Vec<Route> {
 
 pub fn file_object(f: &FileRow) -> Value {
     json!({"id": f.id, "object": "file", "bytes": f.bytes, "created_at": f.created_at, "filename": f.filename,
-           "purpose": f.purpose, "format": f.format, "samples": f.samples, "status": "processed"})
+           "purpose": f.purpose, "format": f.format, "samples": f.samples, "status": "processed",
+           "expires_at": null, "status_details": null})
 }
 
 async fn upload(State(state): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, multipart: Multipart) -> Response {
@@ -158,10 +159,11 @@ async fn small_text(field: &mut Field<'_>, name: &'static str) -> ApiResult<Stri
     String::from_utf8(buf).map_err(|_| ApiError::invalid(name, "not UTF-8 text"))
 }
 
-async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
-    let limit = q.limit()?;
-    let rows = state.store.files(caller.project_id(), &Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
-    Ok(list_of(&rows, limit, file_object))
+async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let q = ListQuery::parse(q.as_deref(), &Accepts::FILES)?;
+    let page = Page { after: q.after.as_deref(), limit: q.limit + 1 };
+    let rows = state.store.files(caller.project_id(), q.purpose.as_deref(), q.order == Order::Asc, &page).await?;
+    Ok(list_of(&rows, q.limit, file_object))
 }
 
 /// The caller's file `id`; another project's is as missing as one that never was.

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -13,16 +13,20 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{parse_json, ApiError, ApiResult};
-use super::{idempotency_key, idempotent, list_of, request_hash, AppState, Caller, ListQuery, Route};
+use super::{idempotency_key, idempotent, list_of, request_hash, Accepts, AppState, Caller, ListQuery, Route};
 
 const ROUTE: &str = "POST /v1/fine_tuning/jobs";
 
 /// The one organization of a self-hosted service, as job objects name it.
 pub const ORGANIZATION: &str = "org-fpt";
-use crate::job::{check_metadata, check_suffix, prepare_data, DataFiles, Effect, JobStatus, Method, RawSpec, Request, TrainSpec};
+use crate::job::request::base_learning_rate;
+use crate::job::{
+    auto, budget, check_metadata, check_suffix, prepare_data, DataFiles, Effect, Inferred, JobStatus, RawSpec, Request, Requested,
+    TrainSpec,
+};
 use crate::store::{EventRow, Job, NewEvent, Page};
+use crate::tasks::infer::infer_task;
 use crate::tasks::{SpecError, TaskSpec};
-use crate::train::TrainConfig;
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -38,23 +42,25 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-/// The request body of `POST /v1/fine_tuning/jobs`.
+/// The request body of `POST /v1/fine_tuning/jobs`: fpt's fields and OpenAI's. `hyperparameters`
+/// and `method` are read in either's form by [`Requested::parse`]; `task` may be left out for
+/// the training file to tell.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
     #[serde(default = "default_model")]
     pub model: String,
-    pub task: TaskSpec,
+    pub task: Option<TaskSpec>,
     pub training_file: Option<String>,
     pub validation_file: Option<String>,
+    pub hyperparameters: Option<Value>,
+    pub method: Option<Value>,
     #[serde(default)]
-    pub hyperparameters: TrainConfig,
-    #[serde(default)]
-    pub method: Method,
-    #[serde(default)]
-    pub seed: u64,
+    pub seed: Option<u64>,
     pub suffix: Option<String>,
     pub metadata: Option<serde_json::Map<String, Value>>,
+    /// OpenAI's third-party integrations (Weights and Biases): none is run here.
+    pub integrations: Option<Vec<Value>>,
     /// The device kind the job must train on: any (default), cpu or cuda.
     #[serde(default = "any_device")]
     pub device: String,
@@ -70,13 +76,13 @@ fn default_model() -> String {
 
 impl CreateJob {
     /// The request's run, for the one parse.
-    fn raw(&self) -> RawSpec<String> {
+    fn raw(&self, task: TaskSpec, requested: &Requested) -> RawSpec<String> {
         RawSpec {
             model: self.model.clone(),
-            task: self.task.clone(),
-            hyperparameters: self.hyperparameters.clone(),
-            method: self.method.clone(),
-            seed: self.seed,
+            task,
+            hyperparameters: requested.hyperparameters.clone(),
+            method: requested.method.clone(),
+            seed: self.seed.unwrap_or(0),
             files: DataFiles { train: self.training_file.clone(), valid: self.validation_file.clone(), test: None },
             device: self.device.clone(),
         }
@@ -96,21 +102,42 @@ impl From<SpecError> for ApiError {
     }
 }
 
+/// A job in OpenAI's terms (every field its SDK requires, `method` as `supervised`), with fpt's
+/// own beside them: the task, all of its hyperparameters and freeze switches, its result.
 pub fn job_object(j: &Job) -> Value {
     let spec = &j.spec;
+    let h = &spec.hyperparameters;
+    let multiplier = h.learning_rate / base_learning_rate();
+    let mut hyperparameters = serde_json::to_value(h).unwrap_or_else(|_| json!({}));
+    hyperparameters["learning_rate_multiplier"] = json!(multiplier);
+    let openai = json!({"n_epochs": h.n_epochs, "batch_size": h.batch_size, "learning_rate_multiplier": multiplier});
     json!({
         "id": j.id, "object": "fine_tuning.job", "model": spec.model,
         "organization_id": ORGANIZATION, "project_id": j.project_id,
         "task": spec.task,
         "status": j.status, "created_at": j.created_at, "started_at": j.started_at, "finished_at": j.finished_at,
+        "estimated_finish": estimated_finish(j),
         "fine_tuned_model": j.fine_tuned_model,
-        "hyperparameters": spec.hyperparameters,
-        "method": spec.method(),
+        "hyperparameters": hyperparameters,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": openai}, "fpt": spec.switches},
         "training_file": spec.files.train, "validation_file": spec.files.valid,
-        "seed": spec.seed, "suffix": j.suffix, "trained_steps": j.trained_steps,
+        "result_files": j.result_file.iter().collect::<Vec<_>>(), "trained_tokens": j.result.as_ref().and_then(|r| r.trained_tokens), "integrations": [],
+        "seed": spec.seed, "suffix": j.suffix, "user_provided_suffix": j.suffix, "trained_steps": j.trained_steps,
         "result": j.result.as_ref().map_or(json!({}), |r| json!(r)), "error": j.error,
-        "metadata": j.metadata, "device": spec.device.as_str(), "request_id": j.request_id,
+        "metadata": j.metadata, "device": spec.device.as_str(), "request_id": j.request_id, "inferred": j.inferred,
     })
+}
+
+/// When a running job of a known step count will end at its pace so far.
+fn estimated_finish(j: &Job) -> Option<i64> {
+    let h = &j.spec.hyperparameters;
+    let (started, done) = (j.started_at?, j.trained_steps);
+    if j.status != JobStatus::Running || h.n_epochs.is_some() || done <= 0 {
+        return None;
+    }
+    let now = crate::store::now();
+    let left = (h.n_steps as i64).saturating_sub(done).max(0);
+    Some(now + (now - started).max(0).saturating_mul(left) / done)
 }
 
 #[tracing::instrument(skip_all, fields(job))]
@@ -135,44 +162,75 @@ async fn create(
 }
 
 /// Parses a job request completely (model, task, hyperparameters, files against the task)
-/// before anything is queued.
+/// before anything is queued; what the request left open (its task, `"auto"` values) is decided
+/// here, on the loaded data, and recorded on the job.
 async fn create_job(state: &AppState, caller: &Caller, req: CreateJob, request_id: Option<String>) -> ApiResult<Value> {
-    let spec = TrainSpec::parse(req.raw(), &state.settings.limits)?;
+    let requested = Requested::parse(req.hyperparameters.clone(), req.method.clone())?;
     if let Some(s) = &req.suffix {
         check_suffix(s)?;
     }
     if let Some(m) = &req.metadata {
         check_metadata(m)?;
     }
+    if req.integrations.as_ref().is_some_and(|i| !i.is_empty()) {
+        return Err(ApiError::invalid("integrations", "no integrations are run by this service; leave integrations out"));
+    }
+    let inferred = Inferred { task: req.task.is_none(), hyperparameters: requested.auto.clone() };
+    let task = match &req.task {
+        Some(t) => t.clone(),
+        None => infer(state, caller, &req.training_file).await?,
+    };
+    let mut spec = TrainSpec::parse(req.raw(task, &requested), &state.settings.limits)?;
     let train = local_file(state, caller, "training_file", &spec.files.train).await?;
     let valid = local_file(state, caller, "validation_file", &spec.files.valid).await?;
-    let dirs: Vec<String> =
-        [&train, &valid].into_iter().flatten().filter_map(|p| p.parent()).map(|d| format!("{}/", d.display())).collect();
+    let shown = without_folders(&[&train, &valid]);
     let local = spec.clone().with_files(DataFiles { train, valid, test: None });
     let (registry, limits) = (state.registry.clone(), state.settings.limits.clone());
     // Load the data once against the task and the backbone's positions: a mismatch is the
     // client's error, named now rather than as a failed job later.
-    tokio::task::spawn_blocking(move || {
-        prepare_data(&local, &registry, &limits).map(|_| ()).map_err(|e| {
-            // Clients know files by id: the folder they live in stays out of the message.
-            let msg = dirs.iter().fold(format!("{:#}", e.error), |m, d| m.replace(d.as_str(), ""));
-            ApiError::invalid(e.field, msg)
-        })
+    let n_train = blocking(move || {
+        prepare_data(&local, &registry, &limits)
+            .map(|p| p.task.info.train_samples)
+            .map_err(|e| ApiError::invalid(e.field, shown(format!("{:#}", e.error))))
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))??;
+    .await??;
+    if !inferred.hyperparameters.is_empty() {
+        spec.hyperparameters = auto::resolve(&spec.hyperparameters, &inferred.hyperparameters, n_train);
+        budget(&spec.hyperparameters, n_train, &state.settings.limits).map_err(|e| ApiError::invalid(e.field, format!("{:#}", e.error)))?;
+    }
     caller.may_queue_a_job(&state.store).await?;
-    let job = Job { api_key_id: caller.key_id(), ..Job::queued(caller.project_id(), spec, req.suffix, req.metadata, request_id) };
+    let job = Job { api_key_id: caller.key_id(), inferred, ..Job::queued(caller.project_id(), spec, req.suffix, req.metadata, request_id) };
     tracing::Span::current().record("job", job.id.as_str());
     state.store.insert_job(&job).await?;
     state.queue.notify();
     Ok(job_object(&job))
 }
 
-async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
-    let limit = q.limit()?;
-    let rows = state.store.jobs(caller.project_id(), &Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
-    Ok(list_of(&rows, limit, job_object))
+/// The task of a request that names none, from its training file.
+async fn infer(state: &AppState, caller: &Caller, training_file: &Option<String>) -> ApiResult<TaskSpec> {
+    let path = local_file(state, caller, "training_file", training_file)
+        .await?
+        .ok_or_else(|| ApiError::invalid("task", "name a task, or a training_file to infer it from"))?;
+    let shown = without_folders(&[&Some(path.clone())]);
+    blocking(move || infer_task(&path).map_err(|e| ApiError::invalid(e.field, shown(e.message)))).await?
+}
+
+/// A message about the files at `paths` as clients know them, by id: the folders they are kept
+/// in stay out.
+fn without_folders(paths: &[&Option<std::path::PathBuf>]) -> impl Fn(String) -> String + Send + 'static {
+    let dirs: Vec<String> = paths.iter().copied().flatten().filter_map(|p| p.parent()).map(|d| format!("{}/", d.display())).collect();
+    move |msg: String| dirs.iter().fold(msg, |m, d| m.replace(d.as_str(), ""))
+}
+
+/// Runs `f` on the blocking pool (reading and checking data).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(e.into()))
+}
+
+async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let q = ListQuery::parse(q.as_deref(), &Accepts::JOBS)?;
+    let rows = state.store.jobs(caller.project_id(), &q.metadata, &Page { after: q.after.as_deref(), limit: q.limit + 1 }).await?;
+    Ok(list_of(&rows, q.limit, job_object))
 }
 
 /// The caller's job `id`; another project's is as missing as one that never was.
@@ -214,10 +272,12 @@ async fn change(state: &AppState, caller: &Caller, id: &str, request: Request) -
                 // The worker stops within a step and records the outcome.
                 state.store.set_desired(id, desired).await?;
                 state.queue.signal(id, desired);
-                // The worker may have let the job go (paused it, handed it back) just before:
-                // then the request is decided again on what the job is now. A job that has ended
-                // (as asked, or finished first), or paused as asked, is answered as it is.
-                let now = find(state, caller, id).await?.status;
+                // The worker stops within a step: the answer waits (a while) for it, so that a
+                // cancel answers `cancelled` as OpenAI's does. The worker may also have let the
+                // job go (paused it, handed it back) just before: then the request is decided
+                // again on what the job is now. A job that has ended (as asked, or finished
+                // first), or paused as asked, is answered as it is.
+                let now = settled(state, caller, id).await?;
                 let paused_as_asked = request == Request::Pause && now == JobStatus::Paused;
                 if now != JobStatus::Running && !now.is_terminal() && !paused_as_asked {
                     continue;
@@ -227,6 +287,21 @@ async fn change(state: &AppState, caller: &Caller, id: &str, request: Request) -
         return Ok(Json(job_object(&find(state, caller, id).await?)));
     }
     Err(ApiError::Conflict(format!("job `{id}` keeps changing; try again")))
+}
+
+/// How long a cancel or pause of a running job waits for its worker to stop it.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// The job's status once it is no longer running, or after [`STOP_WAIT`].
+async fn settled(state: &AppState, caller: &Caller, id: &str) -> ApiResult<JobStatus> {
+    let waited = tokio::time::Instant::now();
+    loop {
+        let now = find(state, caller, id).await?.status;
+        if now != JobStatus::Running || waited.elapsed() >= STOP_WAIT {
+            return Ok(now);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn cancel(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
@@ -256,20 +331,20 @@ fn event_seq(id: &str, param: &str) -> ApiResult<i64> {
 async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<ListQuery>,
+    RawQuery(q): RawQuery,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let q = ListQuery::parse(q.as_deref(), &Accepts::EVENTS)?;
     find(&state, &caller, &id).await?;
-    let mut after = match &q.after {
-        Some(a) => event_seq(a, "after")?,
-        None => 0,
-    };
-    if !q.stream.unwrap_or(false) {
-        let limit = q.limit()?;
-        let rows = state.store.events(&id, after, limit + 1).await?;
-        return Ok(list_of(&rows, limit, event_object).into_response());
+    let after = q.after.as_deref().map(|a| event_seq(a, "after")).transpose()?;
+    if !q.stream {
+        // Newest first, as OpenAI lists them: `after` pages on to older events.
+        let rows = state.store.events_newest_first(&id, after, q.limit + 1).await?;
+        return Ok(list_of(&rows, q.limit, event_object).into_response());
     }
+    // The stream runs oldest first, resuming after `Last-Event-ID` (or `after`).
+    let mut after = after.unwrap_or(0);
     if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         after = event_seq(last, "Last-Event-ID")?;
     }
@@ -318,12 +393,12 @@ async fn checkpoints(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Query(q): Query<ListQuery>,
+    RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
+    let q = ListQuery::parse(q.as_deref(), &Accepts::CHECKPOINTS)?;
     find(&state, &caller, &id).await?;
-    let limit = q.limit()?;
-    let rows = state.store.checkpoints(&id, &Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
-    Ok(list_of(&rows, limit, |c| {
+    let rows = state.store.checkpoints(&id, &Page { after: q.after.as_deref(), limit: q.limit + 1 }).await?;
+    Ok(list_of(&rows, q.limit, |c| {
         json!({
             "id": c.id, "object": "fine_tuning.job.checkpoint", "created_at": c.created_at, "step_number": c.step_number,
             "metrics": c.metrics.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()).unwrap_or(json!({})),

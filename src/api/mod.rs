@@ -9,6 +9,7 @@ pub mod ops;
 mod organization;
 mod pace;
 pub mod predictions;
+pub mod query;
 mod stream_slots;
 pub mod ui;
 
@@ -37,6 +38,7 @@ use crate::serve::Inference;
 use crate::store::{Reservation, Store};
 pub use auth::Caller;
 use error::ApiError;
+pub use query::{Accepts, ListQuery, Order};
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
@@ -185,29 +187,14 @@ async fn limit_and_count(State(state): State<AppState>, req: Request, next: Next
     } else if status.is_server_error() {
         c.server_errors.fetch_add(1, Ordering::Relaxed);
     }
-    if status == StatusCode::PAYLOAD_TOO_LARGE && resp.headers().get("content-type").is_none_or(|v| v != "application/json") {
+    let json = resp.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status == StatusCode::PAYLOAD_TOO_LARGE && !json {
         return ApiError::body_too_large(state.settings.max_body_bytes).into_response();
     }
-    resp
-}
-
-/// `?after=&limit=` of list endpoints.
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    pub after: Option<String>,
-    pub limit: Option<i64>,
-    pub stream: Option<bool>,
-}
-
-impl ListQuery {
-    pub fn limit(&self) -> Result<i64, ApiError> {
-        match self.limit {
-            None => Ok(20),
-            Some(l) if (1..=1000).contains(&l) => Ok(l),
-            Some(_) => Err(ApiError::invalid("limit", "limit must be within 1..1000")),
-        }
+    if (status.is_client_error() || status.is_server_error()) && !json {
+        return error::as_error_object(resp).await;
     }
+    resp
 }
 
 /// `{"object":"list","data":[…],"has_more":…,"first_id":…,"last_id":…}`; `rows` holds limit+1 to tell has_more.

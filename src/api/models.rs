@@ -1,13 +1,13 @@
 //! `/v1/models`: base models (backbones) and fine-tuned adapters, their adapter files, and
 //! loading/unloading them in the prediction cache.
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
-use super::{list_response, AppState, Caller, ListQuery, Route};
+use super::{list_response, Accepts, AppState, Caller, ListQuery, Route};
 use crate::store::{ModelRow, Page};
 
 pub fn routes() -> Vec<Route> {
@@ -33,8 +33,9 @@ fn base_object(b: &crate::model::BaseModel) -> Value {
 }
 
 /// Base models first (by name), then fine-tuned ones (newest first), paged by `after` and `limit`.
-async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
-    let limit = q.limit()?;
+async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let q = ListQuery::parse(q.as_deref(), &Accepts::PAGED)?;
+    let limit = q.limit;
     let loaded = state.inference.loaded();
     let registry = state.registry.clone();
     let bases = tokio::task::spawn_blocking(move || registry.list()).await.map_err(|e| ApiError::Internal(e.into()))?;

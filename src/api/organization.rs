@@ -116,12 +116,8 @@ fn check_quotas(q: &Quotas) -> ApiResult<()> {
     Ok(())
 }
 
-fn limit_of(limit: Option<i64>) -> ApiResult<i64> {
-    super::ListQuery { limit, ..Default::default() }.limit()
-}
-
 async fn list_projects(State(state): State<AppState>, Query(q): Query<ProjectQuery>) -> ApiResult<Json<Value>> {
-    let limit = limit_of(q.limit)?;
+    let limit = super::ListQuery::limit_only(q.limit)?;
     let rows = state.store.projects(&Page { after: q.after.as_deref(), limit: limit + 1 }, q.include_archived.unwrap_or(false)).await?;
     Ok(list_of(&rows, limit, project_object))
 }
@@ -181,7 +177,7 @@ struct KeyQuery {
 
 async fn list_keys(State(state): State<AppState>, Path(project): Path<String>, Query(q): Query<KeyQuery>) -> ApiResult<Json<Value>> {
     find_project(&state, &project).await?;
-    let limit = limit_of(q.limit)?;
+    let limit = super::ListQuery::limit_only(q.limit)?;
     let rows = state.store.api_keys(&project, &Page { after: q.after.as_deref(), limit: limit + 1 }).await?;
     Ok(list_of(&rows, limit, key_object))
 }

@@ -121,6 +121,8 @@ impl Service {
             }
             after = page["last_id"].as_str().map(str::to_string);
         }
+        // The list runs newest first, as OpenAI's does.
+        curve.reverse();
         let mut summary = job["result"].clone();
         summary["job"] = job["id"].clone();
         summary["fine_tuned_model"] = job["fine_tuned_model"].clone();

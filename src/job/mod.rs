@@ -3,10 +3,15 @@
 //! [`TrainSpec::parse`], which checks every value and bounds every size; the queue, the store, the
 //! workers and the runner accept only the parsed [`TrainSpec`]. [`run`] builds a run from it and
 //! sums it up; [`status`] holds a job's states and every transition between them.
+pub mod auto;
+pub mod request;
+pub mod results;
 pub mod run;
 pub mod spec;
 pub mod status;
 
-pub use run::{prepare, prepare_data, train_to_file, LocalRun, PrepareError, Prepared, Run, RunSummary};
+pub use auto::Inferred;
+pub use request::{AutoField, Requested};
+pub use run::{budget, prepare, prepare_data, train_to_file, LocalRun, PrepareError, Prepared, Run, RunSummary};
 pub use spec::{check_metadata, check_suffix, DataFiles, DeviceKind, Limits, Method, RawSpec, TrainSpec};
 pub use status::{Desired, Effect, JobStatus, Request};

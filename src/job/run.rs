@@ -100,11 +100,11 @@ fn run_bytes(c: &crate::model::BackboneConfig, seq_len: u64, train_rows: u64, ev
 
 /// `n_steps` for `n_epochs` passes over `n_train` samples (bit tasks, with no training set, keep
 /// `n_steps`), and every bound that depends on the step count checked against it.
-fn budget(h: &TrainConfig, n_train: usize, limits: &Limits) -> Result<TrainConfig, PrepareError> {
+pub fn budget(h: &TrainConfig, n_train: usize, limits: &Limits) -> Result<TrainConfig, PrepareError> {
     let mut h = h.clone();
     if let Some(e) = h.n_epochs.filter(|_| n_train > 0) {
-        let steps = ((e * n_train as f64) / h.batch_size as f64).ceil().max(1.0);
-        if steps > limits.max_steps as f64 {
+        let steps = e.saturating_mul(n_train as u64).div_ceil(h.batch_size as u64).max(1);
+        if steps > limits.max_steps {
             return Err(PrepareError {
                 field: "hyperparameters.n_epochs".into(),
                 error: anyhow::anyhow!(
@@ -114,7 +114,7 @@ fn budget(h: &TrainConfig, n_train: usize, limits: &Limits) -> Result<TrainConfi
                 ),
             });
         }
-        h.n_steps = steps as u64;
+        h.n_steps = steps;
         h.n_epochs = None;
         check_hyperparameters(&h, limits).map_err(|e| PrepareError { field: e.field.clone(), error: e.into() })?;
     }
@@ -159,7 +159,12 @@ impl Run {
 
     /// The summary of this run's outcome.
     pub fn summary(&self, o: &Outcome, seed: u64) -> RunSummary {
-        RunSummary::new(o, &self.model.param_report(), self.paper_count(), self.prepared.hyperparameters.learning_rate, seed)
+        let h = &self.prepared.hyperparameters;
+        let tokens = o.steps.saturating_mul(h.batch_size as u64).saturating_mul(self.prepared.task.info.seq_len as u64);
+        RunSummary {
+            trained_tokens: Some(tokens),
+            ..RunSummary::new(o, &self.model.param_report(), self.paper_count(), h.learning_rate, seed)
+        }
     }
 
     /// The paper's count of trained parameters for this backbone and task (continuous inputs only).
@@ -211,6 +216,10 @@ pub struct RunSummary {
     pub lr: Option<f64>,
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Token positions the training steps passed through the model (steps x batch x sequence
+    /// length): OpenAI's `trained_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_tokens: Option<u64>,
     /// Where `fpt train` wrote the kept adapter (jobs store theirs as a model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<PathBuf>,
@@ -249,6 +258,7 @@ impl RunSummary {
             paper_trained_parameters: paper,
             lr: Some(lr),
             seed: Some(seed),
+            trained_tokens: None,
             adapter: None,
             warning: o.no_better_than.as_ref().map(|t| crate::train::no_better_message(o.primary, o.best_valid.unwrap_or(f64::NAN), t)),
         }
@@ -325,6 +335,7 @@ mod tests {
             paper_trained_parameters: None,
             lr: Some(1e-3),
             seed: Some(0),
+            trained_tokens: Some(640),
             adapter: None,
             warning: Some("no better".into()),
         };
@@ -365,13 +376,13 @@ mod tests {
 
     #[test]
     fn epochs_become_steps_within_the_limits() {
-        let h = TrainConfig { n_epochs: Some(2.0), batch_size: 10, ..TrainConfig::default() };
+        let h = TrainConfig { n_epochs: Some(2), batch_size: 10, ..TrainConfig::default() };
         assert_eq!(budget(&h, 55, &Limits::default()).unwrap().n_steps, 11);
         assert_eq!(budget(&h, 0, &Limits::default()).unwrap().n_steps, h.n_steps);
         let tight = Limits { max_steps: 10, ..Limits::default() };
         assert_eq!(budget(&h, 55, &tight).unwrap_err().field, "hyperparameters.n_epochs");
         // The steps epochs come to are held to the bounds that depend on them.
-        let every_step = TrainConfig { n_epochs: Some(1000.0), checkpoint_every: 1, ..h.clone() };
+        let every_step = TrainConfig { n_epochs: Some(1000), checkpoint_every: 1, ..h.clone() };
         assert_eq!(budget(&every_step, 1000, &Limits::default()).unwrap_err().field, "hyperparameters.checkpoint_every");
         let warm = TrainConfig { warmup_steps: 100, ..h };
         assert_eq!(budget(&warm, 55, &Limits::default()).unwrap_err().field, "hyperparameters.warmup_steps");

@@ -107,7 +107,7 @@ pub struct TrainSpec<F> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_steps: u64,
-    pub max_epochs: f64,
+    pub max_epochs: u64,
     pub max_batch_size: usize,
     /// Checkpoints one run may write (`n_steps / checkpoint_every`).
     pub max_checkpoints: u64,
@@ -123,7 +123,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_steps: 10_000_000,
-            max_epochs: 10_000.0,
+            max_epochs: 10_000,
             max_batch_size: 4096,
             max_checkpoints: 10_000,
             max_reports: 1_000_000,
@@ -203,8 +203,8 @@ pub(crate) fn check_hyperparameters(h: &TrainConfig, limits: &Limits) -> Result<
         return err("n_steps", format!("must be within 1..={}", limits.max_steps));
     }
     if let Some(e) = h.n_epochs {
-        if !(e.is_finite() && e > 0.0 && e <= limits.max_epochs) {
-            return err("n_epochs", format!("must be a positive number of at most {}", limits.max_epochs));
+        if e == 0 || e > limits.max_epochs {
+            return err("n_epochs", format!("must be a whole number of epochs within 1..={}", limits.max_epochs));
         }
     }
     for (name, v) in [("batch_size", h.batch_size), ("micro_batch_size", h.micro_batch_size), ("eval_batch_size", h.eval_batch_size)] {
@@ -267,8 +267,8 @@ pub(crate) fn check_hyperparameters(h: &TrainConfig, limits: &Limits) -> Result<
 
 /// A job's `suffix`: what the fine-tuned model's id carries.
 pub fn check_suffix(s: &str) -> Result<(), SpecError> {
-    if s.is_empty() || s.len() > 40 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(bad("suffix", "1 to 40 characters of letters, digits, `-` and `_`"));
+    if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(bad("suffix", "1 to 64 characters of letters, digits, `-` and `_`"));
     }
     Ok(())
 }
@@ -327,7 +327,7 @@ mod tests {
         let cases = [
             (serde_json::json!({"n_steps": 0}), "hyperparameters.n_steps"),
             (serde_json::json!({"n_steps": u64::MAX}), "hyperparameters.n_steps"),
-            (serde_json::json!({"n_epochs": 0.0}), "hyperparameters.n_epochs"),
+            (serde_json::json!({"n_epochs": 0}), "hyperparameters.n_epochs"),
             (serde_json::json!({"batch_size": 0}), "hyperparameters.batch_size"),
             (serde_json::json!({"batch_size": 5000}), "hyperparameters.batch_size"),
             (serde_json::json!({"micro_batch_size": 0}), "hyperparameters.micro_batch_size"),
@@ -408,7 +408,8 @@ mod tests {
     #[test]
     fn suffix_and_metadata_are_bounded() {
         assert!(check_suffix("ok-1").is_ok());
-        assert_eq!(check_suffix(&"x".repeat(41)).unwrap_err().field, "suffix");
+        assert!(check_suffix(&"x".repeat(64)).is_ok());
+        assert_eq!(check_suffix(&"x".repeat(65)).unwrap_err().field, "suffix");
         let m = |v: serde_json::Value| v.as_object().unwrap().clone();
         assert!(check_metadata(&m(serde_json::json!({"k": "v"}))).is_ok());
         assert_eq!(check_metadata(&m(serde_json::json!({"k": "x".repeat(513)}))).unwrap_err().field, "metadata.k");

@@ -20,10 +20,11 @@ use tch::Device;
 use tokio::runtime::Handle;
 
 use crate::artifacts::{file_key, job_key, Artifacts};
+use crate::job::results::results_csv;
 use crate::job::status::JobError;
 use crate::job::{prepare, DataFiles, Desired, DeviceKind, JobStatus, Limits, RunSummary};
 use crate::model::{ModelRegistry, Precision};
-use crate::store::{new_id, now, CheckpointRow, Job, JobEnd, Lease, ModelRow, NewEvent, Store};
+use crate::store::{new_id, now, CheckpointRow, FileRow, Job, JobEnd, Lease, ModelRow, NewEvent, Store};
 use crate::train::{checkpoint, Command, Control, Ending, Outcome, Progress};
 use events::EventSink;
 
@@ -313,7 +314,7 @@ fn fail(inner: &Arc<Inner>, job: &Job, lease: &Lease, code: &str, message: &str)
     inner.cfg.events.send(event(&job.id, &lease.worker, "error", "message", format!("Job failed: {shown}"), None, None));
     inner.cfg.events.flush_blocking();
     let error = JobError { code: code.into(), message: inner.cfg.artifacts.redact(message), param: None };
-    let end = JobEnd { status: JobStatus::Failed, result: None, error: Some(&error), model: None };
+    let end = JobEnd { status: JobStatus::Failed, result: None, error: Some(&error), model: None, result_file: None };
     if let Err(e) = inner.rt.block_on(inner.cfg.store.finish_job(&job.id, &lease.worker, &end)) {
         // The database itself is out of reach: the lease runs out and the attempts count it.
         tracing::error!(error = format!("{e:#}"), "recording that the job failed");
@@ -352,11 +353,53 @@ fn finish(inner: &Arc<Inner>, job: &Job, lease: &Lease, o: Outcome, summary: Run
     ev.flush_blocking();
     if status.is_terminal() {
         let succeeded = status == JobStatus::Succeeded;
-        let end = JobEnd { status, result: succeeded.then_some(&summary), error: None, model: succeeded.then_some(model_id.as_str()) };
+        // The results file is a view of the stored history: a job whose file cannot be written
+        // still succeeds, with none.
+        let results = succeeded
+            .then(|| store_results(inner, job))
+            .and_then(|r| r.map_err(|e| tracing::warn!(error = format!("{e:#}"), "storing the job's results file")).ok());
+        let end = JobEnd {
+            status,
+            result: succeeded.then_some(&summary),
+            error: None,
+            model: succeeded.then_some(model_id.as_str()),
+            result_file: results.as_deref(),
+        };
         inner.rt.block_on(store.finish_job(&job.id, &lease.worker, &end)).map(|_| ())
     } else {
         inner.rt.block_on(store.release_job(&job.id, &lease.worker, status)).map(|_| ())
     }
+}
+
+/// Stores a job's results file (see [`crate::job::results`]) as a file of its project; its id.
+fn store_results(inner: &Arc<Inner>, job: &Job) -> Result<String> {
+    let store = &inner.cfg.store;
+    let mut reports = Vec::new();
+    let mut after = 0;
+    loop {
+        let rows = inner.rt.block_on(store.events(&job.id, after, 1000))?;
+        let Some(last) = rows.last() else { break };
+        after = last.seq;
+        let metrics = rows.iter().filter(|e| e.kind == "metrics").filter_map(|e| e.data.as_deref());
+        reports.extend(metrics.filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok()));
+    }
+    let (csv, rows) = results_csv(&reports);
+    let id = new_id("file");
+    let row = FileRow {
+        id: id.clone(),
+        filename: format!("{}-results.csv", job.id),
+        purpose: "fine-tune-results".into(),
+        bytes: csv.len() as i64,
+        format: "csv".into(),
+        samples: Some(rows as i64),
+        created_at: now(),
+        path: file_key(&id),
+        project_id: job.project_id.clone(),
+        api_key_id: job.api_key_id.clone(),
+    };
+    inner.rt.block_on(inner.cfg.artifacts.put(&row.path, csv.into_bytes()))?;
+    inner.rt.block_on(store.insert_file(&row))?;
+    Ok(id)
 }
 
 /// The fine-tuned model id of a job: `ft-[suffix-]<job id tail>`.

@@ -16,7 +16,7 @@ mod projects;
 pub use projects::{ApiKeyRow, ProjectRow, Quotas, Usage, DEFAULT_PROJECT};
 
 use crate::job::status::JobError;
-use crate::job::{DataFiles, Desired, DeviceKind, JobStatus, Method, RunSummary, TrainSpec};
+use crate::job::{DataFiles, Desired, DeviceKind, Inferred, JobStatus, Method, RunSummary, TrainSpec};
 
 pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
@@ -89,6 +89,10 @@ pub struct Job {
     pub request_id: Option<String>,
     /// Claims since the job last stopped where its worker chose to (see migration 0004).
     pub attempts: i64,
+    /// What the service chose where the request left it open (see migration 0006).
+    pub inferred: Inferred,
+    /// The results file written when it succeeded (see migration 0006).
+    pub result_file: Option<String>,
 }
 
 impl Job {
@@ -120,6 +124,8 @@ impl Job {
             lease_until: None,
             request_id,
             attempts: 0,
+            inferred: Inferred::default(),
+            result_file: None,
         }
     }
 }
@@ -153,6 +159,8 @@ struct JobRecord {
     attempts: i64,
     project_id: String,
     api_key_id: Option<String>,
+    inferred: Option<String>,
+    result_file: Option<String>,
 }
 
 /// A JSON column decoded, or an error naming the column.
@@ -197,6 +205,8 @@ impl TryFrom<JobRecord> for Job {
                 lease_until: r.lease_until,
                 request_id: r.request_id,
                 attempts: r.attempts,
+                inferred: r.inferred.as_deref().map(|t| column("inferred", t)).transpose()?.unwrap_or_default(),
+                result_file: r.result_file,
             })
         };
         decode().with_context(|| format!("stored job `{id}` cannot be read"))
@@ -366,15 +376,18 @@ impl Store {
             .await?)
     }
 
+    /// A project's files of `purpose` (any, when None), newest first unless `oldest_first`.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn files(&self, project: &str, page: &Page<'_>) -> Result<Vec<FileRow>> {
+    pub async fn files(&self, project: &str, purpose: Option<&str>, oldest_first: bool, page: &Page<'_>) -> Result<Vec<FileRow>> {
+        let (past, order) = if oldest_first { (">", "ASC") } else { ("<", "DESC") };
         Ok(sqlx::query_as(&format!(
-            "SELECT {FILE_COLUMNS} FROM files WHERE deleted = 0 AND project_id = $3
-             AND ($1 IS NULL OR rowid < (SELECT rowid FROM files WHERE id = $1 AND project_id = $3)) ORDER BY rowid DESC LIMIT $2"
+            "SELECT {FILE_COLUMNS} FROM files WHERE deleted = 0 AND project_id = $3 AND ($4 IS NULL OR purpose = $4)
+             AND ($1 IS NULL OR rowid {past} (SELECT rowid FROM files WHERE id = $1 AND project_id = $3)) ORDER BY rowid {order} LIMIT $2"
         ))
         .bind(page.after)
         .bind(page.limit)
         .bind(project)
+        .bind(purpose)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -413,14 +426,15 @@ impl Store {
     pub async fn insert_job(&self, j: &Job) -> Result<()> {
         let spec = &j.spec;
         sqlx::query(
-            "INSERT INTO jobs (id, model, task, status, created_at, hyperparameters, method, training_file, validation_file, seed, suffix, metadata, device, desired, request_id, project_id, api_key_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            "INSERT INTO jobs (id, model, task, status, created_at, hyperparameters, method, training_file, validation_file, seed, suffix, metadata, device, desired, request_id, project_id, api_key_id, inferred)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(&j.id).bind(&spec.model).bind(serde_json::to_string(&spec.task)?).bind(j.status.as_str()).bind(j.created_at)
         .bind(serde_json::to_string(&spec.hyperparameters)?).bind(serde_json::to_string(&spec.method())?)
         .bind(&spec.files.train).bind(&spec.files.valid).bind(spec.seed as i64).bind(&j.suffix)
         .bind(j.metadata.as_ref().map(|m| serde_json::Value::Object(m.clone()).to_string())).bind(spec.device.as_str()).bind(j.desired.as_str())
         .bind(&j.request_id).bind(&j.project_id).bind(&j.api_key_id)
+        .bind((!j.inferred.is_empty()).then(|| serde_json::to_string(&j.inferred)).transpose()?)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -432,19 +446,27 @@ impl Store {
         row.map(Job::try_from).transpose()
     }
 
+    /// A project's jobs, newest first, whose metadata holds every `(key, value)` of `metadata`.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn jobs(&self, project: &str, page: &Page<'_>) -> Result<Vec<Job>> {
-        decode_jobs(
-            sqlx::query_as(
-                "SELECT * FROM jobs WHERE project_id = $3 AND ($1 IS NULL OR rowid < (SELECT rowid FROM jobs WHERE id = $1 AND project_id = $3))
-                 ORDER BY rowid DESC LIMIT $2",
-            )
-            .bind(page.after)
-            .bind(page.limit)
-            .bind(project)
-            .fetch_all(&self.pool)
-            .await?,
-        )
+    pub async fn jobs(&self, project: &str, metadata: &[(String, String)], page: &Page<'_>) -> Result<Vec<Job>> {
+        // Each pair is one bound condition: keys and values never become SQL text.
+        let held = |i: usize| {
+            let (k, v) = (2 * i + 4, 2 * i + 5);
+            match self.backend {
+                Backend::Sqlite => format!(" AND EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE key = ${k} AND value = ${v})"),
+                Backend::Postgres => format!(" AND (jobs.metadata::jsonb ->> ${k}::text) = ${v}::text"),
+            }
+        };
+        let filters: String = (0..metadata.len()).map(held).collect();
+        let sql = format!(
+            "SELECT * FROM jobs WHERE project_id = $3 AND ($1 IS NULL OR rowid < (SELECT rowid FROM jobs WHERE id = $1 AND project_id = $3)){filters}
+             ORDER BY rowid DESC LIMIT $2"
+        );
+        let mut query = sqlx::query_as(&sql).bind(page.after).bind(page.limit).bind(project);
+        for (k, v) in metadata {
+            query = query.bind(k).bind(v);
+        }
+        decode_jobs(query.fetch_all(&self.pool).await?)
     }
 
     /// Claims, in one statement, the oldest job this worker can run: a queued one, or a running one
@@ -507,8 +529,12 @@ impl Store {
                 // Claimed but unreadable: it would be claimed again every lease period. It fails
                 // here, with the cause, and the next claim goes on to the next job.
                 let error = JobError { code: "unreadable_job".into(), message: format!("{e:#}"), param: None };
-                self.finish_job(&id, &lease.worker, &JobEnd { status: JobStatus::Failed, result: None, error: Some(&error), model: None })
-                    .await?;
+                self.finish_job(
+                    &id,
+                    &lease.worker,
+                    &JobEnd { status: JobStatus::Failed, result: None, error: Some(&error), model: None, result_file: None },
+                )
+                .await?;
                 Err(e)
             }
         }
@@ -617,7 +643,7 @@ impl Store {
         let error = end.error.map(serde_json::to_string).transpose()?;
         Ok(sqlx::query(
             "UPDATE jobs SET status = $1, finished_at = $2, result = COALESCE($3, result), error = $4,
-                 fine_tuned_model = COALESCE($5, fine_tuned_model), worker = NULL, lease_until = NULL
+                 fine_tuned_model = COALESCE($5, fine_tuned_model), result_file = COALESCE($9, result_file), worker = NULL, lease_until = NULL
              WHERE id = $6 AND worker = $7 AND status = $8",
         )
         .bind(end.status.as_str())
@@ -628,6 +654,7 @@ impl Store {
         .bind(id)
         .bind(worker)
         .bind(JobStatus::Running.as_str())
+        .bind(end.result_file)
         .execute(&self.pool)
         .await?
         .rows_affected()
@@ -691,6 +718,19 @@ impl Store {
     }
 
     /// Events of a job after `after_seq`, oldest first.
+    /// A job's events newest first, from before `before_seq` (the newest, when None): OpenAI's
+    /// order for the list endpoint.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn events_newest_first(&self, job_id: &str, before_seq: Option<i64>, limit: i64) -> Result<Vec<EventRow>> {
+        Ok(sqlx::query_as("SELECT * FROM events WHERE job_id = $1 AND ($2 IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3")
+            .bind(job_id)
+            .bind(before_seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// A job's events in order after `after_seq`: the live stream's.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn events(&self, job_id: &str, after_seq: i64, limit: i64) -> Result<Vec<EventRow>> {
         Ok(sqlx::query_as("SELECT * FROM events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
@@ -941,6 +981,8 @@ pub struct JobEnd<'a> {
     pub result: Option<&'a RunSummary>,
     pub error: Option<&'a JobError>,
     pub model: Option<&'a str>,
+    /// The id of the job's results file (see [`crate::job::results`]).
+    pub result_file: Option<&'a str>,
 }
 
 /// A database URL without its password, for messages and logs.

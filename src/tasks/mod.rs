@@ -6,6 +6,7 @@
 //! only through [`TaskSpec::task`].
 pub mod files;
 pub mod images;
+pub mod infer;
 pub mod normalize;
 pub mod objective;
 pub mod samples;

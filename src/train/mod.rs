@@ -25,10 +25,10 @@ use optim::{Adam, Schedule};
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub n_steps: u64,
-    /// Passes over the training set instead of `n_steps` (file tasks): resolved into `n_steps`
-    /// once the data is loaded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub n_epochs: Option<f64>,
+    /// Whole passes over the training set instead of `n_steps` (file tasks): resolved into
+    /// `n_steps` once the data is loaded. (`n_steps` is for anything finer.)
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "whole_epochs")]
+    pub n_epochs: Option<u64>,
     pub batch_size: usize,
     /// Largest batch run in one forward pass; bigger batches accumulate gradients.
     pub micro_batch_size: usize,
@@ -53,6 +53,17 @@ pub struct TrainConfig {
     /// which the recipe keeps). The input layer's 0.1 stays. None: the checkpoint's config.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backbone_dropout: Option<f64>,
+}
+
+/// `n_epochs`: a whole number, as OpenAI's clients send it; `2.0` too, as jobs stored when epochs
+/// could be fractional wrote it.
+fn whole_epochs<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    let v = Option::<serde_json::Number>::deserialize(d)?;
+    let Some(n) = v else { return Ok(None) };
+    let whole = n.as_u64().or_else(|| n.as_f64().filter(|e| e.fract() == 0.0 && *e >= 0.0 && *e < 1e15).map(|e| e as u64));
+    whole.map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!("n_epochs must be a whole number of epochs, found {n} (n_steps sets anything finer)"))
+    })
 }
 
 impl Default for TrainConfig {

@@ -151,6 +151,8 @@ impl Server {
             let page = self.get_json(&format!("/v1/fine_tuning/jobs/{id}/events?{q}"));
             out.extend(page["data"].as_array().unwrap().iter().cloned());
             if !page["has_more"].as_bool().unwrap() {
+                // The list runs newest first, as OpenAI's does.
+                out.reverse();
                 return out;
             }
             after = page["last_id"].as_str().unwrap().to_string();

@@ -1,0 +1,70 @@
+//! What OpenAI's `"auto"` hyperparameters become: fixed rules from the training set's size and
+//! the recipe's defaults (written out in the README too), resolved when the job is created and
+//! recorded on it ([`Inferred`]). The auto-hyperparameter work replaces the learning rate's rule
+//! with a search.
+use serde::{Deserialize, Serialize};
+
+use super::request::AutoField;
+use crate::train::TrainConfig;
+
+/// Most epochs `n_epochs: "auto"` comes to.
+pub const MAX_AUTO_EPOCHS: u64 = 100;
+
+/// What the service chose for a job where its request left the choice open: the task (inferred
+/// from the training file) and the `"auto"` hyperparameters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Inferred {
+    /// The task was inferred from the training file (the request named none).
+    #[serde(default)]
+    pub task: bool,
+    #[serde(default)]
+    pub hyperparameters: Vec<AutoField>,
+}
+
+impl Inferred {
+    pub fn is_empty(&self) -> bool {
+        !self.task && self.hyperparameters.is_empty()
+    }
+}
+
+/// `h` with its `auto` fields resolved for a training set of `n_train` samples (0: a task that
+/// generates its data, which trains for `n_steps`):
+/// - `batch_size`: the recipe's 16, or the whole training set when it is smaller;
+/// - `learning_rate_multiplier`: 1, the learning rate as given (the recipe's 1e-3 by default);
+/// - `n_epochs`: enough whole epochs for the recipe's 2000 steps, at least 1 and at most
+///   [`MAX_AUTO_EPOCHS`].
+pub fn resolve(h: &TrainConfig, auto: &[AutoField], n_train: usize) -> TrainConfig {
+    let recipe = TrainConfig::default();
+    let mut h = h.clone();
+    if auto.contains(&AutoField::BatchSize) {
+        h.batch_size = recipe.batch_size.min(n_train.max(1));
+    }
+    if auto.contains(&AutoField::NEpochs) && n_train > 0 {
+        let steps_per_epoch = n_train.div_ceil(h.batch_size.max(1)) as u64;
+        h.n_epochs = Some(recipe.n_steps.div_ceil(steps_per_epoch).clamp(1, MAX_AUTO_EPOCHS));
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_follows_its_written_rules() {
+        let all = [AutoField::NEpochs, AutoField::BatchSize, AutoField::LearningRateMultiplier];
+        let d = TrainConfig::default();
+        // MNIST's 60,000: one epoch is already more than the recipe's steps.
+        let big = resolve(&d, &all, 60_000);
+        assert_eq!((big.batch_size, big.n_epochs, big.learning_rate), (16, Some(1), d.learning_rate));
+        // 1,600 samples: 100 steps an epoch, 20 epochs make the 2000 steps.
+        assert_eq!(resolve(&d, &all, 1_600).n_epochs, Some(20));
+        // 100 samples: capped at 100 epochs; 5 samples: a batch of 5.
+        assert_eq!(resolve(&d, &all, 100).n_epochs, Some(100));
+        assert_eq!(resolve(&d, &all, 5).batch_size, 5);
+        // A generated task keeps its steps; what was not auto stays.
+        assert_eq!(resolve(&d, &all, 0).n_epochs, None);
+        let given = TrainConfig { batch_size: 64, ..d.clone() };
+        assert_eq!(resolve(&given, &[AutoField::NEpochs], 6_400).batch_size, 64);
+    }
+}

@@ -1,0 +1,158 @@
+"""The whole life of a fine-tuning job through the official `openai` package, pointed at fpt.
+
+Run by tests/openai_sdk.rs against a server on loopback: `python openai_sdk.py <base_url> <key>`.
+Every response is validated against the SDK's own types (`_strict_response_validation=True`), and
+nothing is retried (`max_retries=0`), so a missing field or a wrong status fails here.
+"""
+import json
+import random
+import sys
+import time
+
+import urllib.error
+import urllib.request
+
+import openai
+
+base_url, key = sys.argv[1], sys.argv[2]
+client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0, _strict_response_validation=True)
+# The SDK's status literal has no `paused` (OpenAI's own pause example returns it): pausing is
+# checked with validation off.
+lenient = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0)
+
+
+def records(n, seed):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        x = [[rng.uniform(-1, 1), rng.uniform(-1, 1)] for _ in range(4)]
+        out.append({"input": x, "label": int(sum(v[0] for v in x) > 0)})
+    return "".join(json.dumps(r) + "\n" for r in out).encode()
+
+
+def wait(job_id, done, limit=300):
+    start = time.time()
+    while True:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in done:
+            return job
+        assert time.time() - start < limit, f"{job_id} still {job.status}"
+        time.sleep(0.2)
+
+
+# Files: create, wait, list by purpose, retrieve, content.
+data = records(48, 0)
+f = client.files.create(file=("train.jsonl", data), purpose="fine-tune")
+assert f.object == "file" and f.purpose == "fine-tune" and f.bytes == len(data), f
+assert client.files.wait_for_processing(f.id).status == "processed"
+assert f.id in [x.id for x in client.files.list(purpose="fine-tune")]
+assert client.files.list(purpose="batch").data == []
+assert client.files.retrieve(f.id).filename == "train.jsonl"
+assert client.files.content(f.id).read() == data
+
+# A job with no task (inferred from the file), OpenAI's hyperparameters, metadata and a suffix.
+job = client.fine_tuning.jobs.create(
+    model="tiny-gpt2",
+    training_file=f.id,
+    hyperparameters={"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 2},
+    suffix="sdk-run",
+    metadata={"team": "a"},
+    seed=3,
+)
+assert job.status in ("validating_files", "queued", "running"), job.status
+assert job.method.type == "supervised" and job.method.supervised.hyperparameters.n_epochs == 2
+assert job.hyperparameters.batch_size == 8 and abs(job.hyperparameters.learning_rate_multiplier - 2) < 1e-9
+assert job.training_file == f.id and job.seed == 3 and job.result_files == []
+extra = job.model_extra
+assert extra["task"]["type"] == "sequence_classification" and extra["inferred"]["task"] is True, extra
+
+# Another through `method`, every value "auto": resolved by the written rules and recorded.
+auto = client.fine_tuning.jobs.create(
+    model="tiny-gpt2",
+    training_file=f.id,
+    method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": "auto", "batch_size": "auto",
+                                                                       "learning_rate_multiplier": "auto"}}},
+    metadata={"team": "b"},
+)
+# 48 samples in the recipe's batches of 16: 3 steps an epoch, so 667 epochs would make the
+# recipe's 2000 steps; capped at 100.
+assert auto.hyperparameters.n_epochs == 100 and auto.hyperparameters.batch_size == 16, auto.hyperparameters
+assert auto.hyperparameters.learning_rate_multiplier == 1
+assert sorted(auto.model_extra["inferred"]["hyperparameters"]) == ["batch_size", "learning_rate_multiplier", "n_epochs"]
+cancelled = client.fine_tuning.jobs.cancel(auto.id)
+assert cancelled.status == "cancelled", cancelled.status
+
+done = wait(job.id, ("succeeded", "failed", "cancelled"))
+assert done.status == "succeeded", done.error
+assert done.fine_tuned_model and done.finished_at and done.trained_tokens and done.trained_tokens > 0, done
+# Its results file: a CSV of every metrics report, as OpenAI's.
+[results] = done.result_files
+assert client.files.retrieve(results).purpose == "fine-tune-results"
+csv = client.files.content(results).read().decode().splitlines()
+assert csv[0].startswith("step,") and "train_loss" in csv[0].split(","), csv[0]
+assert len(csv) - 1 == sum(1 for e in client.fine_tuning.jobs.list_events(job.id) if e.type == "metrics"), csv
+
+# Lists: paged one at a time by the SDK's own iteration, and filtered by metadata.
+assert {job.id, auto.id} <= {j.id for j in client.fine_tuning.jobs.list(limit=1)}
+assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "a"})] == [job.id]
+assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "c"})] == []
+
+# Events, newest first, across pages of two.
+events = list(client.fine_tuning.jobs.list_events(job.id, limit=2))
+assert len(events) > 3, events
+seqs = [int(e.id.removeprefix("ftevent-")) for e in events]
+assert seqs == sorted(seqs, reverse=True), seqs
+assert any(e.type == "metrics" for e in events) and all(e.level in ("info", "warn", "error") for e in events)
+
+checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+assert checkpoints and all(c.fine_tuning_job_id == job.id for c in checkpoints), checkpoints
+
+# Pause and resume (validation off: `paused`), then cancel.
+long = lenient.fine_tuning.jobs.create(model="tiny-gpt2", training_file=f.id, hyperparameters={"n_epochs": 1000})
+assert lenient.fine_tuning.jobs.pause(long.id).status == "paused"
+assert lenient.fine_tuning.jobs.resume(long.id).status in ("queued", "running")
+assert client.fine_tuning.jobs.cancel(long.id).status == "cancelled"
+
+# A state conflict is final: the SDK is told not to retry it.
+try:
+    client.fine_tuning.jobs.cancel(job.id)
+    raise AssertionError("cancelling a finished job succeeded")
+except openai.ConflictError as e:
+    assert e.response.headers["x-should-retry"] == "false"
+    assert e.body["code"] == "invalid_state", e.body
+try:
+    client.fine_tuning.jobs.retrieve("ftjob-missing")
+    raise AssertionError("a missing job was found")
+except openai.NotFoundError as e:
+    assert e.body["code"] == "not_found"
+
+# Models: the fine-tuned one listed, retrieved and deleted.
+model = done.fine_tuned_model
+assert model in [m.id for m in client.models.list()]
+assert client.models.retrieve(model).owned_by
+assert client.models.delete(model).deleted is True
+
+# Every error is the JSON error object, a bad query string and a bad multipart body included.
+def raw(method, path, body=None, content_type=None):
+    req = urllib.request.Request(base_url + path, data=body, method=method, headers={"authorization": f"Bearer {key}"})
+    if content_type:
+        req.add_header("content-type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+for method, path, body, content_type in [
+    ("GET", "/v1/files?limit=0", None, None),
+    ("GET", "/v1/fine_tuning/jobs?limt=2", None, None),
+    ("POST", "/v1/files", b"not multipart", "text/plain"),
+    ("PUT", "/v1/files", b"", None),
+]:
+    status, headers, text = raw(method, path, body, content_type)
+    assert 400 <= status < 500 and headers["content-type"].startswith("application/json"), (path, status, text)
+    assert json.loads(text)["error"]["message"], text
+
+client.files.delete(f.id)
+print(json.dumps({"jobs": 3, "events": len(events), "checkpoints": len(checkpoints)}))
