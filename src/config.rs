@@ -49,6 +49,13 @@ pub struct ServeArgs {
     /// Requests per second one API key may make, on each API node (0: no limit); more get 429.
     #[arg(long, env = "FPT_KEY_RPS", default_value_t = 0.0)]
     pub key_rps: f64,
+    /// Endpoints that receive an event when a job or batch ends, signed as Standard Webhooks (as
+    /// OpenAI's; repeat, or comma-separate in FPT_WEBHOOK_URLS).
+    #[arg(long = "webhook-url", env = "FPT_WEBHOOK_URLS", value_delimiter = ',')]
+    pub webhook_urls: Vec<String>,
+    /// The webhooks' signing secret: `whsec_` and the base64 of at least 16 random bytes.
+    #[arg(long, env = "FPT_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
     /// Allow a non-loopback bind without API keys.
     #[arg(long)]
     pub insecure: bool,
@@ -329,6 +336,11 @@ impl ServeArgs {
         }
     }
 
+    /// The webhook endpoints and their signing key (None: no endpoint set).
+    pub fn webhooks(&self) -> Result<Option<crate::webhooks::Webhooks>> {
+        crate::webhooks::Webhooks::from_settings(&self.webhook_urls, self.webhook_secret.as_deref())
+    }
+
     /// Applies the TOML file (if any) and checks the settings make a safe server.
     pub fn resolve(mut self) -> Result<Self> {
         if let Some(path) = &self.config {
@@ -388,6 +400,7 @@ impl ServeArgs {
             }
         }
         cors_origins(&self.cors_origins)?;
+        self.webhooks()?;
         let addr: std::net::SocketAddr = self.bind.parse().with_context(|| format!("--bind `{}` is not an address:port", self.bind))?;
         if self.api_keys.is_empty() && self.admin_key.is_none() {
             if !addr.ip().is_loopback() && !self.insecure {

@@ -12,7 +12,7 @@
 //! - [`job`]: a fine-tuning run, whoever asks for it: the validated spec, its one parse, building a
 //!   run and its summary, a job's states;
 //! - [`store`], [`queue`], [`serve`], [`api`], [`server`]: the HTTP service, its job queue and workers,
-//!   the prediction batcher;
+//!   the prediction batcher; [`webhooks`]: the events it sends when jobs and batches end;
 //! - [`flags`] and [`cli`]: the `fpt` command line (only the binary's entry uses `cli`).
 pub mod api;
 pub mod artifacts;
@@ -34,3 +34,4 @@ pub mod store;
 pub mod tasks;
 pub mod telemetry;
 pub mod train;
+pub mod webhooks;

@@ -1,6 +1,7 @@
 //! `fpt loadtest`: N prediction requests across M fine-tuned models against a running server on
-//! loopback, first one at a time, then from C concurrent clients; prints throughput and latency
-//! percentiles of both and their ratio. Bounded in count and time.
+//! loopback, first one at a time, then from C concurrent clients, and (with `--batch-lines`) the
+//! same kind of lines as one batch (`/v1/batches`); prints throughput and latency percentiles and
+//! the ratios to one request at a time. Bounded in count and time.
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -27,6 +28,19 @@ pub struct LoadtestArgs {
     pub max_seconds: u64,
     #[arg(long, env = "FPT_API_KEY")]
     pub api_key: Option<String>,
+    /// Also send this many lines (the same sample, round-robin across the models) as one batch,
+    /// timed from its upload to its output; 0: no batch.
+    #[arg(long, default_value_t = 0)]
+    pub batch_lines: usize,
+}
+
+/// A batch's run: its lines per second from upload to output.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BatchPhase {
+    pub lines: usize,
+    pub failed: u64,
+    pub seconds: f64,
+    pub throughput: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,10 +62,11 @@ pub fn run(a: LoadtestArgs) -> Result<()> {
     }
     let sample: Value = serde_json::from_str(&a.sample).context("--sample is not JSON")?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (seq, conc) = rt.block_on(async {
+    let (seq, conc, batch) = rt.block_on(async {
         let seq = phase(&a, &sample, 1).await?;
         let conc = phase(&a, &sample, a.concurrency).await?;
-        anyhow::Ok((seq, conc))
+        let batch = if a.batch_lines > 0 { Some(batch_phase(&a, &sample).await?) } else { None };
+        anyhow::Ok((seq, conc, batch))
     })?;
     println!("{:>12} {:>9} {:>7} {:>12} {:>9} {:>9} {:>9}", "clients", "requests", "errors", "requests/s", "p50 ms", "p95 ms", "p99 ms");
     for p in [&seq, &conc] {
@@ -60,11 +75,53 @@ pub fn run(a: LoadtestArgs) -> Result<()> {
             p.concurrency, p.requests, p.errors, p.throughput, p.p50_ms, p.p95_ms, p.p99_ms
         );
     }
+    if let Some(b) = &batch {
+        println!("{:>12} {:>9} {:>7} {:>12.1} {:>9.1} s in all", "batch", b.lines, b.failed, b.throughput, b.seconds);
+    }
+    let ratio = |t: f64| t / seq.throughput.max(1e-9);
     println!(
         "{}",
-        json!({"sequential": seq, "concurrent": conc, "speedup": conc.throughput / seq.throughput.max(1e-9), "models": a.models.len()})
+        json!({"sequential": seq, "concurrent": conc, "speedup": ratio(conc.throughput), "models": a.models.len(),
+               "batch": batch, "batch_speedup": batch.as_ref().map(|b| ratio(b.throughput))})
     );
     Ok(())
+}
+
+/// Uploads `batch_lines` prediction lines as a batch input file, runs it, and times it to its end.
+async fn batch_phase(a: &LoadtestArgs, sample: &Value) -> Result<BatchPhase> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
+    let auth = |r: reqwest::RequestBuilder| match &a.api_key {
+        Some(k) => r.bearer_auth(k),
+        None => r,
+    };
+    let mut input = String::new();
+    for i in 0..a.batch_lines {
+        let body = json!({"model": a.models[i % a.models.len()], "inputs": [sample]});
+        input.push_str(&json!({"custom_id": format!("line-{i}"), "method": "POST", "url": "/v1/predictions", "body": body}).to_string());
+        input.push('\n');
+    }
+    let start = Instant::now();
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part("file", reqwest::multipart::Part::bytes(input.into_bytes()).file_name("loadtest.jsonl"));
+    let file: Value = auth(client.post(format!("{}/v1/files", a.url)).multipart(form)).send().await?.error_for_status()?.json().await?;
+    let create = json!({"input_file_id": file["id"], "endpoint": "/v1/predictions", "completion_window": "24h"});
+    let batch: Value = auth(client.post(format!("{}/v1/batches", a.url)).json(&create)).send().await?.error_for_status()?.json().await?;
+    let url = format!("{}/v1/batches/{}", a.url, batch["id"].as_str().context("no batch id")?);
+    let deadline = Instant::now() + Duration::from_secs(a.max_seconds);
+    loop {
+        let b: Value = auth(client.get(&url)).send().await?.error_for_status()?.json().await?;
+        match b["status"].as_str() {
+            Some("completed") => {
+                let seconds = start.elapsed().as_secs_f64();
+                let failed = b["request_counts"]["failed"].as_u64().unwrap_or(0);
+                return Ok(BatchPhase { lines: a.batch_lines, failed, seconds, throughput: a.batch_lines as f64 / seconds });
+            }
+            Some("failed" | "cancelled" | "expired") => bail!("the batch ended {}: {b}", b["status"]),
+            _ if Instant::now() > deadline => bail!("the batch was not done within --max-seconds: {b}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 async fn phase(a: &LoadtestArgs, sample: &Value, clients: usize) -> Result<Phase> {

@@ -83,6 +83,9 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
     let grace = Duration::from_secs(args.shutdown_grace_secs);
     let state = AppState::new(store, Arc::new(args.api_settings()), registry, queue.clone(), events, inference, artifacts);
     state.ready.store(true, Ordering::SeqCst);
+    let batches = tokio::spawn(crate::api::batch_runner::run(state.clone()));
+    let hooks = args.webhooks().expect("checked by resolve");
+    tokio::spawn(crate::webhooks::run(state.store.clone(), hooks, state.stopping.clone()));
     let app = router(state.clone());
     let stopping = state.stopping.clone();
     let stop = async move {
@@ -93,6 +96,11 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(stop).await?;
     tracing::info!("shutting down: checkpointing running jobs");
     state.ready.store(false, Ordering::SeqCst);
+    // The batch runner records its chunk in flight and stops; another node, or this one restarted,
+    // goes on with the rest once its lease runs out.
+    if tokio::time::timeout(grace, batches).await.is_err() {
+        tracing::warn!("the batch runner did not stop within the grace period");
+    }
     if tokio::time::timeout(grace, queue.shutdown()).await.is_err() {
         tracing::warn!(
             seconds = grace.as_secs(),

@@ -193,8 +193,9 @@ seeds = [0, 1]
         assert_eq!(steps.last(), Some(&6), "the curve comes from the job's metrics events: {steps:?}");
         assert!(r["curve"].as_array().unwrap().iter().any(|c| c[2].is_number()), "validation points in the curve");
     }
-    // The two data files were uploaded once each (the images travel in a tar with their labels).
-    let files = server.get_json("/v1/files");
+    // The two data files were uploaded once each (the images travel in a tar with their labels);
+    // the jobs' results files are the service's own.
+    let files = server.get_json("/v1/files?purpose=fine-tune");
     let files = files["data"].as_array().unwrap();
     assert_eq!(files.len(), 2, "{files:?}");
     assert!(files.iter().all(|f| f["format"] == "mnist_idx"), "{files:?}");
@@ -204,7 +205,7 @@ seeds = [0, 1]
     let second = run();
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     assert_eq!(server.get_json("/v1/fine_tuning/jobs?limit=100")["data"].as_array().unwrap().len(), 4);
-    assert_eq!(server.get_json("/v1/files")["data"].as_array().unwrap().len(), 2);
+    assert_eq!(server.get_json("/v1/files?purpose=fine-tune")["data"].as_array().unwrap().len(), 2);
     let again: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let ids = |v: &[serde_json::Value]| v.iter().map(|r| r["summary"]["job"].clone()).collect::<Vec<_>>();
     assert_eq!(ids(&again), ids(&results));

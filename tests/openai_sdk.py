@@ -9,16 +9,38 @@ import random
 import sys
 import time
 
+import http.server
+import threading
 import urllib.error
 import urllib.request
 
 import openai
 
-base_url, key = sys.argv[1], sys.argv[2]
+base_url, key, hook_port, hook_secret = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0, _strict_response_validation=True)
 # The SDK's status literal has no `paused` (OpenAI's own pause example returns it): pausing is
 # checked with validation off.
 lenient = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0)
+
+
+# The webhook endpoint the server was started with: records every delivery, and turns the very
+# first one away (503) so that its retry is seen.
+received = []
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        first = not received
+        received.append((dict(self.headers), body, first))
+        self.send_response(503 if first else 200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+threading.Thread(target=http.server.HTTPServer(("127.0.0.1", hook_port), Hook).serve_forever, daemon=True).start()
 
 
 def records(n, seed):
@@ -98,11 +120,11 @@ assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "a"})] == [
 assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "c"})] == []
 
 # Events, newest first, across pages of two.
-events = list(client.fine_tuning.jobs.list_events(job.id, limit=2))
-assert len(events) > 3, events
-seqs = [int(e.id.removeprefix("ftevent-")) for e in events]
+job_events = list(client.fine_tuning.jobs.list_events(job.id, limit=2))
+assert len(job_events) > 3, job_events
+seqs = [int(e.id.removeprefix("ftevent-")) for e in job_events]
 assert seqs == sorted(seqs, reverse=True), seqs
-assert any(e.type == "metrics" for e in events) and all(e.level in ("info", "warn", "error") for e in events)
+assert any(e.type == "metrics" for e in job_events) and all(e.level in ("info", "warn", "error") for e in job_events)
 
 checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
 assert checkpoints and all(c.fine_tuning_job_id == job.id for c in checkpoints), checkpoints
@@ -126,8 +148,50 @@ try:
 except openai.NotFoundError as e:
     assert e.body["code"] == "not_found"
 
-# Models: the fine-tuned one listed, retrieved and deleted.
+# Batches: an input file of prediction lines (one naming a model that does not exist), run in the
+# background; its output and error files answer every line once, in OpenAI's format.
 model = done.fine_tuned_model
+lines = [{"custom_id": f"row-{i}", "method": "POST", "url": "/v1/predictions",
+          "body": {"model": model, "inputs": [json.loads(data.decode().splitlines()[i % 48])["input"]]}} for i in range(40)]
+lines.append({"custom_id": "missing", "method": "POST", "url": "/v1/predictions", "body": {"model": "ft-missing", "inputs": [[[0, 0]]]}})
+batch_input = "".join(json.dumps(l) + "\n" for l in lines).encode()
+bf = client.files.create(file=("batch.jsonl", batch_input), purpose="batch")
+assert bf.purpose == "batch"
+batch = client.batches.create(input_file_id=bf.id, endpoint="/v1/predictions", completion_window="24h", metadata={"run": "1"})
+assert batch.status in ("validating", "in_progress") and batch.request_counts.total == 41, batch
+start = time.time()
+while batch.status not in ("completed", "failed", "cancelled", "expired"):
+    assert time.time() - start < 120, batch
+    time.sleep(0.2)
+    batch = client.batches.retrieve(batch.id)
+assert batch.status == "completed", batch
+assert (batch.request_counts.completed, batch.request_counts.failed) == (40, 1), batch.request_counts
+out = [json.loads(l) for l in client.files.content(batch.output_file_id).read().decode().splitlines()]
+assert [o["custom_id"] for o in out] == [f"row-{i}" for i in range(40)]
+assert all(o["response"]["status_code"] == 200 and o["response"]["body"]["data"][0]["label"] in (0, 1) for o in out)
+[err] = [json.loads(l) for l in client.files.content(batch.error_file_id).read().decode().splitlines()]
+assert err["custom_id"] == "missing" and err["response"]["status_code"] == 404, err
+assert batch.id in [b.id for b in client.batches.list()]
+# A batch cancelled at once ends cancelled, with what it answered.
+other = client.batches.create(input_file_id=bf.id, endpoint="/v1/predictions", completion_window="24h")
+assert client.batches.cancel(other.id).status in ("cancelling", "cancelled")
+start = time.time()
+while (other := client.batches.retrieve(other.id)).status != "cancelled":
+    assert time.time() - start < 60 and other.status == "cancelling", other
+    time.sleep(0.2)
+try:
+    client.batches.cancel(batch.id)
+    raise AssertionError("a completed batch was cancelled")
+except openai.ConflictError:
+    pass
+# A bad line is refused at upload, naming it.
+try:
+    client.files.create(file=("bad.jsonl", batch_input + b'{"custom_id": "x", "method": "GET", "url": "/v1/predictions", "body": {}}\n'), purpose="batch")
+    raise AssertionError("a bad batch file was taken")
+except openai.UnprocessableEntityError as e:
+    assert "line 42" in e.body["message"], e.body
+
+# Models: the fine-tuned one listed, retrieved and deleted.
 assert model in [m.id for m in client.models.list()]
 assert client.models.retrieve(model).owned_by
 assert client.models.delete(model).deleted is True
@@ -154,5 +218,29 @@ for method, path, body, content_type in [
     assert 400 <= status < 500 and headers["content-type"].startswith("application/json"), (path, status, text)
     assert json.loads(text)["error"]["message"], text
 
+# Webhooks: every ending arrived signed, and the SDK's own check takes it.
+wanted = {("fine_tuning.job.succeeded", job.id), ("fine_tuning.job.cancelled", auto.id), ("fine_tuning.job.cancelled", long.id),
+          ("batch.completed", batch.id), ("batch.cancelled", other.id)}
+start = time.time()
+while True:
+    events = {}
+    for headers, body, first in list(received):
+        event = client.webhooks.unwrap(body, headers, secret=hook_secret)
+        assert event.object == "event" and event.created_at > 0, event
+        events.setdefault((event.type, event.data.id), []).append((headers["webhook-id"], first))
+    if wanted <= set(events):
+        break
+    assert time.time() - start < 60, (wanted - set(events), events)
+    time.sleep(0.2)
+# The delivery turned away came again, with the same webhook-id.
+[(turned_away, _)] = [(k, v) for k, v in events.items() if any(first for _, first in v)]
+assert len(events[turned_away]) == 2 and len({i for i, _ in events[turned_away]}) == 1, events[turned_away]
+try:
+    headers, body, _ = received[-1]
+    client.webhooks.unwrap(body, headers, secret="whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB")
+    raise AssertionError("a webhook verified with another secret")
+except openai.InvalidWebhookSignatureError:
+    pass
+
 client.files.delete(f.id)
-print(json.dumps({"jobs": 3, "events": len(events), "checkpoints": len(checkpoints)}))
+print(json.dumps({"jobs": 3, "events": len(job_events), "checkpoints": len(checkpoints), "webhooks": len(received)}))

@@ -8,11 +8,16 @@ use common::server::Server;
 #[test]
 fn the_openai_sdk_runs_a_whole_job_with_strict_validation() {
     let key = "sk-test-openai-sdk";
-    let s = Server::start(&["--api-key", key]);
-    let out = common::run_python(&["tests/openai_sdk.py", &s.url, key]);
+    // The script's webhook endpoint listens on a port free now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let hook = format!("http://127.0.0.1:{port}/hook");
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let s = Server::start(&["--api-key", key, "--webhook-url", &hook, "--webhook-secret", secret]);
+    let out = common::run_python(&["tests/openai_sdk.py", &s.url, key, &port.to_string(), secret]);
     let summary: serde_json::Value = serde_json::from_str(out.lines().last().expect("the script's summary")).unwrap();
     assert!(summary["events"].as_u64().unwrap() > 3, "{summary}");
     assert!(summary["checkpoints"].as_u64().unwrap() >= 1, "{summary}");
+    assert!(summary["webhooks"].as_u64().unwrap() >= 6, "five endings, one of them delivered twice: {summary}");
 }
 
 /// A request without a task gets the one its training file tells, recorded on the job; a file

@@ -63,6 +63,10 @@ fn two_projects_see_nothing_of_each_other() {
     let x = json!([[0.5, -0.5, 0.5, -0.5]]);
     let answer = s.predict(&model, x.clone()).json::<Value>().unwrap()["data"].clone();
     assert_eq!(s.get_json("/v1/me")["project"]["id"], pa);
+    let line = json!({"custom_id": "a", "method": "POST", "url": "/v1/predictions", "body": {"model": model, "inputs": x}});
+    let input = s.upload_ok_for("batch", "batch.jsonl", format!("{line}\n").into_bytes());
+    let batch = s.post_ok("/v1/batches", &json!({"input_file_id": input, "endpoint": "/v1/predictions", "completion_window": "24h"}));
+    let batch = batch["id"].as_str().unwrap().to_string();
 
     // Project B, with A's ids, on every route that takes an id.
     as_key(&mut s, &kb);
@@ -76,6 +80,8 @@ fn two_projects_see_nothing_of_each_other() {
         let method = if ["/cancel", "/pause", "/resume"].contains(&r) { "POST" } else { "GET" };
         tried.push((method, format!("/v1/fine_tuning/jobs/{done}{r}")));
     }
+    tried.push(("GET", format!("/v1/batches/{batch}")));
+    tried.push(("POST", format!("/v1/batches/{batch}/cancel")));
     for m in [&model, &checkpoint] {
         tried.push(("GET", format!("/v1/models/{m}")));
         tried.push(("GET", format!("/v1/models/{m}/adapter")));
@@ -114,11 +120,16 @@ fn two_projects_see_nothing_of_each_other() {
     assert_eq!((theirs.0, none.0), (422, 422), "{} {}", theirs.1, none.1);
     assert_eq!(theirs.1["error"]["message"], format!("file `{train}` not found"));
     assert_eq!(none.1["error"]["message"], "file `file-doesnotexist` not found");
+    // So is naming A's input file in a batch.
+    let theirs =
+        status_of(s.post("/v1/batches", &json!({"input_file_id": input, "endpoint": "/v1/predictions", "completion_window": "24h"})));
+    assert_eq!(theirs.0, 422, "{}", theirs.1);
+    assert_eq!(theirs.1["error"]["message"], format!("file `{input}` not found"));
     // Lists show B's own only.
-    for list in ["/v1/files", "/v1/fine_tuning/jobs", "/v1/models?limit=1000"] {
+    for list in ["/v1/files", "/v1/fine_tuning/jobs", "/v1/models?limit=1000", "/v1/batches"] {
         let page = s.get_json(list);
         let seen = ids(&page);
-        for theirs in [&train, &done, &model, &checkpoint] {
+        for theirs in [&train, &done, &model, &checkpoint, &input, &batch] {
             assert!(!seen.contains(theirs), "{list} shows another project's {theirs}");
         }
     }

@@ -133,13 +133,20 @@ pub async fn as_error_object(resp: Response) -> Response {
     out
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and the error object: a response's, or a batch line's.
+    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
         let (status, kind, code, param) = self.parts();
         if let ApiError::Internal(e) = &self {
             tracing::error!(error = format!("{e:#}"), "internal error");
         }
-        let body = json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}});
+        (status, json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}}))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
         let mut resp = (status, Json(body)).into_response();
         match self {
             ApiError::Overloaded { retry_after } | ApiError::RateLimited { retry_after, .. } => {

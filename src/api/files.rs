@@ -100,13 +100,19 @@ async fn read_upload(state: &AppState, mut multipart: Multipart) -> ApiResult<Up
 
 async fn store_upload(state: &AppState, caller: &Caller, upload: Upload) -> ApiResult<Value> {
     let Upload { bytes, purpose, filename } = upload;
-    if purpose != "fine-tune" {
-        return Err(ApiError::invalid("purpose", format!("purpose `{purpose}` is not supported (fine-tune)")));
+    if purpose != "fine-tune" && purpose != "batch" {
+        return Err(ApiError::invalid("purpose", format!("purpose `{purpose}` is not supported (fine-tune, batch)")));
     }
     caller.may_store(&state.store, bytes.len() as i64).await?;
     let name = filename.clone();
+    let max_rows = state.settings.max_prediction_rows;
+    let is_batch = purpose == "batch";
     let (bytes, info) = tokio::task::spawn_blocking(move || {
-        let info = crate::tasks::files::inspect_file(&name, &bytes);
+        let info = if is_batch {
+            super::batches::read_input(&bytes, max_rows).map(|l| crate::tasks::files::FileInfo { format: "batch_jsonl", samples: l.len() })
+        } else {
+            crate::tasks::files::inspect_file(&name, &bytes)
+        };
         (bytes, info)
     })
     .await

@@ -1,6 +1,8 @@
 //! The HTTP API (its contract: openapi/openapi.yaml): one module per
 //! resource, each listing its routes; the router and its middleware are assembled here.
 mod auth;
+pub mod batch_runner;
+pub mod batches;
 pub mod error;
 pub mod files;
 pub mod jobs;
@@ -59,6 +61,8 @@ pub struct AppState {
     pub streams: stream_slots::StreamSlots,
     /// Request rates of projects and keys, on this node.
     pub rates: Arc<auth::Rates>,
+    /// Wakes this node's batch runner when a batch is created or cancelled.
+    pub batches: Arc<tokio::sync::Notify>,
     limiter: Arc<Semaphore>,
 }
 
@@ -97,6 +101,7 @@ impl AppState {
             stopping: CancellationToken::new(),
             streams,
             rates,
+            batches: Arc::default(),
             limiter,
         }
     }
@@ -115,6 +120,7 @@ pub struct Route {
 pub fn routes() -> Vec<Route> {
     let mut r = Vec::new();
     r.extend(files::routes());
+    r.extend(batches::routes());
     r.extend(jobs::routes());
     r.extend(models::routes());
     r.extend(predictions::routes());

@@ -8,15 +8,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiJson, ApiResult};
-use super::models::find_fine_tuned;
 use super::{AppState, Caller, Route};
-use crate::serve::PredictError;
+use crate::serve::{PredictError, PredictOutput};
 
 pub fn routes() -> Vec<Route> {
     vec![Route { path: "/v1/predictions", methods: &["POST"], handler: post(predict), long: false }]
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
     pub model: String,
@@ -30,6 +29,17 @@ async fn predict(
     headers: HeaderMap,
     ApiJson(req): ApiJson<PredictRequest>,
 ) -> ApiResult<Response> {
+    let request_id = super::request_id(&headers).unwrap_or_default();
+    let (body, out) = answer(&state, caller.project_id(), req, request_id).await?;
+    let mut resp = Json(body).into_response();
+    let h = resp.headers_mut();
+    h.insert("x-queue-time", HeaderValue::from_str(&format!("{:.3}", out.queue_time.as_secs_f64() * 1e3)).unwrap());
+    h.insert("x-inference-time", HeaderValue::from_str(&format!("{:.3}", out.inference_time.as_secs_f64() * 1e3)).unwrap());
+    Ok(resp)
+}
+
+/// The answer to a prediction request of `project`'s, over HTTP or as a batch's line.
+pub async fn answer(state: &AppState, project: &str, req: PredictRequest, request_id: &str) -> ApiResult<(Value, PredictOutput)> {
     if req.inputs.is_empty() {
         return Err(ApiError::invalid("inputs", "at least one sample is needed"));
     }
@@ -37,9 +47,8 @@ async fn predict(
     if req.inputs.len() > max {
         return Err(ApiError::TooLarge { what: "inputs", limit: max, unit: "samples" });
     }
-    let m = find_fine_tuned(&state, &caller, &req.model).await?;
+    let m = state.store.model(project, &req.model).await?.ok_or_else(|| ApiError::not_found("model", &req.model))?;
     let timeout = state.settings.prediction_timeout;
-    let request_id = super::request_id(&headers).unwrap_or_default();
     let adapter = state.artifacts.local(&m.path).await?;
     let out = state.inference.predict(request_id, &m.id, adapter, req.inputs, timeout).await.map_err(|e| match e {
         PredictError::Invalid(msg) => {
@@ -61,9 +70,5 @@ async fn predict(
             v
         })
         .collect();
-    let mut resp = Json(json!({"object": "list", "model": m.id, "data": data})).into_response();
-    let h = resp.headers_mut();
-    h.insert("x-queue-time", HeaderValue::from_str(&format!("{:.3}", out.queue_time.as_secs_f64() * 1e3)).unwrap());
-    h.insert("x-inference-time", HeaderValue::from_str(&format!("{:.3}", out.inference_time.as_secs_f64() * 1e3)).unwrap());
-    Ok(resp)
+    Ok((json!({"object": "list", "model": m.id, "data": data}), out))
 }

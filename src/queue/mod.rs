@@ -162,26 +162,32 @@ impl Queue {
 /// process holds (another `fpt serve` or `fpt worker` here, on the same database) is left alone,
 /// as are other hosts' jobs: their leases tell. Call it before this process's workers start.
 pub async fn requeue_orphans(store: &Store) -> Result<u64> {
-    let me = node_name();
-    let host = me.rsplit_once('-').map_or(me.as_str(), |(h, _)| h).to_string();
     let mut requeued = 0;
     for (id, worker) in store.running_jobs().await? {
-        let Some((worker_host, pid)) = worker.rsplit_once("-w").and_then(|(node, _)| node.rsplit_once('-')) else { continue };
-        let Ok(pid) = pid.parse::<u32>() else { continue };
-        // This process holds no job yet: a job in its own pid's name is a predecessor's that had
-        // the same pid (a container's pid 1, restarted).
-        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
-        if worker_host == host && !alive && store.requeue_orphan(&id, &worker).await? {
+        let Some((node, _)) = worker.rsplit_once("-w") else { continue };
+        if is_gone_from_here(node) && store.requeue_orphan(&id, &worker).await? {
             requeued += 1;
         }
     }
     Ok(requeued)
 }
 
+/// Whether `node` (a [`node_name`]) was a process of this host that is gone. Called before this
+/// process holds anything: work in its own pid's name is a predecessor's that had the same pid (a
+/// container's pid 1, restarted).
+pub(crate) fn is_gone_from_here(node: &str) -> bool {
+    let me = node_name();
+    let host = me.rsplit_once('-').map_or(me.as_str(), |(h, _)| h);
+    let Some((node_host, pid)) = node.rsplit_once('-') else { return false };
+    let Ok(pid) = pid.parse::<u32>() else { return false };
+    let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+    node_host == host && !alive
+}
+
 /// `host-pid`: names this process's workers in the jobs they hold. The host is its name and, where
 /// the machine has one, the start of its machine id, so that two machines of one name sharing a
 /// database are told apart.
-fn node_name() -> String {
+pub(crate) fn node_name() -> String {
     let read = |p: &str| std::fs::read_to_string(p).ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
     let mut host = read("/etc/hostname").unwrap_or_else(|| "node".into());
     if let Some(id) = read("/etc/machine-id") {

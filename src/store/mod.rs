@@ -11,9 +11,13 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, FromRow};
 
+mod batches;
 mod projects;
+mod webhooks;
 
+pub use batches::{BatchEnd, BatchLine, BatchRow, Claim};
 pub use projects::{ApiKeyRow, ProjectRow, Quotas, Usage, DEFAULT_PROJECT};
+pub use webhooks::{Delivery, Ending, Subject};
 
 use crate::job::status::JobError;
 use crate::job::{DataFiles, Desired, DeviceKind, Inferred, JobStatus, Method, RunSummary, TrainSpec};
@@ -426,8 +430,8 @@ impl Store {
     pub async fn insert_job(&self, j: &Job) -> Result<()> {
         let spec = &j.spec;
         sqlx::query(
-            "INSERT INTO jobs (id, model, task, status, created_at, hyperparameters, method, training_file, validation_file, seed, suffix, metadata, device, desired, request_id, project_id, api_key_id, inferred)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            "INSERT INTO jobs (id, model, task, status, created_at, hyperparameters, method, training_file, validation_file, seed, suffix, metadata, device, desired, request_id, project_id, api_key_id, inferred, notified)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 0)",
         )
         .bind(&j.id).bind(&spec.model).bind(serde_json::to_string(&spec.task)?).bind(j.status.as_str()).bind(j.created_at)
         .bind(serde_json::to_string(&spec.hyperparameters)?).bind(serde_json::to_string(&spec.method())?)

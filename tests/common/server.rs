@@ -104,13 +104,23 @@ impl Server {
     }
 
     pub fn upload(&self, name: &str, bytes: Vec<u8>) -> Response {
-        let form =
-            multipart::Form::new().text("purpose", "fine-tune").part("file", multipart::Part::bytes(bytes).file_name(name.to_string()));
+        self.upload_for("fine-tune", name, bytes)
+    }
+
+    /// An upload with another purpose (`batch`).
+    pub fn upload_for(&self, purpose: &str, name: &str, bytes: Vec<u8>) -> Response {
+        let form = multipart::Form::new()
+            .text("purpose", purpose.to_string())
+            .part("file", multipart::Part::bytes(bytes).file_name(name.to_string()));
         self.req(reqwest::Method::POST, "/v1/files").multipart(form).send().unwrap()
     }
 
     pub fn upload_ok(&self, name: &str, bytes: Vec<u8>) -> String {
-        let r = self.upload(name, bytes);
+        self.upload_ok_for("fine-tune", name, bytes)
+    }
+
+    pub fn upload_ok_for(&self, purpose: &str, name: &str, bytes: Vec<u8>) -> String {
+        let r = self.upload_for(purpose, name, bytes);
         let status = r.status();
         let v: Value = r.json().unwrap();
         assert!(status.is_success(), "upload: {status} {v}");

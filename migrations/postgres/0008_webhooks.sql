@@ -1,0 +1,23 @@
+-- Webhooks: the outbox of events (a job or a batch that ended) for the configured endpoints, one
+-- row per event and endpoint, delivered with retries by every API node under short leases. A job
+-- or batch is `notified` once its event rows are written, in the same transaction; the jobs
+-- stored before webhooks existed count as notified.
+ALTER TABLE jobs ADD COLUMN notified BIGINT NOT NULL DEFAULT 1;
+ALTER TABLE batches ADD COLUMN notified BIGINT NOT NULL DEFAULT 1;
+CREATE INDEX jobs_unnotified ON jobs(notified) WHERE notified = 0;
+CREATE INDEX batches_unnotified ON batches(notified) WHERE notified = 0;
+
+CREATE TABLE webhook_deliveries (
+    rowid           BIGSERIAL UNIQUE,
+    id              TEXT PRIMARY KEY,
+    event_id        TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    created_at      BIGINT NOT NULL,
+    attempts        BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    delivered_at    BIGINT,
+    last_error      TEXT,
+    lease_until     BIGINT
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_at) WHERE delivered_at IS NULL;

@@ -1,0 +1,172 @@
+//! Runs batches in the background of every API node: claims one under a lease, answers its lines
+//! through the same prediction path as `/v1/predictions` (many at once, so that the shared
+//! batcher fills its forward passes across adapters), records each chunk of answers with the
+//! progress in one transaction, and writes the output and error files at the end. A node that
+//! dies mid-batch loses only its unrecorded chunk: the next claim, on any node, answers the lines
+//! not yet recorded, so every line is answered exactly once.
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use serde_json::json;
+
+use super::batches::{read_input, InputLine};
+use super::error::ApiError;
+use super::predictions::answer;
+use super::AppState;
+use crate::artifacts::file_key;
+use crate::store::{now, BatchEnd, BatchLine, BatchRow, Claim, FileRow, Lease};
+
+/// Lines answered between two records of progress (and lease renewals).
+const CHUNK: usize = 256;
+/// Lines in flight at once: enough to fill the batcher's forward passes.
+const IN_FLIGHT: usize = 64;
+/// A runner's lease on its batch; renewed with every chunk.
+const LEASE_SECONDS: i64 = 30;
+/// How often an idle runner looks for a batch when nothing woke it.
+const IDLE_POLL: Duration = Duration::from_secs(2);
+
+/// The runner of this node, until the server stops.
+pub async fn run(state: AppState) {
+    let lease = Lease { worker: format!("batch-{}", crate::queue::node_name()), seconds: LEASE_SECONDS };
+    release_orphans(&state).await;
+    while !state.stopping.is_cancelled() {
+        match state.store.claim_batch(&lease).await {
+            Ok(Some(batch)) => {
+                let id = batch.id.clone();
+                if let Err(e) = run_batch(&state, &lease, batch).await {
+                    tracing::error!(batch = %id, error = format!("{e:#}"), "running a batch");
+                    let errors = json!({"object": "list", "data": [{"code": "batch_failed", "message": format!("{e:#}"), "param": null, "line": null}]});
+                    let end = BatchEnd { output_file: None, error_file: None, errors: Some(&errors.to_string()) };
+                    if let Err(e) = state.store.finish_batch(&id, &lease, &end).await {
+                        tracing::error!(batch = %id, error = format!("{e:#}"), "recording that a batch failed");
+                    }
+                }
+            }
+            Ok(None) => {
+                tokio::select! {
+                    _ = state.batches.notified() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = state.stopping.cancelled() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "claiming a batch");
+                tokio::time::sleep(IDLE_POLL).await;
+            }
+        }
+    }
+}
+
+/// Batches whose runner was a process of this host that is gone: claimable at once, instead of
+/// after their lease.
+async fn release_orphans(state: &AppState) {
+    let held = match state.store.held_batches().await {
+        Ok(h) => h,
+        Err(e) => return tracing::warn!(error = format!("{e:#}"), "listing the batches runners hold"),
+    };
+    for (id, worker) in held {
+        let gone = worker.strip_prefix("batch-").is_some_and(crate::queue::is_gone_from_here);
+        if gone && state.store.release_batch(&id, &worker).await.unwrap_or(false) {
+            tracing::info!(batch = %id, "a batch whose process on this host had died goes on");
+        }
+    }
+}
+
+async fn run_batch(state: &AppState, lease: &Lease, batch: BatchRow) -> Result<()> {
+    let file = state.store.file(&batch.project_id, &batch.input_file_id).await?.context("the batch's input file is gone")?;
+    let bytes = tokio::fs::read(state.artifacts.local(&file.path).await?).await.context("reading the input file")?;
+    let max_rows = state.settings.max_prediction_rows;
+    let lines = tokio::task::spawn_blocking(move || read_input(&bytes, max_rows)).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let done: std::collections::HashSet<i64> = state.store.batch_lines_done(&batch.id).await?.into_iter().collect();
+    let mut todo: Vec<(i64, InputLine)> =
+        lines.into_iter().enumerate().map(|(i, l)| (i as i64, l)).filter(|(i, _)| !done.contains(i)).collect();
+    let mut claim = if batch.status == "cancelling" { Claim::Cancelling } else { Claim::Held };
+    while claim == Claim::Held && !todo.is_empty() && !state.stopping.is_cancelled() {
+        let rest = todo.split_off(todo.len().min(CHUNK));
+        let chunk = std::mem::replace(&mut todo, rest);
+        let answered: Vec<BatchLine> = futures::stream::iter(chunk.into_iter().map(|(i, l)| answer_line(state, &batch, i, l)))
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        claim = state.store.record_batch_lines(&batch.id, lease, &answered).await?;
+    }
+    if claim == Claim::Lost {
+        return Ok(());
+    }
+    if state.stopping.is_cancelled() && claim == Claim::Held && !todo.is_empty() {
+        // The server stops: the lease runs out and a node takes the batch over where it was.
+        return Ok(());
+    }
+    finish(state, lease, &batch).await
+}
+
+/// One line answered as OpenAI's output lines are: `{"id", "custom_id", "response": {"status_code",
+/// "request_id", "body"}, "error": null}`.
+async fn answer_line(state: &AppState, batch: &BatchRow, line: i64, l: InputLine) -> BatchLine {
+    let request_id = format!("batch_req_{}_{line}", batch.id.trim_start_matches("batch-"));
+    let mut tries = 0;
+    let result = loop {
+        match answer(state, &batch.project_id, l.body.clone(), &request_id).await {
+            // The batcher's queue is full: this line waits its turn rather than failing.
+            Err(ApiError::Overloaded { .. }) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+            }
+            other => break other,
+        }
+    };
+    let (status, body, ok) = match result {
+        Ok((body, _)) => (200, body, true),
+        Err(e) => {
+            let (status, body) = e.status_and_body();
+            (status.as_u16(), body, false)
+        }
+    };
+    let out = json!({"id": request_id, "custom_id": l.custom_id, "response": {"status_code": status, "request_id": request_id, "body": body}, "error": null});
+    BatchLine { line, ok: ok as i64, answer: out.to_string() }
+}
+
+/// Writes the output and error files (each line once, in input order) and ends the batch.
+async fn finish(state: &AppState, lease: &Lease, batch: &BatchRow) -> Result<()> {
+    if !state.store.finalizing_batch(&batch.id, lease).await? {
+        return Ok(());
+    }
+    let tail = batch.id.trim_start_matches("batch-");
+    let output = write_file(state, batch, &format!("file-{tail}-output"), "output", true).await?;
+    let errors = write_file(state, batch, &format!("file-{tail}-errors"), "errors", false).await?;
+    let end = BatchEnd { output_file: output.as_deref(), error_file: errors.as_deref(), errors: None };
+    state.store.finish_batch(&batch.id, lease, &end).await?;
+    Ok(())
+}
+
+/// The batch's `ok` (or failed) answers as a file of its project, named by a fixed id so that a
+/// runner finishing the batch again writes the same file; None when there are none.
+async fn write_file(state: &AppState, batch: &BatchRow, id: &str, kind: &str, ok: bool) -> Result<Option<String>> {
+    let lines = state.store.batch_answers(&batch.id, ok).await?;
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    for l in &lines {
+        bytes.extend_from_slice(l.answer.as_bytes());
+        bytes.push(b'\n');
+    }
+    let row = FileRow {
+        id: id.to_string(),
+        filename: format!("{}_{kind}.jsonl", batch.id),
+        purpose: "batch_output".into(),
+        bytes: bytes.len() as i64,
+        format: "jsonl".into(),
+        samples: Some(lines.len() as i64),
+        created_at: now(),
+        path: file_key(id),
+        project_id: batch.project_id.clone(),
+        api_key_id: batch.api_key_id.clone(),
+    };
+    state.artifacts.put(&row.path, bytes).await?;
+    if !state.store.file_exists(id).await? {
+        state.store.insert_file(&row).await?;
+    }
+    Ok(Some(row.id))
+}
