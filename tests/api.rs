@@ -353,7 +353,11 @@ fn every_route_is_in_the_openapi_spec_and_back() {
     // The served spec is the file's content.
     let s = Server::start(&["--no-workers"]);
     assert_eq!(s.get_json("/openapi.json"), spec);
-    assert!(s.get("/docs").text().unwrap().contains("/v1/fine_tuning/jobs"));
+    // The docs page shows each operation's parameters and bodies, and every schema's fields.
+    let docs = s.get("/docs").text().unwrap();
+    assert!(docs.contains("/v1/fine_tuning/jobs"));
+    assert!(docs.contains("id=\"schema-FineTuningJob\"") && docs.contains("<code>organization_id</code> (required)"), "the job schema");
+    assert!(docs.contains("<code>metadata</code>") && docs.contains("<a href=\"#schema-JobCreateRequest\">"), "parameters and bodies");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 mod auth;
 pub mod batch_runner;
 pub mod batches;
+mod docs;
 pub mod error;
 pub mod files;
 pub mod jobs;

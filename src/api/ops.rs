@@ -133,31 +133,5 @@ async fn openapi() -> Json<Value> {
 
 /// A self-contained view of the spec (no CDN: the service may run offline).
 async fn docs() -> Html<String> {
-    let spec = openapi_json();
-    let mut rows = String::new();
-    if let Some(paths) = spec["paths"].as_object() {
-        for (path, ops) in paths {
-            for (method, op) in ops.as_object().into_iter().flatten() {
-                if ["get", "post", "delete", "put", "patch"].contains(&method.as_str()) {
-                    let summary = op["summary"].as_str().unwrap_or("");
-                    let _ = write!(
-                        rows,
-                        "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td></tr>",
-                        method.to_uppercase(),
-                        html_escape(path),
-                        html_escape(summary)
-                    );
-                }
-            }
-        }
-    }
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>fpt API</title>\
-         <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}td{{padding:.25rem .75rem;border-bottom:1px solid #ddd}}</style></head>\
-         <body><h1>fpt API</h1><p>The full spec: <a href=\"/openapi.json\">/openapi.json</a>.</p><table>{rows}</table></body></html>"
-    ))
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    Html(super::docs::page(&openapi_json()))
 }
