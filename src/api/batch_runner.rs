@@ -14,8 +14,7 @@ use super::batches::{read_input, InputLine};
 use super::error::ApiError;
 use super::predictions::answer;
 use super::AppState;
-use crate::artifacts::file_key;
-use crate::store::{now, BatchEnd, BatchLine, BatchRow, Claim, FileRow, Lease};
+use crate::store::{BatchEnd, BatchLine, BatchRow, Claim, FileRow, Lease};
 
 /// Lines answered between two records of progress (and lease renewals).
 const CHUNK: usize = 256;
@@ -152,18 +151,9 @@ async fn write_file(state: &AppState, batch: &BatchRow, id: &str, kind: &str, ok
         bytes.extend_from_slice(l.answer.as_bytes());
         bytes.push(b'\n');
     }
-    let row = FileRow {
-        id: id.to_string(),
-        filename: format!("{}_{kind}.jsonl", batch.id),
-        purpose: "batch_output".into(),
-        bytes: bytes.len() as i64,
-        format: "jsonl".into(),
-        samples: Some(lines.len() as i64),
-        created_at: now(),
-        path: file_key(id),
-        project_id: batch.project_id.clone(),
-        api_key_id: batch.api_key_id.clone(),
-    };
+    let owner = (batch.project_id.as_str(), batch.api_key_id.as_deref());
+    let row =
+        FileRow::written(id.to_string(), format!("{}_{kind}.jsonl", batch.id), "batch_output", "jsonl", lines.len(), bytes.len(), owner);
     state.artifacts.put(&row.path, bytes).await?;
     if !state.store.file_exists(id).await? {
         state.store.insert_file(&row).await?;

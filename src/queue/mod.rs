@@ -390,22 +390,11 @@ fn store_results(inner: &Arc<Inner>, job: &Job) -> Result<String> {
         reports.extend(metrics.filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok()));
     }
     let (csv, rows) = results_csv(&reports);
-    let id = new_id("file");
-    let row = FileRow {
-        id: id.clone(),
-        filename: format!("{}-results.csv", job.id),
-        purpose: "fine-tune-results".into(),
-        bytes: csv.len() as i64,
-        format: "csv".into(),
-        samples: Some(rows as i64),
-        created_at: now(),
-        path: file_key(&id),
-        project_id: job.project_id.clone(),
-        api_key_id: job.api_key_id.clone(),
-    };
+    let owner = (job.project_id.as_str(), job.api_key_id.as_deref());
+    let row = FileRow::written(new_id("file"), format!("{}-results.csv", job.id), "fine-tune-results", "csv", rows, csv.len(), owner);
     inner.rt.block_on(inner.cfg.artifacts.put(&row.path, csv.into_bytes()))?;
     inner.rt.block_on(store.insert_file(&row))?;
-    Ok(id)
+    Ok(row.id)
 }
 
 /// The fine-tuned model id of a job: `ft-[suffix-]<job id tail>`.

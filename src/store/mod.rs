@@ -277,6 +277,33 @@ pub struct ModelRow {
     pub checkpoint_step: Option<i64>,
 }
 
+impl FileRow {
+    /// A file the service writes for a client (a job's results, a batch's output): its bytes go
+    /// under [`crate::artifacts::file_key`].
+    pub fn written(
+        id: String,
+        filename: String,
+        purpose: &str,
+        format: &str,
+        lines: usize,
+        bytes: usize,
+        owner: (&str, Option<&str>),
+    ) -> Self {
+        FileRow {
+            path: crate::artifacts::file_key(&id),
+            id,
+            filename,
+            purpose: purpose.into(),
+            bytes: bytes as i64,
+            format: format.into(),
+            samples: Some(lines as i64),
+            created_at: now(),
+            project_id: owner.0.to_string(),
+            api_key_id: owner.1.map(str::to_string),
+        }
+    }
+}
+
 const FILE_COLUMNS: &str = "id, filename, purpose, bytes, format, samples, created_at, path, project_id, api_key_id";
 
 /// A page of a list: `after` an id, at most `limit`.
