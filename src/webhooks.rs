@@ -24,11 +24,9 @@ pub struct Webhooks {
     key: Vec<u8>,
 }
 
-/// Seconds after each failed attempt before the next; past the last, the delivery is given up
-/// (about a day after the event).
+/// Seconds after each failed attempt before the next; a delivery whose attempts have all failed
+/// (the tenth, about 16 h after the event) is given up.
 const BACKOFF: [i64; 9] = [1, 5, 30, 120, 600, 1800, 3600, 7200, 43200];
-/// Attempts a delivery gets.
-const MAX_ATTEMPTS: i64 = BACKOFF.len() as i64 + 1;
 /// How long one attempt may take, and how long a node holds the deliveries it took.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const LEASE_SECONDS: i64 = 60;
@@ -80,7 +78,13 @@ fn event_type(subject: Subject, status: &str) -> String {
 
 /// Announces endings and delivers events until `stopping`.
 pub async fn run(store: Store, hooks: Option<Webhooks>, stopping: CancellationToken) {
-    let client = reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).user_agent("fpt-webhooks").build().expect("an HTTP client");
+    // A redirect would turn the POST into a bodiless GET: it is a failed attempt instead.
+    let client = reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        .user_agent("fpt-webhooks")
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("an HTTP client");
     while !stopping.is_cancelled() {
         if let Err(e) = announce(&store, hooks.as_ref()).await {
             tracing::warn!(error = format!("{e:#}"), "writing webhook events");
@@ -98,7 +102,8 @@ pub async fn run(store: Store, hooks: Option<Webhooks>, stopping: CancellationTo
 }
 
 /// Writes the events of jobs and batches that ended (none, but marked announced, when no
-/// endpoint is set: turning webhooks on later does not replay the past).
+/// endpoint is set: turning webhooks on later does not replay the past). Every API node of one
+/// store must therefore have the same webhook settings.
 async fn announce(store: &Store, hooks: Option<&Webhooks>) -> Result<()> {
     for subject in [Subject::Job, Subject::Batch] {
         for ending in store.endings(subject, 100).await? {
@@ -128,15 +133,15 @@ async fn announce(store: &Store, hooks: Option<&Webhooks>) -> Result<()> {
 
 /// Sends the deliveries that are due, at once; each failure waits its backoff.
 async fn deliver(store: &Store, hooks: &Webhooks, client: &reqwest::Client) -> Result<()> {
-    let due = store.due_deliveries(32, LEASE_SECONDS, MAX_ATTEMPTS).await?;
+    let due = store.due_deliveries(32, LEASE_SECONDS).await?;
     let sends = due.into_iter().map(|d| async move {
         let result = send(hooks, client, &d).await;
         let recorded = match result {
             Ok(()) => store.delivered(&d.id).await,
             Err(e) => {
-                let wait = BACKOFF[(d.attempts as usize).min(BACKOFF.len() - 1)];
+                let wait = BACKOFF.get(d.attempts as usize).copied();
                 tracing::info!(url = %d.url, event = %d.event_id, attempt = d.attempts + 1, error = %e, "a webhook delivery failed");
-                store.delivery_failed(&d.id, &e, now() + wait).await
+                store.delivery_failed(&d.id, &e, wait).await
             }
         };
         if let Err(e) = recorded {

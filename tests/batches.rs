@@ -37,6 +37,8 @@ fn a_batch_killed_mid_run_answers_every_line_exactly_once() {
     let b = s.post_ok("/v1/batches", &json!({"input_file_id": file, "endpoint": "/v1/predictions", "completion_window": "24h"}));
     let id = b["id"].as_str().unwrap().to_string();
     assert_eq!(b["request_counts"]["total"], n);
+    // Its input file stays while it runs.
+    assert_eq!(s.delete(&format!("/v1/files/{file}")).status(), 409);
     // Killed once some lines, not all, are recorded.
     let start = Instant::now();
     loop {

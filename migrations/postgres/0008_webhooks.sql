@@ -17,7 +17,9 @@ CREATE TABLE webhook_deliveries (
     attempts        BIGINT NOT NULL DEFAULT 0,
     next_attempt_at BIGINT NOT NULL,
     delivered_at    BIGINT,
+    -- Set once the last attempt failed: the delivery leaves the outbox's index.
+    given_up_at     BIGINT,
     last_error      TEXT,
     lease_until     BIGINT
 );
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_at) WHERE delivered_at IS NULL;
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_at) WHERE delivered_at IS NULL AND given_up_at IS NULL;

@@ -16,7 +16,9 @@ CREATE TABLE webhook_deliveries (
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER NOT NULL,
     delivered_at    INTEGER,
+    -- Set once the last attempt failed: the delivery leaves the outbox's index.
+    given_up_at     INTEGER,
     last_error      TEXT,
     lease_until     INTEGER
 );
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_at) WHERE delivered_at IS NULL;
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_at) WHERE delivered_at IS NULL AND given_up_at IS NULL;

@@ -33,13 +33,11 @@ pub async fn run(state: AppState) {
         match state.store.claim_batch(&lease).await {
             Ok(Some(batch)) => {
                 let id = batch.id.clone();
-                if let Err(e) = run_batch(&state, &lease, batch).await {
-                    tracing::error!(batch = %id, error = format!("{e:#}"), "running a batch");
-                    let errors = json!({"object": "list", "data": [{"code": "batch_failed", "message": format!("{e:#}"), "param": null, "line": null}]});
-                    let end = BatchEnd { output_file: None, error_file: None, errors: Some(&errors.to_string()) };
-                    if let Err(e) = state.store.finish_batch(&id, &lease, &end).await {
-                        tracing::error!(batch = %id, error = format!("{e:#}"), "recording that a batch failed");
-                    }
+                let renewing = tokio::spawn(renew(state.clone(), id.clone(), lease.worker.clone()));
+                let result = run_batch(&state, &lease, batch).await;
+                renewing.abort();
+                if let Err(stop) = result {
+                    stopped(&state, &lease, &id, stop).await;
                 }
             }
             Ok(None) => {
@@ -53,6 +51,55 @@ pub async fn run(state: AppState) {
                 tracing::warn!(error = format!("{e:#}"), "claiming a batch");
                 tokio::time::sleep(IDLE_POLL).await;
             }
+        }
+    }
+}
+
+/// Why a batch stopped short.
+enum Stop {
+    /// The batch cannot be run (its input file is gone or unreadable): it fails, saying why.
+    Invalid(String),
+    /// Anything else (the store or the artifacts out of reach): the batch goes back, its answered
+    /// lines kept, for a runner to go on with.
+    Transient(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Stop {
+    fn from(e: anyhow::Error) -> Self {
+        Stop::Transient(e)
+    }
+}
+
+async fn stopped(state: &AppState, lease: &Lease, id: &str, stop: Stop) {
+    match stop {
+        Stop::Invalid(message) => {
+            tracing::warn!(batch = %id, error = %message, "a batch failed");
+            let errors =
+                json!({"object": "list", "data": [{"code": "invalid_input", "message": message, "param": "input_file_id", "line": null}]});
+            let end = BatchEnd { output_file: None, error_file: None, errors: Some(&errors.to_string()) };
+            if let Err(e) = state.store.finish_batch(id, lease, &end).await {
+                tracing::error!(batch = %id, error = format!("{e:#}"), "recording that a batch failed");
+            }
+        }
+        Stop::Transient(e) => {
+            tracing::warn!(batch = %id, error = format!("{e:#}"), "a batch stopped; it goes on later");
+            if let Err(e) = state.store.release_batch(id, &lease.worker).await {
+                tracing::warn!(batch = %id, error = format!("{e:#}"), "handing a batch back");
+            }
+            tokio::time::sleep(IDLE_POLL).await;
+        }
+    }
+}
+
+/// Keeps the lease of the batch this runner works on, however long a chunk or the files take.
+async fn renew(state: AppState, id: String, worker: String) {
+    let lease = Lease { worker, seconds: LEASE_SECONDS };
+    loop {
+        tokio::time::sleep(Duration::from_secs(LEASE_SECONDS as u64 / 3)).await;
+        match state.store.renew_batch(&id, &lease).await {
+            Ok(true) => {}
+            Ok(false) => return, // another runner has it: this one learns so at its next record
+            Err(e) => tracing::warn!(batch = %id, error = format!("{e:#}"), "renewing a batch's lease"),
         }
     }
 }
@@ -72,11 +119,13 @@ async fn release_orphans(state: &AppState) {
     }
 }
 
-async fn run_batch(state: &AppState, lease: &Lease, batch: BatchRow) -> Result<()> {
-    let file = state.store.file(&batch.project_id, &batch.input_file_id).await?.context("the batch's input file is gone")?;
+async fn run_batch(state: &AppState, lease: &Lease, batch: BatchRow) -> Result<(), Stop> {
+    let file = state.store.file(&batch.project_id, &batch.input_file_id).await?;
+    let file = file.ok_or_else(|| Stop::Invalid(format!("the input file `{}` is gone", batch.input_file_id)))?;
     let bytes = tokio::fs::read(state.artifacts.local(&file.path).await?).await.context("reading the input file")?;
     let max_rows = state.settings.max_prediction_rows;
-    let lines = tokio::task::spawn_blocking(move || read_input(&bytes, max_rows)).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let read = tokio::task::spawn_blocking(move || read_input(&bytes, max_rows)).await.context("reading the input file")?;
+    let lines = read.map_err(|e| Stop::Invalid(format!("the input file: {e}")))?;
     let done: std::collections::HashSet<i64> = state.store.batch_lines_done(&batch.id).await?.into_iter().collect();
     let mut todo: Vec<(i64, InputLine)> =
         lines.into_iter().enumerate().map(|(i, l)| (i as i64, l)).filter(|(i, _)| !done.contains(i)).collect();
@@ -94,10 +143,11 @@ async fn run_batch(state: &AppState, lease: &Lease, batch: BatchRow) -> Result<(
         return Ok(());
     }
     if state.stopping.is_cancelled() && claim == Claim::Held && !todo.is_empty() {
-        // The server stops: the lease runs out and a node takes the batch over where it was.
+        // The server stops: another node (or this one, started again) goes on where it was.
+        state.store.release_batch(&batch.id, &lease.worker).await?;
         return Ok(());
     }
-    finish(state, lease, &batch).await
+    Ok(finish(state, lease, &batch).await?)
 }
 
 /// One line answered as OpenAI's output lines are: `{"id", "custom_id", "response": {"status_code",
@@ -111,6 +161,11 @@ async fn answer_line(state: &AppState, batch: &BatchRow, line: i64, l: InputLine
             Err(ApiError::Overloaded { .. }) if tries < 100 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+            }
+            // A prediction past its deadline, or an adapter not loadable now: tried a few times more.
+            Err(ApiError::Unavailable(_)) if tries < 3 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             other => break other,
         }
@@ -155,8 +210,6 @@ async fn write_file(state: &AppState, batch: &BatchRow, id: &str, kind: &str, ok
     let row =
         FileRow::written(id.to_string(), format!("{}_{kind}.jsonl", batch.id), "batch_output", "jsonl", lines.len(), bytes.len(), owner);
     state.artifacts.put(&row.path, bytes).await?;
-    if !state.store.file_exists(id).await? {
-        state.store.insert_file(&row).await?;
-    }
+    state.store.insert_file(&row).await?;
     Ok(Some(row.id))
 }

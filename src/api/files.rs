@@ -187,6 +187,10 @@ async fn delete(State(state): State<AppState>, Extension(caller): Extension<Call
     if !users.is_empty() {
         return Err(ApiError::Conflict(format!("file `{id}` is in use by job(s) not yet ended: {}", users.join(", "))));
     }
+    let batches = state.store.batches_using_file(&id).await?;
+    if !batches.is_empty() {
+        return Err(ApiError::Conflict(format!("file `{id}` is the input of batch(es) not yet ended: {}", batches.join(", "))));
+    }
     state.store.delete_file(&id).await?;
     // Jobs that used the file keep their own record of it; the bytes go.
     if let Err(e) = state.artifacts.delete(&f.path).await {

@@ -138,6 +138,24 @@ impl Store {
             > 0)
     }
 
+    /// Renews a runner's lease on its batch; false when another runner holds it now.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn renew_batch(&self, id: &str, lease: &Lease) -> Result<bool> {
+        let sql = format!("UPDATE batches SET lease_until = {} + $1 WHERE id = $2 AND worker = $3", self.db_now());
+        Ok(sqlx::query(&sql).bind(lease.seconds).bind(id).bind(&lease.worker).execute(&self.pool).await?.rows_affected() > 0)
+    }
+
+    /// The batches not yet ended that read the file: it cannot go while one of them may still read it.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn batches_using_file(&self, file_id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM batches WHERE input_file_id = $1 AND status IN ('validating', 'in_progress', 'finalizing', 'cancelling') LIMIT 10",
+        )
+        .bind(file_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// The line numbers of a batch already answered.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn batch_lines_done(&self, batch_id: &str) -> Result<Vec<i64>> {
@@ -246,11 +264,14 @@ impl Store {
         Ok(done)
     }
 
-    /// Asks to cancel a batch not yet ended; returns it as it is now (None: no such batch).
+    /// Asks to cancel a batch not yet ended; returns it as it is now (None: no such batch). One no
+    /// runner has taken yet is cancelled at once: nothing of it was answered.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn cancel_batch(&self, project: &str, id: &str) -> Result<Option<BatchRow>> {
         sqlx::query(
-            "UPDATE batches SET status = 'cancelling', cancelling_at = $1
+            "UPDATE batches SET cancelling_at = $1,
+                 status = CASE WHEN status = 'validating' AND worker IS NULL THEN 'cancelled' ELSE 'cancelling' END,
+                 cancelled_at = CASE WHEN status = 'validating' AND worker IS NULL THEN $1 ELSE cancelled_at END
              WHERE id = $2 AND project_id = $3 AND status IN ('validating', 'in_progress', 'finalizing')",
         )
         .bind(now())

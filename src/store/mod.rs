@@ -380,8 +380,10 @@ impl Store {
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn insert_file(&self, f: &FileRow) -> Result<()> {
         sqlx::query(
+            // A file the service writes under a fixed id (a batch's output) may be written twice by
+            // runners taking over from each other: the first row stays.
             "INSERT INTO files (id, filename, purpose, bytes, format, samples, created_at, path, project_id, api_key_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&f.id)
         .bind(&f.filename)

@@ -83,18 +83,20 @@ impl Store {
         Ok(ours)
     }
 
-    /// Takes up to `limit` deliveries that are due, for `lease_seconds`: no other node sends them
-    /// meanwhile. Ones tried `max_attempts` times are given up.
+    /// Takes up to `limit` deliveries that are due, for `lease_seconds` by the database's clock:
+    /// no other node sends them meanwhile.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn due_deliveries(&self, limit: i64, lease_seconds: i64, max_attempts: i64) -> Result<Vec<Delivery>> {
-        let t = now();
-        let free = "delivered_at IS NULL AND attempts < $4 AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1)";
+    pub async fn due_deliveries(&self, limit: i64, lease_seconds: i64) -> Result<Vec<Delivery>> {
+        let t = self.db_now();
+        let free = format!(
+            "delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= {t} AND (lease_until IS NULL OR lease_until < {t})"
+        );
         let sql = format!(
-            "UPDATE webhook_deliveries SET lease_until = $1 + $2
-             WHERE id IN (SELECT id FROM webhook_deliveries WHERE {free} ORDER BY next_attempt_at, rowid LIMIT $3) AND {free}
+            "UPDATE webhook_deliveries SET lease_until = {t} + $1
+             WHERE id IN (SELECT id FROM webhook_deliveries WHERE {free} ORDER BY next_attempt_at, rowid LIMIT $2) AND {free}
              RETURNING id, event_id, url, payload, created_at, attempts"
         );
-        Ok(sqlx::query_as(&sql).bind(t).bind(lease_seconds).bind(limit).bind(max_attempts).fetch_all(&self.pool).await?)
+        Ok(sqlx::query_as(&sql).bind(lease_seconds).bind(limit).fetch_all(&self.pool).await?)
     }
 
     /// A delivery the endpoint took (a 2xx).
@@ -108,14 +110,17 @@ impl Store {
         Ok(())
     }
 
-    /// A delivery that failed: tried again at `next_attempt_at`.
+    /// A delivery that failed: tried again `wait` seconds from now, or given up (None).
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn delivery_failed(&self, id: &str, error: &str, next_attempt_at: i64) -> Result<()> {
+    pub async fn delivery_failed(&self, id: &str, error: &str, wait: Option<i64>) -> Result<()> {
+        let t = now();
         sqlx::query(
-            "UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2, lease_until = NULL WHERE id = $3",
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2, given_up_at = $3, lease_until = NULL
+             WHERE id = $4",
         )
         .bind(error)
-        .bind(next_attempt_at)
+        .bind(t + wait.unwrap_or(0))
+        .bind(wait.is_none().then_some(t))
         .bind(id)
         .execute(&self.pool)
         .await?;
