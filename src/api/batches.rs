@@ -46,12 +46,25 @@ pub struct InputLine {
 
 /// The lines of an input file, each checked; the error names the line (1-based) and the problem.
 pub fn read_input(bytes: &[u8], max_rows: usize) -> Result<Vec<InputLine>, DataError> {
-    let text = utf8_text(bytes)?;
     let mut lines = Vec::new();
+    each_input_line(bytes, max_rows, &mut |l| lines.push(l))?;
+    Ok(lines)
+}
+
+/// How many lines an input file holds, each checked as [`read_input`] does, one held at a time
+/// (the upload's check).
+pub fn count_input(bytes: &[u8], max_rows: usize) -> Result<usize, DataError> {
+    each_input_line(bytes, max_rows, &mut |_| {})
+}
+
+/// Hands each checked line of an input file to `take`; how many there were.
+fn each_input_line(bytes: &[u8], max_rows: usize, take: &mut dyn FnMut(InputLine)) -> Result<usize, DataError> {
+    let text = utf8_text(bytes)?;
+    let mut count = 0;
     let mut ids = HashSet::new();
     for (n, line) in numbered_lines(text).filter(|(_, l)| !l.trim().is_empty()) {
         let at = |message: String| DataError::at_line(n, message);
-        if lines.len() == MAX_LINES {
+        if count == MAX_LINES {
             return Err(at(format!("more than {MAX_LINES} lines; split the batch")));
         }
         let l: InputLine = serde_json::from_str(line).map_err(|e| at(format!("not a batch request line: {e}")))?;
@@ -70,12 +83,13 @@ pub fn read_input(bytes: &[u8], max_rows: usize) -> Result<Vec<InputLine>, DataE
         if l.body.inputs.is_empty() || l.body.inputs.len() > max_rows {
             return Err(at(format!("body.inputs must hold 1 to {max_rows} samples")));
         }
-        lines.push(l);
+        take(l);
+        count += 1;
     }
-    if lines.is_empty() {
+    if count == 0 {
         return Err(DataError::file("the input file holds no request lines"));
     }
-    Ok(lines)
+    Ok(count)
 }
 
 /// A batch in OpenAI's shape.

@@ -109,7 +109,7 @@ async fn store_upload(state: &AppState, caller: &Caller, upload: Upload) -> ApiR
     let is_batch = purpose == "batch";
     let (bytes, info) = tokio::task::spawn_blocking(move || {
         let info = if is_batch {
-            super::batches::read_input(&bytes, max_rows).map(|l| crate::tasks::files::FileInfo { format: "batch_jsonl", samples: l.len() })
+            super::batches::count_input(&bytes, max_rows).map(|samples| crate::tasks::files::FileInfo { format: "batch_jsonl", samples })
         } else {
             crate::tasks::files::inspect_file(&name, &bytes)
         };

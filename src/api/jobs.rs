@@ -55,7 +55,6 @@ pub struct CreateJob {
     pub validation_file: Option<String>,
     pub hyperparameters: Option<Value>,
     pub method: Option<Value>,
-    #[serde(default)]
     pub seed: Option<u64>,
     pub suffix: Option<String>,
     pub metadata: Option<serde_json::Map<String, Value>>,
@@ -164,8 +163,8 @@ async fn create(
 /// Parses a job request completely (model, task, hyperparameters, files against the task)
 /// before anything is queued; what the request left open (its task, `"auto"` values) is decided
 /// here, on the loaded data, and recorded on the job.
-async fn create_job(state: &AppState, caller: &Caller, req: CreateJob, request_id: Option<String>) -> ApiResult<Value> {
-    let requested = Requested::parse(req.hyperparameters.clone(), req.method.clone())?;
+async fn create_job(state: &AppState, caller: &Caller, mut req: CreateJob, request_id: Option<String>) -> ApiResult<Value> {
+    let requested = Requested::parse(req.hyperparameters.take(), req.method.take())?;
     if let Some(s) = &req.suffix {
         check_suffix(s)?;
     }

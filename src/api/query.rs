@@ -105,15 +105,21 @@ impl ListQuery {
     pub fn limit_only(limit: Option<i64>) -> Result<i64, ApiError> {
         match limit {
             None => Ok(Accepts::PAGED.default_limit),
-            Some(l) => self::limit(&l.to_string(), &Accepts::PAGED),
+            Some(l) => within(l, &l.to_string(), &Accepts::PAGED),
         }
     }
 }
 
 fn limit(value: &str, accepts: &Accepts) -> Result<i64, ApiError> {
-    match value.parse::<i64>() {
-        Ok(l) if (1..=accepts.max_limit).contains(&l) => Ok(l),
-        _ => Err(bad("limit", &format!("limit must be an integer within 1..={}, found `{value}`", accepts.max_limit))),
+    within(value.parse::<i64>().unwrap_or(0), value, accepts)
+}
+
+/// `l` (as the client wrote it: `value`) if it is within the endpoint's range.
+fn within(l: i64, value: &str, accepts: &Accepts) -> Result<i64, ApiError> {
+    if (1..=accepts.max_limit).contains(&l) {
+        Ok(l)
+    } else {
+        Err(bad("limit", &format!("limit must be an integer within 1..={}, found `{value}`", accepts.max_limit)))
     }
 }
 
