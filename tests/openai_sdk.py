@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 
 import openai
+from openai.types.fine_tuning import FineTuningJob
 
 base_url, key, hook_port, hook_secret = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0, _strict_response_validation=True)
@@ -118,6 +119,14 @@ assert len(csv) - 1 == sum(1 for e in client.fine_tuning.jobs.list_events(job.id
 assert {job.id, auto.id} <= {j.id for j in client.fine_tuning.jobs.list(limit=1)}
 assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "a"})] == [job.id]
 assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "c"})] == []
+
+# A job on a generated task, which the client gave no file, names a real training file (the
+# generator's description), strictly typed in the job and in every list that holds it.
+bits = client.post("/fine_tuning/jobs", cast_to=FineTuningJob,
+                   body={"model": "tiny-gpt2", "task": {"type": "bit_xor"}, "hyperparameters": {"n_steps": 3}})
+assert bits.training_file.startswith("file-") and client.files.retrieve(bits.training_file).purpose == "fine-tune", bits
+assert json.loads(client.files.content(bits.training_file).read())["object"] == "fpt.generated_dataset"
+assert bits.id in {j.id for j in client.fine_tuning.jobs.list(limit=1)}
 
 # Events, newest first, across pages of two.
 job_events = list(client.fine_tuning.jobs.list_events(job.id, limit=2))

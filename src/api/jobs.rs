@@ -24,9 +24,9 @@ use crate::job::{
     auto, budget, check_metadata, check_suffix, prepare_data, DataFiles, Effect, Inferred, JobStatus, RawSpec, Request, Requested,
     TrainSpec,
 };
-use crate::store::{EventRow, Job, NewEvent, Page};
+use crate::store::{EventRow, FileRow, Job, NewEvent, Page};
 use crate::tasks::infer::infer_task;
-use crate::tasks::{SpecError, TaskSpec};
+use crate::tasks::{Generation, SpecError, TaskSpec};
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -187,9 +187,9 @@ async fn create_job(state: &AppState, caller: &Caller, mut req: CreateJob, reque
     let (registry, limits) = (state.registry.clone(), state.settings.limits.clone());
     // Load the data once against the task and the backbone's positions: a mismatch is the
     // client's error, named now rather than as a failed job later.
-    let n_train = blocking(move || {
+    let (n_train, max_positions) = blocking(move || {
         prepare_data(&local, &registry, &limits)
-            .map(|p| p.task.info.train_samples)
+            .map(|p| (p.task.info.train_samples, p.base.backbone_config().map_or(0, |c| c.max_positions as usize)))
             .map_err(|e| ApiError::invalid(e.field, shown(format!("{:#}", e.error))))
     })
     .await??;
@@ -198,11 +198,38 @@ async fn create_job(state: &AppState, caller: &Caller, mut req: CreateJob, reque
         budget(&spec.hyperparameters, n_train, &state.settings.limits).map_err(|e| ApiError::invalid(e.field, format!("{:#}", e.error)))?;
     }
     caller.may_queue_a_job(&state.store).await?;
-    let job = Job { api_key_id: caller.key_id(), inferred, ..Job::queued(caller.project_id(), spec, req.suffix, req.metadata, request_id) };
+    let mut job =
+        Job { api_key_id: caller.key_id(), inferred, ..Job::queued(caller.project_id(), spec, req.suffix, req.metadata, request_id) };
     tracing::Span::current().record("job", job.id.as_str());
+    if !job.spec.task.needs_file() && job.spec.files.train.is_none() {
+        store_generated_data(state, caller, &mut job, max_positions).await?;
+    }
     state.store.insert_job(&job).await?;
     state.queue.notify();
     Ok(job_object(&job))
+}
+
+/// A job on a generated task gets the data it trains on as files of its project, named as its
+/// `training_file` (and `validation_file`): downloadable, and what makes the run reproducible.
+async fn store_generated_data(state: &AppState, caller: &Caller, job: &mut Job, max_positions: usize) -> ApiResult<()> {
+    let h = &job.spec.hyperparameters;
+    let run = Generation { seed: job.spec.seed, max_positions, batch_size: h.batch_size, n_steps: h.n_steps };
+    let task = job.spec.task.clone();
+    let files = blocking(move || task.task().generated_files(&task, &run)).await?.map_err(ApiError::Internal)?;
+    let tail = job.id.trim_start_matches("ftjob-");
+    for f in files {
+        let id = format!("file-{tail}-{}", f.split);
+        let name = format!("{}-{}.{}", job.id, f.split, f.extension);
+        let row =
+            FileRow::written(id, name, "fine-tune", f.format, f.samples, f.bytes.len(), (caller.project_id(), caller.key_id().as_deref()));
+        state.artifacts.put(&row.path, f.bytes).await?;
+        state.store.insert_file(&row).await?;
+        match f.split {
+            "training" => job.spec.files.train = Some(row.id),
+            _ => job.spec.files.valid = Some(row.id),
+        }
+    }
+    Ok(())
 }
 
 /// The task of a request that names none, from its training file.

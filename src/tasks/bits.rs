@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use super::samples::Form;
 use super::spec::{bad, check};
-use super::{DataSources, Fitted, Objective, SpecError, Task, TaskData, TaskLimits, TaskSpec};
+use super::{step_seed, DataSources, Fitted, GeneratedFile, Generation, Objective, SpecError, Task, TaskData, TaskLimits, TaskSpec};
 use crate::model::fpt::HeadShape;
 
 /// `bit_memory`: the paper's defaults, 5 patterns of 1000 bits in patches of 50.
@@ -79,6 +79,11 @@ impl Task for BitMemory {
     fn sample_form(&self, _shape: &HeadShape, _fitted: &Fitted) -> Form {
         Form::Vectors { dim: self.patch_size, fixed: Some((self.n_patterns + 1) * self.n_bits / self.patch_size), patch: None }
     }
+
+    fn generated_files(&self, spec: &TaskSpec, run: &Generation) -> Result<Vec<GeneratedFile>> {
+        let task = BitTask::Memory { n_bits: self.n_bits, patch: self.patch_size, n_patterns: self.n_patterns, mask_prob: self.mask_prob };
+        Ok(vec![task.generator_file(spec, self.n_valid, run)])
+    }
 }
 
 impl Task for BitXor {
@@ -105,6 +110,10 @@ impl Task for BitXor {
 
     fn sample_form(&self, _shape: &HeadShape, _fitted: &Fitted) -> Form {
         Form::Vectors { dim: 1, fixed: Some(2 * self.n_bits), patch: None }
+    }
+
+    fn generated_files(&self, spec: &TaskSpec, run: &Generation) -> Result<Vec<GeneratedFile>> {
+        Ok(vec![BitTask::Xor { n_bits: self.n_bits }.generator_file(spec, self.n_valid, run)])
     }
 }
 
@@ -180,6 +189,36 @@ impl BitTask {
         BitBatch { inputs, targets }
     }
 
+    /// The training data of a run, described: every step draws its batch afresh (the bit memory
+    /// task's stream runs to gigabytes), so the file says how step `s`'s batch and the validation
+    /// split are drawn and holds the first samples of step 0 as they are drawn.
+    fn generator_file(&self, spec: &TaskSpec, n_valid: usize, run: &Generation) -> GeneratedFile {
+        const SHOWN: usize = 16;
+        let shown = run.batch_size.min(SHOWN);
+        let b = self.generate(step_seed(run.seed, 0), shown);
+        let (width, bits) = (self.tokens() * self.token_dim(), self.target_bits());
+        let samples: Vec<serde_json::Value> = (0..shown)
+            .map(|i| {
+                let tokens: Vec<&[f32]> = b.inputs[i * width..(i + 1) * width].chunks(self.token_dim()).collect();
+                serde_json::json!({"input": tokens, "target": &b.targets[i * bits..(i + 1) * bits]})
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "object": "fpt.generated_dataset",
+            "task": spec,
+            "seed": run.seed,
+            "batch_size": run.batch_size,
+            "n_steps": run.n_steps,
+            "training": "step s (0, 1, ...) draws batch_size fresh samples with ChaCha8 seeded by step_seed(seed, s), \
+                         SplitMix64's finaliser of seed + s * 0x9E3779B97F4A7C15 (src/tasks/mod.rs)",
+            "validation": {"samples": n_valid.max(1), "seed": step_seed(run.seed, u64::MAX)},
+            "shape": {"tokens": self.tokens(), "token_dim": self.token_dim(), "target_bits": bits},
+            "first_samples_of_step_0": samples,
+        });
+        let samples = (run.batch_size as u64).saturating_mul(run.n_steps) as usize;
+        GeneratedFile { split: "training", format: "generator_json", extension: "json", samples, bytes: doc.to_string().into_bytes() }
+    }
+
     /// The batch as tensors: inputs [B, tokens, token_dim], targets [B, bits].
     pub fn tensors(&self, seed: u64, batch: usize) -> (Tensor, Tensor) {
         let b = self.generate(seed, batch);
@@ -226,5 +265,34 @@ mod tests {
         let t = BitTask::Xor { n_bits: 8 };
         assert_eq!(t.generate(3, 5).inputs, t.generate(3, 5).inputs);
         assert_ne!(t.generate(3, 5).inputs, t.generate(4, 5).inputs);
+    }
+}
+
+#[cfg(test)]
+mod generated_file {
+    use super::*;
+    use crate::tasks::{DataSources, TaskData};
+
+    #[test]
+    fn the_file_of_a_run_shows_the_batch_its_first_step_trains_on() {
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({"type": "bit_xor", "n_bits": 3, "n_valid": 4})).unwrap();
+        let run = Generation { seed: 11, max_positions: 64, batch_size: 5, n_steps: 7 };
+        let files = spec.task().generated_files(&spec, &run).unwrap();
+        assert_eq!((files.len(), files[0].split, files[0].samples), (1, "training", 35));
+        let doc: serde_json::Value = serde_json::from_slice(&files[0].bytes).unwrap();
+        assert_eq!((doc["seed"].as_u64(), doc["batch_size"].as_u64(), doc["task"]["type"].as_str()), (Some(11), Some(5), Some("bit_xor")));
+        let src = DataSources { train: None, valid: None, test: None, valid_fraction: 0.1, seed: 11, max_positions: 64, fitted: None };
+        let data = TaskData::load(&spec, &src).unwrap();
+        let batch = data.train_batch(0, 5);
+        let inputs: Vec<f32> = batch.inputs.flatten(0, -1).try_into().unwrap();
+        let targets: Vec<i64> = batch.targets.flatten(0, -1).try_into().unwrap();
+        let shown = doc["first_samples_of_step_0"].as_array().unwrap();
+        assert_eq!(shown.len(), 5);
+        for (i, s) in shown.iter().enumerate() {
+            let x: Vec<f32> = s["input"].as_array().unwrap().iter().flat_map(|t| t.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
+            let y: Vec<i64> = s["target"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            assert_eq!(x, inputs[i * 6..(i + 1) * 6], "sample {i}'s input");
+            assert_eq!(y, targets[i * 3..(i + 1) * 3], "sample {i}'s target");
+        }
     }
 }

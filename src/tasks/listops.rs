@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::files::{check_seq_classes, named, read_file, seq_split, tokens, Loaded};
 use super::samples::{vocab, Form};
 use super::spec::{bad, check};
-use super::{DataSources, Fitted, SpecError, Task, TaskData, TaskLimits, TaskSpec};
+use super::{DataSources, Fitted, GeneratedFile, Generation, SpecError, Task, TaskData, TaskLimits, TaskSpec};
 use crate::data::listops::{self, GenParams};
 use crate::data::SequenceSet;
 use crate::model::fpt::HeadShape;
@@ -36,6 +36,14 @@ impl Listops {
     pub fn gen_params(&self) -> GenParams {
         GenParams { max_depth: self.max_depth, max_args: self.max_args, max_length: self.max_len, min_length: self.min_length }
     }
+
+    /// The generated training and validation splits as LRA's TSV: what `load` trains on, and what
+    /// a client downloads (and could train on again with `generate: false`).
+    fn generated_tsv(&self, seed: u64, max_positions: usize) -> Result<[(String, usize); 2]> {
+        let params = GenParams { max_length: self.max_len.min(max_positions), ..self.gen_params() };
+        let tsv = |seed: u64, n: usize| -> Result<(String, usize)> { Ok((listops::to_tsv(&listops::generate(seed, n, &params)?), n)) };
+        Ok([tsv(seed, self.n_train)?, tsv(seed ^ 0xfeed, self.n_valid)?])
+    }
 }
 
 impl Task for Listops {
@@ -61,12 +69,8 @@ impl Task for Listops {
         let max_len = self.max_len.min(src.max_positions);
         let read = |p: &Path| -> Result<SequenceSet> { listops::read_tsv(&read_file(p)?, max_len).map_err(|e| named(p, e)) };
         let (tr, va) = if self.generate {
-            let params = GenParams { max_length: max_len, ..self.gen_params() };
-            let gen = |seed: u64, n: usize| -> Result<SequenceSet> {
-                let samples = listops::generate(seed, n, &params)?;
-                Ok(listops::read_tsv(listops::to_tsv(&samples).as_bytes(), max_len)?)
-            };
-            (gen(src.seed, self.n_train)?, Some(gen(src.seed ^ 0xfeed, self.n_valid)?))
+            let [(train, _), (valid, _)] = self.generated_tsv(src.seed, src.max_positions)?;
+            (listops::read_tsv(train.as_bytes(), max_len)?, Some(listops::read_tsv(valid.as_bytes(), max_len)?))
         } else {
             (read(src.train.expect("checked by TaskData::load"))?, src.valid.map(read).transpose()?)
         };
@@ -85,5 +89,14 @@ impl Task for Listops {
 
     fn sample_form(&self, shape: &HeadShape, _fitted: &Fitted) -> Form {
         Form::Ids { vocab: vocab(shape), text: Some(listops::tokenize) }
+    }
+
+    fn generated_files(&self, _spec: &TaskSpec, run: &Generation) -> Result<Vec<GeneratedFile>> {
+        if !self.generate {
+            return Ok(Vec::new());
+        }
+        let file = |split, (tsv, samples): (String, usize)| GeneratedFile { split, format: "listops_tsv", extension: "tsv", samples, bytes: tsv.into_bytes() };
+        let [train, valid] = self.generated_tsv(run.seed, run.max_positions)?;
+        Ok(vec![file("training", train), file("validation", valid)])
     }
 }

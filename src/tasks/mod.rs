@@ -123,6 +123,34 @@ pub trait Task {
     }
     /// How a prediction's input sample looks.
     fn sample_form(&self, shape: &HeadShape, fitted: &Fitted) -> Form;
+    /// A generated task's data as files a client can download (the training data first, then the
+    /// validation data if the task keeps it apart); none for a task that reads files.
+    fn generated_files(&self, _spec: &TaskSpec, _run: &Generation) -> Result<Vec<GeneratedFile>> {
+        Ok(Vec::new())
+    }
+}
+
+/// What a generated task's data depends on beyond its spec.
+#[derive(Debug, Clone, Copy)]
+pub struct Generation {
+    pub seed: u64,
+    /// The backbone's positions, which bound a generated sequence's length.
+    pub max_positions: usize,
+    pub batch_size: usize,
+    pub n_steps: u64,
+}
+
+/// A generated split written out: what the run trains (or validates) on, or, for data drawn
+/// afresh every step, how it is drawn.
+#[derive(Debug, Clone)]
+pub struct GeneratedFile {
+    /// `training` or `validation`.
+    pub split: &'static str,
+    /// The file's format as uploads name it, and its file name's extension.
+    pub format: &'static str,
+    pub extension: &'static str,
+    pub samples: usize,
+    pub bytes: Vec<u8>,
 }
 
 /// Model inputs and targets for one step. `lengths` is set when rows are right-padded.
