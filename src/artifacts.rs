@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
 
 #[derive(Clone)]
 pub struct Artifacts {
@@ -107,6 +107,13 @@ impl Artifacts {
         self.put(key, bytes).await
     }
 
+    /// Starts an artifact written a piece at a time, never held whole; it exists once
+    /// [`ArtifactWriter::finish`] returns (dropped before that, nothing is stored).
+    pub async fn writer(&self, key: &str) -> Result<ArtifactWriter> {
+        let upload = self.store.put_multipart(&self.key(key)?).await.with_context(|| format!("storing artifact {key}"))?;
+        Ok(ArtifactWriter { key: key.to_string(), writer: WriteMultipart::new(upload) })
+    }
+
     pub async fn get(&self, key: &str) -> Result<Vec<u8>> {
         let got = self.store.get(&self.key(key)?).await.with_context(|| format!("fetching artifact {key}"))?;
         Ok(got.bytes().await.with_context(|| format!("fetching artifact {key}"))?.to_vec())
@@ -157,6 +164,27 @@ impl Artifacts {
         if self.root.is_none() {
             let _ = tokio::fs::remove_file(self.cache.join(key)).await;
         }
+        Ok(())
+    }
+}
+
+/// An artifact being written (see [`Artifacts::writer`]).
+pub struct ArtifactWriter {
+    key: String,
+    writer: WriteMultipart,
+}
+
+impl ArtifactWriter {
+    /// Appends `piece`; waits while a few parts are in flight, so that memory stays a few parts'
+    /// size however long the artifact.
+    pub async fn write(&mut self, piece: &[u8]) -> Result<()> {
+        self.writer.wait_for_capacity(4).await.with_context(|| format!("storing artifact {}", self.key))?;
+        self.writer.write(piece);
+        Ok(())
+    }
+
+    pub async fn finish(self) -> Result<()> {
+        self.writer.finish().await.with_context(|| format!("storing artifact {}", self.key))?;
         Ok(())
     }
 }

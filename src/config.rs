@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// Run the API only, no training workers.
     #[arg(long)]
     pub no_workers: bool,
+    /// Leave batches to other nodes (worker nodes answer them too).
+    #[arg(long, env = "FPT_NO_BATCHES")]
+    pub no_batches: bool,
     /// API keys accepted as `Authorization: Bearer <key>` (repeat, or comma-separate in FPT_API_KEYS).
     #[arg(long = "api-key", env = "FPT_API_KEYS", value_delimiter = ',')]
     pub api_keys: Vec<String>,
@@ -73,15 +76,6 @@ pub struct ServeArgs {
     pub cors_origins: Vec<String>,
     #[arg(long, value_enum, env = "FPT_PRECISION", default_value_t = Precision::Auto)]
     pub precision: Precision,
-    /// Largest batch of prediction rows run in one forward pass.
-    #[arg(long, env = "FPT_MAX_BATCH_SIZE", default_value_t = 64)]
-    pub max_batch_size: usize,
-    /// How long the batcher waits for more requests to join a batch.
-    #[arg(long, env = "FPT_MAX_BATCH_WAIT_MS", default_value_t = 3)]
-    pub max_batch_wait_ms: u64,
-    /// Prediction requests waiting at once; more get 429.
-    #[arg(long, env = "FPT_MAX_QUEUE", default_value_t = 512)]
-    pub max_queue: usize,
     /// KiB/s an upload must average after its first 10 s (and no part may stall longer); slower
     /// uploads get 408, so trickling clients cannot hold every request slot.
     #[arg(long, env = "FPT_MIN_UPLOAD_KBPS", default_value_t = 16)]
@@ -96,6 +90,36 @@ pub struct ServeArgs {
     /// process exits anyway (a job not checkpointed resumes from its last checkpoint).
     #[arg(long, env = "FPT_SHUTDOWN_GRACE_SECS", default_value_t = 60)]
     pub shutdown_grace_secs: u64,
+    /// A TOML file of settings.
+    #[arg(long, env = "FPT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Let jobs name GPT-2-family base models from the Hugging Face hub (its cache, else a
+    /// download, size-capped and checked against the hub's sha256). Off: only the models folder.
+    #[arg(long, env = "FPT_ALLOW_DOWNLOADS")]
+    pub allow_downloads: bool,
+    #[command(flatten)]
+    pub inference: InferenceArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub shared: SharedState,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// The shared batcher that answers predictions: over HTTP on an API node, and as batches' lines on
+/// API and worker nodes.
+#[derive(Args, Clone, Debug)]
+pub struct InferenceArgs {
+    /// Largest batch of prediction rows run in one forward pass.
+    #[arg(long, env = "FPT_MAX_BATCH_SIZE", default_value_t = 64)]
+    pub max_batch_size: usize,
+    /// How long the batcher waits for more requests to join a batch.
+    #[arg(long, env = "FPT_MAX_BATCH_WAIT_MS", default_value_t = 3)]
+    pub max_batch_wait_ms: u64,
+    /// Prediction requests waiting at once; more get 429.
+    #[arg(long, env = "FPT_MAX_QUEUE", default_value_t = 512)]
+    pub max_queue: usize,
     /// Samples one prediction request may hold; more is a 413 naming the limit.
     #[arg(long, env = "FPT_MAX_PREDICTION_ROWS", default_value_t = 4096)]
     pub max_prediction_rows: usize,
@@ -108,19 +132,28 @@ pub struct ServeArgs {
     /// Adapters kept loaded (total MiB).
     #[arg(long, env = "FPT_ADAPTER_CACHE_MB", default_value_t = 2048)]
     pub adapter_cache_mb: usize,
-    /// A TOML file of settings.
-    #[arg(long, env = "FPT_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Let jobs name GPT-2-family base models from the Hugging Face hub (its cache, else a
-    /// download, size-capped and checked against the hub's sha256). Off: only the models folder.
-    #[arg(long, env = "FPT_ALLOW_DOWNLOADS")]
-    pub allow_downloads: bool,
-    #[command(flatten)]
-    pub limits: LimitArgs,
-    #[command(flatten)]
-    pub shared: SharedState,
-    #[command(flatten)]
-    pub common: CommonArgs,
+}
+
+impl InferenceArgs {
+    pub fn serve_config(&self, device: tch::Device, precision: Precision) -> crate::serve::ServeConfig {
+        crate::serve::ServeConfig {
+            device,
+            frozen_kind: precision.frozen_kind(device),
+            max_batch_size: self.max_batch_size.max(1),
+            max_wait: Duration::from_millis(self.max_batch_wait_ms),
+            max_queue: self.max_queue,
+            cache_count: self.adapter_cache,
+            cache_bytes: self.adapter_cache_mb << 20,
+        }
+    }
+
+    pub fn max_rows(&self) -> usize {
+        self.max_prediction_rows.max(1)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.prediction_timeout_ms)
+    }
 }
 
 /// The bounds of what one job may ask for (the rest of `crate::job::Limits` keeps its defaults).
@@ -284,6 +317,12 @@ pub struct WorkerArgs {
     /// Seconds SIGTERM waits for running jobs to checkpoint and go back to the queue.
     #[arg(long, env = "FPT_SHUTDOWN_GRACE_SECS", default_value_t = 60)]
     pub shutdown_grace_secs: u64,
+    /// Train only: leave batches to other nodes (by default a worker node answers batches' lines
+    /// too, with its own copy of the backbone).
+    #[arg(long, env = "FPT_NO_BATCHES")]
+    pub no_batches: bool,
+    #[command(flatten)]
+    pub inference: InferenceArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -327,8 +366,8 @@ impl ServeArgs {
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             max_concurrency: self.max_concurrency.max(1),
             cors: cors_origins(&self.cors_origins).expect("checked by resolve"),
-            prediction_timeout: Duration::from_millis(self.prediction_timeout_ms),
-            max_prediction_rows: self.max_prediction_rows.max(1),
+            prediction_timeout: self.inference.timeout(),
+            max_prediction_rows: self.inference.max_rows(),
             max_streams: self.max_streams.max(1),
             max_streams_per_client: self.max_streams_per_client.max(1),
             min_upload_bytes_per_sec: (self.min_upload_kbps * 1024) as f64,
@@ -374,14 +413,14 @@ impl ServeArgs {
             if let Some(v) = f.device.filter(|_| d(&self.common.device, "auto")) {
                 self.common.device = v
             }
-            if let Some(v) = f.max_batch_size.filter(|_| self.max_batch_size == 64) {
-                self.max_batch_size = v
+            if let Some(v) = f.max_batch_size.filter(|_| self.inference.max_batch_size == 64) {
+                self.inference.max_batch_size = v
             }
-            if let Some(v) = f.max_batch_wait_ms.filter(|_| self.max_batch_wait_ms == 3) {
-                self.max_batch_wait_ms = v
+            if let Some(v) = f.max_batch_wait_ms.filter(|_| self.inference.max_batch_wait_ms == 3) {
+                self.inference.max_batch_wait_ms = v
             }
-            if let Some(v) = f.adapter_cache.filter(|_| self.adapter_cache == 64) {
-                self.adapter_cache = v
+            if let Some(v) = f.adapter_cache.filter(|_| self.inference.adapter_cache == 64) {
+                self.inference.adapter_cache = v
             }
         }
         self.api_keys.retain(|k| !k.is_empty());

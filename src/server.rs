@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
+use crate::api::batch_runner::{self, Runner};
+use crate::api::predictions::Predictor;
 use crate::api::{router, AppState};
 use crate::config::{ServeArgs, WorkerArgs};
 use crate::model::{parse_device, ModelRegistry};
 use crate::queue::events::EventSink;
 use crate::queue::{Queue, QueueConfig};
-use crate::serve::{Inference, ServeConfig};
+use crate::serve::Inference;
 
 pub fn serve_blocking(args: ServeArgs) -> Result<()> {
     let args = args.resolve()?;
@@ -68,22 +71,11 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
         lease_seconds: args.shared.lease_secs,
         max_running_per_project: args.shared.project_max_running_jobs,
     });
-    let inference = Inference::start(
-        ServeConfig {
-            device,
-            frozen_kind: args.precision.frozen_kind(device),
-            max_batch_size: args.max_batch_size.max(1),
-            max_wait: Duration::from_millis(args.max_batch_wait_ms),
-            max_queue: args.max_queue,
-            cache_count: args.adapter_cache,
-            cache_bytes: args.adapter_cache_mb << 20,
-        },
-        registry.clone(),
-    );
+    let inference = Inference::start(args.inference.serve_config(device, args.precision), registry.clone());
     let grace = Duration::from_secs(args.shutdown_grace_secs);
     let state = AppState::new(store, Arc::new(args.api_settings()), registry, queue.clone(), events, inference, artifacts);
     state.ready.store(true, Ordering::SeqCst);
-    let batches = tokio::spawn(crate::api::batch_runner::run(state.clone()));
+    let batches = (!args.no_batches).then(|| tokio::spawn(batch_runner::run(state.batch_runner())));
     let hooks = args.webhooks().expect("checked by resolve");
     tokio::spawn(crate::webhooks::run(state.store.clone(), hooks, state.stopping.clone()));
     let app = router(state.clone());
@@ -98,9 +90,7 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
     state.ready.store(false, Ordering::SeqCst);
     // The batch runner records its chunk in flight and stops; another node, or this one restarted,
     // goes on with the rest once its lease runs out.
-    if tokio::time::timeout(grace, batches).await.is_err() {
-        tracing::warn!("the batch runner did not stop within the grace period");
-    }
+    stop_batches(batches, grace).await;
     if tokio::time::timeout(grace, queue.shutdown()).await.is_err() {
         tracing::warn!(
             seconds = grace.as_secs(),
@@ -132,8 +122,8 @@ pub fn work_blocking(args: WorkerArgs) -> Result<()> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(work(args))
 }
 
-/// A worker-only node: claims jobs from the shared database until SIGTERM, then checkpoints what
-/// it runs and hands it back to the queue.
+/// A worker-only node: claims jobs, and batches unless `--no-batches`, from the shared database
+/// until SIGTERM, then checkpoints what it runs and hands it back.
 pub async fn work(args: WorkerArgs) -> Result<()> {
     args.limits.apply();
     if args.common.threads > 0 {
@@ -147,10 +137,22 @@ pub async fn work(args: WorkerArgs) -> Result<()> {
         tracing::info!(jobs = requeued, "jobs whose process on this host had died are queued again");
     }
     let events = EventSink::start(store.clone());
+    let registry = ModelRegistry::for_clients(&args.common.models_dir, args.allow_downloads);
+    let stopping = CancellationToken::new();
+    let batches = (!args.no_batches).then(|| {
+        let predictor = Predictor {
+            store: store.clone(),
+            artifacts: artifacts.clone(),
+            inference: Inference::start(args.inference.serve_config(device, args.precision), registry.clone()),
+            max_rows: args.inference.max_rows(),
+            timeout: args.inference.timeout(),
+        };
+        tokio::spawn(batch_runner::run(Runner { predictor, stopping: stopping.clone(), wake: Arc::default() }))
+    });
     let queue = Queue::start(QueueConfig {
         store,
         events,
-        registry: ModelRegistry::for_clients(&args.common.models_dir, args.allow_downloads),
+        registry,
         artifacts,
         work_dir: args.data_dir.join("work"),
         device,
@@ -169,6 +171,8 @@ pub async fn work(args: WorkerArgs) -> Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: checkpointing running jobs");
     let grace = Duration::from_secs(args.shutdown_grace_secs);
+    stopping.cancel();
+    stop_batches(batches, grace).await;
     if tokio::time::timeout(grace, queue.shutdown()).await.is_err() {
         tracing::warn!(
             seconds = grace.as_secs(),
@@ -176,6 +180,15 @@ pub async fn work(args: WorkerArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Waits for a stopping batch runner to record its chunk in flight and hand its batch back.
+async fn stop_batches(runner: Option<tokio::task::JoinHandle<()>>, grace: Duration) {
+    if let Some(runner) = runner {
+        if tokio::time::timeout(grace, runner).await.is_err() {
+            tracing::warn!("the batch runner did not stop within the grace period");
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,19 +1,21 @@
-//! Runs batches in the background of every API node: claims one under a lease, answers its lines
+//! Runs batches in the background of every API node and worker node: claims one under a lease, answers its lines
 //! through the same prediction path as `/v1/predictions` (many at once, so that the shared
 //! batcher fills its forward passes across adapters), records each chunk of answers with the
 //! progress in one transaction, and writes the output and error files at the end. A node that
 //! dies mid-batch loses only its unrecorded chunk: the next claim, on any node, answers the lines
 //! not yet recorded, so every line is answered exactly once.
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use super::batches::{read_input, InputLine};
+use super::batches::{read_input, InputLine, COMPLETION_WINDOW_SECS};
 use super::error::ApiError;
-use super::predictions::answer;
-use super::AppState;
+use super::predictions::Predictor;
 use crate::store::{BatchEnd, BatchLine, BatchRow, Claim, FileRow, Lease};
 
 /// Lines answered between two records of progress (and lease renewals).
@@ -25,26 +27,37 @@ const LEASE_SECONDS: i64 = 30;
 /// How often an idle runner looks for a batch when nothing woke it.
 const IDLE_POLL: Duration = Duration::from_secs(2);
 
-/// The runner of this node, until the server stops.
-pub async fn run(state: AppState) {
+/// What a node's runner works with.
+#[derive(Clone)]
+pub struct Runner {
+    pub predictor: Predictor,
+    /// Cancelled when the node stops: the runner records its chunk in flight and hands its batch back.
+    pub stopping: CancellationToken,
+    /// Notified when a batch of this node's API is created or cancelled (other nodes' are found
+    /// by polling).
+    pub wake: Arc<Notify>,
+}
+
+/// The runner of this node, until the node stops.
+pub async fn run(runner: Runner) {
     let lease = Lease { worker: format!("batch-{}", crate::queue::node_name()), seconds: LEASE_SECONDS };
-    release_orphans(&state).await;
-    while !state.stopping.is_cancelled() {
-        match state.store.claim_batch(&lease).await {
+    release_orphans(&runner).await;
+    while !runner.stopping.is_cancelled() {
+        match runner.predictor.store.claim_batch(&lease).await {
             Ok(Some(batch)) => {
                 let id = batch.id.clone();
-                let renewing = tokio::spawn(renew(state.clone(), id.clone(), lease.worker.clone()));
-                let result = run_batch(&state, &lease, batch).await;
+                let renewing = tokio::spawn(renew(runner.clone(), id.clone(), lease.worker.clone()));
+                let result = run_batch(&runner, &lease, batch).await;
                 renewing.abort();
                 if let Err(stop) = result {
-                    stopped(&state, &lease, &id, stop).await;
+                    stopped(&runner, &lease, &id, stop).await;
                 }
             }
             Ok(None) => {
                 tokio::select! {
-                    _ = state.batches.notified() => {}
+                    _ = runner.wake.notified() => {}
                     _ = tokio::time::sleep(IDLE_POLL) => {}
-                    _ = state.stopping.cancelled() => {}
+                    _ = runner.stopping.cancelled() => {}
                 }
             }
             Err(e) => {
@@ -70,20 +83,20 @@ impl From<anyhow::Error> for Stop {
     }
 }
 
-async fn stopped(state: &AppState, lease: &Lease, id: &str, stop: Stop) {
+async fn stopped(runner: &Runner, lease: &Lease, id: &str, stop: Stop) {
     match stop {
         Stop::Invalid(message) => {
             tracing::warn!(batch = %id, error = %message, "a batch failed");
             let errors =
                 json!({"object": "list", "data": [{"code": "invalid_input", "message": message, "param": "input_file_id", "line": null}]});
-            let end = BatchEnd { output_file: None, error_file: None, errors: Some(&errors.to_string()) };
-            if let Err(e) = state.store.finish_batch(id, lease, &end).await {
+            let end = BatchEnd { output_file: None, error_file: None, errors: Some(&errors.to_string()), expired: false };
+            if let Err(e) = runner.predictor.store.finish_batch(id, lease, &end).await {
                 tracing::error!(batch = %id, error = format!("{e:#}"), "recording that a batch failed");
             }
         }
         Stop::Transient(e) => {
             tracing::warn!(batch = %id, error = format!("{e:#}"), "a batch stopped; it goes on later");
-            if let Err(e) = state.store.release_batch(id, &lease.worker).await {
+            if let Err(e) = runner.predictor.store.release_batch(id, &lease.worker).await {
                 tracing::warn!(batch = %id, error = format!("{e:#}"), "handing a batch back");
             }
             tokio::time::sleep(IDLE_POLL).await;
@@ -92,11 +105,11 @@ async fn stopped(state: &AppState, lease: &Lease, id: &str, stop: Stop) {
 }
 
 /// Keeps the lease of the batch this runner works on, however long a chunk or the files take.
-async fn renew(state: AppState, id: String, worker: String) {
+async fn renew(runner: Runner, id: String, worker: String) {
     let lease = Lease { worker, seconds: LEASE_SECONDS };
     loop {
         tokio::time::sleep(Duration::from_secs(LEASE_SECONDS as u64 / 3)).await;
-        match state.store.renew_batch(&id, &lease).await {
+        match runner.predictor.store.renew_batch(&id, &lease).await {
             Ok(true) => {}
             Ok(false) => return, // another runner has it: this one learns so at its next record
             Err(e) => tracing::warn!(batch = %id, error = format!("{e:#}"), "renewing a batch's lease"),
@@ -106,57 +119,82 @@ async fn renew(state: AppState, id: String, worker: String) {
 
 /// Batches whose runner was a process of this host that is gone: claimable at once, instead of
 /// after their lease.
-async fn release_orphans(state: &AppState) {
-    let held = match state.store.held_batches().await {
+async fn release_orphans(runner: &Runner) {
+    let held = match runner.predictor.store.held_batches().await {
         Ok(h) => h,
         Err(e) => return tracing::warn!(error = format!("{e:#}"), "listing the batches runners hold"),
     };
     for (id, worker) in held {
         let gone = worker.strip_prefix("batch-").is_some_and(crate::queue::is_gone_from_here);
-        if gone && state.store.release_batch(&id, &worker).await.unwrap_or(false) {
+        if gone && runner.predictor.store.release_batch(&id, &worker).await.unwrap_or(false) {
             tracing::info!(batch = %id, "a batch whose process on this host had died goes on");
         }
     }
 }
 
-async fn run_batch(state: &AppState, lease: &Lease, batch: BatchRow) -> Result<(), Stop> {
-    let file = state.store.file(&batch.project_id, &batch.input_file_id).await?;
+async fn run_batch(runner: &Runner, lease: &Lease, batch: BatchRow) -> Result<(), Stop> {
+    let file = runner.predictor.store.file(&batch.project_id, &batch.input_file_id).await?;
     let file = file.ok_or_else(|| Stop::Invalid(format!("the input file `{}` is gone", batch.input_file_id)))?;
-    let bytes = tokio::fs::read(state.artifacts.local(&file.path).await?).await.context("reading the input file")?;
-    let max_rows = state.settings.max_prediction_rows;
+    let bytes = tokio::fs::read(runner.predictor.artifacts.local(&file.path).await?).await.context("reading the input file")?;
+    let max_rows = runner.predictor.max_rows;
     let read = tokio::task::spawn_blocking(move || read_input(&bytes, max_rows)).await.context("reading the input file")?;
     let lines = read.map_err(|e| Stop::Invalid(format!("the input file: {e}")))?;
-    let done: std::collections::HashSet<i64> = state.store.batch_lines_done(&batch.id).await?.into_iter().collect();
+    let done: std::collections::HashSet<i64> = runner.predictor.store.batch_lines_done(&batch.id).await?.into_iter().collect();
     let mut todo: Vec<(i64, InputLine)> =
         lines.into_iter().enumerate().map(|(i, l)| (i as i64, l)).filter(|(i, _)| !done.contains(i)).collect();
     let mut claim = if batch.status == "cancelling" { Claim::Cancelling } else { Claim::Held };
-    while claim == Claim::Held && !todo.is_empty() && !state.stopping.is_cancelled() {
+    let expires_at = batch.created_at + COMPLETION_WINDOW_SECS;
+    let open = || crate::store::now() < expires_at;
+    while claim == Claim::Held && !todo.is_empty() && !runner.stopping.is_cancelled() && open() {
         let rest = todo.split_off(todo.len().min(CHUNK));
         let chunk = std::mem::replace(&mut todo, rest);
-        let answered: Vec<BatchLine> = futures::stream::iter(chunk.into_iter().map(|(i, l)| answer_line(state, &batch, i, l)))
+        let answered: Vec<BatchLine> = futures::stream::iter(chunk.into_iter().map(|(i, l)| answer_line(runner, &batch, i, l)))
             .buffer_unordered(IN_FLIGHT)
             .collect()
             .await;
-        claim = state.store.record_batch_lines(&batch.id, lease, &answered).await?;
+        claim = runner.predictor.store.record_batch_lines(&batch.id, lease, &answered).await?;
     }
     if claim == Claim::Lost {
         return Ok(());
     }
-    if state.stopping.is_cancelled() && claim == Claim::Held && !todo.is_empty() {
-        // The server stops: another node (or this one, started again) goes on where it was.
-        state.store.release_batch(&batch.id, &lease.worker).await?;
+    let expired = claim == Claim::Held && !todo.is_empty() && !open();
+    if expired {
+        // Past the window, the lines not answered are answered as expired, in chunks as any.
+        while claim == Claim::Held && !todo.is_empty() {
+            let rest = todo.split_off(todo.len().min(CHUNK));
+            let lines: Vec<BatchLine> = std::mem::replace(&mut todo, rest).into_iter().map(|(i, l)| expired_line(&batch, i, l)).collect();
+            claim = runner.predictor.store.record_batch_lines(&batch.id, lease, &lines).await?;
+        }
+    }
+    if claim == Claim::Lost {
         return Ok(());
     }
-    Ok(finish(state, lease, &batch).await?)
+    if runner.stopping.is_cancelled() && claim == Claim::Held && !todo.is_empty() {
+        // The server stops: another node (or this one, started again) goes on where it was.
+        runner.predictor.store.release_batch(&batch.id, &lease.worker).await?;
+        return Ok(());
+    }
+    Ok(finish(runner, lease, &batch, expired).await?)
+}
+
+fn request_id(batch: &BatchRow, line: i64) -> String {
+    format!("batch_req_{}_{line}", batch.id.trim_start_matches("batch-"))
+}
+
+/// A line the completion window ran out on, as OpenAI's error lines say it.
+fn expired_line(batch: &BatchRow, line: i64, l: InputLine) -> BatchLine {
+    let error = json!({"code": "batch_expired", "message": "This request could not be executed before the completion window expired."});
+    let out = json!({"id": request_id(batch, line), "custom_id": l.custom_id, "response": null, "error": error});
+    BatchLine { line, ok: 0, answer: out.to_string() }
 }
 
 /// One line answered as OpenAI's output lines are: `{"id", "custom_id", "response": {"status_code",
 /// "request_id", "body"}, "error": null}`.
-async fn answer_line(state: &AppState, batch: &BatchRow, line: i64, l: InputLine) -> BatchLine {
-    let request_id = format!("batch_req_{}_{line}", batch.id.trim_start_matches("batch-"));
+async fn answer_line(runner: &Runner, batch: &BatchRow, line: i64, l: InputLine) -> BatchLine {
+    let request_id = request_id(batch, line);
     let mut tries = 0;
     let result = loop {
-        match answer(state, &batch.project_id, l.body.clone(), &request_id).await {
+        match runner.predictor.answer(&batch.project_id, l.body.clone(), &request_id).await {
             // The batcher's queue is full: this line waits its turn rather than failing.
             Err(ApiError::Overloaded { .. }) if tries < 100 => {
                 tries += 1;
@@ -182,34 +220,47 @@ async fn answer_line(state: &AppState, batch: &BatchRow, line: i64, l: InputLine
 }
 
 /// Writes the output and error files (each line once, in input order) and ends the batch.
-async fn finish(state: &AppState, lease: &Lease, batch: &BatchRow) -> Result<()> {
-    if !state.store.finalizing_batch(&batch.id, lease).await? {
+async fn finish(runner: &Runner, lease: &Lease, batch: &BatchRow, expired: bool) -> Result<()> {
+    if !runner.predictor.store.finalizing_batch(&batch.id, lease).await? {
         return Ok(());
     }
     let tail = batch.id.trim_start_matches("batch-");
-    let output = write_file(state, batch, &format!("file-{tail}-output"), "output", true).await?;
-    let errors = write_file(state, batch, &format!("file-{tail}-errors"), "errors", false).await?;
-    let end = BatchEnd { output_file: output.as_deref(), error_file: errors.as_deref(), errors: None };
-    state.store.finish_batch(&batch.id, lease, &end).await?;
+    let output = write_file(runner, batch, &format!("file-{tail}-output"), "output", true).await?;
+    let errors = write_file(runner, batch, &format!("file-{tail}-errors"), "errors", false).await?;
+    let end = BatchEnd { output_file: output.as_deref(), error_file: errors.as_deref(), errors: None, expired };
+    runner.predictor.store.finish_batch(&batch.id, lease, &end).await?;
     Ok(())
 }
 
 /// The batch's `ok` (or failed) answers as a file of its project, named by a fixed id so that a
-/// runner finishing the batch again writes the same file; None when there are none.
-async fn write_file(state: &AppState, batch: &BatchRow, id: &str, kind: &str, ok: bool) -> Result<Option<String>> {
-    let lines = state.store.batch_answers(&batch.id, ok).await?;
-    if lines.is_empty() {
+/// runner finishing the batch again writes the same file; None when there are none. Written a
+/// page of lines at a time: an output can be far larger than its input (every probability of
+/// every row), and no node holds all of it.
+async fn write_file(runner: &Runner, batch: &BatchRow, id: &str, kind: &str, ok: bool) -> Result<Option<String>> {
+    let store = &runner.predictor.store;
+    let lines = store.batch_answer_count(&batch.id, ok).await? as usize;
+    if lines == 0 {
         return Ok(None);
     }
-    let mut bytes = Vec::new();
-    for l in &lines {
-        bytes.extend_from_slice(l.answer.as_bytes());
-        bytes.push(b'\n');
+    let key = crate::artifacts::file_key(id);
+    let mut file = runner.predictor.artifacts.writer(&key).await?;
+    let (mut after, mut bytes) = (-1i64, 0usize);
+    loop {
+        let page = store.batch_answers(&batch.id, ok, after, CHUNK as i64).await?;
+        let Some(last) = page.last() else { break };
+        after = last.line;
+        let mut piece = Vec::new();
+        for l in &page {
+            piece.extend_from_slice(l.answer.as_bytes());
+            piece.push(b'\n');
+        }
+        bytes += piece.len();
+        file.write(&piece).await?;
     }
+    file.finish().await?;
     let owner = (batch.project_id.as_str(), batch.api_key_id.as_deref());
-    let row =
-        FileRow::written(id.to_string(), format!("{}_{kind}.jsonl", batch.id), "batch_output", "jsonl", lines.len(), bytes.len(), owner);
-    state.artifacts.put(&row.path, bytes).await?;
-    state.store.insert_file(&row).await?;
+    let row = FileRow::written(id.to_string(), format!("{}_{kind}.jsonl", batch.id), "batch_output", "jsonl", lines, bytes, owner);
+    debug_assert_eq!(row.path, key);
+    runner.predictor.store.insert_file(&row).await?;
     Ok(Some(row.id))
 }

@@ -92,6 +92,9 @@ fn each_input_line(bytes: &[u8], max_rows: usize, take: &mut dyn FnMut(InputLine
     Ok(count)
 }
 
+/// The one completion window OpenAI offers, `24h`: a batch not answered by then ends `expired`.
+pub const COMPLETION_WINDOW_SECS: i64 = 86_400;
+
 /// A batch in OpenAI's shape.
 pub fn batch_object(b: &BatchRow) -> Value {
     let parse = |t: &Option<String>| t.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok());
@@ -99,9 +102,9 @@ pub fn batch_object(b: &BatchRow) -> Value {
         "id": b.id, "object": "batch", "endpoint": b.endpoint, "input_file_id": b.input_file_id,
         "completion_window": b.completion_window, "status": b.status,
         "output_file_id": b.output_file_id, "error_file_id": b.error_file_id, "errors": parse(&b.errors),
-        "created_at": b.created_at, "in_progress_at": b.in_progress_at, "expires_at": b.created_at + 86_400,
+        "created_at": b.created_at, "in_progress_at": b.in_progress_at, "expires_at": b.created_at + COMPLETION_WINDOW_SECS,
         "finalizing_at": b.finalizing_at, "completed_at": b.completed_at, "failed_at": b.failed_at,
-        "expired_at": null, "cancelling_at": b.cancelling_at, "cancelled_at": b.cancelled_at,
+        "expired_at": b.expired_at, "cancelling_at": b.cancelling_at, "cancelled_at": b.cancelled_at,
         "request_counts": {"total": b.total, "completed": b.completed, "failed": b.failed},
         "metadata": parse(&b.metadata),
     })
@@ -153,6 +156,7 @@ async fn create(
         failed_at: None,
         cancelling_at: None,
         cancelled_at: None,
+        expired_at: None,
         total: file.samples.unwrap_or(0),
         completed: 0,
         failed: 0,

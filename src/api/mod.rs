@@ -64,6 +64,8 @@ pub struct AppState {
     pub rates: Arc<auth::Rates>,
     /// Wakes this node's batch runner when a batch is created or cancelled.
     pub batches: Arc<tokio::sync::Notify>,
+    /// Answers predictions, over HTTP and as batches' lines.
+    pub predictor: predictions::Predictor,
     limiter: Arc<Semaphore>,
 }
 
@@ -89,6 +91,13 @@ impl AppState {
         let limiter = Arc::new(Semaphore::new(settings.max_concurrency));
         let rates = Arc::new(auth::Rates::new(settings.key_rps));
         let streams = stream_slots::StreamSlots::new(settings.max_streams, settings.max_streams_per_client);
+        let predictor = predictions::Predictor {
+            store: store.clone(),
+            artifacts: artifacts.clone(),
+            inference: inference.clone(),
+            max_rows: settings.max_prediction_rows,
+            timeout: settings.prediction_timeout,
+        };
         Self {
             store,
             settings,
@@ -103,8 +112,14 @@ impl AppState {
             streams,
             rates,
             batches: Arc::default(),
+            predictor,
             limiter,
         }
+    }
+
+    /// This node's batch runner: it stops with the server and is woken by this node's batch routes.
+    pub fn batch_runner(&self) -> batch_runner::Runner {
+        batch_runner::Runner { predictor: self.predictor.clone(), stopping: self.stopping.clone(), wake: self.batches.clone() }
     }
 }
 

@@ -22,6 +22,7 @@ pub struct BatchRow {
     pub failed_at: Option<i64>,
     pub cancelling_at: Option<i64>,
     pub cancelled_at: Option<i64>,
+    pub expired_at: Option<i64>,
     pub total: i64,
     pub completed: i64,
     pub failed: i64,
@@ -33,7 +34,7 @@ pub struct BatchRow {
 }
 
 const COLUMNS: &str = "id, project_id, api_key_id, input_file_id, endpoint, completion_window, status, created_at, in_progress_at, \
-                       finalizing_at, completed_at, failed_at, cancelling_at, cancelled_at, total, completed, failed, output_file_id, \
+                       finalizing_at, completed_at, failed_at, cancelling_at, cancelled_at, expired_at, total, completed, failed, output_file_id, \
                        error_file_id, errors, metadata";
 
 /// One answered line: its number in the input file, whether it succeeded, and its output line.
@@ -205,13 +206,26 @@ impl Store {
         Ok(if status == "cancelling" { Claim::Cancelling } else { Claim::Held })
     }
 
-    /// A batch's answered lines in input order, `ok` ones or failed ones.
+    /// A page of a batch's answered lines in input order, `ok` ones or failed ones: at most
+    /// `limit`, after line `after`.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn batch_answers(&self, batch_id: &str, ok: bool) -> Result<Vec<BatchLine>> {
-        Ok(sqlx::query_as("SELECT line, ok, answer FROM batch_lines WHERE batch_id = $1 AND ok = $2 ORDER BY line")
+    pub async fn batch_answers(&self, batch_id: &str, ok: bool, after: i64, limit: i64) -> Result<Vec<BatchLine>> {
+        Ok(sqlx::query_as("SELECT line, ok, answer FROM batch_lines WHERE batch_id = $1 AND ok = $2 AND line > $3 ORDER BY line LIMIT $4")
             .bind(batch_id)
             .bind(ok as i64)
+            .bind(after)
+            .bind(limit)
             .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// How many of a batch's answered lines are `ok` (or failed).
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn batch_answer_count(&self, batch_id: &str, ok: bool) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM batch_lines WHERE batch_id = $1 AND ok = $2")
+            .bind(batch_id)
+            .bind(ok as i64)
+            .fetch_one(&self.pool)
             .await?)
     }
 
@@ -231,22 +245,27 @@ impl Store {
             > 0)
     }
 
-    /// Ends a batch this runner holds: `completed` (or `cancelled`, when a cancel was asked), with
-    /// its files, or `failed` with `errors`; its lines go.
+    /// Ends a batch this runner holds: `completed` or `expired` (or `cancelled`, when a cancel was
+    /// asked), with its files, or `failed` with `errors`; its lines go.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn finish_batch(&self, batch_id: &str, lease: &Lease, end: &BatchEnd<'_>) -> Result<bool> {
         let t = now();
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE batches SET
-                 status = CASE WHEN $1 = 'failed' THEN 'failed' WHEN status = 'cancelling' THEN 'cancelled' ELSE 'completed' END,
+                 status = CASE WHEN $1 = 'failed' THEN 'failed' WHEN status = 'cancelling' THEN 'cancelled' ELSE $1 END,
                  completed_at = CASE WHEN $1 = 'completed' AND status <> 'cancelling' THEN $2 ELSE completed_at END,
+                 expired_at = CASE WHEN $1 = 'expired' AND status <> 'cancelling' THEN $2 ELSE expired_at END,
                  cancelled_at = CASE WHEN status = 'cancelling' AND $1 <> 'failed' THEN $2 ELSE cancelled_at END,
                  failed_at = CASE WHEN $1 = 'failed' THEN $2 ELSE failed_at END,
                  output_file_id = $3, error_file_id = $4, errors = $5, worker = NULL, lease_until = NULL
              WHERE id = $6 AND worker = $7",
         )
-        .bind(if end.errors.is_some() { "failed" } else { "completed" })
+        .bind(match (end.errors, end.expired) {
+            (Some(_), _) => "failed",
+            (None, true) => "expired",
+            (None, false) => "completed",
+        })
         .bind(t)
         .bind(end.output_file)
         .bind(end.error_file)
@@ -289,4 +308,6 @@ pub struct BatchEnd<'a> {
     pub error_file: Option<&'a str>,
     /// JSON of OpenAI's `errors` object: the batch failed as a whole.
     pub errors: Option<&'a str>,
+    /// Its completion window ran out before every line was answered.
+    pub expired: bool,
 }
