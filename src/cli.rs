@@ -68,12 +68,20 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// One run of `train` or `sweep`, with a progress bar unless `quiet`.
-fn train_once(m: &ModelArgs, lr: f64, seed: u64, out: &std::path::Path, ckpt: &std::path::Path, quiet: bool) -> Result<LocalRun> {
+fn train_once(
+    m: &ModelArgs,
+    lr: f64,
+    seed: u64,
+    out: &std::path::Path,
+    ckpt: &std::path::Path,
+    quiet: bool,
+    force: bool,
+) -> Result<LocalRun> {
     let (registry, device) = m.common.open()?;
     let spec = m.spec(lr, seed)?;
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(spec.hyperparameters.n_steps) };
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap());
-    let run = train_to_file(&spec, &registry, device, m.precision, out, ckpt, &mut |p| match p {
+    let run = train_to_file(&spec, &registry, device, m.precision, out, ckpt, force, &mut |p| match p {
         Progress::Metrics(mm) => {
             bar.set_length(mm.total_steps);
             bar.set_position(mm.step);
@@ -94,7 +102,7 @@ fn train_once(m: &ModelArgs, lr: f64, seed: u64, out: &std::path::Path, ckpt: &s
 
 fn train(a: TrainArgs) -> Result<()> {
     let ckpt = a.checkpoint_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.ckpt", a.out.display())));
-    let r = train_once(&a.model, a.lr, a.seed, &a.out, &ckpt, a.quiet)?;
+    let r = train_once(&a.model, a.lr, a.seed, &a.out, &ckpt, a.quiet, a.force)?;
     println!("{}", serde_json::to_string(&r.summary)?);
     Ok(())
 }
@@ -106,7 +114,7 @@ fn sweep(a: SweepArgs) -> Result<()> {
         for &seed in &a.seeds {
             let name = format!("lr{lr:e}-seed{seed}");
             let out = a.out_dir.join(format!("{name}.safetensors"));
-            let r = train_once(&a.model, lr, seed, &out, &a.out_dir.join(format!("{name}.ckpt")), true)?;
+            let r = train_once(&a.model, lr, seed, &out, &a.out_dir.join(format!("{name}.ckpt")), true, a.force)?;
             eprintln!("{}", serde_json::to_string(&r.summary)?);
             rows.push((lr, seed, r.summary));
         }
@@ -140,10 +148,13 @@ fn sweep(a: SweepArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let (registry, device) = a.common.open()?;
-    let model = FptModel::load_adapter(&a.adapter, &registry, device, a.precision.frozen_kind(device))?;
+    let model = FptModel::load_adapter_on(&a.adapter, a.model.as_deref(), &registry, device, a.precision.frozen_kind(device))?;
     let spec = adapter_task(&model)?;
     if spec.needs_file() && a.data.is_none() {
         bail!("task `{}` needs --data", spec.name());
+    }
+    if !spec.needs_file() && a.data.is_some() {
+        bail!("--data: task `{}` generates its validation data and reads no file; leave --data out", spec.name());
     }
     let task = TaskData::load(
         &spec,
@@ -167,7 +178,7 @@ fn eval(a: EvalArgs) -> Result<()> {
 
 fn predict(a: PredictArgs) -> Result<()> {
     let (registry, device) = a.common.open()?;
-    let model = FptModel::load_adapter(&a.adapter, &registry, device, a.precision.frozen_kind(device))?;
+    let model = FptModel::load_adapter_on(&a.adapter, a.model.as_deref(), &registry, device, a.precision.frozen_kind(device))?;
     let spec = adapter_task(&model)?;
     let objective = spec.task().objective(&model.shape, &model.task_state);
     let file = std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;

@@ -159,6 +159,7 @@ pub fn flag_for(field: &str) -> String {
         "seed" => "--seed",
         "training_file" => "--train",
         "validation_file" => "--valid",
+        "test_file" => "--test",
         "hyperparameters.n_steps" => "--steps",
         "hyperparameters.n_epochs" => "--epochs",
         "hyperparameters.learning_rate" => "--lr",
@@ -187,9 +188,13 @@ pub struct TrainArgs {
     /// Where the kept adapter (best by the task's primary validation metric) is written.
     #[arg(long)]
     pub out: PathBuf,
-    /// Checkpoint folder (default: `<out>.ckpt`); a run resumes from the checkpoint found there.
+    /// Checkpoint folder (default: `<out>.ckpt`). The same command again resumes from its
+    /// checkpoint, a larger --steps continues it; a run with other settings is refused there.
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
+    /// Start afresh: delete what the checkpoint folder holds, whatever run it was.
+    #[arg(long)]
+    pub force: bool,
     /// Do not show a progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -208,12 +213,20 @@ pub struct SweepArgs {
     /// Folder for the runs' adapters and checkpoints.
     #[arg(long)]
     pub out_dir: PathBuf,
+    /// Start every run afresh, deleting the checkpoints the folder holds.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args)]
 pub struct EvalArgs {
+    /// The adapter file `fpt train --out` wrote.
     #[arg(long)]
     pub adapter: PathBuf,
+    /// The base model to run it on, a name or a folder (default: the one the adapter records,
+    /// found by name in --models-dir, else at the folder it was trained from).
+    #[arg(long)]
+    pub model: Option<String>,
     /// Dataset file (synthetic tasks: omit to use the generated validation set).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -227,8 +240,13 @@ pub struct EvalArgs {
 
 #[derive(Args)]
 pub struct PredictArgs {
+    /// The adapter file `fpt train --out` wrote.
     #[arg(long)]
     pub adapter: PathBuf,
+    /// The base model to run it on, a name or a folder (default: the one the adapter records,
+    /// found by name in --models-dir, else at the folder it was trained from).
+    #[arg(long)]
+    pub model: Option<String>,
     /// JSONL: one `{"input": ...}` record (or bare input) per line.
     #[arg(long)]
     pub input: PathBuf,

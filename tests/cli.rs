@@ -206,3 +206,80 @@ fn a_bad_or_oversized_flag_is_named_before_anything_runs() {
         assert!(!out.exists());
     }
 }
+
+const XOR: &str = r#"{"type":"bit_xor","n_bits":3,"n_valid":16}"#;
+
+fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--model", "tiny-gpt2", "--task", XOR, "--steps", "20", "--eval-every", "10", "--out", out, "--quiet"];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn a_rerun_resumes_its_own_run_and_refuses_another_saying_what_differs() {
+    let dir = common::tempdir();
+    let out = dir.path().join("xor.safetensors");
+    let out = out.to_str().unwrap();
+    let first = last_json(&fpt(&train_args(out, &[])));
+    let again = last_json(&fpt(&train_args(out, &[])));
+    assert_eq!((again["steps"].clone(), again["valid_accuracy"].clone()), (first["steps"].clone(), first["valid_accuracy"].clone()));
+    // Another learning rate is another run: refused, saying what differs and how to start afresh.
+    let refused = fpt(&train_args(out, &["--lr", "0.01"]));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("--lr: 0.001 before, 0.01 now") && err.contains("--force"), "{err}");
+    // A larger budget continues the same run.
+    let longer = last_json(&fpt(&train_args(out, &["--steps", "30"])));
+    assert_eq!(longer["steps"], 30, "{longer}");
+    let fewer = fpt(&train_args(out, &["--steps", "10"]));
+    assert!(
+        !fewer.status.success() && String::from_utf8_lossy(&fewer.stderr).contains("step 30"),
+        "{}",
+        String::from_utf8_lossy(&fewer.stderr)
+    );
+    let forced = last_json(&fpt(&train_args(out, &["--lr", "0.01", "--force"])));
+    assert_eq!((forced["lr"].as_f64(), forced["steps"].as_u64()), (Some(0.01), Some(20)), "{forced}");
+}
+
+#[test]
+fn an_adapter_trained_on_a_folder_finds_it_again_and_says_what_is_missing() {
+    let dir = common::tempdir();
+    let base = dir.path().join("bases/my-base");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(common::tiny_models().join("tiny-gpt2").join(f), base.join(f)).unwrap();
+    }
+    let adapter = dir.path().join("a.safetensors");
+    let mut args = train_args(adapter.to_str().unwrap(), &[]);
+    args[2] = base.to_str().unwrap();
+    last_json(&fpt(&args));
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "[1, 0, 1, 0, 0, 1]\n").unwrap();
+    let predict = |extra: &[&str]| {
+        let mut a = vec!["predict", "--adapter", adapter.to_str().unwrap(), "--input", input.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        fpt(&a)
+    };
+    let out = predict(&[]);
+    assert!(out.status.success(), "no --model needed: {}", String::from_utf8_lossy(&out.stderr));
+    // Moved away: the error names the name and the folder it looked for, and what to pass.
+    let moved = dir.path().join("elsewhere");
+    std::fs::rename(dir.path().join("bases"), &moved).unwrap();
+    let out = predict(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`my-base`") && err.contains(base.to_str().unwrap()) && err.contains("--model"), "{err}");
+    let out = predict(&["--model", moved.join("my-base").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn an_argument_the_task_would_ignore_is_refused() {
+    let dir = common::tempdir();
+    let out = dir.path().join("xor.safetensors");
+    let refused = fpt(&train_args(out.to_str().unwrap(), &["--train", "/no/such/file.jsonl"]));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("--train: task `bit_xor` generates its own data"), "{err}");
+    last_json(&fpt(&train_args(out.to_str().unwrap(), &[])));
+    let eval = fpt(&["eval", "--adapter", out.to_str().unwrap(), "--data", "/no/such/file.jsonl"]);
+    let err = String::from_utf8_lossy(&eval.stderr);
+    assert!(!eval.status.success() && err.contains("--data: task `bit_xor` generates"), "{err}");
+}

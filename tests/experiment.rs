@@ -239,3 +239,33 @@ fn the_specs_in_the_repo_expand_into_runs_whose_arguments_parse() {
         assert!(gpu.contains(backbone), "the full-size spec runs {backbone}");
     }
 }
+
+#[test]
+fn shared_data_files_are_left_out_of_groups_that_generate_their_data_and_said_so() {
+    let dir = common::tempdir();
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        r#"name = "mixed"
+out_dir = "out"
+args = ["--train", "signs.jsonl", "--steps", "3"]
+[[group]]
+name = "bits"
+task = "bit_xor"
+inits = ["pretrained"]
+[[group]]
+name = "signs"
+task = "sequence_classification"
+inits = ["pretrained"]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fpt")).args(["experiment", spec.to_str().unwrap(), "--dry-run"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "# group `bits`: its task generates its data; the shared `--train signs.jsonl` is left out", "{text}");
+    assert!(lines[1].starts_with("fpt train --task bit_xor --steps 3 "), "{text}");
+    assert!(lines[2].starts_with("fpt train --task sequence_classification --train signs.jsonl --steps 3 "), "{text}");
+    assert_eq!(lines.len(), 3, "{text}");
+}

@@ -157,7 +157,11 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
     let spec: Spec = toml::from_str(&text).with_context(|| format!("{} is not a valid experiment spec", a.spec.display()))?;
     let out = a.out_dir.clone().unwrap_or_else(|| spec.out_dir.clone());
     if a.dry_run {
+        let mut noted = std::collections::HashSet::new();
         for run in plan(&spec)? {
+            if !run.dropped.is_empty() && noted.insert(run.group.clone()) {
+                println!("# group `{}`: its task generates its data; the shared `{}` is left out", run.group, run.dropped.join(" "));
+            }
             let adapter = out.join("runs").join(format!("{}.safetensors", run.name));
             let args: Vec<String> = run.argv[1..].iter().map(|a| shell_quote(a)).collect();
             println!(
@@ -221,6 +225,8 @@ struct PlannedRun {
     seed: u64,
     argv: Vec<String>,
     m: ModelArgs,
+    /// The spec's shared arguments this run's task ignores, left out.
+    dropped: Vec<String>,
 }
 
 /// The grid, expanded in the spec's order; every run's arguments are parsed here, so a bad spec
@@ -236,9 +242,10 @@ fn plan(spec: &Spec) -> Result<Vec<PlannedRun>> {
                     .flat_map(move |preset| g.lrs.iter().flat_map(move |&lr| g.seeds.iter().map(move |&seed| (b, init, preset, lr, seed))))
             })
         });
+        let (shared, dropped) = shared_args_for(&spec.args, &g.task);
         for (backbone, init, preset, lr, seed) in cells {
             let mut argv: Vec<String> = vec!["fpt".into(), "--task".into(), g.task.clone()];
-            argv.extend(spec.args.iter().cloned());
+            argv.extend(shared.iter().cloned());
             argv.extend(g.args.iter().cloned());
             if let Some(b) = backbone {
                 argv.extend(["--model".to_string(), b.clone()]);
@@ -260,10 +267,35 @@ fn plan(spec: &Spec) -> Result<Vec<PlannedRun>> {
                 seed,
                 argv,
                 m,
+                dropped: dropped.clone(),
             });
         }
     }
     Ok(runs)
+}
+
+/// The spec's shared arguments for a group: a task that generates its data reads no file, so the
+/// shared data files (`--train`, `--valid`, `--test`) are dropped for it (and returned, to be
+/// said). A group's own arguments are never dropped: a file there is refused.
+fn shared_args_for(args: &[String], task: &str) -> (Vec<String>, Vec<String>) {
+    let generated = crate::tasks::TaskSpec::parse_cli(task).is_ok_and(|t| !t.needs_file());
+    if !generated {
+        return (args.to_vec(), Vec::new());
+    }
+    let is_file_flag = |a: &str| ["--train", "--valid", "--test"].iter().any(|f| a == *f || a.starts_with(&format!("{f}=")));
+    let (mut kept, mut dropped) = (Vec::new(), Vec::new());
+    let mut words = args.iter();
+    while let Some(a) = words.next() {
+        if is_file_flag(a) {
+            dropped.push(a.clone());
+            if !a.contains('=') {
+                dropped.extend(words.next().cloned());
+            }
+        } else {
+            kept.push(a.clone());
+        }
+    }
+    (kept, dropped)
 }
 
 /// Init of the records that are a group's classic baselines (their name is `summary.baseline`).
@@ -331,7 +363,7 @@ fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, 
                 let _ = std::fs::remove_dir_all(&ckpt);
                 let (registry, device) = m.common.open()?;
                 let spec = m.spec(run.lr, run.seed)?;
-                let r = train_to_file(&spec, &registry, device, m.precision, &adapter, &ckpt, &mut |_| {})?;
+                let r = train_to_file(&spec, &registry, device, m.precision, &adapter, &ckpt, false, &mut |_| {})?;
                 let _ = std::fs::remove_dir_all(&ckpt);
                 let valid = format!("valid_{}", r.summary.primary_metric);
                 let curve = r.curve.iter().map(|c| (c.step, c.get("train_loss").unwrap_or(f64::NAN), c.get(&valid))).collect();

@@ -4,6 +4,7 @@
 //! workers and the runner accept only the parsed [`TrainSpec`]. [`run`] builds a run from it and
 //! sums it up; [`status`] holds a job's states and every transition between them.
 pub mod auto;
+pub mod fingerprint;
 pub mod request;
 pub mod results;
 pub mod run;

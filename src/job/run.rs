@@ -280,8 +280,10 @@ pub struct LocalRun {
     pub curve: Vec<Metrics>,
 }
 
-/// Trains `spec` here, checkpointing into `ckpt` (and resuming from it), and writes the kept
-/// adapter to `out`. `progress` sees every report as it happens.
+/// Trains `spec` here, checkpointing into `ckpt`, and writes the kept adapter to `out`. A `ckpt`
+/// holding a checkpoint of this same run resumes it; one of another run is refused (see
+/// [`super::fingerprint`]) unless `force`, which starts afresh. `progress` sees every report as
+/// it happens.
 pub fn train_to_file(
     spec: &TrainSpec<PathBuf>,
     registry: &ModelRegistry,
@@ -289,11 +291,15 @@ pub fn train_to_file(
     precision: Precision,
     out: &Path,
     ckpt: &Path,
+    force: bool,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<LocalRun> {
     // The operator's own machine: the memory estimate is the service's guard, not the command line's.
     let limits = Limits { max_run_bytes: u64::MAX, ..Limits::default() };
     let run = prepare(spec, registry, &limits, device, precision)?;
+    let kind = precision.frozen_kind(device).map_or("fp32".to_string(), |k| format!("{k:?}").to_lowercase());
+    let print = super::fingerprint::Fingerprint::of(spec, &run.prepared.base, &kind)?;
+    super::fingerprint::claim_folder(ckpt, &print, run.prepared.hyperparameters.n_steps, force)?;
     let info = &run.prepared.task.info;
     if info.truncated > 0 {
         eprintln!("note: {} samples were cut to the backbone's {} positions", info.truncated, run.model.max_positions());

@@ -165,6 +165,18 @@ impl<F> TrainSpec<F> {
         if raw.task.needs_file() && raw.files.train.is_none() {
             return Err(bad("training_file", format!("task `{}` needs a training file", raw.task.name())));
         }
+        if !raw.task.needs_file() {
+            // A file the task would not read is a mistake the client should hear of, not a run
+            // that silently trained on something else.
+            let given = [
+                ("training_file", raw.files.train.is_some()),
+                ("validation_file", raw.files.valid.is_some()),
+                ("test_file", raw.files.test.is_some()),
+            ];
+            if let Some((field, _)) = given.iter().find(|(_, g)| *g) {
+                return Err(bad(field, format!("task `{}` generates its own data and reads no file: leave it out", raw.task.name())));
+            }
+        }
         Ok(Self {
             model: raw.model,
             task: raw.task,

@@ -1,7 +1,7 @@
 //! The FPT model: a new input layer, a frozen backbone with trainable layer norms and positions,
 //! and an output head on the read-out token(s); saving and loading its adapter.
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -58,6 +58,8 @@ pub struct ModelSpec<'a> {
 pub struct FptModel {
     pub base_name: String,
     pub base_sha256: String,
+    /// The base model's folder, when the run named it by path (see [`BaseModel::named_by_path`]).
+    pub base_path: Option<PathBuf>,
     pub arch: Arch,
     pub backbone: Box<dyn Backbone>,
     input: InputLayer,
@@ -143,6 +145,7 @@ impl FptModel {
         let model = Self {
             base_name: spec.base.name.clone(),
             base_sha256,
+            base_path: spec.base.named_by_path.then(|| std::fs::canonicalize(&spec.base.dir).unwrap_or_else(|_| spec.base.dir.clone())),
             arch: spec.base.arch,
             backbone,
             input,
@@ -245,6 +248,9 @@ impl FptModel {
             ("hidden_size".into(), self.hidden().to_string()),
             ("init_seed".into(), self.init_seed.to_string()),
         ]);
+        if let Some(p) = &self.base_path {
+            m.insert("base_model_path".into(), p.display().to_string());
+        }
         m.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         m
     }
@@ -267,18 +273,22 @@ impl FptModel {
     /// Rebuilds the model an adapter was trained as: its base model (checked by hash) with the
     /// adapter's tensors in place.
     pub fn load_adapter(path: &Path, registry: &ModelRegistry, device: Device, frozen_kind: Option<Kind>) -> Result<Self> {
+        Self::load_adapter_on(path, None, registry, device, frozen_kind)
+    }
+
+    /// Loads an adapter on its base model: `base` when given (a name or a folder), else the one
+    /// the adapter names, looked up by name and then at the folder it recorded; the first whose
+    /// weights are the adapter's (by sha256) is taken.
+    pub fn load_adapter_on(
+        path: &Path,
+        base: Option<&str>,
+        registry: &ModelRegistry,
+        device: Device,
+        frozen_kind: Option<Kind>,
+    ) -> Result<Self> {
         let (tensors, meta) = read_safetensors(path, device)?;
         let meta = AdapterMeta::parse(&meta).with_context(|| format!("{} is not an fpt adapter", path.display()))?;
-        let base = registry.resolve(&meta.base_model).with_context(|| format!("adapter {} needs its base model", path.display()))?;
-        if meta.switches.pretrained {
-            let sha = base.sha256()?;
-            if sha != meta.base_sha256 {
-                bail!(
-                    "adapter {} was trained on base model `{}` with weights sha256 {}, but {} has sha256 {sha}: a different or changed backbone",
-                    path.display(), meta.base_model, meta.base_sha256, base.weights_path().display()
-                );
-            }
-        }
+        let base = find_base(&meta, base, registry).with_context(|| format!("adapter {} needs its base model", path.display()))?;
         let model = Self::new(ModelSpec {
             base: &base,
             shape: meta.shape,
@@ -315,11 +325,38 @@ fn new_param(name: &str, group: Group, t: &Tensor) -> Param {
     Param { name: name.to_string(), group, transposed: false, tensor: t.shallow_clone() }
 }
 
+/// The base model an adapter runs on (see [`FptModel::load_adapter_on`]); the error says where it
+/// looked and what each place lacked.
+fn find_base(meta: &AdapterMeta, chosen: Option<&str>, registry: &ModelRegistry) -> Result<BaseModel> {
+    let recorded = meta.base_path.as_ref().map(|p| p.display().to_string());
+    let places: Vec<&str> = match chosen {
+        Some(c) => vec![c],
+        None => std::iter::once(meta.base_model.as_str()).chain(recorded.as_deref()).collect(),
+    };
+    let mut missed = Vec::new();
+    for place in places {
+        let found = registry.resolve(place).and_then(|base| {
+            if meta.switches.pretrained && base.sha256()? != meta.base_sha256 {
+                bail!("its weights {} have another sha256 (a different or changed backbone)", base.weights_path().display());
+            }
+            Ok(base)
+        });
+        match found {
+            Ok(base) => return Ok(base),
+            Err(e) => missed.push(format!("`{place}`: {e:#}")),
+        }
+    }
+    let weights = if meta.switches.pretrained { format!(" with weights sha256 {}", meta.base_sha256) } else { String::new() };
+    bail!("base model `{}`{weights} not found; tried {}. Pass --model with its folder", meta.base_model, missed.join("; and "))
+}
+
 /// An adapter file's metadata, parsed.
 #[derive(Debug, Clone)]
 pub struct AdapterMeta {
     pub base_model: String,
     pub base_sha256: String,
+    /// The base model's folder, recorded when the run named it by path.
+    pub base_path: Option<PathBuf>,
     pub task: serde_json::Value,
     pub task_state: serde_json::Value,
     pub switches: FreezeSwitches,
@@ -343,6 +380,7 @@ impl AdapterMeta {
         Ok(Self {
             base_model: get("base_model")?,
             base_sha256: get("base_model_sha256")?,
+            base_path: m.get("base_model_path").map(PathBuf::from),
             task: serde_json::from_str(&get("task")?).context("metadata `task` is not JSON")?,
             task_state: match m.get("task_state") {
                 Some(t) => serde_json::from_str(t).context("metadata `task_state` is not JSON")?,

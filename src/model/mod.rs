@@ -107,6 +107,9 @@ pub struct BaseModel {
     pub name: String,
     pub dir: PathBuf,
     pub arch: Arch,
+    /// Named by its folder's path (on the command line), not found by its name: an adapter
+    /// records the path, so that eval and predict find the folder again.
+    pub named_by_path: bool,
     config: serde_json::Value,
 }
 
@@ -124,7 +127,7 @@ impl BaseModel {
         if !dir.join("model.safetensors").exists() {
             bail!("{}: no model.safetensors beside config.json", dir.display());
         }
-        Ok(Self { name: name.to_string(), dir: dir.to_path_buf(), arch, config })
+        Ok(Self { name: name.to_string(), dir: dir.to_path_buf(), arch, named_by_path: false, config })
     }
 
     pub fn weights_path(&self) -> PathBuf {
@@ -228,7 +231,7 @@ impl ModelRegistry {
             let p = Path::new(name_or_path);
             if p.is_dir() {
                 let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| name_or_path.to_string());
-                return BaseModel::open(&name, p);
+                return Ok(BaseModel { named_by_path: true, ..BaseModel::open(&name, p)? });
             }
         }
         if is_plain_name(name_or_path) {

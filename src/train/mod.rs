@@ -352,6 +352,11 @@ impl Trainer<'_> {
                 break;
             }
         }
+        if last_valid.is_none() && ending == Ending::Finished {
+            // Resumed at its end (the same command again): the final state's validation metrics,
+            // as the run that got there reported them.
+            last_valid = evaluate(self.model, self.task, EvalSplit::Valid, cfg.eval_batch_size);
+        }
         let best = checkpoint::best_path(&self.checkpoint_dir);
         let adapter =
             if best.exists() { Some(best) } else { checkpoint::latest(&self.checkpoint_dir)?.map(|l| self.checkpoint_dir.join(l.adapter)) };

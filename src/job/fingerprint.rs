@@ -1,0 +1,145 @@
+//! What a command-line run is, recorded in its checkpoint folder (`run.json`) so that running the
+//! same command again resumes it, a larger step budget continues it, and anything else is refused
+//! with what differs instead of silently handing back the old result. The service needs none of
+//! this: its jobs have ids and folders of their own.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::TrainSpec;
+use crate::flags::flag_for;
+use crate::model::BaseModel;
+
+/// Everything that changes a run's result, by the spec's field paths: the task, the base model
+/// and its weights, the hyperparameters but the step budget (and those that only change how
+/// often it logs or checkpoints, or how it splits a batch to fit memory), the freeze switches,
+/// the data files' contents, the seed and the frozen weights' precision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fingerprint(BTreeMap<String, Value>);
+
+/// Hyperparameters that leave the result as it is, or that a rerun may change (the budget).
+const NOT_IDENTIFYING: [&str; 6] = ["n_steps", "n_epochs", "checkpoint_every", "log_every", "micro_batch_size", "eval_batch_size"];
+
+const FILE: &str = "run.json";
+
+impl Fingerprint {
+    pub fn of(spec: &TrainSpec<PathBuf>, base: &BaseModel, precision: &str) -> Result<Self> {
+        let mut m = BTreeMap::new();
+        m.insert("task".to_string(), serde_json::to_value(&spec.task)?);
+        m.insert("model".into(), json!(base.name));
+        m.insert("model.sha256".into(), json!(base.sha256()?));
+        let h = serde_json::to_value(&spec.hyperparameters)?;
+        for (k, v) in h.as_object().into_iter().flatten().filter(|(k, _)| !NOT_IDENTIFYING.contains(&k.as_str())) {
+            m.insert(format!("hyperparameters.{k}"), v.clone());
+        }
+        for (k, v) in serde_json::to_value(spec.switches)?.as_object().into_iter().flatten() {
+            m.insert(format!("method.fpt.{k}"), v.clone());
+        }
+        m.insert("seed".into(), json!(spec.seed));
+        m.insert("precision".into(), json!(precision));
+        let files = [("training_file", &spec.files.train), ("validation_file", &spec.files.valid), ("test_file", &spec.files.test)];
+        for (field, path) in files {
+            let hash =
+                path.as_deref().map(|p| crate::fsutil::sha256_file(p).with_context(|| format!("reading {}", p.display()))).transpose()?;
+            m.insert(format!("{field}.sha256"), json!(hash));
+        }
+        Ok(Self(m))
+    }
+
+    /// What differs from `before`, one line per field, in the command line's words.
+    fn differences(&self, before: &Self) -> Vec<String> {
+        let keys: std::collections::BTreeSet<&String> = self.0.keys().chain(before.0.keys()).collect();
+        let shown = |v: Option<&Value>| v.map_or("(none)".to_string(), |v| v.to_string());
+        keys.into_iter()
+            .filter(|k| self.0.get(*k) != before.0.get(*k))
+            .map(|k| format!("{}: {} before, {} now", flag_of(k), shown(before.0.get(k)), shown(self.0.get(k))))
+            .collect()
+    }
+}
+
+/// The flag that sets a fingerprint's field.
+fn flag_of(key: &str) -> String {
+    match key {
+        "task" => "--task".into(),
+        "model.sha256" => "--model (its weights)".into(),
+        "precision" => "--precision".into(),
+        "training_file.sha256" => "--train (its contents)".into(),
+        "validation_file.sha256" => "--valid (its contents)".into(),
+        "test_file.sha256" => "--test (its contents)".into(),
+        "method.fpt.pretrained" => "--no-pretrained".into(),
+        k => match k.strip_prefix("method.fpt.") {
+            Some(switch) => format!("--{}", switch.replace('_', "-")),
+            None => flag_for(k),
+        },
+    }
+}
+
+/// Readies `dir` for the run `now`, about to train to `n_steps`: with `force`, whatever it held
+/// goes; a checkpoint of the same run stays, to resume from, unless it went past `n_steps`; a
+/// checkpoint of another run, or of one that recorded nothing, is refused, saying what differs.
+pub fn claim_folder(dir: &Path, now: &Fingerprint, n_steps: u64, force: bool) -> Result<()> {
+    let latest = dir.join("latest.json");
+    if force && dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    if latest.exists() {
+        let fresh = "run with --force to start afresh there, or give another --out (or --checkpoint-dir)";
+        let before = match std::fs::read(dir.join(FILE)) {
+            Ok(bytes) => {
+                Fingerprint(serde_json::from_slice(&bytes).with_context(|| format!("{} is not a run record", dir.join(FILE).display()))?)
+            }
+            Err(_) => bail!("{} holds a checkpoint of a run that did not record what it was: {fresh}", dir.display()),
+        };
+        let differences = now.differences(&before);
+        if !differences.is_empty() {
+            bail!("{} holds a checkpoint of another run:\n  {}\n{fresh}", dir.display(), differences.join("\n  "));
+        }
+        let step = serde_json::from_slice::<Value>(&std::fs::read(&latest)?)?["step"].as_u64().unwrap_or(0);
+        if step > n_steps {
+            bail!(
+                "{} holds this run checkpointed at step {step}, past the {n_steps} steps asked for: ask for at least {step}, or {fresh}",
+                dir.display()
+            );
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::fsutil::write_atomic(&dir.join(FILE), serde_json::to_string_pretty(&now.0)?.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn print(pairs: &[(&str, Value)]) -> Fingerprint {
+        Fingerprint(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+    }
+
+    #[test]
+    fn differences_are_named_by_flag() {
+        let a = print(&[("hyperparameters.learning_rate", json!(0.001)), ("training_file.sha256", json!("aa")), ("seed", json!(0))]);
+        let b = print(&[("hyperparameters.learning_rate", json!(0.01)), ("training_file.sha256", json!("bb")), ("seed", json!(0))]);
+        assert_eq!(b.differences(&a), ["--lr: 0.001 before, 0.01 now", "--train (its contents): \"aa\" before, \"bb\" now"]);
+        assert!(a.differences(&a).is_empty());
+    }
+
+    #[test]
+    fn a_folder_resumes_its_own_run_and_refuses_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("run.ckpt");
+        let a = print(&[("seed", json!(1))]);
+        claim_folder(&ckpt, &a, 10, false).unwrap();
+        std::fs::write(ckpt.join("latest.json"), r#"{"step": 10, "adapter": "x", "state": "y"}"#).unwrap();
+        claim_folder(&ckpt, &a, 10, false).unwrap();
+        claim_folder(&ckpt, &a, 20, false).expect("a larger budget continues");
+        let fewer = claim_folder(&ckpt, &a, 5, false).unwrap_err().to_string();
+        assert!(fewer.contains("step 10") && fewer.contains("--force"), "{fewer}");
+        let b = print(&[("seed", json!(2))]);
+        let other = claim_folder(&ckpt, &b, 10, false).unwrap_err().to_string();
+        assert!(other.contains("--seed: 1 before, 2 now") && other.contains("--force"), "{other}");
+        claim_folder(&ckpt, &b, 10, true).unwrap();
+        assert!(!ckpt.join("latest.json").exists(), "--force starts afresh");
+    }
+}
