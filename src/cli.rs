@@ -182,7 +182,8 @@ fn predict(a: PredictArgs) -> Result<()> {
     let spec = adapter_task(&model)?;
     let objective = spec.task().objective(&model.shape, &model.task_state);
     let file = std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
-    let mut samples = Vec::new();
+    // Each sample's line in the file (1-based), which errors name.
+    let (mut samples, mut lines) = (Vec::new(), Vec::new());
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
@@ -194,12 +195,14 @@ fn predict(a: PredictArgs) -> Result<()> {
             Some(inp) => inp.clone(),
             None => v,
         });
+        lines.push(i + 1);
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for (c, chunk) in samples.chunks(a.batch_size.max(1)).enumerate() {
+    let size = a.batch_size.max(1);
+    for (c, chunk) in samples.chunks(size).enumerate() {
         let b = batch_from_samples(&spec, &model.shape, &model.task_state, model.max_positions(), chunk)
-            .map_err(|e| anyhow::anyhow!("{}: record {}: {}", a.input.display(), c * a.batch_size + e.index, e.message))?;
+            .map_err(|e| anyhow::anyhow!("{} line {}: {}", a.input.display(), lines[c * size + e.index], e.message))?;
         let logits =
             tch::no_grad(|| model.forward(&b.inputs.to_device(device), b.lengths.as_ref().map(|l| l.to_device(device)).as_ref(), false));
         for p in objective.predictions(&logits, b.context.as_ref()) {

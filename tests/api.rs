@@ -396,6 +396,11 @@ fn metrics_are_prometheus_text() {
     ] {
         assert!(text.contains(&format!("# TYPE {name}")), "{name} missing");
     }
+    // Every value is a plain number: no negative zero from an empty sum.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{line}"));
+        assert!(!line.ends_with("-0") && (value >= 0.0 || value == -1.0), "{line}");
+    }
     assert_eq!(s.get("/ready").status(), 200);
 }
 

@@ -61,7 +61,7 @@ fn train_eval_predict_and_sweep() {
     std::fs::write(&input, "[1, 0]\n").unwrap();
     let out = fpt(&["predict", "--adapter", adapter.to_str().unwrap(), "--input", input.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("record 0"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in.jsonl line 1: "), "{}", String::from_utf8_lossy(&out.stderr));
 
     let sweep = fpt(&[
         "sweep",
@@ -282,4 +282,39 @@ fn an_argument_the_task_would_ignore_is_refused() {
     let eval = fpt(&["eval", "--adapter", out.to_str().unwrap(), "--data", "/no/such/file.jsonl"]);
     let err = String::from_utf8_lossy(&eval.stderr);
     assert!(!eval.status.success() && err.contains("--data: task `bit_xor` generates"), "{err}");
+}
+
+#[test]
+fn predict_into_a_reader_that_stops_early_exits_quietly_and_logs_carry_no_colour_when_redirected() {
+    let dir = common::tempdir();
+    let adapter = dir.path().join("xor.safetensors");
+    last_json(&fpt(&train_args(adapter.to_str().unwrap(), &[])));
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "[1, 0, 1, 0, 0, 1]\n".repeat(20_000)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fpt"))
+        .args(["predict", "--adapter", adapter.to_str().unwrap(), "--input", input.to_str().unwrap()])
+        .args(["--models-dir", common::tiny_models().to_str().unwrap(), "--batch-size", "16"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head -n 1`: one line read, then the pipe closed.
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("Broken pipe") && !err.contains("panicked"), "{:?}: {err}", out.status);
+    // The log of a redirected server is plain text.
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_fpt"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--no-workers", "--data-dir", dir.path().join("data").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut warning = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(serve.stderr.take().unwrap()), &mut warning).unwrap();
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(warning.contains("no API keys") && !warning.contains('\u{1b}'), "{warning:?}");
 }

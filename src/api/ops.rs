@@ -44,6 +44,8 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
     let queued = state.store.count_status(crate::job::JobStatus::Queued).await.unwrap_or(-1);
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        // A sum of nothing can be -0.0, which reads as a negative count.
+        let value = if value == 0.0 { 0.0 } else { value };
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     };
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;

@@ -210,7 +210,7 @@ mod tests {
         let mut records = vec![record(1, 0, 0, 0); 13];
         records[12][0] = 11;
         let err = read_cifar10_bin(&records.concat()).unwrap_err();
-        assert_eq!(err.to_string(), "record 12: label 11 out of range 0..9");
+        assert_eq!(err.to_string(), "record 13: label 11 out of range 0..9");
         assert!(read_cifar10_bin(&[]).is_err());
     }
 
@@ -235,7 +235,7 @@ mod tests {
         let mut files = all_batches();
         files[5].1[RECORD_LEN] = 10;
         let err = read_cifar10_targz(&targz(&as_refs(&files)), CifarSplit::Test).unwrap_err();
-        assert_eq!(err.to_string(), "test_batch.bin, record 1: label 10 out of range 0..9");
+        assert_eq!(err.to_string(), "test_batch.bin, record 2: label 10 out of range 0..9");
         assert!(read_cifar10_targz(b"\x1f\x8bnot really", CifarSplit::Test).is_err());
     }
 

@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn tape_errors_name_record_or_line() {
         let err = read_tape_json(br#"[{"primary": "MKV", "fold_label": 3}, {"primary": "MK"}]"#, 10).unwrap_err();
-        assert_eq!(err.to_string(), "record 1: missing \"fold_label\"");
+        assert_eq!(err.to_string(), "record 2: missing \"fold_label\"");
         let err = read_tape_json(b"{\"primary\": \"MKV\", \"fold_label\": 1}\n{\"primary\": \"M1\", \"fold_label\": 1}\n", 10).unwrap_err();
         assert_eq!(err.to_string(), "line 2: unknown residue '1' at position 2");
         let err = read_tape_json(b"{\"primary\": \"MKV\", \"fold_label\": -1}\n", 10).unwrap_err();

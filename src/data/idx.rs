@@ -182,6 +182,6 @@ mod tests {
     fn writer_refuses_inconsistent_input() {
         assert!(write_idx_images(2, 2, 2, &[0; 7]).is_err());
         let err = write_idx_labels(&[1, 256]).unwrap_err();
-        assert_eq!(err.to_string(), "record 1: label 256 does not fit IDX's 0..=255");
+        assert_eq!(err.to_string(), "record 2: label 256 does not fit IDX's 0..=255");
     }
 }

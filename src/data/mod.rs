@@ -66,9 +66,10 @@ impl DataError {
         Self::new(format!("line {line}"), message)
     }
 
-    /// A problem in a record of a binary or array file; `index` is 0-based, as array indices are.
+    /// A problem in a record of a binary or array file; `index` is 0-based, and the message
+    /// counts from 1, as line numbers do (the first record is record 1).
     pub fn at_record(index: usize, message: impl Into<String>) -> Self {
-        Self::new(format!("record {index}"), message)
+        Self::new(format!("record {}", index + 1), message)
     }
 
     /// A problem with the file as a whole (size, header, missing parts).
@@ -422,7 +423,7 @@ mod tests {
     fn error_display_names_location() {
         let err = DataError::at_line(7, "input has 15 values");
         assert_eq!(err.to_string(), "line 7: input has 15 values");
-        assert_eq!(DataError::at_record(3, "bad").within("test_batch.bin").to_string(), "test_batch.bin, record 3: bad");
+        assert_eq!(DataError::at_record(3, "bad").within("test_batch.bin").to_string(), "test_batch.bin, record 4: bad");
         assert_eq!(DataError::file("empty").to_string(), "file: empty");
     }
 

@@ -883,7 +883,7 @@ mod tests {
         let array = read_jsonl(b"[{\"input\": [1, 2], \"label\": 0},\n {\"input\": [3], \"label\": 1}]", &continuous(None, None)).unwrap();
         assert_eq!((array.len(), array.labels.clone()), (2, RecordLabels::Class(vec![0, 1])), "a JSON array of records");
         let err = read_jsonl(b"[{\"input\": [1], \"label\": 0}, {\"label\": 1}]", &continuous(None, None)).unwrap_err();
-        assert!(err.to_string().starts_with("record 1: "), "{err}");
+        assert!(err.to_string().starts_with("record 2: "), "{err}");
         let series = read_jsonl(b"{\"input\": [1, 2], \"label\": 0}", &continuous(None, None)).unwrap();
         assert_eq!((series.values_per_token(), series.token_count(0)), (1, 2), "a flat list is a series of single values");
         let mixed = "{\"input\": [[1, 2]], \"label\": 0}\n{\"input\": [1, 2], \"label\": 0}";
@@ -982,7 +982,7 @@ mod tests {
         let inputs = npy_bytes("<f4", &[6, 4], &le_bytes(&values, f32::to_le_bytes));
         let labels = npy_bytes("<i8", &[6], &le_bytes(&[0i64; 6], i64::to_le_bytes));
         let err = npz_records(inputs, labels.clone(), &continuous(Some(2), None)).unwrap_err();
-        assert_eq!(err.to_string(), "record 5: input value 0 is NaN");
+        assert_eq!(err.to_string(), "record 6: input value 0 is NaN");
         let inputs = npy_bytes("<f4", &[5, 4], &le_bytes(&[1.0f32; 20], f32::to_le_bytes));
         let err = npz_records(inputs, labels.clone(), &continuous(Some(2), None)).unwrap_err();
         assert_eq!(err.to_string(), "file: inputs hold 5 records but labels hold 6 records");
@@ -991,7 +991,7 @@ mod tests {
         assert_eq!(err.to_string(), "array 'inputs': has dtype float32, but it must hold integers");
         let ids = npy_bytes("<i8", &[6, 1], &le_bytes(&[0i64, 1, 2, 3, 9, 0], i64::to_le_bytes));
         let err = npz_records(ids, labels, &tokens(4)).unwrap_err();
-        assert_eq!(err.to_string(), "record 4: token id 9 at index 0 out of range 0..4 (vocab_size)");
+        assert_eq!(err.to_string(), "record 5: token id 9 at index 0 out of range 0..4 (vocab_size)");
     }
 
     #[test]
@@ -999,11 +999,11 @@ mod tests {
         let labels = npy_bytes("<i8", &[2], &le_bytes(&[0i64, 1], i64::to_le_bytes));
         let no_tokens = npy_bytes("<i8", &[2, 0], &[]);
         let err = npz_records(no_tokens, labels.clone(), &tokens(4)).unwrap_err();
-        assert_eq!(err.to_string(), "record 0: input is empty");
+        assert_eq!(err.to_string(), "record 1: input is empty");
         let ids = npy_bytes("<i8", &[2, 1], &le_bytes(&[0i64, 1], i64::to_le_bytes));
         let no_bits = npy_bytes("|u1", &[2, 0], &[]);
         let err = npz_records(ids.clone(), no_bits, &tokens(4)).unwrap_err();
-        assert_eq!(err.to_string(), "record 0: label is an empty bit array");
+        assert_eq!(err.to_string(), "record 1: label is an empty bit array");
         let cube = npy_bytes("<i8", &[2, 1, 1], &le_bytes(&[0i64, 1], i64::to_le_bytes));
         let err = npz_records(cube, labels, &tokens(4)).unwrap_err();
         assert!(err.to_string().starts_with("array 'inputs': has shape [2, 1, 1]"), "{err}");
@@ -1031,9 +1031,9 @@ mod tests {
         assert_eq!(set.labels, RecordLabels::Class(vec![2, 1]));
         values[7] = f32::INFINITY;
         let err = read_safetensors(&serialize(&values), &continuous(Some(2), Some(3))).unwrap_err();
-        assert_eq!(err.to_string(), "record 1: input value 3 is infinite");
+        assert_eq!(err.to_string(), "record 2: input value 3 is infinite");
         let err = read_safetensors(&serialize(&[0.0; 8]), &continuous(Some(4), Some(3))).unwrap_err();
-        assert_eq!(err.to_string(), "record 0: tokens have 2 values, expected 4 (token_dim)");
+        assert_eq!(err.to_string(), "record 1: tokens have 2 values, expected 4 (token_dim)");
     }
 
     #[test]

@@ -153,14 +153,14 @@ fn is_tar(b: &[u8]) -> bool {
 
 pub(super) fn check_classes(s: ImageSet, n: i64) -> Result<ImageSet> {
     if let Some(i) = s.labels.iter().position(|&l| l < 0 || l >= n) {
-        bail!("record {i}: label {} out of range 0..{}", s.labels[i], n - 1);
+        bail!("record {}: label {} out of range 0..{}", i + 1, s.labels[i], n - 1);
     }
     Ok(s)
 }
 
 pub(super) fn check_seq_classes(s: SequenceSet, n: usize) -> Result<SequenceSet> {
     if let Some(i) = s.labels.iter().position(|&l| l < 0 || l as usize >= n) {
-        bail!("record {i}: label {} out of range 0..{}", s.labels[i], n - 1);
+        bail!("record {}: label {} out of range 0..{}", i + 1, s.labels[i], n - 1);
     }
     Ok(s)
 }
@@ -342,7 +342,7 @@ fn record_targets(l: &RecordLabels) -> Tensor {
 pub(super) fn record_images(r: &RecordSet, dims: [i64; 3], t: &ImageTransform) -> Result<Split> {
     let RecordInputs::Continuous { values, .. } = &r.inputs else { bail!("image records must hold numbers") };
     if let Some(i) = (0..r.len()).find(|&i| r.token_count(i) != 1) {
-        bail!("record {i}: expected one image of {}x{}x{} = {} values", dims[0], dims[1], dims[2], dims.iter().product::<i64>());
+        bail!("record {}: expected one image of {}x{}x{} = {} values", i + 1, dims[0], dims[1], dims[2], dims.iter().product::<i64>());
     }
     let x = Tensor::from_slice(values).view([r.len() as i64, dims[0], dims[1], dims[2]]);
     Ok(Split { features: Features::Images { x, transform: t.clone() }, targets: record_targets(&r.labels) })
