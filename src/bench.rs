@@ -29,6 +29,7 @@ pub struct BenchArgs {
     /// fp32 or bf16 (frozen weights and their matmuls in bf16) for `--case`.
     #[arg(long, default_value = "fp32")]
     pub precision: String,
+    /// libtorch's CPU threads for the measured runs.
     #[arg(long, default_value_t = 2)]
     pub threads: i32,
     /// Batch size override (GPU tables use 16 and 64).
@@ -37,6 +38,7 @@ pub struct BenchArgs {
     /// Timed steps and batches (default: each case's own).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// auto (CUDA when present), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Precisions to compare (the orchestrator).

@@ -28,29 +28,50 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Action {
-    /// Train an adapter on a frozen backbone. A repeated option takes its last value, so that
-    /// the command lines `fpt experiment --dry-run` prints (spec, group, grid) run as they read.
-    #[command(args_override_self = true)]
+    /// Train an adapter on a frozen backbone.
+    ///
+    /// A repeated option takes its last value (so the command lines `fpt experiment --dry-run`
+    /// prints run as they read). The same command again resumes from the checkpoint folder; a
+    /// larger --steps continues; other settings there are refused (--force starts afresh).
+    #[command(args_override_self = true, after_help = TRAIN_EXAMPLE)]
     Train(TrainArgs),
-    /// Evaluate an adapter on a dataset file.
+    /// Score an adapter on a dataset file (or a generated task's validation set).
+    #[command(after_help = "Example:\n  fpt eval --adapter mnist.safetensors --data mnist-test.tar.gz")]
     Eval(EvalArgs),
-    /// Predict with an adapter, one JSON line per input record.
+    /// Predict with an adapter: one JSON line per input record.
+    #[command(after_help = "Example:\n  fpt predict --adapter xor.safetensors --input samples.jsonl | head")]
     Predict(PredictArgs),
     /// Train at several learning rates and seeds; report the best by the primary validation metric.
+    #[command(
+        after_help = "Example:\n  fpt sweep --model tiny-gpt2 --task bit_xor --steps 500 --lr 1e-4,1e-3 --seeds 0,1 --out-dir sweep/"
+    )]
     Sweep(SweepArgs),
-    /// List the base models found.
+    /// List the base models found in the models folder.
+    #[command(after_help = "Example:\n  fpt models --models-dir models")]
     Models(CommonArgs),
-    /// Run the HTTP service.
+    /// Run the HTTP service (API, dashboard, training workers, batches).
+    #[command(after_help = "Example:\n  fpt serve --bind 127.0.0.1:8080 --data-dir data --models-dir models")]
     Serve(crate::config::ServeArgs),
-    /// Run training workers only, against a shared database and artifact store.
+    /// Run training workers (and batches) only, against a shared database and artifact store.
+    #[command(after_help = "Example:\n  fpt worker --database-url postgres://fpt@db/fpt --artifacts /shared/artifacts --workers 2")]
     Worker(crate::config::WorkerArgs),
-    /// Benchmark training and inference speed.
+    /// Benchmark training and inference speed against the PyTorch reference.
+    #[command(after_help = "Example:\n  fpt bench --case tiny")]
     Bench(crate::bench::BenchArgs),
     /// Load-test a running server's predictions across several fine-tuned models.
+    #[command(after_help = "Example:\n  fpt loadtest --url http://127.0.0.1:8080 --models ft-a,ft-b --sample '[0.5, 0.1]'")]
     Loadtest(crate::loadtest::LoadtestArgs),
     /// Run a grid of training runs from a spec file and write the results table and plots.
+    ///
+    /// The spec's format is in docs/experiments.md.
+    #[command(after_help = "Example:\n  fpt experiment experiments/cpu-suite.toml --dry-run")]
     Experiment(crate::experiment::ExperimentArgs),
 }
+
+const TRAIN_EXAMPLE: &str = "Examples:
+  fpt train --model tiny-gpt2 --task bit_xor --steps 500 --out xor.safetensors
+  fpt train --model all-MiniLM-L6-v2 --task sequence_classification --train data.csv --out a.safetensors
+  fpt train --model ./models/gpt2 --task '{\"type\":\"listops\",\"max_len\":512}' --train listops.tsv --lr 3e-4 --out l.safetensors";
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.action {
@@ -227,4 +248,31 @@ fn models(a: CommonArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand says what it does and shows an example; every flag says what it is for.
+    #[test]
+    fn every_subcommand_and_flag_explains_itself() {
+        let mut missing = Vec::new();
+        let root = super::Cli::command();
+        for sub in root.get_subcommands() {
+            let name = sub.get_name();
+            if sub.get_about().is_none() {
+                missing.push(format!("{name}: no about"));
+            }
+            if !sub.get_after_help().is_some_and(|h| h.to_string().contains("Example")) {
+                missing.push(format!("{name}: no example"));
+            }
+            for arg in sub.get_arguments().filter(|a| !["help", "version"].contains(&a.get_id().as_str())) {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{name} --{}", arg.get_long().unwrap_or(arg.get_id().as_str())));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "without help:\n{}", missing.join("\n"));
+    }
 }

@@ -19,6 +19,7 @@ use crate::tasks::TaskLimits;
 
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
+    /// The address to listen on (port 0: any free port, printed at start).
     #[arg(long, env = "FPT_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
     /// SQLite database, uploaded files, checkpoints and adapters.
@@ -62,10 +63,13 @@ pub struct ServeArgs {
     /// Allow a non-loopback bind without API keys.
     #[arg(long)]
     pub insecure: bool,
+    /// Largest uploaded file, in MiB (413 past it).
     #[arg(long, env = "FPT_MAX_UPLOAD_MB", default_value_t = 512)]
     pub max_upload_mb: usize,
+    /// Largest JSON request body, in MiB (413 past it).
     #[arg(long, env = "FPT_MAX_BODY_MB", default_value_t = 32)]
     pub max_body_mb: usize,
+    /// Seconds a request may take (408 past it); live event streams are not held to it.
     #[arg(long, env = "FPT_REQUEST_TIMEOUT_SECS", default_value_t = 120)]
     pub request_timeout_secs: u64,
     /// Requests served at once; more get 429.
@@ -74,6 +78,7 @@ pub struct ServeArgs {
     /// Origins allowed by CORS (none: CORS off).
     #[arg(long = "cors-origin", env = "FPT_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// The frozen weights' precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16.
     #[arg(long, value_enum, env = "FPT_PRECISION", default_value_t = Precision::Auto)]
     pub precision: Precision,
     /// KiB/s an upload must average after its first 10 s (and no part may stall longer); slower
@@ -309,6 +314,7 @@ pub struct WorkerArgs {
     /// Training workers in this process (default: one per GPU, one on CPU).
     #[arg(long, env = "FPT_WORKERS")]
     pub workers: Option<usize>,
+    /// The frozen weights' precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16.
     #[arg(long, value_enum, env = "FPT_PRECISION", default_value_t = Precision::Auto)]
     pub precision: Precision,
     /// As `fpt serve --allow-downloads`: jobs may name hub models.

@@ -19,13 +19,16 @@ pub struct LoadtestArgs {
     /// One sample (JSON), sent as `inputs: [sample]` to every model.
     #[arg(long)]
     pub sample: String,
+    /// Prediction requests of each phase.
     #[arg(long, default_value_t = 400)]
     pub requests: usize,
+    /// Clients sending at once in the concurrent phase.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
     /// Stop each phase after this long.
     #[arg(long, default_value_t = 120)]
     pub max_seconds: u64,
+    /// The server's API key, when it has keys.
     #[arg(long, env = "FPT_API_KEY")]
     pub api_key: Option<String>,
     /// Also send this many lines (the same sample, round-robin across the models) as one batch,

@@ -24,6 +24,9 @@ macro_rules! task_types {
         $(pub mod $file;)*
         $(#[cfg(test)] mod $test_file;)*
 
+        /// Every type's name, as requests spell it (the test builds' own left out).
+        pub const TASK_TYPES: &[&str] = &[$($($name,)+)*];
+
         /// One of the paper's tasks or a generic user task. Unknown fields are refused, so typos surface.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         #[serde(tag = "type")]
