@@ -193,6 +193,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     let mut out = serde_json::to_value(&e.metrics)?;
     out["loss"] = json!(e.loss);
     out["samples"] = json!(e.samples);
+    if let Some(c) = crate::train::confusion::confusion(&model, &task, EvalSplit::Valid, 64) {
+        out["confusion"] = json!(c);
+    }
     println!("{out}");
     Ok(())
 }

@@ -65,6 +65,13 @@ fn the_whole_life_of_a_job() {
     assert_eq!(j["metadata"]["k"], "v");
     assert_eq!(j["hyperparameters"]["backbone_dropout"], 0.0);
     assert!(j["result"]["valid_accuracy"].as_f64().unwrap() >= 0.0);
+    // The kept checkpoint's confusion on the 50 validation rows: true class by predicted class.
+    let c = &j["result"]["confusion"];
+    assert_eq!((c["split"].as_str(), c["labels"].as_array().map(Vec::len)), (Some("valid"), Some(2)), "{c}");
+    let counts: Vec<Vec<u64>> = serde_json::from_value(c["matrix"].clone()).unwrap();
+    assert_eq!(counts.iter().flatten().sum::<u64>(), 50, "{c}");
+    let right = (counts[0][0] + counts[1][1]) as f64 / 50.0;
+    assert!((right - j["result"]["best_valid_accuracy"].as_f64().unwrap()).abs() < 1e-9, "the matrix is the kept checkpoint's: {c}");
     let model = j["fine_tuned_model"].as_str().unwrap().to_string();
     assert!(model.starts_with("ft-life-"), "{model}");
 

@@ -318,3 +318,31 @@ fn predict_into_a_reader_that_stops_early_exits_quietly_and_logs_carry_no_colour
     let _ = serve.wait();
     assert!(warning.contains("no API keys") && !warning.contains('\u{1b}'), "{warning:?}");
 }
+
+#[test]
+fn eval_of_a_classifier_shows_its_confusion_matrix() {
+    let dir = common::tempdir();
+    let data = dir.path().join("signs.jsonl");
+    std::fs::write(&data, common::server::sign_dataset(60, 4)).unwrap();
+    let adapter = dir.path().join("signs.safetensors");
+    let (a, d) = (adapter.to_str().unwrap(), data.to_str().unwrap());
+    last_json(&fpt(&[
+        "train",
+        "--model",
+        "tiny-gpt2",
+        "--task",
+        common::server::SIGN_TASK,
+        "--train",
+        d,
+        "--steps",
+        "10",
+        "--out",
+        a,
+        "--quiet",
+    ]));
+    let e = last_json(&fpt(&["eval", "--adapter", a, "--data", d]));
+    let counts: Vec<Vec<u64>> = serde_json::from_value(e["confusion"]["matrix"].clone()).unwrap();
+    assert_eq!((counts.len(), counts.iter().flatten().sum::<u64>()), (2, e["samples"].as_u64().unwrap()), "{e}");
+    let right = (counts[0][0] + counts[1][1]) as f64 / e["samples"].as_f64().unwrap();
+    assert!((right - e["accuracy"].as_f64().unwrap()).abs() < 1e-9, "{e}");
+}

@@ -227,6 +227,10 @@ pub struct RunSummary {
     /// `trivial_valid_<primary metric>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// A classifier's confusion on the validation split at the kept adapter (the checkpoint of
+    /// `best_step`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confusion: Option<crate::train::confusion::Confusion>,
 }
 
 impl RunSummary {
@@ -261,6 +265,7 @@ impl RunSummary {
             trained_tokens: None,
             adapter: None,
             warning: o.no_better_than.as_ref().map(|t| crate::train::no_better_message(o.primary, o.best_valid.unwrap_or(f64::NAN), t)),
+            confusion: o.confusion.clone(),
         }
     }
 
@@ -344,6 +349,7 @@ mod tests {
             trained_tokens: Some(640),
             adapter: None,
             warning: Some("no better".into()),
+            confusion: None,
         };
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["valid_accuracy"], 0.5);

@@ -2,6 +2,7 @@
 //! evaluation on whole splits, early stopping, atomic checkpoints, exact resume, progress reports
 //! through a callback, and a control flag checked every step (cancel, pause, shutdown).
 pub mod checkpoint;
+pub mod confusion;
 pub mod optim;
 
 use std::collections::HashMap;
@@ -198,6 +199,8 @@ pub struct Outcome {
     pub adapter: Option<PathBuf>,
     /// The trivial predictor, when the run's best validation value is no better than its.
     pub no_better_than: Option<crate::tasks::Trivial>,
+    /// A classifier's confusion on the validation split, at the kept adapter.
+    pub confusion: Option<confusion::Confusion>,
 }
 
 /// What a run that is no better than its trivial predictor says.
@@ -367,7 +370,13 @@ impl Trainer<'_> {
         if let Some(t) = &no_better_than {
             report(Progress::Message(no_better_message(primary.name, state.best_valid.unwrap_or(f64::NAN), t)));
         }
-        let test = if finished && self.task.has_test() { self.test_with(adapter.as_deref())? } else { None };
+        // The kept adapter (chosen on validation) is what the confusion and the test describe.
+        if let Some(a) = adapter.as_deref().filter(|_| finished) {
+            let (tensors, _) = crate::model::weights::read_safetensors(a, self.model.device)?;
+            self.model.assign(&tensors)?;
+        }
+        let confusion = finished.then(|| confusion::confusion(self.model, self.task, EvalSplit::Valid, cfg.eval_batch_size)).flatten();
+        let test = if finished { evaluate(self.model, self.task, EvalSplit::Test, cfg.eval_batch_size) } else { None };
         let wall = started.elapsed().as_secs_f64();
         Ok(Outcome {
             ending,
@@ -383,16 +392,8 @@ impl Trainer<'_> {
             wall_seconds: wall,
             adapter,
             no_better_than,
+            confusion,
         })
-    }
-
-    /// Test metrics of the kept adapter (its tensors are loaded into the model).
-    fn test_with(&self, adapter: Option<&std::path::Path>) -> Result<Option<Evaluation>> {
-        if let Some(a) = adapter {
-            let (tensors, _) = crate::model::weights::read_safetensors(a, self.model.device)?;
-            self.model.assign(&tensors)?;
-        }
-        Ok(evaluate(self.model, self.task, EvalSplit::Test, self.cfg.eval_batch_size))
     }
 
     /// One optimiser step; returns the mean loss of its batch and its metric sums.
