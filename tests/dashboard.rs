@@ -53,16 +53,29 @@ fn dashboard_trains_watches_and_predicts_in_a_real_browser() {
     b.screenshot(&shots().join("1-new-job.png"));
     b.click("#f-submit");
 
-    // The job page: the curve gains points while the job runs.
+    // The job page: status, progress and the curve follow the job live, with no reload (a reload
+    // would drop the marker set on the page).
     b.wait_for("#job-status", Duration::from_secs(60));
+    b.script("window.__same_page = true;", vec![]);
     let start = Instant::now();
-    let mut seen = Vec::new();
+    let (mut seen, mut statuses, mut progress) = (Vec::new(), Vec::<String>::new(), Vec::new());
     loop {
         let n = curve_points(&b);
         if seen.last() != Some(&n) {
             seen.push(n);
         }
         let status = b.text("#job-status");
+        if statuses.last() != Some(&status) {
+            statuses.push(status.clone());
+        }
+        let state = b.script(
+            "return ['cancel', 'pause', 'resume'].map(a => document.querySelector(`button[data-act=${a}]`).disabled).concat([+document.querySelector('#job-progress').value]);",
+            vec![],
+        );
+        if status == "running" {
+            assert_eq!(state.as_array().unwrap()[..3], [false, false, true].map(Value::from), "running: cancel and pause, not resume");
+            progress.push(state[3].as_u64().unwrap());
+        }
         if status == "succeeded" {
             break;
         }
@@ -74,11 +87,80 @@ fn dashboard_trains_watches_and_predicts_in_a_real_browser() {
         std::thread::sleep(Duration::from_millis(150));
     }
     assert!(seen.iter().filter(|&&n| n > 0).count() >= 2, "the curve grew while training: {seen:?}");
+    assert!(statuses.contains(&"running".to_string()) && statuses.last().unwrap() == "succeeded", "statuses seen: {statuses:?}");
+    assert!(progress.windows(2).any(|w| w[1] > w[0]), "the progress bar moved while running: {progress:?}");
+    assert_eq!(b.script("return window.__same_page === true;", vec![]), Value::from(true), "the page was not reloaded");
     assert_eq!(curve_points(&b), 60, "one point per report (the form asks for one every 5 steps of 300)");
+    let buttons = b.script("return Array.from(document.querySelectorAll('button[data-act]')).map(b => b.disabled);", vec![]);
+    assert_eq!(buttons, Value::from(vec![true, true, true]), "an ended job can be neither cancelled, paused nor resumed");
     b.wait_for("#ckpts tr", Duration::from_secs(10));
+    // The confusion matrix of the kept checkpoint: ten classes, every validation digit counted once.
+    b.wait_for("#confusion-matrix", Duration::from_secs(10));
+    let counted = b.script(
+        "return Array.from(document.querySelectorAll('#confusion-matrix tbody tr')).map(r => Array.from(r.querySelectorAll('td:not(.muted)')).reduce((a, c) => a + (+c.textContent), 0));",
+        vec![],
+    );
+    let rows: Vec<u64> = serde_json::from_value(counted).unwrap();
+    let id = b.script("return location.hash.split('/')[2];", vec![]);
+    let job = s.job(id.as_str().unwrap());
+    let digits = s.get_json(&format!("/v1/files/{}", job["training_file"].as_str().unwrap()))["samples"].as_f64().unwrap();
+    let held_out = (digits * job["hyperparameters"]["validation_fraction"].as_f64().unwrap()).round() as u64;
+    assert_eq!((rows.len(), rows.iter().sum::<u64>()), (10, held_out), "ten true classes, every held-out digit once");
+    assert!(b.text("#job-hyper").contains("learning_rate") && b.text("#job-task").contains("mnist"), "the job's settings are shown");
     b.screenshot(&shots().join("3-finished.png"));
+    b.script("document.querySelector('#result').scrollIntoView();", vec![]);
+    b.screenshot(&shots().join("3-confusion.png"));
     let model = b.text("#job-model");
     assert!(model.starts_with("ft-"), "{model}");
+    let job_a = id.as_str().unwrap().to_string();
+
+    // Another run on the same file at another learning rate; the jobs list follows it to its end
+    // by itself, then the two are compared.
+    let file = s.job(&job_a)["training_file"].as_str().unwrap().to_string();
+    let job_b = s.create_job(serde_json::json!({"model": "tiny-gpt2", "task": {"type": "mnist"}, "training_file": file,
+        "hyperparameters": {"n_steps": 150, "eval_every": 50, "batch_size": 16, "learning_rate": 0.003, "log_every": 10}}));
+    b.goto(&format!("{}/#/jobs", s.url));
+    b.wait_for(&format!("input.pick[value='{job_b}']"), Duration::from_secs(20));
+    b.script("window.__same_page = true;", vec![]);
+    let row_status = |id: &str| {
+        b.script(&format!("const r = document.querySelector(\"input.pick[value='{id}']\"); return r ? r.closest('tr').querySelector('.status').textContent : '';"), vec![])
+    };
+    let start = Instant::now();
+    while row_status(&job_b) != "succeeded" {
+        assert!(start.elapsed() < Duration::from_secs(120), "the list shows {:?}", row_status(&job_b));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(b.script("return window.__same_page === true;", vec![]), Value::from(true), "the list refreshed without a reload");
+    b.click(&format!("input.pick[value='{job_a}']"));
+    b.click(&format!("input.pick[value='{job_b}']"));
+    b.click("#compare");
+    b.wait_for("#compare-table tbody tr", Duration::from_secs(20));
+    let lines = b.script("return document.querySelectorAll('#compare-metric polyline').length;", vec![]);
+    assert_eq!(lines, Value::from(2), "one validation curve per job");
+    let table = b.text("#compare-table");
+    assert!(table.contains(&job_a) && table.contains(&job_b) && table.contains("0.003"), "{table}");
+    b.screenshot(&shots().join("7-compare.png"));
+
+    // The files page: upload a dataset, see it listed with its sample count, delete it.
+    let small = tmp.path().join("validation-signs.jsonl");
+    std::fs::write(&small, common::server::sign_dataset(12, 9)).unwrap();
+    b.goto(&format!("{}/#/files", s.url));
+    b.wait_for("#upload-form", Duration::from_secs(20));
+    b.type_into("#u-file", small.to_str().unwrap());
+    b.click("#u-submit");
+    let listed = "Array.from(document.querySelectorAll('#files tbody tr')).filter(r => r.textContent.includes('validation-signs.jsonl'))";
+    let start = Instant::now();
+    while b.script(&format!("return {listed}.length;"), vec![]) != Value::from(1) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the upload is not listed: {}", b.text("#files"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(b.script(&format!("return {listed}[0].textContent;"), vec![]).as_str().unwrap().contains("12"), "its 12 samples");
+    b.script(&format!("{listed}[0].querySelector('[data-delete]').click();"), vec![]);
+    let start = Instant::now();
+    while b.script(&format!("return {listed}.length;"), vec![]) != Value::from(0) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the file was not deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Playground: draw a digit, get ten probabilities.
     b.goto(&format!("{}/#/playground/{model}", s.url));
@@ -95,6 +177,39 @@ fn dashboard_trains_watches_and_predicts_in_a_real_browser() {
     assert!((sum.as_f64().unwrap() - 100.0).abs() < 1.0, "probabilities sum to 100%: {sum}");
     assert_eq!(b.script("return document.querySelectorAll('#pg-bars .bar').length;", vec![]), Value::from(10));
     b.screenshot(&shots().join("4-playground.png"));
+
+    // A model that takes JSON samples: a bad one is said once, next to the input; a good one
+    // clears it; the next bad one clears the stale answer.
+    let signs = s.upload_ok("signs.jsonl", common::server::sign_dataset(40, 3));
+    let tuned = s.train_quick(serde_json::from_str(common::server::SIGN_TASK).unwrap(), Some(&signs), 1);
+    b.goto(&format!("{}/#/playground/{tuned}", s.url));
+    b.wait_for("#pg-json", Duration::from_secs(20));
+    b.type_into("#pg-json", "[1, 2, 3]");
+    b.click("#pg-predict");
+    let error = |b: &Browser| {
+        let t = Instant::now();
+        loop {
+            let e = b.text("#pg-error");
+            if !e.is_empty() || t.elapsed() > Duration::from_secs(20) {
+                return e;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let shown = error(&b);
+    assert!(shown.starts_with("inputs[0]") && shown.matches("inputs[0]").count() == 1, "said once, naming the sample: {shown:?}");
+    assert!(!b.text("#status").contains("inputs[0]"), "not said again in the footer");
+    b.screenshot(&shots().join("8-playground-error.png"));
+    b.script("document.querySelector('#pg-json').value = '';", vec![]);
+    b.type_into("#pg-json", "[0.5, 0.1, -0.2, 0.3, 0.0, 0.1, 0.2, 0.3]");
+    b.click("#pg-predict");
+    b.wait_for("#pg-out:not(:empty)", Duration::from_secs(20));
+    assert_eq!(b.text("#pg-error"), "", "the error went with the good answer");
+    b.script("document.querySelector('#pg-json').value = '';", vec![]);
+    b.type_into("#pg-json", "[1]");
+    b.click("#pg-predict");
+    assert!(!error(&b).is_empty());
+    assert_eq!(b.text("#pg-out"), "", "the stale answer is cleared");
 
     // Models page, then a phone width without horizontal scrolling.
     b.goto(&format!("{}/#/models", s.url));

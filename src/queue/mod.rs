@@ -346,13 +346,13 @@ fn finish(inner: &Arc<Inner>, job: &Job, lease: &Lease, o: Outcome, summary: Run
             }))?;
             (format!("Job succeeded: fine-tuned model {model_id}"), Some(serde_json::to_value(&summary)?))
         }
-        Ending::Cancelled => ("Job cancelled".to_string(), None),
+        Ending::Cancelled => ("Job cancelled".to_string(), Some(json!({"status": "cancelled"}))),
         // A hand-back becomes what the client asked meanwhile (see `Store::release_job`).
         Ending::Paused | Ending::Interrupted => match inner.rt.block_on(store.job(&job.id)).ok().flatten().map(|j| j.desired) {
-            Some(Desired::Cancel) => ("Job cancelled".to_string(), None),
-            Some(Desired::Pause) => (format!("Job paused at step {}", o.steps), None),
-            _ if o.ending == Ending::Paused => (format!("Job paused at step {}", o.steps), None),
-            _ => (format!("Server stopping: job checkpointed at step {} and queued again", o.steps), None),
+            Some(Desired::Cancel) => ("Job cancelled".to_string(), Some(json!({"status": "cancelled"}))),
+            Some(Desired::Pause) => (format!("Job paused at step {}", o.steps), Some(json!({"status": "paused"}))),
+            _ if o.ending == Ending::Paused => (format!("Job paused at step {}", o.steps), Some(json!({"status": "paused"}))),
+            _ => (format!("Server stopping: job checkpointed at step {} and queued again", o.steps), Some(json!({"status": "queued"}))),
         },
     };
     ev.send(event(&job.id, &lease.worker, "info", "message", message, data, None));
@@ -473,7 +473,8 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
     } else {
         format!("Job started on worker {worker}")
     };
-    cfg.events.send(event(&job.id, worker, "info", "message", message, None, None));
+    // The status rides with the message, so that a client watching the stream sees it change.
+    cfg.events.send(event(&job.id, worker, "info", "message", message, Some(json!({"status": "running"})), None));
 
     let file = |id: &Option<String>| id.as_ref().map(|f| inner.rt.block_on(cfg.artifacts.local(&file_key(f)))).transpose();
     let files = DataFiles { train: file(&job.spec.files.train)?, valid: file(&job.spec.files.valid)?, test: None };
