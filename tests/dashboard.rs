@@ -268,6 +268,14 @@ fn the_dashboard_shows_the_keys_project_and_only_its_jobs() {
     use_key(&kb, "team b");
     let theirs = table_when(&|t| t.contains("No jobs yet"));
     assert!(!theirs.contains(&job), "team b does not see team a's job");
+    // A job no worker has taken (this server has none) waits, and its page says so.
+    use_key(&ka, "team a");
+    b.goto(&format!("{}/#/jobs/{job}", s.url));
+    b.wait_for("#chart-loss text.empty", Duration::from_secs(20));
+    assert_eq!(b.text("#job-status"), "queued");
+    assert!(b.text("#chart-loss").contains("Waiting for the first report"), "{}", b.text("#chart-loss"));
+    let buttons = b.script("return Array.from(document.querySelectorAll('button[data-act]')).map(b => b.disabled);", vec![]);
+    assert_eq!(buttons, Value::from(vec![false, false, true]), "a queued job can be cancelled or paused, not resumed");
     let errors = b.script("return window.__errors;", vec![]);
     assert_eq!(errors, Value::Array(vec![]), "console errors: {errors}");
 }
@@ -286,6 +294,11 @@ fn the_playground_draws_a_forecast_beside_its_context() {
     assert_eq!(job["status"], "succeeded", "{job}");
     let model = job["fine_tuned_model"].as_str().unwrap();
     let b = Browser::start(1280, 800);
+    // Its one evaluation (step 10 of 10) is drawn: a dot, though a line needs two points.
+    b.goto(&format!("{}/#/jobs/{id}", s.url));
+    b.wait_for("#chart-acc circle.valid", Duration::from_secs(20));
+    assert_eq!(b.script("return document.querySelectorAll('#chart-loss circle.valid').length;", vec![]), Value::from(1));
+    assert!(b.text("#chart-acc").contains("mae"), "the primary metric titles its axis: {}", b.text("#chart-acc"));
     b.goto(&format!("{}/#/playground/{model}", s.url));
     b.wait_for("#pg-json", Duration::from_secs(20));
     let context: Vec<f64> = (0..30).map(|t| 100.0 + 10.0 * (t as f64 / 4.0).sin()).collect();
