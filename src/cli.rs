@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::flags::{flag_for, CommonArgs, EvalArgs, ModelArgs, PredictArgs, SweepArgs, TrainArgs};
+use crate::job::fingerprint::FolderRefused;
 use crate::job::{train_to_file, LocalRun, PrepareError};
 use crate::model::fpt::FptModel;
 use crate::model::ModelRegistry;
@@ -117,7 +118,10 @@ fn train_once(
     // named by its flag, as the parse names the others.
     run.map_err(|e| match e.downcast::<PrepareError>() {
         Ok(p) => anyhow::anyhow!("{}: {:#}", flag_for(&p.field), p.error),
-        Err(e) => e,
+        Err(e) => match e.downcast::<FolderRefused>() {
+            Ok(refused) => anyhow::anyhow!(refused.describe(flag_for)),
+            Err(e) => e,
+        },
     })
 }
 
@@ -130,17 +134,27 @@ fn train(a: TrainArgs) -> Result<()> {
 
 fn sweep(a: SweepArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out_dir)?;
-    let mut rows = Vec::new();
+    let (mut rows, mut diverged) = (Vec::new(), Vec::new());
     for &lr in &a.lr {
         for &seed in &a.seeds {
             let name = format!("lr{lr:e}-seed{seed}");
             let out = a.out_dir.join(format!("{name}.safetensors"));
-            let r = train_once(&a.model, lr, seed, &out, &a.out_dir.join(format!("{name}.ckpt")), true, a.force)?;
-            eprintln!("{}", serde_json::to_string(&r.summary)?);
-            rows.push((lr, seed, r.summary));
+            match train_once(&a.model, lr, seed, &out, &a.out_dir.join(format!("{name}.ckpt")), true, a.force) {
+                Ok(r) => {
+                    eprintln!("{}", serde_json::to_string(&r.summary)?);
+                    rows.push((lr, seed, r.summary));
+                }
+                // A learning rate too high for the task is a finding of the sweep, not its end.
+                Err(e) if e.downcast_ref::<crate::train::Diverged>().is_some() => {
+                    eprintln!("{name}: {e}");
+                    diverged.push(json!({"lr": lr, "seed": seed, "error": e.to_string()}));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     let Some(primary) = rows.first().map(|r| (r.2.primary_metric.clone(), r.2.direction)) else {
+        println!("{}", json!({"best_lr": null, "runs": 0, "diverged": diverged}));
         return Ok(());
     };
     let best_col = format!("best_{}", primary.0);
@@ -158,11 +172,11 @@ fn sweep(a: SweepArgs) -> Result<()> {
     // Best learning rate by the primary validation metric averaged over seeds.
     let mean_at = |lr: f64| {
         let v: Vec<f64> = rows.iter().filter(|r| r.0 == lr).filter_map(|r| r.2.best_valid()).collect();
-        v.iter().sum::<f64>() / v.len().max(1) as f64
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     };
-    let best = a.lr.iter().map(|&lr| (lr, mean_at(lr))).reduce(|x, y| if primary.1.better(y.1, x.1) { y } else { x });
+    let best = a.lr.iter().filter_map(|&lr| mean_at(lr).map(|m| (lr, m))).reduce(|x, y| if primary.1.better(y.1, x.1) { y } else { x });
     if let Some((lr, value)) = best {
-        println!("{}", json!({"best_lr": lr, format!("mean_best_valid_{}", primary.0): value, "runs": rows.len()}));
+        println!("{}", json!({"best_lr": lr, format!("mean_best_valid_{}", primary.0): value, "runs": rows.len(), "diverged": diverged}));
     }
     Ok(())
 }

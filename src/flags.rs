@@ -194,9 +194,16 @@ pub fn flag_error(e: SpecError) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", flag_for(&e.field), e.message)
 }
 
-/// The flag that sets an API field path.
+/// The flag that sets an API field path (or a field of a run's fingerprint).
 pub fn flag_for(field: &str) -> String {
     let named = match field {
+        "task" => "--task",
+        "precision" => "--precision",
+        "model.sha256" => "--model (its weights)",
+        "training_file.sha256" => "--train (its contents)",
+        "validation_file.sha256" => "--valid (its contents)",
+        "test_file.sha256" => "--test (its contents)",
+        "method.fpt.pretrained" => "--no-pretrained",
         "model" => "--model",
         "seed" => "--seed",
         "training_file" => "--train",
@@ -212,6 +219,9 @@ pub fn flag_for(field: &str) -> String {
     }
     if let Some(h) = field.strip_prefix("hyperparameters.") {
         return format!("--{}", h.replace('_', "-"));
+    }
+    if let Some(switch) = field.strip_prefix("method.fpt.") {
+        return format!("--{}", switch.replace('_', "-"));
     }
     if let Some(t) = field.strip_prefix("task.") {
         return format!("--task field `{t}`");

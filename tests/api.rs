@@ -504,3 +504,20 @@ fn a_generated_task_trains_on_files_a_client_can_download_and_train_on_again() {
     assert_eq!(r["result"]["valid_accuracy"], g["result"]["valid_accuracy"]);
     assert_eq!(r["result"]["train_loss"], g["result"]["train_loss"]);
 }
+
+#[test]
+fn a_diverging_run_fails_as_diverged_and_a_normal_one_does_not() {
+    let s = Server::start(&[]);
+    let job = |lr: f64| {
+        s.create_job(json!({"model": "tiny-gpt2", "task": {"type": "bit_xor", "n_bits": 5},
+            "hyperparameters": {"n_steps": 300, "eval_every": 20, "learning_rate": lr}}))
+    };
+    let (wild, calm) = (job(9.9), job(1e-3));
+    let w = s.wait_finished(&wild);
+    assert_eq!((w["status"].as_str(), w["error"]["code"].as_str()), (Some("failed"), Some("diverged")), "{w}");
+    let message = w["error"]["message"].as_str().unwrap();
+    assert!(message.contains("diverged at step") && message.contains("lower learning rate"), "{message}");
+    assert!(w["fine_tuned_model"].is_null(), "no model from a diverged run");
+    let c = s.wait_finished(&calm);
+    assert_eq!(c["status"], "succeeded", "{c}");
+}

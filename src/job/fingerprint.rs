@@ -5,11 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use super::TrainSpec;
-use crate::flags::flag_for;
 use crate::model::BaseModel;
 
 /// Everything that changes a run's result, by the spec's field paths: the task, the base model
@@ -48,31 +47,55 @@ impl Fingerprint {
         Ok(Self(m))
     }
 
-    /// What differs from `before`, one line per field, in the command line's words.
-    fn differences(&self, before: &Self) -> Vec<String> {
+    /// What differs from `before`, field by field.
+    fn differences(&self, before: &Self) -> Vec<Difference> {
         let keys: std::collections::BTreeSet<&String> = self.0.keys().chain(before.0.keys()).collect();
         let shown = |v: Option<&Value>| v.map_or("(none)".to_string(), |v| v.to_string());
         keys.into_iter()
             .filter(|k| self.0.get(*k) != before.0.get(*k))
-            .map(|k| format!("{}: {} before, {} now", flag_of(k), shown(before.0.get(k)), shown(self.0.get(k))))
+            .map(|k| Difference { field: k.clone(), before: shown(before.0.get(k)), now: shown(self.0.get(k)) })
             .collect()
     }
 }
 
-/// The flag that sets a fingerprint's field.
-fn flag_of(key: &str) -> String {
-    match key {
-        "task" => "--task".into(),
-        "model.sha256" => "--model (its weights)".into(),
-        "precision" => "--precision".into(),
-        "training_file.sha256" => "--train (its contents)".into(),
-        "validation_file.sha256" => "--valid (its contents)".into(),
-        "test_file.sha256" => "--test (its contents)".into(),
-        "method.fpt.pretrained" => "--no-pretrained".into(),
-        k => match k.strip_prefix("method.fpt.") {
-            Some(switch) => format!("--{}", switch.replace('_', "-")),
-            None => flag_for(k),
-        },
+/// One field of a run that differs from the run a checkpoint folder holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Difference {
+    /// The fingerprint's field path (`hyperparameters.learning_rate`, `training_file.sha256`).
+    pub field: String,
+    pub before: String,
+    pub now: String,
+}
+
+/// Why a checkpoint folder cannot take a run; each edge names the fields its own way (the
+/// command line by flag).
+#[derive(Debug, thiserror::Error)]
+pub enum FolderRefused {
+    #[error("{} holds a checkpoint of another run ({}); {FRESH}", dir.display(), fields(differences))]
+    AnotherRun { dir: PathBuf, differences: Vec<Difference> },
+    #[error("{} holds a checkpoint of a run that did not record what it was: {FRESH}", dir.display())]
+    Unrecorded { dir: PathBuf },
+    #[error("{} holds this run checkpointed at step {step}, past the {n_steps} steps asked for: ask for at least {step}, or {FRESH}", dir.display())]
+    PastBudget { dir: PathBuf, step: u64, n_steps: u64 },
+}
+
+const FRESH: &str = "run with --force to start afresh there, or give another --out (or --checkpoint-dir)";
+
+fn fields(differences: &[Difference]) -> String {
+    differences.iter().map(|d| format!("{}: {} before, {} now", d.field, d.before, d.now)).collect::<Vec<_>>().join("; ")
+}
+
+impl FolderRefused {
+    /// The message, with each differing field named by `name` (a flag, on the command line).
+    pub fn describe(&self, name: impl Fn(&str) -> String) -> String {
+        match self {
+            FolderRefused::AnotherRun { dir, differences } => {
+                let lines: Vec<String> =
+                    differences.iter().map(|d| format!("{}: {} before, {} now", name(&d.field), d.before, d.now)).collect();
+                format!("{} holds a checkpoint of another run:\n  {}\n{FRESH}", dir.display(), lines.join("\n  "))
+            }
+            other => other.to_string(),
+        }
     }
 }
 
@@ -85,23 +108,19 @@ pub fn claim_folder(dir: &Path, now: &Fingerprint, n_steps: u64, force: bool) ->
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     if latest.exists() {
-        let fresh = "run with --force to start afresh there, or give another --out (or --checkpoint-dir)";
         let before = match std::fs::read(dir.join(FILE)) {
             Ok(bytes) => {
                 Fingerprint(serde_json::from_slice(&bytes).with_context(|| format!("{} is not a run record", dir.join(FILE).display()))?)
             }
-            Err(_) => bail!("{} holds a checkpoint of a run that did not record what it was: {fresh}", dir.display()),
+            Err(_) => return Err(FolderRefused::Unrecorded { dir: dir.to_path_buf() }.into()),
         };
         let differences = now.differences(&before);
         if !differences.is_empty() {
-            bail!("{} holds a checkpoint of another run:\n  {}\n{fresh}", dir.display(), differences.join("\n  "));
+            return Err(FolderRefused::AnotherRun { dir: dir.to_path_buf(), differences }.into());
         }
         let step = serde_json::from_slice::<Value>(&std::fs::read(&latest)?)?["step"].as_u64().unwrap_or(0);
         if step > n_steps {
-            bail!(
-                "{} holds this run checkpointed at step {step}, past the {n_steps} steps asked for: ask for at least {step}, or {fresh}",
-                dir.display()
-            );
+            return Err(FolderRefused::PastBudget { dir: dir.to_path_buf(), step, n_steps }.into());
         }
         return Ok(());
     }
@@ -118,10 +137,12 @@ mod tests {
     }
 
     #[test]
-    fn differences_are_named_by_flag() {
+    fn differences_are_listed_by_field() {
         let a = print(&[("hyperparameters.learning_rate", json!(0.001)), ("training_file.sha256", json!("aa")), ("seed", json!(0))]);
         let b = print(&[("hyperparameters.learning_rate", json!(0.01)), ("training_file.sha256", json!("bb")), ("seed", json!(0))]);
-        assert_eq!(b.differences(&a), ["--lr: 0.001 before, 0.01 now", "--train (its contents): \"aa\" before, \"bb\" now"]);
+        let d = b.differences(&a);
+        let shown: Vec<(&str, &str, &str)> = d.iter().map(|d| (d.field.as_str(), d.before.as_str(), d.now.as_str())).collect();
+        assert_eq!(shown, [("hyperparameters.learning_rate", "0.001", "0.01"), ("training_file.sha256", "\"aa\"", "\"bb\"")]);
         assert!(a.differences(&a).is_empty());
     }
 
@@ -137,8 +158,9 @@ mod tests {
         let fewer = claim_folder(&ckpt, &a, 5, false).unwrap_err().to_string();
         assert!(fewer.contains("step 10") && fewer.contains("--force"), "{fewer}");
         let b = print(&[("seed", json!(2))]);
-        let other = claim_folder(&ckpt, &b, 10, false).unwrap_err().to_string();
-        assert!(other.contains("--seed: 1 before, 2 now") && other.contains("--force"), "{other}");
+        let other = claim_folder(&ckpt, &b, 10, false).unwrap_err();
+        let refused = other.downcast_ref::<FolderRefused>().unwrap().describe(|f| format!("<{f}>"));
+        assert!(refused.contains("<seed>: 1 before, 2 now") && refused.contains("--force"), "{refused}");
         claim_folder(&ckpt, &b, 10, true).unwrap();
         assert!(!ckpt.join("latest.json").exists(), "--force starts afresh");
     }

@@ -307,7 +307,10 @@ fn run_job(inner: &Arc<Inner>, job: Job, lease: &Lease) {
                 fail(inner, &job, lease, "storage_failed", &format!("recording the job's outcome: {e:#}"));
             }
         }
-        Err(e) => fail(inner, &job, lease, "training_failed", &format!("{e:#}")),
+        Err(e) => {
+            let code = if e.downcast_ref::<crate::train::Diverged>().is_some() { "diverged" } else { "training_failed" };
+            fail(inner, &job, lease, code, &format!("{e:#}"))
+        }
     }
     // Paused and interrupted jobs resume from the shared store, here or on another node.
     let _ = std::fs::remove_dir_all(&scratch);

@@ -30,6 +30,12 @@ pub struct LoopState {
     /// reports the same averages after resuming.
     #[serde(default)]
     pub window: WindowSums,
+    /// The first step's loss, and the evaluations in a row since whose window's loss has been far
+    /// above it (see [`super::Diverged`]).
+    #[serde(default)]
+    pub start_loss: Option<f64>,
+    #[serde(default)]
+    pub evals_diverging: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

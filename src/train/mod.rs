@@ -232,6 +232,20 @@ pub fn evaluate(model: &FptModel, task: &TaskData, split: EvalSplit, batch: usiz
     Some(Evaluation { loss: loss / n as f64, metrics: task.objective.metrics(&tally), samples: n })
 }
 
+/// A run whose loss went to NaN or infinity, or stayed far above where it started (more than
+/// [`DIVERGED_FACTOR`] times the first step's loss, plus 1) for [`DIVERGED_EVALS`] evaluations in
+/// a row: it ends failed (a job's `error.code` is `diverged`) instead of succeeding with an adapter
+/// that learned nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("the run diverged at step {step}: {reason}")]
+pub struct Diverged {
+    pub step: u64,
+    pub reason: String,
+}
+
+pub const DIVERGED_FACTOR: f64 = 2.0;
+pub const DIVERGED_EVALS: u64 = 3;
+
 /// One run of training: the model, its data, and where its checkpoints go.
 pub struct Trainer<'a> {
     pub model: &'a FptModel,
@@ -292,6 +306,10 @@ impl Trainer<'_> {
             }
             let lr = optim::learning_rate(cfg.learning_rate, cfg.schedule, cfg.warmup_steps, state.step, cfg.n_steps);
             let (loss, tally) = self.step(&mut adam, state.step, lr);
+            if !loss.is_finite() {
+                return Err(Diverged { step: state.step + 1, reason: format!("the training loss is {loss}") }.into());
+            }
+            state.start_loss.get_or_insert(loss);
             state.step += 1;
             trained_samples += cfg.batch_size;
             state.window.loss += loss;
@@ -304,6 +322,20 @@ impl Trainer<'_> {
             let ckpt_now = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 || step == cfg.n_steps;
             let valid = if eval_now { evaluate(self.model, self.task, EvalSplit::Valid, cfg.eval_batch_size) } else { None };
             let mut stop_early = false;
+            if eval_now {
+                // The window's mean loss, against the first step's: far above it evaluation after
+                // evaluation, the run is not learning but diverging.
+                let mean = state.window.loss / state.window.steps.max(1) as f64;
+                let start = state.start_loss.unwrap_or(mean);
+                state.evals_diverging = if mean > DIVERGED_FACTOR * start + 1.0 { state.evals_diverging + 1 } else { 0 };
+                if state.evals_diverging >= DIVERGED_EVALS {
+                    let reason = format!(
+                        "the training loss ({mean:.4}) has stayed far above its start ({start:.4}) for {DIVERGED_EVALS} evaluations; \
+                         try a lower learning rate"
+                    );
+                    return Err(Diverged { step, reason }.into());
+                }
+            }
             if let Some(v) = &valid {
                 last_valid = Some(v.clone());
                 let value = v.metrics.get(primary.name).copied().unwrap_or(f64::NAN);
