@@ -103,7 +103,7 @@ fn train_once(
     let spec = m.spec(lr, seed)?;
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(spec.hyperparameters.n_steps) };
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap());
-    let run = train_to_file(&spec, &registry, device, m.precision, out, ckpt, force, &mut |p| match p {
+    let run = train_to_file(&spec, &registry, device, m.precision, out, ckpt, force, &m.auto_fields(), &mut |p| match p {
         Progress::Metrics(mm) => {
             bar.set_length(mm.total_steps);
             bar.set_position(mm.step);

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use tch::Device;
 
-use crate::job::{DataFiles, Limits, Method, RawSpec, TrainSpec};
+use crate::job::{AutoField, DataFiles, Limits, Method, RawSpec, TrainSpec};
 use crate::model::params::FreezeSwitches;
 use crate::model::{parse_device, ModelRegistry, Precision};
 use crate::tasks::{SpecError, TaskSpec};
@@ -79,9 +79,10 @@ pub struct ModelArgs {
     /// A test file in the same format: the kept adapter (chosen on validation) is scored on it.
     #[arg(long)]
     pub test: Option<PathBuf>,
-    /// Optimiser steps (the recipe's budget).
-    #[arg(long, default_value_t = 2000)]
-    pub steps: u64,
+    /// Optimiser steps (the recipe's 2000), or `auto`: a budget from the data's size that ends
+    /// early on a plateau of the primary validation metric (see the README's rule).
+    #[arg(long, default_value = "2000", value_parser = parse_steps)]
+    pub steps: Steps,
     /// Train for this many passes over the training set instead of --steps.
     #[arg(long)]
     pub epochs: Option<u64>,
@@ -144,7 +145,30 @@ pub struct ModelArgs {
     pub common: CommonArgs,
 }
 
+/// `--steps`: a number, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steps {
+    Auto,
+    Count(u64),
+}
+
+fn parse_steps(s: &str) -> Result<Steps, String> {
+    if s == "auto" {
+        return Ok(Steps::Auto);
+    }
+    s.parse().map(Steps::Count).map_err(|_| format!("`{s}` is neither a whole number of steps nor `auto`"))
+}
+
 impl ModelArgs {
+    /// The hyperparameters left to the data (`--steps auto`).
+    pub fn auto_fields(&self) -> Vec<AutoField> {
+        if self.steps == Steps::Auto {
+            vec![AutoField::NSteps]
+        } else {
+            Vec::new()
+        }
+    }
+
     pub fn switches(&self) -> FreezeSwitches {
         FreezeSwitches {
             pretrained: !self.no_pretrained,
@@ -161,7 +185,10 @@ impl ModelArgs {
     pub fn spec(&self, lr: f64, seed: u64) -> Result<TrainSpec<PathBuf>> {
         let task = TaskSpec::parse_cli(&self.task).map_err(anyhow::Error::msg)?;
         let hyperparameters = TrainConfig {
-            n_steps: self.steps,
+            n_steps: match self.steps {
+                Steps::Count(n) => n,
+                Steps::Auto => TrainConfig::default().n_steps,
+            },
             n_epochs: self.epochs,
             batch_size: self.batch_size,
             micro_batch_size: self.micro_batch_size,

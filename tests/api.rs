@@ -521,3 +521,35 @@ fn a_diverging_run_fails_as_diverged_and_a_normal_one_does_not() {
     let c = s.wait_finished(&calm);
     assert_eq!(c["status"], "succeeded", "{c}");
 }
+
+#[test]
+fn bit_xor_on_an_auto_budget_stops_within_twice_the_step_that_first_solved_it() {
+    // The real pretrained backbone (`make setup` puts it in ./models), beside the tiny ones.
+    let minilm = common::root().join("models/all-MiniLM-L6-v2");
+    assert!(minilm.join("model.safetensors").exists(), "{} missing: run `make setup`", minilm.display());
+    let link = common::tiny_models().join("all-MiniLM-L6-v2");
+    if !link.exists() {
+        std::os::unix::fs::symlink(&minilm, &link).unwrap();
+    }
+    let s = Server::start(&[]);
+    let id = s.create_job(json!({"model": "all-MiniLM-L6-v2", "task": {"type": "bit_xor", "n_bits": 5, "n_valid": 200},
+        "hyperparameters": {"n_steps": "auto", "eval_every": 20}}));
+    let j = s.job(&id);
+    assert_eq!(
+        (j["hyperparameters"]["n_steps"].as_u64(), j["hyperparameters"]["stop_on_plateau"].as_bool()),
+        (Some(2000), Some(true)),
+        "{j}"
+    );
+    assert_eq!(j["inferred"]["hyperparameters"], json!(["n_steps"]));
+    let j = s.wait_finished(&id);
+    assert_eq!(j["status"], "succeeded", "{j}");
+    let solved = s
+        .events(&id)
+        .iter()
+        .filter(|e| e["type"] == "metrics" && e["data"]["valid_accuracy"].as_f64() == Some(1.0))
+        .map(|e| e["data"]["step"].as_u64().unwrap())
+        .min()
+        .expect("XOR solved within the budget");
+    let steps = j["trained_steps"].as_u64().unwrap();
+    assert!(j["result"]["early_stopped"] == true && steps <= 2 * solved, "stopped at {steps}, first solved at {solved}");
+}

@@ -28,20 +28,27 @@ impl Inferred {
 }
 
 /// `h` with its `auto` fields resolved for a training set of `n_train` samples (0: a task that
-/// generates its data, which trains for `n_steps`):
+/// generates its data):
 /// - `batch_size`: the recipe's 16, or the whole training set when it is smaller;
 /// - `learning_rate_multiplier`: 1, the learning rate as given (the recipe's 1e-3 by default);
-/// - `n_epochs`: enough whole epochs for the recipe's 2000 steps, at least 1 and at most
-///   [`MAX_AUTO_EPOCHS`].
+/// - `n_steps` or `n_epochs`: a budget, ended early on a plateau (`stop_on_plateau`, see
+///   [`crate::train::TrainConfig`]): enough whole epochs for the recipe's 2000 steps, at least 1
+///   and at most [`MAX_AUTO_EPOCHS`]; for a generated task, the recipe's 2000 steps.
 pub fn resolve(h: &TrainConfig, auto: &[AutoField], n_train: usize) -> TrainConfig {
     let recipe = TrainConfig::default();
     let mut h = h.clone();
     if auto.contains(&AutoField::BatchSize) {
         h.batch_size = recipe.batch_size.min(n_train.max(1));
     }
-    if auto.contains(&AutoField::NEpochs) && n_train > 0 {
-        let steps_per_epoch = n_train.div_ceil(h.batch_size.max(1)) as u64;
-        h.n_epochs = Some(recipe.n_steps.div_ceil(steps_per_epoch).clamp(1, MAX_AUTO_EPOCHS));
+    if auto.contains(&AutoField::NEpochs) || auto.contains(&AutoField::NSteps) {
+        h.stop_on_plateau = true;
+        if n_train > 0 {
+            let steps_per_epoch = n_train.div_ceil(h.batch_size.max(1)) as u64;
+            h.n_epochs = Some(recipe.n_steps.div_ceil(steps_per_epoch).clamp(1, MAX_AUTO_EPOCHS));
+        } else {
+            h.n_epochs = None;
+            h.n_steps = recipe.n_steps;
+        }
     }
     h
 }
@@ -62,8 +69,10 @@ mod tests {
         // 100 samples: capped at 100 epochs; 5 samples: a batch of 5.
         assert_eq!(resolve(&d, &all, 100).n_epochs, Some(100));
         assert_eq!(resolve(&d, &all, 5).batch_size, 5);
-        // A generated task keeps its steps; what was not auto stays.
-        assert_eq!(resolve(&d, &all, 0).n_epochs, None);
+        // A generated task trains for the recipe's steps; either budget ends on a plateau.
+        let generated = resolve(&TrainConfig { n_steps: 7, ..d.clone() }, &[AutoField::NSteps], 0);
+        assert_eq!((generated.n_epochs, generated.n_steps, generated.stop_on_plateau), (None, 2000, true));
+        assert!(big.stop_on_plateau && !resolve(&d, &[AutoField::BatchSize], 100).stop_on_plateau);
         let given = TrainConfig { batch_size: 64, ..d.clone() };
         assert_eq!(resolve(&given, &[AutoField::NEpochs], 6_400).batch_size, 64);
     }

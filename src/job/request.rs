@@ -15,16 +15,23 @@ use crate::train::TrainConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AutoField {
+    NSteps,
     NEpochs,
     BatchSize,
     LearningRateMultiplier,
 }
 
 impl AutoField {
-    const ALL: [AutoField; 3] = [AutoField::NEpochs, AutoField::BatchSize, AutoField::LearningRateMultiplier];
+    const ALL: [AutoField; 4] = [AutoField::NSteps, AutoField::NEpochs, AutoField::BatchSize, AutoField::LearningRateMultiplier];
+
+    /// `"auto"` for `name` (`n_steps`, `n_epochs`, `batch_size`, `learning_rate_multiplier`).
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
+            AutoField::NSteps => "n_steps",
             AutoField::NEpochs => "n_epochs",
             AutoField::BatchSize => "batch_size",
             AutoField::LearningRateMultiplier => "learning_rate_multiplier",
@@ -114,7 +121,8 @@ fn parse_method(method: Option<Value>) -> Result<(Method, Option<Value>), SpecEr
     Ok((Method::fpt(switches), nested))
 }
 
-/// fpt's [`TrainConfig`] fields plus OpenAI's three; `"auto"` leaves a field to [`super::auto`].
+/// fpt's [`TrainConfig`] fields plus OpenAI's three; `"auto"` leaves a field (these and `n_steps`)
+/// to [`super::auto`].
 fn parse_hyperparameters(value: Value, at: &str) -> Result<(TrainConfig, Vec<AutoField>), SpecError> {
     let Value::Object(mut m) = value else { return Err(bad(at, "must be an object")) };
     let auto: Vec<AutoField> = AutoField::ALL.into_iter().filter(|f| m.get(f.name()).is_some_and(|v| v == "auto")).collect();

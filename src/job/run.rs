@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
+use super::request::AutoField;
 use super::spec::{check_hyperparameters, Limits, TrainSpec};
 use crate::metrics::{deserialize_map, Direction, MetricMap};
 use crate::model::fpt::{paper_param_count, FptModel, InputKind, ModelSpec, ParamReport};
@@ -297,13 +298,20 @@ pub fn train_to_file(
     out: &Path,
     ckpt: &Path,
     force: bool,
+    auto: &[AutoField],
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<LocalRun> {
     // The operator's own machine: the memory estimate is the service's guard, not the command line's.
     let limits = Limits { max_run_bytes: u64::MAX, ..Limits::default() };
-    let run = prepare(spec, registry, &limits, device, precision)?;
+    let mut run = prepare(spec, registry, &limits, device, precision)?;
+    if !auto.is_empty() {
+        // What the flags left to the data, decided now that it is loaded (as a job's are at its creation).
+        let n_train = run.prepared.task.info.train_samples;
+        run.prepared.hyperparameters = budget(&super::auto::resolve(&spec.hyperparameters, auto, n_train), n_train, &limits)?;
+    }
     let kind = precision.frozen_kind(device).map_or("fp32".to_string(), |k| format!("{k:?}").to_lowercase());
-    let print = super::fingerprint::Fingerprint::of(spec, &run.prepared.base, &kind)?;
+    let resolved = TrainSpec { hyperparameters: run.prepared.hyperparameters.clone(), ..spec.clone() };
+    let print = super::fingerprint::Fingerprint::of(&resolved, &run.prepared.base, &kind)?;
     super::fingerprint::claim_folder(ckpt, &print, run.prepared.hyperparameters.n_steps, force)?;
     let info = &run.prepared.task.info;
     if info.truncated > 0 {

@@ -36,6 +36,10 @@ pub struct LoopState {
     pub start_loss: Option<f64>,
     #[serde(default)]
     pub evals_diverging: u64,
+    /// The step of the last evaluation that bettered the primary metric (a tie does not), from
+    /// which a plateau counts.
+    #[serde(default)]
+    pub improved_step: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

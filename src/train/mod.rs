@@ -47,6 +47,11 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Evaluations without a better validation accuracy before stopping; 0: never stop early.
     pub patience: u64,
+    /// Stop once the run has gone as many steps without a better primary validation metric as it
+    /// took to reach its best, and at least [`PLATEAU_EVALS`] evaluations (`"auto"` budgets set it):
+    /// a task that converges early stops early, one still improving goes on.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stop_on_plateau: bool,
     /// Steps between progress reports.
     pub log_every: u64,
     pub validation_fraction: f64,
@@ -86,6 +91,7 @@ impl Default for TrainConfig {
             eval_batch_size: 64,
             checkpoint_every: 500,
             patience: 0,
+            stop_on_plateau: false,
             log_every: 10,
             validation_fraction: 0.1,
             backbone_dropout: None,
@@ -244,6 +250,8 @@ pub struct Diverged {
 }
 
 pub const DIVERGED_FACTOR: f64 = 2.0;
+/// Evaluations without a better metric that a plateau takes at least (see `stop_on_plateau`).
+pub const PLATEAU_EVALS: u64 = 3;
 pub const DIVERGED_EVALS: u64 = 3;
 
 /// One run of training: the model, its data, and where its checkpoints go.
@@ -321,7 +329,7 @@ impl Trainer<'_> {
             let eval_now = step % cfg.eval_every == 0 || step == cfg.n_steps;
             let ckpt_now = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 || step == cfg.n_steps;
             let valid = if eval_now { evaluate(self.model, self.task, EvalSplit::Valid, cfg.eval_batch_size) } else { None };
-            let mut stop_early = false;
+            let (mut stop_early, mut plateau) = (false, None);
             if eval_now {
                 // The window's mean loss, against the first step's: far above it evaluation after
                 // evaluation, the run is not learning but diverging.
@@ -342,7 +350,11 @@ impl Trainer<'_> {
                 // A tie of the primary metric (a small validation split's accuracy often ties)
                 // goes to the lower validation loss.
                 let tie_won = state.best_valid == Some(value) && state.best_valid_loss.is_some_and(|l| v.loss < l);
-                if state.best_valid.is_none_or(|b| primary.direction.better(value, b)) || tie_won {
+                let improved = state.best_valid.is_none_or(|b| primary.direction.better(value, b));
+                if improved {
+                    state.improved_step = Some(step);
+                }
+                if improved || tie_won {
                     state.best_valid = Some(value);
                     state.best_valid_loss = Some(v.loss);
                     state.best_step = Some(step);
@@ -351,6 +363,15 @@ impl Trainer<'_> {
                 } else {
                     state.evals_since_best += 1;
                     stop_early = cfg.patience > 0 && state.evals_since_best >= cfg.patience;
+                }
+                if cfg.stop_on_plateau && !stop_early {
+                    // A tie (the same accuracy at a lower loss) may keep the later checkpoint, but it
+                    // is no progress: the plateau counts from the last better value.
+                    let best = state.improved_step.unwrap_or(0);
+                    if step - best >= best.max(PLATEAU_EVALS * cfg.eval_every) {
+                        plateau = Some(best);
+                        stop_early = true;
+                    }
                 }
             }
             if step % cfg.log_every == 0 || eval_now || stop_early {
@@ -380,10 +401,10 @@ impl Trainer<'_> {
             }
             if stop_early {
                 ending = Ending::EarlyStopped;
-                report(Progress::Message(format!(
-                    "early stop at step {step}: no better validation {} in {} evaluations",
-                    primary.name, cfg.patience
-                )));
+                report(Progress::Message(match plateau {
+                    Some(best) => format!("early stop at step {step}: no better validation {} since step {best} (a plateau)", primary.name),
+                    None => format!("early stop at step {step}: no better validation {} in {} evaluations", primary.name, cfg.patience),
+                }));
                 break;
             }
         }
