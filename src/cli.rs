@@ -244,10 +244,23 @@ fn predict(a: PredictArgs) -> Result<()> {
         let logits =
             tch::no_grad(|| model.forward(&b.inputs.to_device(device), b.lengths.as_ref().map(|l| l.to_device(device)).as_ref(), false));
         for p in objective.predictions(&logits, b.context.as_ref()) {
-            writeln!(out, "{}", serde_json::to_string(&p)?)?;
+            writeln!(out, "{}", serde_json::to_string(&p)?).map_err(stdout_error)?;
         }
     }
     Ok(())
+}
+
+/// Standard output was closed by its reader (`| head`): the command ends quietly, successfully.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+pub struct StdoutClosed;
+
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(e).context("writing to standard output")
+    }
 }
 
 /// The task an adapter was trained for.

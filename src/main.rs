@@ -7,7 +7,7 @@ fn main() {
     fpt::telemetry::init(cli.log_json);
     if let Err(e) = fpt::cli::run(cli) {
         // The reader of our output went away (`fpt predict … | head`): nothing is wrong here.
-        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+        if e.downcast_ref::<fpt::cli::StdoutClosed>().is_some() {
             std::process::exit(0);
         }
         eprintln!("error: {e:#}");

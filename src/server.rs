@@ -90,8 +90,8 @@ pub async fn run(args: ServeArgs, listener: TcpListener) -> Result<()> {
     state.ready.store(false, Ordering::SeqCst);
     // The batch runner records its chunk in flight and stops; another node, or this one restarted,
     // goes on with the rest once its lease runs out.
-    stop_batches(batches, grace).await;
-    if tokio::time::timeout(grace, queue.shutdown()).await.is_err() {
+    let (_, jobs) = tokio::join!(stop_batches(batches, grace), tokio::time::timeout(grace, queue.shutdown()));
+    if jobs.is_err() {
         tracing::warn!(
             seconds = grace.as_secs(),
             "running jobs did not stop within the grace period; exiting (they resume from their last checkpoints)"
@@ -172,8 +172,9 @@ pub async fn work(args: WorkerArgs) -> Result<()> {
     tracing::info!("shutting down: checkpointing running jobs");
     let grace = Duration::from_secs(args.shutdown_grace_secs);
     stopping.cancel();
-    stop_batches(batches, grace).await;
-    if tokio::time::timeout(grace, queue.shutdown()).await.is_err() {
+    // Both at once: the jobs checkpoint while the batch runner records its chunk, within one grace.
+    let (_, jobs) = tokio::join!(stop_batches(batches, grace), tokio::time::timeout(grace, queue.shutdown()));
+    if jobs.is_err() {
         tracing::warn!(
             seconds = grace.as_secs(),
             "running jobs did not stop within the grace period; exiting (they resume from their last checkpoints)"

@@ -157,9 +157,13 @@ async fn run_batch(runner: &Runner, lease: &Lease, batch: BatchRow) -> Result<()
     if claim == Claim::Lost {
         return Ok(());
     }
-    let expired = claim == Claim::Held && !todo.is_empty() && !open();
-    if expired {
+    // Expired by this runner, or by one that died after it began writing the expired lines.
+    let expired = batch.expired_at.is_some() || (claim == Claim::Held && !todo.is_empty() && !open());
+    if expired && !todo.is_empty() && claim == Claim::Held {
         // Past the window, the lines not answered are answered as expired, in chunks as any.
+        if !runner.predictor.store.batch_expiring(&batch.id, lease).await? {
+            return Ok(());
+        }
         while claim == Claim::Held && !todo.is_empty() {
             let rest = todo.split_off(todo.len().min(CHUNK));
             let lines: Vec<BatchLine> = std::mem::replace(&mut todo, rest).into_iter().map(|(i, l)| expired_line(&batch, i, l)).collect();

@@ -188,9 +188,9 @@ async fn create_job(state: &AppState, caller: &Caller, mut req: CreateJob, reque
     // Load the data once against the task and the backbone's positions: a mismatch is the
     // client's error, named now rather than as a failed job later.
     let (n_train, max_positions) = blocking(move || {
-        prepare_data(&local, &registry, &limits)
-            .map(|p| (p.task.info.train_samples, p.base.backbone_config().map_or(0, |c| c.max_positions as usize)))
-            .map_err(|e| ApiError::invalid(e.field, shown(format!("{:#}", e.error))))
+        let p = prepare_data(&local, &registry, &limits).map_err(|e| ApiError::invalid(e.field, shown(format!("{:#}", e.error))))?;
+        let positions = p.base.backbone_config().map_err(|e| ApiError::invalid("model", format!("{e:#}")))?.max_positions as usize;
+        Ok::<_, ApiError>((p.task.info.train_samples, positions))
     })
     .await??;
     if !inferred.hyperparameters.is_empty() {
@@ -201,7 +201,8 @@ async fn create_job(state: &AppState, caller: &Caller, mut req: CreateJob, reque
     let mut job =
         Job { api_key_id: caller.key_id(), inferred, ..Job::queued(caller.project_id(), spec, req.suffix, req.metadata, request_id) };
     tracing::Span::current().record("job", job.id.as_str());
-    if !job.spec.task.needs_file() && job.spec.files.train.is_none() {
+    // The parse refused any file for a task that generates its data: the job gets its own.
+    if !job.spec.task.needs_file() {
         store_generated_data(state, caller, &mut job, max_positions).await?;
     }
     state.store.insert_job(&job).await?;
@@ -216,6 +217,8 @@ async fn store_generated_data(state: &AppState, caller: &Caller, job: &mut Job, 
     let run = Generation { seed: job.spec.seed, max_positions, batch_size: h.batch_size, n_steps: h.n_steps };
     let task = job.spec.task.clone();
     let files = blocking(move || task.task().generated_files(&task, &run)).await?.map_err(ApiError::Internal)?;
+    // They are the project's files like its uploads, and count against its storage as they do.
+    caller.may_store(&state.store, files.iter().map(|f| f.bytes.len() as i64).sum()).await?;
     let tail = job.id.trim_start_matches("ftjob-");
     for f in files {
         let id = format!("file-{tail}-{}", f.split);

@@ -363,7 +363,8 @@ fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, 
                 let _ = std::fs::remove_dir_all(&ckpt);
                 let (registry, device) = m.common.open()?;
                 let spec = m.spec(run.lr, run.seed)?;
-                let r = train_to_file(&spec, &registry, device, m.precision, &adapter, &ckpt, false, &m.auto_fields(), &mut |_| {})?;
+                let r = train_to_file(&spec, &registry, device, m.precision, &adapter, &ckpt, false, &m.auto_fields(), &mut |_| {})
+                    .with_context(|| format!("run {name} (the runs before it are kept in {})", results_path.display()))?;
                 let _ = std::fs::remove_dir_all(&ckpt);
                 let valid = format!("valid_{}", r.summary.primary_metric);
                 let curve = r.curve.iter().map(|c| (c.step, c.get("train_loss").unwrap_or(f64::NAN), c.get(&valid))).collect();

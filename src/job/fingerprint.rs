@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use sha2::Digest;
 
 use super::TrainSpec;
 use crate::model::BaseModel;
@@ -30,7 +31,10 @@ impl Fingerprint {
         m.insert("model".into(), json!(base.name));
         m.insert("model.sha256".into(), json!(base.sha256()?));
         let h = serde_json::to_value(&spec.hyperparameters)?;
-        for (k, v) in h.as_object().into_iter().flatten().filter(|(k, _)| !NOT_IDENTIFYING.contains(&k.as_str())) {
+        // A schedule that decays over the run changes with its length: then the budget identifies it.
+        let scheduled = spec.hyperparameters.schedule != crate::train::optim::Schedule::Constant || spec.hyperparameters.warmup_steps > 0;
+        let identifies = |k: &str| !NOT_IDENTIFYING.contains(&k) || (scheduled && k == "n_steps");
+        for (k, v) in h.as_object().into_iter().flatten().filter(|(k, _)| identifies(k)) {
             m.insert(format!("hyperparameters.{k}"), v.clone());
         }
         for (k, v) in serde_json::to_value(spec.switches)?.as_object().into_iter().flatten() {
@@ -40,8 +44,7 @@ impl Fingerprint {
         m.insert("precision".into(), json!(precision));
         let files = [("training_file", &spec.files.train), ("validation_file", &spec.files.valid), ("test_file", &spec.files.test)];
         for (field, path) in files {
-            let hash =
-                path.as_deref().map(|p| crate::fsutil::sha256_file(p).with_context(|| format!("reading {}", p.display()))).transpose()?;
+            let hash = path.as_deref().map(data_hash).transpose()?;
             m.insert(format!("{field}.sha256"), json!(hash));
         }
         Ok(Self(m))
@@ -56,6 +59,40 @@ impl Fingerprint {
             .map(|k| Difference { field: k.clone(), before: shown(before.0.get(k)), now: shown(self.0.get(k)) })
             .collect()
     }
+}
+
+/// The sha256 of what a data path holds: a file with the files a task reads beside it (MNIST's
+/// labels beside its images), or a folder (CIFAR-10's batches) as its files' names and hashes.
+fn data_hash(path: &Path) -> Result<String> {
+    let file = |p: &Path| crate::fsutil::sha256_file(p).with_context(|| format!("reading {}", p.display()));
+    if !path.is_dir() {
+        let own = file(path)?;
+        return Ok(match crate::tasks::files::labels_beside(path) {
+            Some(labels) => format!("{own}+{}", file(&labels)?),
+            None => own,
+        });
+    }
+    let mut entries: Vec<PathBuf> = walk(path)?;
+    entries.sort();
+    let mut listing = String::new();
+    for e in &entries {
+        listing.push_str(&format!("{} {}\n", e.strip_prefix(path).unwrap_or(e).display(), file(e)?));
+    }
+    Ok(hex::encode(sha2::Sha256::digest(listing.as_bytes())))
+}
+
+/// The files under a folder, however deep.
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = entry?.path();
+        if p.is_dir() {
+            out.extend(walk(&p)?);
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 /// One field of a run that differs from the run a checkpoint folder holds.
@@ -79,10 +116,29 @@ pub enum FolderRefused {
     PastBudget { dir: PathBuf, step: u64, n_steps: u64 },
 }
 
+/// Empties a checkpoint folder: only what a run writes there goes, and a folder holding anything
+/// else (`--checkpoint-dir .`) is refused rather than emptied.
+fn clear(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    let names: Vec<(PathBuf, String)> = entries.flatten().map(|e| (e.path(), e.file_name().to_string_lossy().into_owned())).collect();
+    let ours = |n: &str| n == FILE || n == "latest.json" || n.ends_with(".safetensors") || n.starts_with(".tmp-");
+    if let Some((_, other)) = names.iter().find(|(p, n)| p.is_dir() || !ours(n)) {
+        bail!("{} holds `{other}`, which no run wrote: it is not a checkpoint folder; give another --checkpoint-dir", dir.display());
+    }
+    for (p, _) in names {
+        std::fs::remove_file(&p).with_context(|| format!("clearing {}", p.display()))?;
+    }
+    Ok(())
+}
+
 const FRESH: &str = "run with --force to start afresh there, or give another --out (or --checkpoint-dir)";
 
 fn fields(differences: &[Difference]) -> String {
-    differences.iter().map(|d| format!("{}: {} before, {} now", d.field, d.before, d.now)).collect::<Vec<_>>().join("; ")
+    lines(differences, &|f: &str| f.to_string()).join("; ")
+}
+
+fn lines(differences: &[Difference], name: &dyn Fn(&str) -> String) -> Vec<String> {
+    differences.iter().map(|d| format!("{}: {} before, {} now", name(&d.field), d.before, d.now)).collect()
 }
 
 impl FolderRefused {
@@ -90,9 +146,7 @@ impl FolderRefused {
     pub fn describe(&self, name: impl Fn(&str) -> String) -> String {
         match self {
             FolderRefused::AnotherRun { dir, differences } => {
-                let lines: Vec<String> =
-                    differences.iter().map(|d| format!("{}: {} before, {} now", name(&d.field), d.before, d.now)).collect();
-                format!("{} holds a checkpoint of another run:\n  {}\n{FRESH}", dir.display(), lines.join("\n  "))
+                format!("{} holds a checkpoint of another run:\n  {}\n{FRESH}", dir.display(), lines(differences, &name).join("\n  "))
             }
             other => other.to_string(),
         }
@@ -104,8 +158,8 @@ impl FolderRefused {
 /// checkpoint of another run, or of one that recorded nothing, is refused, saying what differs.
 pub fn claim_folder(dir: &Path, now: &Fingerprint, n_steps: u64, force: bool) -> Result<()> {
     let latest = dir.join("latest.json");
-    if force && dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    if force || !latest.exists() {
+        clear(dir)?;
     }
     if latest.exists() {
         let before = match std::fs::read(dir.join(FILE)) {
@@ -163,5 +217,9 @@ mod tests {
         assert!(refused.contains("<seed>: 1 before, 2 now") && refused.contains("--force"), "{refused}");
         claim_folder(&ckpt, &b, 10, true).unwrap();
         assert!(!ckpt.join("latest.json").exists(), "--force starts afresh");
+        // A folder that is not a checkpoint folder is never emptied.
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        let refused = claim_folder(dir.path(), &b, 10, true).unwrap_err().to_string();
+        assert!(refused.contains("not a checkpoint folder") && dir.path().join("notes.txt").exists(), "{refused}");
     }
 }

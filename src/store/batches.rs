@@ -229,6 +229,20 @@ impl Store {
             .await?)
     }
 
+    /// Records that a batch's completion window ran out, before its unanswered lines are written
+    /// as expired: a runner that finishes it later (after this one died) ends it `expired` too.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn batch_expiring(&self, batch_id: &str, lease: &Lease) -> Result<bool> {
+        Ok(sqlx::query("UPDATE batches SET expired_at = COALESCE(expired_at, $1) WHERE id = $2 AND worker = $3")
+            .bind(now())
+            .bind(batch_id)
+            .bind(&lease.worker)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+
     /// Marks a batch `finalizing` (its output being written), if this runner holds it.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn finalizing_batch(&self, batch_id: &str, lease: &Lease) -> Result<bool> {
@@ -255,7 +269,7 @@ impl Store {
             "UPDATE batches SET
                  status = CASE WHEN $1 = 'failed' THEN 'failed' WHEN status = 'cancelling' THEN 'cancelled' ELSE $1 END,
                  completed_at = CASE WHEN $1 = 'completed' AND status <> 'cancelling' THEN $2 ELSE completed_at END,
-                 expired_at = CASE WHEN $1 = 'expired' AND status <> 'cancelling' THEN $2 ELSE expired_at END,
+                 expired_at = CASE WHEN $1 = 'expired' AND status <> 'cancelling' THEN COALESCE(expired_at, $2) ELSE NULL END,
                  cancelled_at = CASE WHEN status = 'cancelling' AND $1 <> 'failed' THEN $2 ELSE cancelled_at END,
                  failed_at = CASE WHEN $1 = 'failed' THEN $2 ELSE failed_at END,
                  output_file_id = $3, error_file_id = $4, errors = $5, worker = NULL, lease_until = NULL

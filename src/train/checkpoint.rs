@@ -40,6 +40,9 @@ pub struct LoopState {
     /// which a plateau counts.
     #[serde(default)]
     pub improved_step: Option<u64>,
+    /// The run stopped early here: resumed (the same command again), it is finished.
+    #[serde(default)]
+    pub stopped_early: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

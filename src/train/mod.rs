@@ -297,8 +297,8 @@ impl Trainer<'_> {
         let mut window = Window::new();
         let (mut last_train, mut last_valid) = (MetricMap::new(), None);
         let mut trained_samples = 0usize;
-        let mut ending = Ending::Finished;
-        while state.step < cfg.n_steps {
+        let mut ending = if state.stopped_early { Ending::EarlyStopped } else { Ending::Finished };
+        while state.step < cfg.n_steps && !state.stopped_early {
             match control.get() {
                 Command::Cancel => {
                     ending = Ending::Cancelled;
@@ -395,6 +395,7 @@ impl Trainer<'_> {
                 }));
                 window = Window::new();
             }
+            state.stopped_early = stop_early;
             if ckpt_now || stop_early {
                 let adapter = checkpoint::save(&self.checkpoint_dir, self.model, &adam, &state, &self.metadata)?;
                 report(Progress::Checkpoint { step, adapter, metrics: valid });
@@ -408,7 +409,7 @@ impl Trainer<'_> {
                 break;
             }
         }
-        if last_valid.is_none() && ending == Ending::Finished {
+        if last_valid.is_none() && matches!(ending, Ending::Finished | Ending::EarlyStopped) {
             // Resumed at its end (the same command again): the final state's validation metrics,
             // as the run that got there reported them.
             last_valid = evaluate(self.model, self.task, EvalSplit::Valid, cfg.eval_batch_size);

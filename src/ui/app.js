@@ -4,10 +4,12 @@
 const $ = (sel, root = document) => root.querySelector(sel);
 const main = () => $("#main");
 const TASKS = ["mnist", "bit_xor", "bit_memory", "listops", "cifar10", "cifar10_lra", "remote_homology", "sequence_classification", "image_classification", "regression", "multilabel_classification", "forecasting"];
-// What the open page started (a stream, a timer): stopped when another page opens.
+// What the open page started (a stream, a timer): stopped when another page opens. `page`
+// counts the pages opened: work of a page left behind (a slow request) draws nothing.
 let leaving = [];
+let page = 0;
 const onLeave = (f) => leaving.push(f);
-const stopStreamWith = onLeave;
+const current = () => { const mine = page; return () => mine === page; };
 
 function esc(s) {
   return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
@@ -40,6 +42,7 @@ async function api(path, opts = {}) {
 async function route() {
   for (const f of leaving) f();
   leaving = [];
+  page++;
   const [, view, id] = (location.hash || "#/jobs").split("/");
   for (const a of document.querySelectorAll("nav a")) a.removeAttribute("aria-current");
   const nav = $(`#nav-${view === "jobs" || view === "compare" || !view ? "jobs" : view}`);
@@ -100,11 +103,15 @@ async function jobsPage() {
     if (html !== shown) { body.innerHTML = html; shown = html; }
   };
   show(jobs);
-  // The list follows the jobs' progress while this page is open.
-  const timer = setInterval(async () => {
-    try { show(await api("/v1/fine_tuning/jobs?limit=100")); } catch (e) { say(e.message, true); }
-  }, 2000);
-  onLeave(() => clearInterval(timer));
+  // The list follows the jobs' progress while this page is open: a request at a time, 2 s apart.
+  const here = current();
+  let timer;
+  const poll = async () => {
+    try { const list = await api("/v1/fine_tuning/jobs?limit=100"); if (here()) show(list); } catch (e) { if (here()) say(e.message, true); }
+    if (here()) timer = setTimeout(poll, 2000);
+  };
+  timer = setTimeout(poll, 2000);
+  onLeave(() => clearTimeout(timer));
 }
 
 // A metric's value as people read it: fractions that are accuracies or F1 scores as percentages.
@@ -194,7 +201,9 @@ async function download(path, name) {
 
 // ---- one job: status, progress and curves live from the event stream
 async function jobPage(id) {
+  const here = current();
   let job = await api(`/v1/fine_tuning/jobs/${id}`);
+  if (!here()) return;
   const total = job.hyperparameters?.n_steps || 1;
   main().innerHTML = `
     <h2>Job ${esc(id)}</h2>
@@ -232,7 +241,10 @@ async function jobPage(id) {
   let streaming = true;
   // The task's primary metric, as its metrics events (or its result) name it.
   const primary = () => points.at(-1)?.primary_metric || job.result?.primary_metric || "accuracy";
-  const draw = () => {
+  let drawing = 0;
+  // At most one drawing a frame: a long job's replayed history does not redraw once per report.
+  const draw = () => { if (!drawing) drawing = requestAnimationFrame(() => { drawing = 0; if (here()) drawNow(); }); };
+  const drawNow = () => {
     const m = primary();
     const empty = streaming && ACTIVE.includes(job.status) ? "Waiting for the first report…" : "No reports";
     chart($("#chart-loss"), points, "train_loss", "valid_loss", { yTitle: "loss", empty });
@@ -240,12 +252,15 @@ async function jobPage(id) {
     $("#acc-title").textContent = m;
   };
   const progress = (step, steps, eta) => {
-    $("#job-progress").max = steps;
-    $("#job-progress").value = step;
-    $("#job-steps").textContent = `${step}/${steps} steps`;
+    const bar = $("#job-progress");
+    if (!here() || !bar) return;
+    bar.max = steps;
+    bar.value = step;
+    $("#job-steps").textContent = `${Number(step)}/${Number(steps)} steps`;
     $("#job-eta").textContent = eta;
   };
   const ended = (j) => {
+    if (!here()) return;
     job = j;
     setStatus(j.status);
     progress(j.trained_steps, j.hyperparameters?.n_steps || j.trained_steps, "");
@@ -258,16 +273,19 @@ async function jobPage(id) {
   details(job);
   if (!ACTIVE.includes(job.status)) ended(job);
   draw();
-  stopStreamWith(stream(`/v1/fine_tuning/jobs/${id}/events?stream=true`, (e) => {
+  onLeave(stream(`/v1/fine_tuning/jobs/${id}/events?stream=true`, (e) => {
+    if (!here()) return;
     const line = document.createElement("div");
     line.textContent = `${new Date(e.created_at * 1000).toLocaleTimeString()} ${e.message}`;
     $("#log")?.appendChild(line);
     if (e.type === "metrics" && e.data) {
       points.push(e.data);
       if (job.status === "queued" || job.status === "validating_files") { job.status = "running"; setStatus("running"); }
+      if (!ACTIVE.includes(job.status)) { draw(); return; }
       progress(e.data.step, e.data.total_steps, job.status === "running" ? etaText(e.data.eta_seconds) : "");
       draw();
-    } else if (e.data?.status) {
+    } else if (e.data?.status && ACTIVE.includes(job.status)) {
+      // Lifecycle events replayed for an ended job do not bring its buttons back.
       job.status = e.data.status;
       setStatus(e.data.status);
       if (e.data.status !== "running") $("#job-eta").textContent = "";
@@ -277,7 +295,9 @@ async function jobPage(id) {
     }
   }, async () => {
     streaming = false;
-    ended(await api(`/v1/fine_tuning/jobs/${id}`));
+    const j = await api(`/v1/fine_tuning/jobs/${id}`);
+    if (!here()) return;
+    ended(j);
     draw();
     await checkpoints(id, primary());
   }));
@@ -344,7 +364,7 @@ function confusionTable(c, step) {
       <thead><tr><th>true \\ predicted</th>${head}<th>accuracy</th></tr></thead><tbody>${body}</tbody></table></div>`;
   }
   const list = (title, rows) => `<div><h3>${title}</h3><table class="kv">${rows.map((x) => `<tr><th>${esc(x.label)}</th><td>${metricText("accuracy", x.accuracy)} of ${x.rows}</td></tr>`).join("")}</table></div>`;
-  return `<p>${caption}; ${c.labels.length} classes, too many for a matrix: the classes predicted best and worst.</p>
+  return `<p>${caption}; ${Number(c.classes)} classes, too many for a matrix: the classes predicted best and worst.</p>
     <div class="cols" id="confusion-extremes">${list("Best", c.best)}${list("Worst", c.worst)}</div>`;
 }
 
@@ -357,27 +377,43 @@ async function checkpoints(id, metric) {
 }
 
 // Server-Sent Events over fetch, so the API key travels in a header (EventSource cannot send one).
+// A stream cut short (the server restarting) is taken up again from its last event.
 function stream(path, onEvent, onDone) {
   const ctl = new AbortController();
-  (async () => {
-    const r = await fetch(path, { headers: headers(), signal: ctl.signal });
+  let last = null;
+  const once = async () => {
+    const r = await fetch(path, { headers: headers(last ? { "Last-Event-ID": last } : {}), signal: ctl.signal });
+    if (!r.ok) {
+      const body = await r.json().catch(() => null);
+      throw new Error(body?.error?.message || `the event stream: ${r.status} ${r.statusText}`);
+    }
     const reader = r.body.getReader();
     const dec = new TextDecoder();
     let buf = "";
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) break;
+      if (done) return false;
       buf += dec.decode(value, { stream: true });
       let i;
       while ((i = buf.indexOf("\n\n")) >= 0) {
         const chunk = buf.slice(0, i);
         buf = buf.slice(i + 2);
-        const data = chunk.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+        const lines = chunk.split("\n");
+        const id = lines.find((l) => l.startsWith("id: "));
+        if (id) last = id.slice(4);
+        const data = lines.filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
         if (!data) continue;
-        if (data === "[DONE]") { await onDone(); return; }
+        if (data === "[DONE]") { await onDone(); return true; }
         onEvent(JSON.parse(data));
       }
     }
+  };
+  (async () => {
+    for (let tries = 0; tries < 30; tries++) {
+      if (await once()) return;
+      await new Promise((ok) => setTimeout(ok, 1000));
+    }
+    say("The event stream keeps ending: reload the page to follow the job", true);
   })().catch((e) => { if (e.name !== "AbortError") say(e.message, true); });
   return () => ctl.abort();
 }
@@ -452,10 +488,12 @@ async function metricsOf(id) {
 }
 
 async function comparePage(ids) {
+  const here = current();
   const list = (ids || "").split(",").filter(Boolean);
   if (list.length < 2) { main().innerHTML = `<p>Select two or more jobs on the <a href="#/jobs">jobs page</a> to compare them.</p>`; return; }
   main().innerHTML = `<h2>Compare ${list.length} jobs</h2><p class="muted" id="compare-loading">Loading…</p>`;
   const runs = await Promise.all(list.map(async (id) => ({ job: await api(`/v1/fine_tuning/jobs/${id}`), points: await metricsOf(id) })));
+  if (!here()) return;
   const primaries = [...new Set(runs.map((r) => r.points.at(-1)?.primary_metric || r.job.result?.primary_metric || "accuracy"))];
   const m = primaries.length === 1 ? primaries[0] : null;
   const legend = runs.map((r, i) => `<span class="swatch" style="background:${PALETTE[i % PALETTE.length]}"></span>${esc(r.job.id)}`).join(" ");
