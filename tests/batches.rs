@@ -70,14 +70,21 @@ fn lines_of(s: &Server, file: &Value) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-#[test]
-fn a_batch_killed_mid_run_answers_every_line_exactly_once() {
+/// A server on its own data folder, running a batch of `n` lines: (its folder, the data folder,
+/// the server, the input file, the batch).
+fn running_batch(n: usize) -> (tempfile::TempDir, std::path::PathBuf, Server, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut s = Server::start_on(&data, &[]);
-    let n = 6000;
+    let s = Server::start_on(&data, &[]);
     let (_, file) = model_and_input(&s, n);
     let id = create(&s, &file);
+    (dir, data, s, file, id)
+}
+
+#[test]
+fn a_batch_killed_mid_run_answers_every_line_exactly_once() {
+    let n = 6000;
+    let (_dir, data, mut s, file, id) = running_batch(n);
     assert_eq!(batch(&s, &id)["request_counts"]["total"], n);
     // Its input file stays while it runs.
     assert_eq!(s.delete(&format!("/v1/files/{file}")).status(), 409);
@@ -96,12 +103,8 @@ fn a_batch_killed_mid_run_answers_every_line_exactly_once() {
 
 #[test]
 fn a_batch_past_its_completion_window_expires_with_each_line_in_one_of_its_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut s = Server::start_on(&data, &[]);
     let n = 6000;
-    let (_, file) = model_and_input(&s, n);
-    let id = create(&s, &file);
+    let (_dir, data, mut s, _, id) = running_batch(n);
     kill_mid_batch(&mut s, &id);
     // A day goes by while no node runs it.
     let db = format!("sqlite://{}", data.join("fpt.db").display());

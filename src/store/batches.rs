@@ -233,30 +233,21 @@ impl Store {
     /// as expired: a runner that finishes it later (after this one died) ends it `expired` too.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn batch_expiring(&self, batch_id: &str, lease: &Lease) -> Result<bool> {
-        Ok(sqlx::query("UPDATE batches SET expired_at = COALESCE(expired_at, $1) WHERE id = $2 AND worker = $3")
-            .bind(now())
-            .bind(batch_id)
-            .bind(&lease.worker)
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-            > 0)
+        self.update_held("UPDATE batches SET expired_at = COALESCE(expired_at, $1) WHERE id = $2 AND worker = $3", batch_id, lease).await
+    }
+
+    /// Runs `sql` (binding now, the batch and the runner as $1, $2, $3) on a batch this runner
+    /// holds; false when it holds it no more.
+    async fn update_held(&self, sql: &str, batch_id: &str, lease: &Lease) -> Result<bool> {
+        Ok(sqlx::query(sql).bind(now()).bind(batch_id).bind(&lease.worker).execute(&self.pool).await?.rows_affected() > 0)
     }
 
     /// Marks a batch `finalizing` (its output being written), if this runner holds it.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn finalizing_batch(&self, batch_id: &str, lease: &Lease) -> Result<bool> {
-        Ok(sqlx::query(
-            "UPDATE batches SET status = CASE WHEN status = 'cancelling' THEN status ELSE 'finalizing' END,
-                 finalizing_at = COALESCE(finalizing_at, $1) WHERE id = $2 AND worker = $3",
-        )
-        .bind(now())
-        .bind(batch_id)
-        .bind(&lease.worker)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            > 0)
+        let sql = "UPDATE batches SET status = CASE WHEN status = 'cancelling' THEN status ELSE 'finalizing' END,
+                       finalizing_at = COALESCE(finalizing_at, $1) WHERE id = $2 AND worker = $3";
+        self.update_held(sql, batch_id, lease).await
     }
 
     /// Ends a batch this runner holds: `completed` or `expired` (or `cancelled`, when a cancel was
