@@ -278,6 +278,9 @@ fn an_argument_the_task_would_ignore_is_refused() {
     let refused = fpt(&train_args(out.to_str().unwrap(), &["--train", "/no/such/file.jsonl"]));
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && err.contains("--train: task `bit_xor` generates its own data"), "{err}");
+    let refused = fpt(&train_args(out.to_str().unwrap(), &["--epochs", "3"]));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("--epochs: task `bit_xor` draws its data afresh"), "{err}");
     last_json(&fpt(&train_args(out.to_str().unwrap(), &[])));
     let eval = fpt(&["eval", "--adapter", out.to_str().unwrap(), "--data", "/no/such/file.jsonl"]);
     let err = String::from_utf8_lossy(&eval.stderr);

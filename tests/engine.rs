@@ -149,6 +149,11 @@ fn adapter_on_a_changed_backbone_is_refused() {
     // Same name, different weights.
     let other = dir.path().join("models");
     fpt::model::write_random_checkpoint(&other.join("tiny-gpt2"), &fpt::model::gpt2_config(2, 32, 2, 1024), 99).unwrap();
+    // The adapter recorded the folder its base came from: found there, past the changed one.
+    FptModel::load_adapter(&path, &ModelRegistry::new(&other), Device::Cpu, None).expect("found at the recorded folder");
+    let (tensors, mut meta) = read_safetensors(&path, Device::Cpu).unwrap();
+    assert!(meta.remove("base_model_path").is_some(), "a command-line base records its folder");
+    write_safetensors(&path, &tensors, meta).unwrap();
     let err = FptModel::load_adapter(&path, &ModelRegistry::new(&other), Device::Cpu, None).err().unwrap();
     assert!(format!("{err:#}").contains("different or changed backbone"), "{err:#}");
     // Same name and hash check passing, wrong shapes: a wider backbone.

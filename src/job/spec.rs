@@ -176,6 +176,10 @@ impl<F> TrainSpec<F> {
             if let Some((field, _)) = given.iter().find(|(_, g)| *g) {
                 return Err(bad(field, format!("task `{}` generates its own data and reads no file: leave it out", raw.task.name())));
             }
+            if raw.hyperparameters.n_epochs.is_some() && raw.task.task().drawn_values_per_sample().is_some() {
+                let why = format!("task `{}` draws its data afresh: it has no epochs; give n_steps", raw.task.name());
+                return Err(bad("hyperparameters.n_epochs", why));
+            }
         }
         Ok(Self {
             model: raw.model,

@@ -58,7 +58,7 @@ pub struct ModelSpec<'a> {
 pub struct FptModel {
     pub base_name: String,
     pub base_sha256: String,
-    /// The base model's folder, when the run named it by path (see [`BaseModel::named_by_path`]).
+    /// The base model's folder, when the command line found it (see [`BaseModel::record_path`]).
     pub base_path: Option<PathBuf>,
     pub arch: Arch,
     pub backbone: Box<dyn Backbone>,
@@ -145,7 +145,7 @@ impl FptModel {
         let model = Self {
             base_name: spec.base.name.clone(),
             base_sha256,
-            base_path: spec.base.named_by_path.then(|| std::fs::canonicalize(&spec.base.dir).unwrap_or_else(|_| spec.base.dir.clone())),
+            base_path: spec.base.record_path.then(|| std::fs::canonicalize(&spec.base.dir).unwrap_or_else(|_| spec.base.dir.clone())),
             arch: spec.base.arch,
             backbone,
             input,
@@ -355,7 +355,7 @@ fn find_base(meta: &AdapterMeta, chosen: Option<&str>, registry: &ModelRegistry)
 pub struct AdapterMeta {
     pub base_model: String,
     pub base_sha256: String,
-    /// The base model's folder, recorded when the run named it by path.
+    /// The base model's folder, recorded when the command line found it.
     pub base_path: Option<PathBuf>,
     pub task: serde_json::Value,
     pub task_state: serde_json::Value,

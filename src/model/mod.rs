@@ -107,9 +107,10 @@ pub struct BaseModel {
     pub name: String,
     pub dir: PathBuf,
     pub arch: Arch,
-    /// Named by its folder's path (on the command line), not found by its name: an adapter
-    /// records the path, so that eval and predict find the folder again.
-    pub named_by_path: bool,
+    /// Found by the command line (a folder it was given, the models folder or the hub cache): an
+    /// adapter records the folder, so that eval and predict find it again wherever they run. The
+    /// service names base models only, and its adapters keep its folders to themselves.
+    pub record_path: bool,
     config: serde_json::Value,
 }
 
@@ -127,7 +128,7 @@ impl BaseModel {
         if !dir.join("model.safetensors").exists() {
             bail!("{}: no model.safetensors beside config.json", dir.display());
         }
-        Ok(Self { name: name.to_string(), dir: dir.to_path_buf(), arch, named_by_path: false, config })
+        Ok(Self { name: name.to_string(), dir: dir.to_path_buf(), arch, record_path: false, config })
     }
 
     pub fn weights_path(&self) -> PathBuf {
@@ -227,11 +228,15 @@ impl ModelRegistry {
         if let Lookup::Names { hub } = self.lookup {
             return self.resolve_name(name_or_path, hub);
         }
+        Ok(BaseModel { record_path: true, ..self.resolve_anywhere(name_or_path)? })
+    }
+
+    fn resolve_anywhere(&self, name_or_path: &str) -> Result<BaseModel> {
         if !is_plain_name(name_or_path) {
             let p = Path::new(name_or_path);
             if p.is_dir() {
                 let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| name_or_path.to_string());
-                return Ok(BaseModel { named_by_path: true, ..BaseModel::open(&name, p)? });
+                return BaseModel::open(&name, p);
             }
         }
         if is_plain_name(name_or_path) {
