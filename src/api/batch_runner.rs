@@ -146,12 +146,11 @@ async fn run_batch(runner: &Runner, lease: &Lease, batch: BatchRow) -> Result<()
     let expires_at = batch.created_at + COMPLETION_WINDOW_SECS;
     let open = || crate::store::now() < expires_at;
     while claim == Claim::Held && !todo.is_empty() && !runner.stopping.is_cancelled() && open() {
-        let rest = todo.split_off(todo.len().min(CHUNK));
-        let chunk = std::mem::replace(&mut todo, rest);
-        let answered: Vec<BatchLine> = futures::stream::iter(chunk.into_iter().map(|(i, l)| answer_line(runner, &batch, i, l)))
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
+        let answered: Vec<BatchLine> =
+            futures::stream::iter(next_chunk(&mut todo).into_iter().map(|(i, l)| answer_line(runner, &batch, i, l)))
+                .buffer_unordered(IN_FLIGHT)
+                .collect()
+                .await;
         claim = runner.predictor.store.record_batch_lines(&batch.id, lease, &answered).await?;
     }
     if claim == Claim::Lost {
@@ -165,8 +164,7 @@ async fn run_batch(runner: &Runner, lease: &Lease, batch: BatchRow) -> Result<()
             return Ok(());
         }
         while claim == Claim::Held && !todo.is_empty() {
-            let rest = todo.split_off(todo.len().min(CHUNK));
-            let lines: Vec<BatchLine> = std::mem::replace(&mut todo, rest).into_iter().map(|(i, l)| expired_line(&batch, i, l)).collect();
+            let lines: Vec<BatchLine> = next_chunk(&mut todo).into_iter().map(|(i, l)| expired_line(&batch, i, l)).collect();
             claim = runner.predictor.store.record_batch_lines(&batch.id, lease, &lines).await?;
         }
     }
@@ -179,6 +177,12 @@ async fn run_batch(runner: &Runner, lease: &Lease, batch: BatchRow) -> Result<()
         return Ok(());
     }
     Ok(finish(runner, lease, &batch, expired).await?)
+}
+
+/// The first [`CHUNK`] lines still to do, taken off `todo`.
+fn next_chunk(todo: &mut Vec<(i64, InputLine)>) -> Vec<(i64, InputLine)> {
+    let rest = todo.split_off(todo.len().min(CHUNK));
+    std::mem::replace(todo, rest)
 }
 
 fn request_id(batch: &BatchRow, line: i64) -> String {

@@ -401,10 +401,6 @@ impl TaskData {
         let value = self.objective.metrics(&tally).get(self.objective.primary().name).copied()?;
         Some(Trivial { name: name?, value })
     }
-
-    pub fn has_test(&self) -> bool {
-        matches!(&self.data, Data::Loaded { test: Some(_), .. })
-    }
 }
 
 /// Indices of the samples in training batch `step`: consecutive slices of a per-epoch permutation.

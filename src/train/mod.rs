@@ -250,9 +250,31 @@ pub struct Diverged {
 }
 
 pub const DIVERGED_FACTOR: f64 = 2.0;
+pub const DIVERGED_EVALS: u64 = 3;
 /// Evaluations without a better metric that a plateau takes at least (see `stop_on_plateau`).
 pub const PLATEAU_EVALS: u64 = 3;
-pub const DIVERGED_EVALS: u64 = 3;
+
+/// Counts an evaluation whose report window's mean loss is far above the run's start, failing the
+/// run at the [`DIVERGED_EVALS`]th in a row.
+fn diverging(state: &mut LoopState, step: u64) -> Result<(), Diverged> {
+    let mean = state.window.loss / state.window.steps.max(1) as f64;
+    let start = state.start_loss.unwrap_or(mean);
+    state.evals_diverging = if mean > DIVERGED_FACTOR * start + 1.0 { state.evals_diverging + 1 } else { 0 };
+    if state.evals_diverging < DIVERGED_EVALS {
+        return Ok(());
+    }
+    let reason =
+        format!("the training loss ({mean:.4}) has stayed far above its start ({start:.4}) for {DIVERGED_EVALS} evaluations; try a lower learning rate");
+    Err(Diverged { step, reason })
+}
+
+/// The step of the last better value, when the run has gone as long without one as it took to
+/// reach it (and at least [`PLATEAU_EVALS`] evaluations). A tie (the same accuracy at a lower loss)
+/// may keep the later checkpoint, but it is no progress.
+fn on_plateau(state: &LoopState, step: u64, eval_every: u64) -> Option<u64> {
+    let best = state.improved_step.unwrap_or(0);
+    (step - best >= best.max(PLATEAU_EVALS * eval_every)).then_some(best)
+}
 
 /// One run of training: the model, its data, and where its checkpoints go.
 pub struct Trainer<'a> {
@@ -331,18 +353,7 @@ impl Trainer<'_> {
             let valid = if eval_now { evaluate(self.model, self.task, EvalSplit::Valid, cfg.eval_batch_size) } else { None };
             let (mut stop_early, mut plateau) = (false, None);
             if eval_now {
-                // The window's mean loss, against the first step's: far above it evaluation after
-                // evaluation, the run is not learning but diverging.
-                let mean = state.window.loss / state.window.steps.max(1) as f64;
-                let start = state.start_loss.unwrap_or(mean);
-                state.evals_diverging = if mean > DIVERGED_FACTOR * start + 1.0 { state.evals_diverging + 1 } else { 0 };
-                if state.evals_diverging >= DIVERGED_EVALS {
-                    let reason = format!(
-                        "the training loss ({mean:.4}) has stayed far above its start ({start:.4}) for {DIVERGED_EVALS} evaluations; \
-                         try a lower learning rate"
-                    );
-                    return Err(Diverged { step, reason }.into());
-                }
+                diverging(&mut state, step)?;
             }
             if let Some(v) = &valid {
                 last_valid = Some(v.clone());
@@ -365,13 +376,8 @@ impl Trainer<'_> {
                     stop_early = cfg.patience > 0 && state.evals_since_best >= cfg.patience;
                 }
                 if cfg.stop_on_plateau && !stop_early {
-                    // A tie (the same accuracy at a lower loss) may keep the later checkpoint, but it
-                    // is no progress: the plateau counts from the last better value.
-                    let best = state.improved_step.unwrap_or(0);
-                    if step - best >= best.max(PLATEAU_EVALS * cfg.eval_every) {
-                        plateau = Some(best);
-                        stop_early = true;
-                    }
+                    plateau = on_plateau(&state, step, cfg.eval_every);
+                    stop_early = plateau.is_some();
                 }
             }
             if step % cfg.log_every == 0 || eval_now || stop_early {
