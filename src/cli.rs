@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::flags::{flag_for, CommonArgs, EvalArgs, ModelArgs, PredictArgs, SweepArgs, TrainArgs};
+use crate::flags::{flag_for, CommonArgs, EvalArgs, LearningRate, ModelArgs, PredictArgs, SweepArgs, TrainArgs};
 use crate::job::fingerprint::FolderRefused;
 use crate::job::{train_to_file, LocalRun, PrepareError};
 use crate::model::fpt::FptModel;
@@ -92,7 +92,7 @@ pub fn run(cli: Cli) -> Result<()> {
 /// One run of `train` or `sweep`, with a progress bar unless `quiet`.
 fn train_once(
     m: &ModelArgs,
-    lr: f64,
+    lr: LearningRate,
     seed: u64,
     out: &std::path::Path,
     ckpt: &std::path::Path,
@@ -100,18 +100,19 @@ fn train_once(
     force: bool,
 ) -> Result<LocalRun> {
     let (registry, device) = m.common.open()?;
-    let spec = m.spec(lr, seed)?;
+    let spec = m.spec(lr.value(), seed)?;
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(spec.hyperparameters.n_steps) };
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap());
-    let run = train_to_file(&spec, &registry, device, m.precision, out, ckpt, force, &m.auto_fields(), &mut |p| match p {
+    let run = train_to_file(&spec, &registry, device, m.precision, out, ckpt, force, &m.auto_fields(lr), &mut |p| match p {
         Progress::Metrics(mm) => {
             bar.set_length(mm.total_steps);
             bar.set_position(mm.step);
             let shown: Vec<String> = mm.values.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-            bar.set_message(format!("{} {:.0} samples/s", shown.join(" "), mm.samples_per_second));
+            let trial = mm.trial.map_or(String::new(), |t| format!("trial {} (lr {:e}): ", t + 1, mm.learning_rate));
+            bar.set_message(format!("{trial}{} {:.0} samples/s", shown.join(" "), mm.samples_per_second));
         }
         Progress::Message(s) => bar.println(s),
-        Progress::Checkpoint { .. } => {}
+        Progress::Checkpoint { .. } | Progress::Search(_) => {}
     });
     bar.finish_and_clear();
     // A field of the run that the data showed wrong (`--epochs` that come to too many steps) is
@@ -139,7 +140,7 @@ fn sweep(a: SweepArgs) -> Result<()> {
         for &seed in &a.seeds {
             let name = format!("lr{lr:e}-seed{seed}");
             let out = a.out_dir.join(format!("{name}.safetensors"));
-            match train_once(&a.model, lr, seed, &out, &a.out_dir.join(format!("{name}.ckpt")), true, a.force) {
+            match train_once(&a.model, LearningRate::Fixed(lr), seed, &out, &a.out_dir.join(format!("{name}.ckpt")), true, a.force) {
                 Ok(r) => {
                     eprintln!("{}", serde_json::to_string(&r.summary)?);
                     rows.push((lr, seed, r.summary));

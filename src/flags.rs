@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::job::{AutoField, DataFiles, Limits, Method, RawSpec, TrainSpec};
@@ -138,6 +139,10 @@ pub struct ModelArgs {
     /// The same architecture with transformers' random init instead of the pretrained weights.
     #[arg(long)]
     pub no_pretrained: bool,
+    /// No transformer blocks: the input layer, positions and head alone (a baseline that shows
+    /// whether the backbone earns its keep).
+    #[arg(long)]
+    pub no_backbone: bool,
     /// The frozen weights' precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16.
     #[arg(long, value_enum, default_value_t = Precision::Auto)]
     pub precision: Precision,
@@ -159,14 +164,70 @@ fn parse_steps(s: &str) -> Result<Steps, String> {
     s.parse().map(Steps::Count).map_err(|_| format!("`{s}` is neither a whole number of steps nor `auto`"))
 }
 
-impl ModelArgs {
-    /// The hyperparameters left to the data (`--steps auto`).
-    pub fn auto_fields(&self) -> Vec<AutoField> {
-        if self.steps == Steps::Auto {
-            vec![AutoField::NSteps]
-        } else {
-            Vec::new()
+/// `--lr`: a learning rate, or `auto`: searched inside the run (see the README's rule). An
+/// experiment spec's `lrs` take either (`[3e-3, "auto"]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LearningRate {
+    Auto,
+    Fixed(f64),
+}
+
+impl LearningRate {
+    /// The rate the run's spec names: the given one, or the recipe's, which a search starts from.
+    pub fn value(self) -> f64 {
+        match self {
+            LearningRate::Fixed(lr) => lr,
+            LearningRate::Auto => TrainConfig::default().learning_rate,
         }
+    }
+}
+
+impl std::fmt::Display for LearningRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LearningRate::Auto => f.write_str("auto"),
+            LearningRate::Fixed(lr) => write!(f, "{lr:e}"),
+        }
+    }
+}
+
+pub fn parse_learning_rate(s: &str) -> Result<LearningRate, String> {
+    if s == "auto" {
+        return Ok(LearningRate::Auto);
+    }
+    s.parse().map(LearningRate::Fixed).map_err(|_| format!("`{s}` is neither a learning rate nor `auto`"))
+}
+
+impl Serialize for LearningRate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LearningRate::Auto => s.serialize_str("auto"),
+            LearningRate::Fixed(lr) => s.serialize_f64(*lr),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LearningRate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(lr) => Ok(LearningRate::Fixed(lr)),
+            Raw::Word(w) => parse_learning_rate(&w).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl ModelArgs {
+    /// The hyperparameters left to the data and the search (`--steps auto`, `--lr auto`).
+    pub fn auto_fields(&self, lr: LearningRate) -> Vec<AutoField> {
+        let steps = (self.steps == Steps::Auto).then_some(AutoField::NSteps);
+        let rate = (lr == LearningRate::Auto).then_some(AutoField::LearningRate);
+        steps.into_iter().chain(rate).collect()
     }
 
     pub fn switches(&self) -> FreezeSwitches {
@@ -178,6 +239,7 @@ impl ModelArgs {
             freeze_pos: self.freeze_pos,
             freeze_in: self.freeze_in,
             freeze_out: self.freeze_out,
+            no_backbone: self.no_backbone,
         }
     }
 
@@ -260,9 +322,10 @@ pub fn flag_for(field: &str) -> String {
 pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Adam's learning rate (the recipe's 1e-3).
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
+    /// Adam's learning rate (the recipe's 1e-3), or `auto`: a search by successive halving over
+    /// 1e-4 to 1e-2 inside the run, which goes on from the winner (see the README's rule).
+    #[arg(long, default_value = "1e-3", value_parser = parse_learning_rate)]
+    pub lr: LearningRate,
     /// Seeds the new layers, the data's order and split, dropout and generated data.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

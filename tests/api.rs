@@ -553,3 +553,52 @@ fn bit_xor_on_an_auto_budget_stops_within_twice_the_step_that_first_solved_it() 
     let steps = j["trained_steps"].as_u64().unwrap();
     assert!(j["result"]["early_stopped"] == true && steps <= 2 * solved, "stopped at {steps}, first solved at {solved}");
 }
+
+/// `learning_rate_multiplier: "auto"` (OpenAI's form): the job answers `"auto"` until its search
+/// has chosen, shows each trial in its events, records the choice in its result and hyperparameters,
+/// and comes to the same result when paused mid-search and resumed.
+#[test]
+fn a_searched_learning_rate_shows_its_trials_and_survives_a_pause() {
+    let s = Server::start(&[]);
+    let task = json!({"type": "bit_xor", "n_bits": 3, "n_valid": 32});
+    let body = json!({"model": "tiny-gpt2", "task": task, "seed": 2,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": "auto"}}}});
+    let fpt = json!({"model": "tiny-gpt2", "task": task, "seed": 2,
+        "hyperparameters": {"learning_rate": "auto", "n_steps": 200, "eval_every": 10, "checkpoint_every": 5}});
+    // OpenAI's form is accepted and searched too.
+    let openai = s.create_job(body);
+    assert_eq!(s.job(&openai)["hyperparameters"]["learning_rate_multiplier"], "auto");
+    assert_eq!(s.job(&openai)["inferred"]["hyperparameters"], json!(["learning_rate_multiplier"]));
+
+    let whole = s.create_job(fpt.clone());
+    assert_eq!(s.job(&whole)["hyperparameters"]["learning_rate"], "auto");
+    let j = s.wait_finished(&whole);
+    assert_eq!(j["status"], "succeeded", "{j}");
+    let search = &j["result"]["learning_rate_search"];
+    let chosen = search["chosen"].as_f64().expect("a chosen rate");
+    assert_eq!(j["hyperparameters"]["learning_rate"].as_f64(), Some(chosen), "{j}");
+    assert_eq!(j["result"]["lr"].as_f64(), Some(chosen));
+    let trials: std::collections::BTreeSet<u64> =
+        s.events(&whole).iter().filter(|e| e["type"] == "metrics").filter_map(|e| e["data"]["trial"].as_u64()).collect();
+    assert_eq!(trials, (0..5).collect(), "every trial reports");
+    assert!(s.events(&whole).iter().any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("learning-rate search, rung 2"))));
+
+    // The same job, paused during the third trial and resumed, ends the same.
+    let paused = s.create_job(fpt);
+    let start = Instant::now();
+    while !s.events(&paused).iter().any(|e| e["data"]["trial"] == 2) {
+        assert!(start.elapsed() < Duration::from_secs(120), "no third trial");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.post_ok(&format!("/v1/fine_tuning/jobs/{paused}/pause"), &json!({}));
+    s.wait_for(&paused, Duration::from_secs(60), |st| st == "paused" || st == "succeeded");
+    s.post_ok(&format!("/v1/fine_tuning/jobs/{paused}/resume"), &json!({}));
+    let p = s.wait_finished(&paused);
+    assert_eq!(p["status"], "succeeded", "{p}");
+    for k in ["learning_rate_search", "best_valid_accuracy", "valid_loss", "lr", "steps"] {
+        assert_eq!(p["result"][k], j["result"][k], "{k}");
+    }
+    let trials: std::collections::BTreeSet<u64> =
+        s.events(&paused).iter().filter(|e| e["type"] == "metrics").filter_map(|e| e["data"]["trial"].as_u64()).collect();
+    assert_eq!(trials, (0..5).collect(), "the trials before the pause keep their reports");
+}

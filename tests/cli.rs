@@ -349,3 +349,67 @@ fn eval_of_a_classifier_shows_its_confusion_matrix() {
     let right = (counts[0][0] + counts[1][1]) as f64 / e["samples"].as_f64().unwrap();
     assert!((right - e["accuracy"].as_f64().unwrap()).abs() < 1e-9, "{e}");
 }
+
+/// `--lr auto`: the search's five trials, its choice recorded in the summary, and the same result
+/// whether or not the run was killed mid-search and run again (it resumes from its record and its
+/// trials' checkpoints, and is a function of its seed).
+#[test]
+fn a_searched_learning_rate_is_recorded_and_survives_a_kill() {
+    let dir = common::tempdir();
+    let args = |out: &str| -> Vec<String> {
+        let mut a: Vec<String> =
+            train_args(out, &["--lr", "auto", "--checkpoint-every", "5", "--seed", "4"]).into_iter().map(String::from).collect();
+        let steps = a.iter().position(|x| x == "--steps").unwrap();
+        a[steps + 1] = "200".into();
+        a.extend(["--models-dir".into(), common::tiny_models().display().to_string(), "--precision".into(), "fp32".into()]);
+        a
+    };
+    let plain = dir.path().join("plain.safetensors");
+    let full = last_json(&Command::new(env!("CARGO_BIN_EXE_fpt")).args(args(plain.to_str().unwrap())).output().unwrap());
+    let search = &full["learning_rate_search"];
+    let trials = search["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 5, "{search}");
+    assert_eq!(search["rung_steps"], serde_json::json!([20, 50]));
+    // All five reached the first rung, two the second; the choice is one of those two and is the run's rate.
+    assert!(trials.iter().all(|t| !t["rungs"].as_array().unwrap().is_empty() || t["diverged"].is_string()), "{search}");
+    let second: Vec<f64> =
+        trials.iter().filter(|t| t["rungs"].as_array().unwrap().len() == 2).map(|t| t["learning_rate"].as_f64().unwrap()).collect();
+    assert_eq!(second.len(), 2, "{search}");
+    let chosen = search["chosen"].as_f64().unwrap();
+    assert!(second.contains(&chosen) && full["lr"].as_f64() == Some(chosen), "{full}");
+    assert_eq!(full["steps"], 200, "{full}");
+
+    let killed = dir.path().join("killed.safetensors");
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_fpt")).args(args(killed.to_str().unwrap())).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let record = dir.path().join("killed.safetensors.ckpt/search/search.json");
+    let start = Instant::now();
+    while !record.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resumed = last_json(&Command::new(env!("CARGO_BIN_EXE_fpt")).args(args(killed.to_str().unwrap())).output().unwrap());
+    for k in ["learning_rate_search", "valid_accuracy", "valid_loss", "train_loss", "best_valid_accuracy", "steps", "lr"] {
+        assert_eq!(resumed[k], full[k], "{k}");
+    }
+    // --force starts afresh, the search's folder with it.
+    let forced =
+        fpt(&[args(killed.to_str().unwrap()).iter().map(String::as_str).collect::<Vec<_>>().as_slice(), &["--force"]].concat()[..]);
+    assert_eq!(last_json(&forced)["learning_rate_search"], full["learning_rate_search"]);
+}
+
+/// `--no-backbone`: the input layer, positions and head alone (no block's parameters), trained,
+/// evaluated and predicted with like any adapter.
+#[test]
+fn a_run_without_a_backbone_trains_and_predicts() {
+    let dir = common::tempdir();
+    let out = dir.path().join("none.safetensors");
+    let with = last_json(&fpt(&train_args(dir.path().join("with.safetensors").to_str().unwrap(), &[])));
+    let without = last_json(&fpt(&train_args(out.to_str().unwrap(), &["--no-backbone"])));
+    assert!(without["total_parameters"].as_i64().unwrap() < with["total_parameters"].as_i64().unwrap(), "{without} {with}");
+    assert!(without["valid_accuracy"].is_number(), "{without}");
+    let e = last_json(&fpt(&["eval", "--adapter", out.to_str().unwrap()]));
+    assert_eq!(e["accuracy"], without["best_valid_accuracy"], "the kept adapter, rebuilt without blocks: {e}");
+}

@@ -318,3 +318,28 @@ fn the_playground_draws_a_forecast_beside_its_context() {
     let errors = b.script("return window.__errors;", vec![]);
     assert_eq!(errors, Value::Array(vec![]), "console errors: {errors}");
 }
+
+/// A job searching its learning rate shows one validation curve per trial, labelled by its rate,
+/// the chosen one marked, and says what it chose.
+#[test]
+fn a_learning_rate_search_draws_a_curve_per_trial() {
+    let s = Server::start(&[]);
+    let id = s.create_job(serde_json::json!({"model": "tiny-gpt2", "task": {"type": "bit_xor", "n_bits": 3, "n_valid": 32},
+        "hyperparameters": {"learning_rate": "auto", "n_steps": 100, "eval_every": 5}}));
+    let job = s.wait_finished(&id);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let chosen = job["result"]["learning_rate_search"]["chosen"].as_f64().unwrap();
+    let b = Browser::start(1280, 900);
+    b.goto(&format!("{}/#/jobs/{id}", s.url));
+    b.wait_for("#chart-trials polyline.chosen", Duration::from_secs(20));
+    assert_eq!(b.script("return document.querySelectorAll('#chart-trials polyline').length;", vec![]), Value::from(5));
+    assert_eq!(b.script("return document.querySelectorAll('#chart-trials polyline.chosen').length;", vec![]), Value::from(1));
+    let legend = b.text("#trials-legend");
+    assert!(legend.contains("lr 0.0001") && legend.contains("(chosen)"), "{legend}");
+    assert!(b.text("#job-chosen-lr").contains(&chosen.to_string()), "{}", b.text("#job-chosen-lr"));
+    // The run's own curves go on from the chosen trial.
+    assert!(curve_points(&b) >= 2, "the run's loss curve");
+    b.screenshot(&shots().join("7-learning-rate-search.png"));
+    let errors = b.script("return window.__errors;", vec![]);
+    assert_eq!(errors, Value::Array(vec![]), "console errors: {errors}");
+}

@@ -48,7 +48,8 @@ fn run(
 ) -> (Vec<Metrics>, fpt::train::Outcome) {
     let control = Control::default();
     let mut metrics = Vec::new();
-    let trainer = Trainer { model: m, task, cfg: cfg.clone(), seed, checkpoint_dir: dir.to_path_buf(), metadata: HashMap::new() };
+    let trainer =
+        Trainer { model: m, task, cfg: cfg.clone(), seed, checkpoint_dir: dir.to_path_buf(), metadata: HashMap::new(), stop_at: None };
     let out = trainer
         .run(&control, &mut |p| {
             if let Progress::Metrics(mm) = p {

@@ -269,3 +269,77 @@ inits = ["pretrained"]
     assert!(lines[2].starts_with("fpt train --task sequence_classification --train signs.jsonl --steps 3 "), "{text}");
     assert_eq!(lines.len(), 3, "{text}");
 }
+
+/// The baselines every table carries (random init, no backbone, the trivial predictor), a searched
+/// learning rate against the fixed one with its wall-time ratio, and a diverged cell recorded as
+/// such while the grid goes on.
+#[test]
+fn a_grid_carries_its_baselines_a_searched_rate_and_its_diverged_runs() {
+    let dir = common::tempdir();
+    let (out, report, spec) = (dir.path().join("out"), dir.path().join("report.md"), dir.path().join("spec.toml"));
+    write_idx_pair(dir.path(), "train", 96, 1);
+    write_idx_pair(dir.path(), "test", 48, 2);
+    std::fs::write(
+        &spec,
+        format!(
+            r#"name = "baselines"
+out_dir = "{out}"
+report = "{report}"
+args = ["--model", "tiny-gpt2", "--models-dir", "{models}", "--precision", "fp32", "--batch-size", "8"]
+
+[[group]]
+name = "digits"
+task = '{{"type":"mnist","patch_size":14}}'
+args = ["--train", "{train}", "--test", "{test}", "--steps", "40", "--eval-every", "10"]
+inits = ["pretrained", "random", "no_backbone"]
+lrs = [1e-3, "auto"]
+seeds = [0, 1]
+
+[[group]]
+name = "wild"
+task = '{{"type":"bit_xor","n_bits":5}}'
+args = ["--steps", "300", "--eval-every", "20"]
+inits = ["pretrained"]
+lrs = [9.9, 1e-3]
+"#,
+            out = out.display(),
+            report = report.display(),
+            models = common::tiny_models().display(),
+            train = dir.path().join("train-images-idx3-ubyte").display(),
+            test = dir.path().join("test-images-idx3-ubyte").display(),
+        ),
+    )
+    .unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_fpt")).args(["experiment", spec.to_str().unwrap()]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let results: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results.len(), 14, "3 inits x 2 rates x 2 seeds, and 2 runs of the wild group");
+    let wild = results.iter().find(|r| r["group"] == "wild" && r["lr"] == 9.9).unwrap();
+    assert!(wild["summary"]["diverged"].as_str().is_some_and(|w| w.contains("diverged at step")), "{wild}");
+    let auto: Vec<&serde_json::Value> = results.iter().filter(|r| r["lr"] == "auto").collect();
+    assert_eq!(auto.len(), 6);
+    assert!(auto.iter().all(|r| r["summary"]["learning_rate_search"]["chosen"].is_number()), "{auto:?}");
+    let md = std::fs::read_to_string(&report).unwrap();
+    for line in [
+        "| digits | tiny-gpt2 | default | no_backbone | auto | 2 |",
+        "| digits | - | - | trivial: the majority class | - | - | accuracy |",
+        "- digits, lr 1e-3: pretrained test accuracy",
+        "random init (",
+        "no backbone (",
+        "the majority class (",
+        "- digits, learning rate `auto` (chose ",
+        "x the wall time.",
+        "pretrained seed 0 diverged (the run diverged at step",
+    ] {
+        assert!(md.contains(line), "no `{line}` in\n{md}");
+    }
+    // Every run says which split its number is from; the checkpoint is chosen on validation carved
+    // from the training file, and the test split is reported.
+    let protocol = &results.iter().find(|r| r["group"] == "digits").unwrap()["summary"]["protocol"];
+    assert_eq!(protocol["reported_split"], "test", "{protocol}");
+    assert!(protocol["validation"].as_str().unwrap().contains("of the training file"), "{protocol}");
+    assert_eq!(protocol["test_samples"], 48);
+    if std::env::var("FPT_SHOW_REPORT").is_ok() {
+        eprintln!("{md}");
+    }
+}

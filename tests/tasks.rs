@@ -32,9 +32,10 @@ fn trains(task_json: &str, train: Option<&Path>, valid: Option<&Path>) -> TaskDa
     .unwrap();
     let cfg = TrainConfig { n_steps: 3, batch_size: 4, eval_every: 3, eval_batch_size: 16, checkpoint_every: 0, ..TrainConfig::default() };
     let dir = common::tempdir();
-    let out = Trainer { model: &model, task: &task, cfg, seed: 0, checkpoint_dir: dir.path().into(), metadata: HashMap::new() }
-        .run(&Control::default(), &mut |_| {})
-        .unwrap();
+    let out =
+        Trainer { model: &model, task: &task, cfg, seed: 0, checkpoint_dir: dir.path().into(), metadata: HashMap::new(), stop_at: None }
+            .run(&Control::default(), &mut |_| {})
+            .unwrap();
     assert_eq!(out.steps, 3);
     let v = out.valid.expect("evaluated on the validation split");
     assert!(v.loss.is_finite() && (0.0..=1.0).contains(&v.metrics["accuracy"]), "{task_json}: {v:?}");

@@ -106,9 +106,18 @@ impl From<SpecError> for ApiError {
 pub fn job_object(j: &Job) -> Value {
     let spec = &j.spec;
     let h = &spec.hyperparameters;
-    let multiplier = h.learning_rate / base_learning_rate();
+    // A searched learning rate is "auto" until the search has chosen it (the job's result says).
+    let searched = h.search_learning_rate.then(|| j.result.as_ref().and_then(|r| r.lr));
+    let multiplier = match searched {
+        None => json!(h.learning_rate / base_learning_rate()),
+        Some(None) => json!("auto"),
+        Some(Some(lr)) => json!(lr / base_learning_rate()),
+    };
     let mut hyperparameters = serde_json::to_value(h).unwrap_or_else(|_| json!({}));
-    hyperparameters["learning_rate_multiplier"] = json!(multiplier);
+    hyperparameters["learning_rate_multiplier"] = multiplier.clone();
+    if let Some(chosen) = searched {
+        hyperparameters["learning_rate"] = chosen.map_or(json!("auto"), |lr| json!(lr));
+    }
     let openai = json!({"n_epochs": h.n_epochs, "batch_size": h.batch_size, "learning_rate_multiplier": multiplier});
     json!({
         "id": j.id, "object": "fine_tuning.job", "model": spec.model,

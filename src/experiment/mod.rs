@@ -16,7 +16,7 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::flags::ModelArgs;
+use crate::flags::{LearningRate, ModelArgs};
 use crate::job::train_to_file;
 
 #[derive(Args)]
@@ -39,6 +39,10 @@ pub struct ExperimentArgs {
     /// Print each run's `fpt train` arguments and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run only these groups (comma-separated); the other groups' finished runs stay in the
+    /// results and the report as they were, each with the commit that ran it.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -73,8 +77,9 @@ struct Group {
     inits: Vec<String>,
     #[serde(default = "default_freeze")]
     freeze: Vec<String>,
+    /// Learning rates, each a number or `"auto"` (searched inside the run).
     #[serde(default = "default_lr")]
-    lrs: Vec<f64>,
+    lrs: Vec<LearningRate>,
     #[serde(default = "default_seeds")]
     seeds: Vec<u64>,
     /// Classic baselines on the group's split, each a command that prints one JSON object
@@ -89,8 +94,8 @@ fn both_inits() -> Vec<String> {
 fn default_freeze() -> Vec<String> {
     vec!["default".into()]
 }
-fn default_lr() -> Vec<f64> {
-    vec![1e-3]
+fn default_lr() -> Vec<LearningRate> {
+    vec![LearningRate::Fixed(1e-3)]
 }
 fn default_seeds() -> Vec<u64> {
     vec![0]
@@ -126,7 +131,7 @@ struct RunRecord {
     backbone: String,
     init: String,
     freeze: String,
-    lr: f64,
+    lr: LearningRate,
     seed: u64,
     /// The run's `fpt train` arguments: a run whose spec changed is run again, and so is one from
     /// results written before they were recorded (empty here).
@@ -144,6 +149,26 @@ struct RunRecord {
 struct Finished {
     summary: Value,
     curve: Vec<(u64, f64, Option<f64>)>,
+}
+
+impl Finished {
+    fn of(r: &crate::job::LocalRun) -> Result<Self> {
+        let valid = format!("valid_{}", r.summary.primary_metric);
+        // A searched run's curve is its winning trial's, continued by the run.
+        let winner = r.summary.learning_rate_search.as_ref().and_then(|s| s.trials.iter().position(|t| Some(t.learning_rate) == s.chosen));
+        let curve = r
+            .curve
+            .iter()
+            .filter(|c| c.trial.is_none() || c.trial == winner)
+            .map(|c| (c.step, c.get("train_loss").unwrap_or(f64::NAN), c.get(&valid)))
+            .collect();
+        Ok(Finished { summary: serde_json::to_value(&r.summary)?, curve })
+    }
+
+    /// A run that diverged: its summary says why, and it has no values.
+    fn diverged(why: &str) -> Self {
+        Finished { summary: serde_json::json!({"diverged": why}), curve: Vec::new() }
+    }
 }
 
 /// Where the runs train.
@@ -165,7 +190,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
             let adapter = out.join("runs").join(format!("{}.safetensors", run.name));
             let args: Vec<String> = run.argv[1..].iter().map(|a| shell_quote(a)).collect();
             println!(
-                "fpt train {} --lr {:e} --seed {} --out {}",
+                "fpt train {} --lr {} --seed {} --out {}",
                 args.join(" "),
                 run.lr,
                 run.seed,
@@ -189,7 +214,10 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
             None => Runner::Here,
         };
         std::fs::create_dir_all(out.join("runs"))?;
-        run_grid(&spec, &out, done, &results_path, &mut runner)?
+        if let Some(unknown) = a.only.iter().find(|g| !spec.group.iter().any(|s| &s.name == *g)) {
+            anyhow::bail!("--only: the spec has no group `{unknown}`");
+        }
+        run_grid(&spec, &out, done, &results_path, &mut runner, &a.only)?
     };
     std::fs::write(&results_path, serde_json::to_string_pretty(&records)?)?;
     write_csv(&out.join("results.csv"), &records)?;
@@ -221,7 +249,7 @@ struct PlannedRun {
     backbone: String,
     init: String,
     freeze: String,
-    lr: f64,
+    lr: LearningRate,
     seed: u64,
     argv: Vec<String>,
     m: ModelArgs,
@@ -250,14 +278,17 @@ fn plan(spec: &Spec) -> Result<Vec<PlannedRun>> {
             if let Some(b) = backbone {
                 argv.extend(["--model".to_string(), b.clone()]);
             }
-            if init == "random" {
-                argv.push("--no-pretrained".into());
+            match init.as_str() {
+                "pretrained" => {}
+                "random" => argv.push("--no-pretrained".into()),
+                "no_backbone" => argv.push("--no-backbone".into()),
+                other => anyhow::bail!("group `{}`: unknown init `{other}` (pretrained, random, no_backbone)", g.name),
             }
             argv.extend(freeze_flags(preset)?.iter().map(|s| s.to_string()));
             let m = Wrap::try_parse_from(&argv).with_context(|| format!("group `{}`: bad arguments {argv:?}", g.name))?.m;
             let tag = backbone.map(|b| format!("-{}", b.replace(['/', ':'], "_"))).unwrap_or_default();
             runs.push(PlannedRun {
-                name: format!("{}{tag}-{init}-{}-lr{lr:e}-s{seed}", g.name, preset.replace('+', "plus_")),
+                name: format!("{}{tag}-{init}-{}-lr{lr}-s{seed}", g.name, preset.replace('+', "plus_")),
                 group: g.name.clone(),
                 task: g.task.clone(),
                 backbone: m.model.clone(),
@@ -320,7 +351,7 @@ fn run_baseline(group: &Group, command: &[String], commit: &str) -> Result<RunRe
         backbone: "-".into(),
         init: BASELINE.into(),
         freeze: "-".into(),
-        lr: 0.0,
+        lr: LearningRate::Fixed(0.0),
         seed: 0,
         args: command.to_vec(),
         commit: commit.to_string(),
@@ -329,10 +360,19 @@ fn run_baseline(group: &Group, command: &[String], commit: &str) -> Result<RunRe
     })
 }
 
-fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, runner: &mut Runner) -> Result<Vec<RunRecord>> {
-    let mut records = Vec::new();
+fn run_grid(
+    spec: &Spec,
+    out: &Path,
+    done: Vec<RunRecord>,
+    results_path: &Path,
+    runner: &mut Runner,
+    only: &[String],
+) -> Result<Vec<RunRecord>> {
     let commit = output_of("git", &["rev-parse", "--short", "HEAD"]);
-    for g in &spec.group {
+    let chosen = |g: &str| only.is_empty() || only.iter().any(|o| o == g);
+    // The groups left out keep what they had.
+    let mut records: Vec<RunRecord> = done.iter().filter(|r| !chosen(&r.group)).cloned().collect();
+    for g in spec.group.iter().filter(|g| chosen(&g.name)) {
         for command in &g.baselines {
             match done.iter().find(|r| r.group == g.name && r.init == BASELINE && &r.args == command) {
                 Some(r) => records.push(r.clone()),
@@ -343,7 +383,7 @@ fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, 
             }
         }
     }
-    for run in plan(spec)? {
+    for run in plan(spec)?.into_iter().filter(|r| chosen(&r.group)) {
         let name = &run.name;
         let same = |r: &&RunRecord| {
             let cell = r.group == run.group && r.init == run.init && r.freeze == run.freeze && r.lr == run.lr && r.seed == run.seed;
@@ -362,13 +402,15 @@ fn run_grid(spec: &Spec, out: &Path, done: Vec<RunRecord>, results_path: &Path, 
                 let ckpt = out.join("runs").join(format!("{name}.ckpt"));
                 let _ = std::fs::remove_dir_all(&ckpt);
                 let (registry, device) = m.common.open()?;
-                let spec = m.spec(run.lr, run.seed)?;
-                let r = train_to_file(&spec, &registry, device, m.precision, &adapter, &ckpt, false, &m.auto_fields(), &mut |_| {})
-                    .with_context(|| format!("run {name} (the runs before it are kept in {})", results_path.display()))?;
+                let spec = m.spec(run.lr.value(), run.seed)?;
+                let r = train_to_file(&spec, &registry, device, m.precision, &adapter, &ckpt, false, &m.auto_fields(run.lr), &mut |_| {});
                 let _ = std::fs::remove_dir_all(&ckpt);
-                let valid = format!("valid_{}", r.summary.primary_metric);
-                let curve = r.curve.iter().map(|c| (c.step, c.get("train_loss").unwrap_or(f64::NAN), c.get(&valid))).collect();
-                Finished { summary: serde_json::to_value(&r.summary)?, curve }
+                match r {
+                    Ok(r) => Finished::of(&r)?,
+                    // A run that diverged is a result of the grid (its cell says so), not its end.
+                    Err(e) if e.downcast_ref::<crate::train::Diverged>().is_some() => Finished::diverged(&e.to_string()),
+                    Err(e) => return Err(e.context(format!("run {name} (the runs before it are kept in {})", results_path.display()))),
+                }
             }
             Runner::Service(s) => s.run(&spec.name, name, m, run.lr, run.seed)?,
         };
@@ -480,14 +522,19 @@ fn table(spec: &Spec, records: &[RunRecord]) -> String {
     let mut cells: BTreeMap<(String, String, String, String, String), Vec<&RunRecord>> = BTreeMap::new();
     for r in records {
         let init = if r.init == BASELINE { r.summary["baseline"].as_str().unwrap_or(BASELINE).to_string() } else { r.init.clone() };
-        let lr = if r.init == BASELINE { "-".into() } else { format!("{:e}", r.lr) };
+        let lr = if r.init == BASELINE { "-".into() } else { r.lr.to_string() };
         cells.entry((r.group.clone(), r.backbone.clone(), r.freeze.clone(), init, lr)).or_default().push(r);
     }
     let mut s = format!(
         "### {}\n\n{}\n\n| group | backbone | freeze | init | lr | runs | metric | best valid (mean) | test (mean) | spread over seeds |\n|---|---|---|---|---|---|---|---|---|---|\n",
         spec.name, spec.description
     );
+    let mut last_group: Option<&str> = None;
     for ((g, b, f, i, lr), runs) in &cells {
+        if last_group.is_some_and(|l| l != g) {
+            s.push_str(&trivial_row(last_group.unwrap_or_default(), records));
+        }
+        last_group = Some(g);
         let metric = primary(runs[0]);
         let mean = |f: fn(&RunRecord) -> f64| mean_spread(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
         let (valid, test_mean, spread) = (mean(acc).0, mean(test).0, mean(score).1);
@@ -499,7 +546,32 @@ fn table(spec: &Spec, records: &[RunRecord]) -> String {
             shown(metric, test_mean)
         ));
     }
+    if let Some(g) = last_group {
+        s.push_str(&trivial_row(g, records));
+    }
     s
+}
+
+/// The table's row of a group's trivial predictor (majority class, training mean, seasonal naive),
+/// as its runs measured it on their splits; none for generated data.
+fn trivial_row(g: &str, records: &[RunRecord]) -> String {
+    let runs: Vec<&RunRecord> = records.iter().filter(|r| r.group == g && r.summary["trivial_predictor"].is_string()).collect();
+    let Some(first) = runs.first() else { return String::new() };
+    let metric = primary(first);
+    let mean = |split: &str| {
+        let v: Vec<f64> = runs.iter().filter_map(|r| r.summary[format!("trivial_{split}_{metric}")].as_f64()).collect();
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            mean_spread(&v).0
+        }
+    };
+    let name = first.summary["trivial_predictor"].as_str().unwrap_or_default();
+    format!(
+        "| {g} | - | - | trivial: {name} | - | - | {metric} | {} | {} | - |\n",
+        shown(metric, mean("valid")),
+        shown(metric, mean("test"))
+    )
 }
 
 fn mean_spread(v: &[f64]) -> (f64, f64) {
@@ -546,45 +618,48 @@ fn report_text(spec: &Spec, records: &[RunRecord], out: &Path) -> String {
     s
 }
 
-/// Plain sentences, per group: does pretrained beat random init by more than the spread over
-/// seeds, and where does it stand against the group's baselines (and, for forecasts, the
-/// seasonal-naive forecast of the same windows)? Test values where the group has a test split.
+/// Plain sentences, per group and learning rate: does pretrained beat random init and the model
+/// without a backbone by more than the spread over seeds, where does it stand against the trivial
+/// predictor and the group's baselines (and, for forecasts, the seasonal-naive forecast of the same
+/// windows), and how does a searched learning rate compare with the fixed ones? Test values where
+/// the group has a test split.
 fn findings(records: &[RunRecord]) -> String {
-    let mut s = String::from("\n### Pretrained against random init and the baselines\n\n");
-    let cells: std::collections::BTreeSet<(&str, &str)> =
-        records.iter().filter(|r| r.init != BASELINE).map(|r| (r.group.as_str(), r.backbone.as_str())).collect();
+    let mut s = String::from("\n### Pretrained against random init, no backbone and the baselines\n\n");
+    let cells: std::collections::BTreeSet<(&str, &str, String)> =
+        records.iter().filter(|r| r.init != BASELINE).map(|r| (r.group.as_str(), r.backbone.as_str(), r.lr.to_string())).collect();
     let several = cells.iter().map(|c| c.1).collect::<std::collections::BTreeSet<_>>().len() > 1;
-    for (g, b) in cells {
+    for (g, b, lr) in &cells {
         let runs = |init: &str| -> Vec<&RunRecord> {
-            records.iter().filter(|r| r.group == g && r.backbone == b && r.init == init && r.freeze == "default").collect()
+            records
+                .iter()
+                .filter(|r| r.group == *g && r.backbone == *b && r.lr.to_string() == *lr && r.init == init && r.freeze == "default")
+                .collect()
         };
-        let (pretrained, random) = (runs("pretrained"), runs("random"));
+        let pretrained = runs("pretrained");
         let Some(first) = pretrained.first().copied() else { continue };
         let (metric, lower) = (primary(first), lower_is_better(first));
         let split = if test(first).is_finite() { "test" } else { "best validation" };
-        let stats = |rs: &[&RunRecord]| mean_spread(&rs.iter().map(|r| score(r)).collect::<Vec<_>>());
         let (p, sp) = stats(&pretrained);
         let name = if several { format!("{g} ({b})") } else { g.to_string() };
-        let mut line = format!("- {name}: pretrained {split} {metric} {}", shown(metric, p));
-        if !random.is_empty() {
-            let (r, sr) = stats(&random);
-            let margin = if lower { r - p } else { p - r };
-            let spread = sp.max(sr);
-            let verdict = if pretrained.len() < 2 || random.len() < 2 {
-                "one seed each, so no spread to compare with".to_string()
-            } else if margin > spread {
-                format!("larger than the spread over seeds ({})", shown_gap(metric, spread))
-            } else {
-                format!("**not** larger than the spread over seeds ({})", shown_gap(metric, spread))
-            };
-            let comparison = if margin >= 0.0 {
-                format!("beats random init ({}) by {}", shown(metric, r), shown_gap(metric, margin))
-            } else {
-                format!("does **not** beat random init ({}): it is {} worse", shown(metric, r), shown_gap(metric, -margin))
-            };
-            line.push_str(&format!("; {comparison}; {verdict}"));
+        let mut line = if p.is_finite() {
+            format!("- {name}, lr {lr}: pretrained {split} {metric} {} over {} seed(s)", shown(metric, p), pretrained.len())
+        } else {
+            format!("- {name}, lr {lr}: no pretrained run finished")
+        };
+        for (init, label) in [("random", "random init"), ("no_backbone", "no backbone")] {
+            let other = runs(init);
+            if !other.is_empty() {
+                line.push_str(&format!("; {}", versus(metric, lower, (p, sp, pretrained.len()), &other, label)));
+            }
         }
-        for base in records.iter().filter(|r| r.group == g && r.init == BASELINE) {
+        let trivial: Vec<f64> = pretrained.iter().map(|r| trivial_score(r)).filter(|v| v.is_finite()).collect();
+        if !trivial.is_empty() {
+            let v = mean_spread(&trivial).0;
+            let better = if lower { p < v } else { p > v };
+            let who = first.summary["trivial_predictor"].as_str().unwrap_or("the trivial predictor");
+            line.push_str(&format!("; {} {who} ({})", if better { "better than" } else { "**not** better than" }, shown(metric, v)));
+        }
+        for base in records.iter().filter(|r| r.group == *g && r.init == BASELINE) {
             let v = base.summary[format!("test_{metric}")].as_f64().unwrap_or(f64::NAN);
             let better = if lower { p < v } else { p > v };
             line.push_str(&format!(
@@ -601,10 +676,106 @@ fn findings(records: &[RunRecord]) -> String {
             let word = if p < v { "better than" } else { "**not** better than" };
             line.push_str(&format!("; {word} the seasonal-naive forecast of the same windows ({})", shown(metric, v)));
         }
+        let failed: Vec<String> = records
+            .iter()
+            .filter(|r| r.group == *g && r.backbone == *b && r.lr.to_string() == *lr)
+            .filter_map(|r| r.summary["diverged"].as_str().map(|why| format!("{} seed {} diverged ({why})", r.init, r.seed)))
+            .collect();
+        if !failed.is_empty() {
+            line.push_str(&format!("; {}", failed.join(", ")));
+        }
         s.push_str(&line);
         s.push_str(".\n");
     }
+    s.push_str(&searched_against_fixed(records));
     s
+}
+
+/// Mean and spread (max - min) of the runs' reported values (diverged runs have none).
+fn stats(runs: &[&RunRecord]) -> (f64, f64) {
+    let v: Vec<f64> = runs.iter().map(|r| score(r)).filter(|v| v.is_finite()).collect();
+    if v.is_empty() {
+        (f64::NAN, f64::NAN)
+    } else {
+        mean_spread(&v)
+    }
+}
+
+/// `beats random init (84.58%) by 10.22 pts; larger than the spread over seeds (2.95 pts)`.
+fn versus(metric: &str, lower: bool, (p, sp, n): (f64, f64, usize), other: &[&RunRecord], label: &str) -> String {
+    let (r, sr) = stats(other);
+    let margin = if lower { r - p } else { p - r };
+    let spread = sp.max(sr);
+    let verdict = if n < 2 || other.len() < 2 {
+        "one seed, so no spread to compare with".to_string()
+    } else if margin > spread {
+        format!("larger than the spread over seeds ({})", shown_gap(metric, spread))
+    } else {
+        format!("**not** larger than the spread over seeds ({})", shown_gap(metric, spread))
+    };
+    if margin.abs() < 1e-12 {
+        format!("ties with {label} ({})", shown(metric, r))
+    } else if margin > 0.0 {
+        format!("beats {label} ({}) by {}, {verdict}", shown(metric, r), shown_gap(metric, margin))
+    } else {
+        format!("does **not** beat {label} ({}): it is {} worse, {verdict}", shown(metric, r), shown_gap(metric, -margin))
+    }
+}
+
+/// The trivial predictor's value on the split a run is reported on.
+fn trivial_score(r: &RunRecord) -> f64 {
+    let m = primary(r);
+    let at = |split: &str| r.summary[format!("trivial_{split}_{m}")].as_f64().unwrap_or(f64::NAN);
+    if test(r).is_finite() {
+        at("test")
+    } else {
+        at("valid")
+    }
+}
+
+/// Per group with pretrained runs at `auto` and at a fixed learning rate (the same arguments
+/// otherwise): the searched result against the fixed one, within the spread or not, and the
+/// ratio of their mean wall times.
+fn searched_against_fixed(records: &[RunRecord]) -> String {
+    let pretrained = |g: &str, auto: bool| -> Vec<&RunRecord> {
+        records
+            .iter()
+            .filter(|r| r.group == g && r.init == "pretrained" && r.freeze == "default" && (r.lr == LearningRate::Auto) == auto)
+            .collect()
+    };
+    let groups: std::collections::BTreeSet<&str> =
+        records.iter().filter(|r| r.lr == LearningRate::Auto).map(|r| r.group.as_str()).collect();
+    let mut s = String::new();
+    for g in groups {
+        let (auto, fixed) = (pretrained(g, true), pretrained(g, false));
+        let (Some(first), false) = (auto.first().copied(), fixed.is_empty()) else { continue };
+        let (metric, lower) = (primary(first), lower_is_better(first));
+        let ((a, sa), (f, sf)) = (stats(&auto), stats(&fixed));
+        let gain = if lower { f - a } else { a - f };
+        let spread = sa.max(sf);
+        let verdict = if gain >= 0.0 {
+            "better".to_string()
+        } else if -gain <= spread {
+            format!("within the spread ({})", shown_gap(metric, spread))
+        } else {
+            format!("**worse** by more than the spread ({})", shown_gap(metric, spread))
+        };
+        let wall = |rs: &[&RunRecord]| mean_spread(&rs.iter().filter_map(|r| r.summary["wall_seconds"].as_f64()).collect::<Vec<_>>()).0;
+        let chosen: Vec<String> = auto.iter().filter_map(|r| r.summary["lr"].as_f64()).map(|l| format!("{l:e}")).collect();
+        s.push_str(&format!(
+            "- {g}, learning rate `auto` (chose {}): {} against {} at lr {}, {verdict}; {:.2}x the wall time.\n",
+            chosen.join(", "),
+            shown(metric, a),
+            shown(metric, f),
+            fixed[0].lr,
+            wall(&auto) / wall(&fixed)
+        ));
+    }
+    if s.is_empty() {
+        s
+    } else {
+        format!("\n### The searched learning rate against the fixed one\n\n{s}")
+    }
 }
 
 /// The successive-unfreezing chain (output only -> +LN -> +input -> +positions = default), mean
@@ -677,7 +848,7 @@ fn plot_curves(out: &Path, records: &[RunRecord]) -> Result<()> {
             let pts: Vec<(f64, f64)> = r.curve.iter().filter_map(|c| c.2.map(|a| (c.0 as f64, a))).collect();
             chart
                 .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
-                .label(format!("{} {} {} lr {:e} s{}", r.backbone, r.init, r.freeze, r.lr, r.seed))
+                .label(format!("{} {} {} lr {} s{}", r.backbone, r.init, r.freeze, r.lr, r.seed))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
         }
         chart

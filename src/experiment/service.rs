@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::Finished;
-use crate::flags::ModelArgs;
+use crate::flags::{LearningRate, ModelArgs};
 use crate::job::JobStatus;
 use crate::tasks::files::labels_beside;
 
@@ -35,19 +35,23 @@ impl Service {
     }
 
     /// Submits one run as a job (or finds the job an earlier attempt submitted) and waits for it.
-    pub fn run(&mut self, experiment: &str, name: &str, m: &ModelArgs, lr: f64, seed: u64) -> Result<Finished> {
+    pub fn run(&mut self, experiment: &str, name: &str, m: &ModelArgs, lr: LearningRate, seed: u64) -> Result<Finished> {
         if m.test.is_some() {
             bail!("run {name}: --test is not supported through the service (jobs take a training and a validation file)");
         }
         let training = m.train.as_deref().map(|p| self.upload(p)).transpose()?;
         let validation = m.valid.as_deref().map(|p| self.upload(p)).transpose()?;
-        let spec = m.spec(lr, seed)?;
+        let spec = m.spec(lr.value(), seed)?;
+        let mut hyperparameters = serde_json::to_value(&spec.hyperparameters)?;
+        for field in m.auto_fields(lr) {
+            hyperparameters[field.name()] = json!("auto");
+        }
         let body = json!({
             "model": spec.model,
             "task": spec.task,
             "training_file": training.as_ref().map(|f| &f["id"]),
             "validation_file": validation.as_ref().map(|f| &f["id"]),
-            "hyperparameters": spec.hyperparameters,
+            "hyperparameters": hyperparameters,
             "method": spec.method(),
             "seed": spec.seed,
             "metadata": {"experiment": experiment, "run": name},
@@ -59,6 +63,9 @@ impl Service {
         let id = job["id"].as_str().context("the service answered a job without an id")?.to_string();
         eprintln!("  job {id}");
         let job = self.wait(&id)?;
+        if job["error"]["code"] == "diverged" {
+            return Ok(Finished::diverged(job["error"]["message"].as_str().unwrap_or("diverged")));
+        }
         if status_of(&job)? != JobStatus::Succeeded {
             bail!("run {name}: job {id} ended {}: {}", job["status"], job["error"]["message"].as_str().unwrap_or("no error message"));
         }
@@ -101,6 +108,9 @@ impl Service {
     fn finished(&self, id: &str, job: Value) -> Result<Finished> {
         let mut curve = Vec::new();
         let valid = format!("valid_{}", job["result"]["primary_metric"].as_str().unwrap_or("accuracy"));
+        // A searched job's curve is its winning trial's, continued by the run (as a run's here).
+        let search = &job["result"]["learning_rate_search"];
+        let winner = search["trials"].as_array().and_then(|t| t.iter().position(|t| t["learning_rate"] == search["chosen"]));
         let mut after: Option<String> = None;
         loop {
             let mut url = format!("{}/v1/fine_tuning/jobs/{id}/events?limit=1000", self.base);
@@ -110,7 +120,8 @@ impl Service {
             let page = self.json(self.http.get(url))?;
             for e in page["data"].as_array().into_iter().flatten() {
                 let d = &e["data"];
-                if e["type"] == "metrics" {
+                let trial = d["trial"].as_u64().map(|t| t as usize);
+                if e["type"] == "metrics" && (trial.is_none() || trial == winner) {
                     if let (Some(step), Some(loss)) = (d["step"].as_u64(), d["train_loss"].as_f64()) {
                         curve.push((step, loss, d[&valid].as_f64()));
                     }

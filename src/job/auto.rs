@@ -1,7 +1,6 @@
-//! What OpenAI's `"auto"` hyperparameters become: fixed rules from the training set's size and
-//! the recipe's defaults (written out in the README too), resolved when the job is created and
-//! recorded on it ([`Inferred`]). The auto-hyperparameter work replaces the learning rate's rule
-//! with a search.
+//! What `"auto"` hyperparameters become: rules from the training set's size and the recipe's
+//! defaults (written out in the README too), resolved when the job is created and recorded on it
+//! ([`Inferred`]); an `"auto"` learning rate is searched inside the run ([`crate::train::lr_search`]).
 use serde::{Deserialize, Serialize};
 
 use super::request::AutoField;
@@ -30,7 +29,7 @@ impl Inferred {
 /// `h` with its `auto` fields resolved for a training set of `n_train` samples (0: a task that
 /// generates its data):
 /// - `batch_size`: the recipe's 16, or the whole training set when it is smaller;
-/// - `learning_rate_multiplier`: 1, the learning rate as given (the recipe's 1e-3 by default);
+/// - `learning_rate_multiplier` or `learning_rate`: searched (`search_learning_rate`);
 /// - `n_steps` or `n_epochs`: a budget, ended early on a plateau (`stop_on_plateau`, see
 ///   [`crate::train::TrainConfig`]): enough whole epochs for the recipe's 2000 steps, at least 1
 ///   and at most [`MAX_AUTO_EPOCHS`]; for a generated task, the recipe's 2000 steps.
@@ -40,6 +39,7 @@ pub fn resolve(h: &TrainConfig, auto: &[AutoField], n_train: usize) -> TrainConf
     if auto.contains(&AutoField::BatchSize) {
         h.batch_size = recipe.batch_size.min(n_train.max(1));
     }
+    h.search_learning_rate |= auto.iter().any(|f| f.searches_learning_rate());
     if auto.contains(&AutoField::NEpochs) || auto.contains(&AutoField::NSteps) {
         h.stop_on_plateau = true;
         if n_train > 0 {
@@ -64,6 +64,9 @@ mod tests {
         // MNIST's 60,000: one epoch is already more than the recipe's steps.
         let big = resolve(&d, &all, 60_000);
         assert_eq!((big.batch_size, big.n_epochs, big.learning_rate), (16, Some(1), d.learning_rate));
+        // Either name of an "auto" learning rate asks for the search; a given one does not.
+        assert!(big.search_learning_rate && resolve(&d, &[AutoField::LearningRate], 100).search_learning_rate);
+        assert!(!resolve(&d, &[AutoField::NSteps], 100).search_learning_rate);
         // 1,600 samples: 100 steps an epoch, 20 epochs make the 2000 steps.
         assert_eq!(resolve(&d, &all, 1_600).n_epochs, Some(20));
         // 100 samples: capped at 100 epochs; 5 samples: a batch of 5.

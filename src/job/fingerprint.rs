@@ -122,13 +122,28 @@ fn clear(dir: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
     let names: Vec<(PathBuf, String)> = entries.flatten().map(|e| (e.path(), e.file_name().to_string_lossy().into_owned())).collect();
     let ours = |n: &str| n == FILE || n == "latest.json" || n.ends_with(".safetensors") || n.starts_with(".tmp-");
-    if let Some((_, other)) = names.iter().find(|(p, n)| p.is_dir() || !ours(n)) {
+    // The learning-rate search's folder (its record and its trials' checkpoints) is a run's too.
+    let search = |p: &Path, n: &str| p.is_dir() && n == super::run::SEARCH_DIR && is_search_folder(p);
+    if let Some((_, other)) = names.iter().find(|(p, n)| !search(p, n) && (p.is_dir() || !ours(n))) {
         bail!("{} holds `{other}`, which no run wrote: it is not a checkpoint folder; give another --checkpoint-dir", dir.display());
     }
     for (p, _) in names {
-        std::fs::remove_file(&p).with_context(|| format!("clearing {}", p.display()))?;
+        if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) }
+            .with_context(|| format!("clearing {}", p.display()))?;
     }
     Ok(())
+}
+
+/// A folder holding only what a learning-rate search writes: its record, its initial adapter and
+/// its trials' checkpoint folders.
+fn is_search_folder(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.flatten().all(|e| {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        (p.is_file() && (n == "search.json" || n.ends_with(".safetensors") || n.starts_with(".tmp-")))
+            || (p.is_dir() && n.starts_with("trial-"))
+    })
 }
 
 const FRESH: &str = "run with --force to start afresh there, or give another --out (or --checkpoint-dir)";

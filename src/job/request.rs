@@ -19,14 +19,23 @@ pub enum AutoField {
     NEpochs,
     BatchSize,
     LearningRateMultiplier,
+    /// fpt's own name for a searched learning rate (OpenAI's is the multiplier's `"auto"`).
+    LearningRate,
 }
 
 impl AutoField {
-    const ALL: [AutoField; 4] = [AutoField::NSteps, AutoField::NEpochs, AutoField::BatchSize, AutoField::LearningRateMultiplier];
+    const ALL: [AutoField; 5] =
+        [AutoField::NSteps, AutoField::NEpochs, AutoField::BatchSize, AutoField::LearningRateMultiplier, AutoField::LearningRate];
 
-    /// `"auto"` for `name` (`n_steps`, `n_epochs`, `batch_size`, `learning_rate_multiplier`).
+    /// `"auto"` for `name` (`n_steps`, `n_epochs`, `batch_size`, `learning_rate_multiplier`,
+    /// `learning_rate`).
     pub fn named(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// `"auto"` here asks for the learning-rate search ([`crate::train::lr_search`]).
+    pub fn searches_learning_rate(self) -> bool {
+        matches!(self, AutoField::LearningRate | AutoField::LearningRateMultiplier)
     }
 
     pub fn name(self) -> &'static str {
@@ -35,6 +44,7 @@ impl AutoField {
             AutoField::NEpochs => "n_epochs",
             AutoField::BatchSize => "batch_size",
             AutoField::LearningRateMultiplier => "learning_rate_multiplier",
+            AutoField::LearningRate => "learning_rate",
         }
     }
 }
@@ -137,6 +147,13 @@ fn parse_hyperparameters(value: Value, at: &str) -> Result<(TrainConfig, Vec<Aut
     };
     // OpenAI's clients send `null` for a field they leave to the server.
     m.retain(|_, v| !v.is_null());
+    let searched = auto.iter().any(|f| f.searches_learning_rate());
+    if searched && (multiplier.is_some() || m.contains_key("learning_rate")) {
+        return Err(bad(
+            format!("{at}.learning_rate"),
+            "the learning rate is \"auto\" (searched): give no other learning_rate or multiplier",
+        ));
+    }
     let mut config: TrainConfig = from_value(Value::Object(m), at)?;
     if let Some(x) = multiplier {
         config.learning_rate *= x;

@@ -1,6 +1,7 @@
 //! A finished job's results file, as OpenAI's `result_files` hold one: a CSV of its metrics
 //! reports, one row per report, `step` first and then every metric any report carried (the
-//! training window's `train_*`, the evaluations' `valid_*`), empty where a report lacks one.
+//! training window's `train_*`, the evaluations' `valid_*`), empty where a report lacks one. A
+//! learning-rate search's trials have their rows too, with their `trial` and `learning_rate`.
 use std::collections::BTreeSet;
 
 use serde_json::Value;

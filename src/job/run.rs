@@ -13,6 +13,7 @@ use crate::metrics::{deserialize_map, Direction, MetricMap};
 use crate::model::fpt::{paper_param_count, FptModel, InputKind, ModelSpec, ParamReport};
 use crate::model::{BaseModel, ModelRegistry, Precision};
 use crate::tasks::{DataSources, TaskData};
+use crate::train::lr_search::SearchRecord;
 use crate::train::{Control, Metrics, Outcome, Progress, TrainConfig, Trainer};
 
 /// A run's base model and data, loaded, with its step budget resolved.
@@ -21,6 +22,24 @@ pub struct Prepared {
     pub task: TaskData,
     /// The spec's hyperparameters with `n_epochs` turned into `n_steps` for the loaded data.
     pub hyperparameters: TrainConfig,
+    /// Where the validation split came from, in words (see [`Protocol`]).
+    pub validation_source: String,
+}
+
+/// How a run's numbers were obtained: the checkpoint kept is chosen on the validation split, never
+/// on the test split; the number a run is judged by is the test split's at that checkpoint when
+/// the data has one, else the validation split's (whose best it is, so optimistic).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Protocol {
+    /// `test` or `validation`: the split of `reported`.
+    pub reported_split: String,
+    /// The primary metric on that split, at the kept checkpoint (the best validation value when
+    /// there is no test split).
+    pub reported: Option<f64>,
+    pub validation: String,
+    pub train_samples: usize,
+    pub valid_samples: usize,
+    pub test_samples: usize,
 }
 
 /// Why a run could not be prepared, and the spec's field it is about (`model`, `training_file`,
@@ -82,7 +101,14 @@ pub fn prepare_data(spec: &TrainSpec<PathBuf>, registry: &ModelRegistry, limits:
             ),
         });
     }
-    Ok(Prepared { base, task, hyperparameters })
+    let validation_source = if !spec.task.needs_file() {
+        "generated, from a seed no training step draws from".to_string()
+    } else if spec.files.valid.is_some() {
+        "the validation file".to_string()
+    } else {
+        format!("{:.0}% of the training file, held out (the seed's shuffle)", 100.0 * spec.hyperparameters.validation_fraction)
+    };
+    Ok(Prepared { base, task, hyperparameters, validation_source })
 }
 
 /// A generous estimate of the bytes a run takes: the frozen weights (three copies: the weights,
@@ -155,16 +181,33 @@ impl Run {
             seed,
             checkpoint_dir,
             metadata,
+            stop_at: None,
         }
     }
 
-    /// The summary of this run's outcome.
-    pub fn summary(&self, o: &Outcome, seed: u64) -> RunSummary {
+    /// The summary of this run's outcome (and of its learning-rate search, when it had one).
+    pub fn summary(&self, o: &Outcome, seed: u64, search: Option<SearchRecord>) -> RunSummary {
         let h = &self.prepared.hyperparameters;
-        let tokens = o.steps.saturating_mul(h.batch_size as u64).saturating_mul(self.prepared.task.info.seq_len as u64);
+        let steps = search.iter().flat_map(|s| &s.trials).filter_map(|t| t.rungs.last()).map(|r| r.step).sum::<u64>();
+        // Every trial's steps passed tokens through the model too (the winner's are the run's own).
+        let trial_steps = steps.saturating_sub(search.as_ref().and_then(|s| s.winner_steps()).unwrap_or(0));
+        let tokens = (o.steps + trial_steps).saturating_mul(h.batch_size as u64).saturating_mul(self.prepared.task.info.seq_len as u64);
+        let lr = search.as_ref().and_then(|s| s.chosen).unwrap_or(h.learning_rate);
+        let info = &self.prepared.task.info;
+        let tested = o.test.is_some();
+        let protocol = Protocol {
+            reported_split: if tested { "test" } else { "validation" }.to_string(),
+            reported: if tested { o.test.as_ref().and_then(|t| t.metrics.get(o.primary).copied()) } else { o.best_valid },
+            validation: self.prepared.validation_source.clone(),
+            train_samples: info.train_samples,
+            valid_samples: info.valid_samples,
+            test_samples: info.test_samples,
+        };
         RunSummary {
             trained_tokens: Some(tokens),
-            ..RunSummary::new(o, &self.model.param_report(), self.paper_count(), h.learning_rate, seed)
+            learning_rate_search: search,
+            protocol: Some(protocol),
+            ..RunSummary::new(o, &self.model.param_report(), self.paper_count(), lr, seed)
         }
     }
 
@@ -224,14 +267,24 @@ pub struct RunSummary {
     /// Where `fpt train` wrote the kept adapter (jobs store theirs as a model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<PathBuf>,
-    /// Set when the run ended no better than its data's trivial predictor (its value is
-    /// `trivial_valid_<primary metric>`).
+    /// The data's trivial predictor (its values: `trivial_valid_<primary metric>` and
+    /// `trivial_test_<primary metric>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trivial_predictor: Option<String>,
+    /// Set when the run ended no better than its data's trivial predictor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
     /// A classifier's confusion on the validation split at the kept adapter (the checkpoint of
     /// `best_step`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confusion: Option<crate::train::confusion::Confusion>,
+    /// Which split each number is from and where the validation split came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// The learning-rate search of a run at `learning_rate: "auto"`: its trials, their validation
+    /// values at each rung, and the rate chosen (`lr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate_search: Option<SearchRecord>,
 }
 
 impl RunSummary {
@@ -246,8 +299,11 @@ impl RunSummary {
         if let Some(b) = o.best_valid.filter(|b| b.is_finite()) {
             metrics.insert(format!("best_valid_{}", o.primary), b);
         }
-        if let Some(t) = &o.no_better_than {
+        if let Some(t) = &o.trivial {
             metrics.insert(format!("trivial_valid_{}", o.primary), t.value);
+        }
+        if let Some(t) = o.trivial_test {
+            metrics.insert(format!("trivial_test_{}", o.primary), t);
         }
         Self {
             steps: o.steps,
@@ -267,6 +323,9 @@ impl RunSummary {
             adapter: None,
             warning: o.no_better_than.as_ref().map(|t| crate::train::no_better_message(o.primary, o.best_valid.unwrap_or(f64::NAN), t)),
             confusion: o.confusion.clone(),
+            learning_rate_search: None,
+            protocol: None,
+            trivial_predictor: o.trivial.as_ref().map(|t| t.name.to_string()),
         }
     }
 
@@ -280,7 +339,12 @@ impl RunSummary {
     }
 }
 
-/// A run trained in this process: its summary and its learning curve.
+/// The folder inside a command-line run's checkpoint folder that its learning-rate search keeps
+/// its trials in.
+pub const SEARCH_DIR: &str = "search";
+
+/// A run trained in this process: its summary and its learning curve (its learning-rate trials'
+/// reports among them, marked by `trial`).
 pub struct LocalRun {
     pub summary: RunSummary,
     pub curve: Vec<Metrics>,
@@ -318,7 +382,8 @@ pub fn train_to_file(
         eprintln!("note: {} samples were cut to the backbone's {} positions", info.truncated, run.model.max_positions());
     }
     let mut curve = Vec::new();
-    let outcome = run.trainer(spec.seed, ckpt.to_path_buf(), HashMap::new()).run(&Control::default(), &mut |p| {
+    let trainer = run.trainer(spec.seed, ckpt.to_path_buf(), HashMap::new());
+    let (outcome, search) = trainer.train(&ckpt.join(SEARCH_DIR), &Control::default(), &mut |p| {
         progress(&p);
         if let Progress::Metrics(m) = p {
             curve.push(m);
@@ -329,7 +394,7 @@ pub fn train_to_file(
         std::fs::create_dir_all(dir)?;
     }
     std::fs::copy(kept, out).with_context(|| format!("writing {}", out.display()))?;
-    let mut summary = run.summary(&outcome, spec.seed);
+    let mut summary = run.summary(&outcome, spec.seed, search);
     summary.adapter = Some(out.to_path_buf());
     Ok(LocalRun { summary, curve })
 }
@@ -358,6 +423,9 @@ mod tests {
             adapter: None,
             warning: Some("no better".into()),
             confusion: None,
+            learning_rate_search: None,
+            protocol: None,
+            trivial_predictor: None,
         };
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["valid_accuracy"], 0.5);

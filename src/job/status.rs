@@ -113,7 +113,7 @@ impl JobStatus {
             Ending::Finished | Ending::EarlyStopped => JobStatus::Succeeded,
             Ending::Cancelled => JobStatus::Cancelled,
             Ending::Paused => JobStatus::Paused,
-            Ending::Interrupted => JobStatus::Queued,
+            Ending::Interrupted | Ending::Suspended => JobStatus::Queued,
         }
     }
 }

@@ -187,6 +187,9 @@ impl Backbone for Bert {
     fn forward_readout(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool, readout: Readout<'_>) -> Tensor {
         let mut x = self.embed(embeds, train);
         let n = self.layers.len();
+        if n == 0 {
+            return readout.rows(&x);
+        }
         for layer in &self.layers[..n - 1] {
             x = self.layer(layer, &x, key_mask, train, None);
         }

@@ -423,7 +423,8 @@ impl AdapterLayers {
 
     /// Only layer norms and positions trained: the adapter can share a batch with others.
     pub fn batchable(&self) -> bool {
-        !self.meta.switches.trains(Group::Attn) && !self.meta.switches.trains(Group::Ff)
+        // A model without blocks is not the shared backbone's: it runs on its own.
+        !self.meta.switches.trains(Group::Attn) && !self.meta.switches.trains(Group::Ff) && !self.meta.switches.no_backbone
     }
 
     /// Input embeddings [n, L, hidden].

@@ -188,6 +188,9 @@ impl Backbone for Gpt2 {
     fn forward_readout(&self, embeds: &Tensor, _key_mask: Option<&Tensor>, train: bool, readout: Readout<'_>) -> Tensor {
         let mut x = self.embed(embeds, train);
         let n = self.blocks.len();
+        if n == 0 {
+            return readout.rows(&self.ln_f.forward(&x));
+        }
         for blk in &self.blocks[..n - 1] {
             x = self.block(blk, &x, train, None);
         }

@@ -156,7 +156,10 @@ impl BaseModel {
 
     /// Builds the backbone, pretrained or with transformers' random init (seeded by the caller).
     pub fn build(&self, switches: &FreezeSwitches, device: Device, frozen_kind: Option<Kind>) -> Result<(Box<dyn Backbone>, Vec<Param>)> {
-        let cfg = self.backbone_config()?;
+        let mut cfg = self.backbone_config()?;
+        if switches.no_backbone {
+            cfg.layers = 0; // the embeddings (positions, their layer norm) and no block
+        }
         let ck;
         let source = if switches.pretrained {
             ck = Checkpoint::open(&self.weights_path(), &["transformer.", "bert."])?;

@@ -32,6 +32,10 @@ pub struct FreezeSwitches {
     pub freeze_pos: bool,
     pub freeze_in: bool,
     pub freeze_out: bool,
+    /// No transformer blocks at all: the input layer, the positions (and their layer norm) and the
+    /// head alone, the ablation of Tan et al. (2024) that asks whether the backbone earns its keep.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_backbone: bool,
 }
 
 impl Default for FreezeSwitches {
@@ -44,6 +48,7 @@ impl Default for FreezeSwitches {
             freeze_pos: false,
             freeze_in: false,
             freeze_out: false,
+            no_backbone: false,
         }
     }
 }

@@ -351,12 +351,14 @@ fn finish(inner: &Arc<Inner>, job: &Job, lease: &Lease, o: Outcome, summary: Run
         }
         Ending::Cancelled => ("Job cancelled".to_string(), Some(json!({"status": "cancelled"}))),
         // A hand-back becomes what the client asked meanwhile (see `Store::release_job`).
-        Ending::Paused | Ending::Interrupted => match inner.rt.block_on(store.job(&job.id)).ok().flatten().map(|j| j.desired) {
-            Some(Desired::Cancel) => ("Job cancelled".to_string(), Some(json!({"status": "cancelled"}))),
-            Some(Desired::Pause) => (format!("Job paused at step {}", o.steps), Some(json!({"status": "paused"}))),
-            _ if o.ending == Ending::Paused => (format!("Job paused at step {}", o.steps), Some(json!({"status": "paused"}))),
-            _ => (format!("Server stopping: job checkpointed at step {} and queued again", o.steps), Some(json!({"status": "queued"}))),
-        },
+        Ending::Paused | Ending::Interrupted | Ending::Suspended => {
+            match inner.rt.block_on(store.job(&job.id)).ok().flatten().map(|j| j.desired) {
+                Some(Desired::Cancel) => ("Job cancelled".to_string(), Some(json!({"status": "cancelled"}))),
+                Some(Desired::Pause) => (format!("Job paused at step {}", o.steps), Some(json!({"status": "paused"}))),
+                _ if o.ending == Ending::Paused => (format!("Job paused at step {}", o.steps), Some(json!({"status": "paused"}))),
+                _ => (format!("Server stopping: job checkpointed at step {} and queued again", o.steps), Some(json!({"status": "queued"}))),
+            }
+        }
     };
     ev.send(event(&job.id, &lease.worker, "info", "message", message, data, None));
     ev.flush_blocking();
@@ -462,6 +464,22 @@ fn restore_checkpoint(inner: &Arc<Inner>, job_id: &str, dir: &Path) -> Result<()
     crate::fsutil::write_atomic(&dir.join("latest.json"), &text)
 }
 
+fn search_key(job_id: &str) -> String {
+    job_key(job_id, "search/search.json")
+}
+
+/// The folder of a job's learning-rate search on this node, holding the search's record from the
+/// shared store when it has one (the trials' own checkpoints stay on the node that trained them:
+/// a trial cut off elsewhere is trained again, to the same result).
+fn restore_search(inner: &Arc<Inner>, job_id: &str) -> Result<PathBuf> {
+    let dir = work_dir(&inner.cfg.work_dir, job_id).join("search");
+    if let Some(record) = inner.rt.block_on(inner.cfg.artifacts.get_if_exists(&search_key(job_id)))? {
+        std::fs::create_dir_all(&dir)?;
+        crate::fsutil::write_atomic(&dir.join("search.json"), &record)?;
+    }
+    Ok(dir)
+}
+
 /// Loads a job's model and data and trains it; returns the outcome, its summary and the model id.
 fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, lost: &AtomicBool) -> Result<(Outcome, RunSummary, String)> {
     let cfg = &inner.cfg;
@@ -498,10 +516,14 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
     let model_id = model_id(job);
     let metadata = HashMap::from([("job_id".to_string(), job.id.clone()), ("fine_tuned_model".to_string(), model_id.clone())]);
     let trainer = run.trainer(spec.seed, ckpt_dir, metadata);
+    let search_dir = restore_search(inner, &job.id)?;
     let mut checkpoint_failure: Option<anyhow::Error> = None;
-    let outcome = trainer.run(control, &mut |p| match p {
+    let (outcome, search) = trainer.train(&search_dir, control, &mut |p| match p {
         Progress::Metrics(m) => {
             inner.samples_per_second.lock().unwrap().insert(job.id.clone(), m.samples_per_second);
+            // A learning-rate trial's reports have no step of the job's (its steps are the trial's,
+            // from 0 again): they are kept whatever checkpoint the job resumes from.
+            let step = m.trial.is_none().then_some(m.step as i64);
             cfg.events.send(event(
                 &job.id,
                 worker,
@@ -509,9 +531,21 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
                 "metrics",
                 progress_message(&m, run.prepared.task.objective.primary().name),
                 serde_json::to_value(&m).ok(),
-                Some(m.step as i64),
+                step,
             ));
-            cfg.events.steps(&job.id, worker, m.step as i64);
+            if let Some(step) = step {
+                cfg.events.steps(&job.id, worker, step);
+            }
+        }
+        Progress::Search(record) => {
+            // The record is what resumes the search on any node; a failure to store it costs a
+            // resumed search its trials, not the job.
+            let stored = serde_json::to_vec(&record)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| inner.rt.block_on(cfg.artifacts.put(&search_key(&job.id), b)));
+            if let Err(e) = stored {
+                tracing::warn!(error = format!("{e:#}"), "storing the learning-rate search's record");
+            }
         }
         Progress::Checkpoint { step, adapter, metrics } => {
             if lost.load(Ordering::SeqCst) {
@@ -556,7 +590,7 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
     if let Some(e) = checkpoint_failure {
         return Err(e);
     }
-    let summary = run.summary(&outcome, spec.seed);
+    let summary = run.summary(&outcome, spec.seed, search);
     Ok((outcome, summary, model_id))
 }
 

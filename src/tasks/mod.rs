@@ -388,12 +388,12 @@ impl TaskData {
     }
 
     /// The trivial predictor a run must beat (see [`Objective::trivial`]), and its primary metric
-    /// on the validation split; None for generated tasks and objectives without one.
-    pub fn trivial_valid(&self) -> Option<Trivial> {
+    /// on `split`; None for generated tasks, objectives without one, and a split the data lacks.
+    pub fn trivial(&self, split: EvalSplit) -> Option<Trivial> {
         let Data::Loaded { train, .. } = &self.data else { return None };
         let mut tally = crate::metrics::Tally::default();
         let mut name = None;
-        for b in self.eval_batches(EvalSplit::Valid, 1024) {
+        for b in self.eval_batches(split, 1024) {
             let (n, logits) = self.objective.trivial(&train.targets, &b.targets, self.shape.output_dim)?;
             tally.merge(&self.objective.score(&logits, &b.targets).tally);
             name = Some(n);

@@ -82,7 +82,7 @@ mod tests {
         let registry = ModelRegistry::new(dir.path());
         let run = prepare(&spec, &registry, &Limits::default(), tch::Device::Cpu, Precision::Fp32).unwrap();
         let outcome = run.trainer(1, dir.path().join("ckpt"), Default::default()).run(&Control::default(), &mut |_| {}).unwrap();
-        let summary = run.summary(&outcome, 1);
+        let summary = run.summary(&outcome, 1, None);
         for key in ["train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "best_valid_accuracy"] {
             let v = summary.metric(key).unwrap_or_else(|| panic!("{key} missing from {summary:?}"));
             assert!(v.is_finite(), "{key} = {v}");

@@ -3,6 +3,7 @@
 //! through a callback, and a control flag checked every step (cancel, pause, shutdown).
 pub mod checkpoint;
 pub mod confusion;
+pub mod lr_search;
 pub mod optim;
 
 use std::collections::HashMap;
@@ -55,6 +56,10 @@ pub struct TrainConfig {
     /// Steps between progress reports.
     pub log_every: u64,
     pub validation_fraction: f64,
+    /// `learning_rate: "auto"`: the run searches its learning rate first ([`lr_search`]), and
+    /// `learning_rate` is only the search's fallback name for the recipe's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub search_learning_rate: bool,
     /// Overrides the backbone's own dropouts (hidden, attention, embeddings; 0.1 in GPT-2 and MiniLM,
     /// which the recipe keeps). The input layer's 0.1 stays. None: the checkpoint's config.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,6 +99,7 @@ impl Default for TrainConfig {
             stop_on_plateau: false,
             log_every: 10,
             validation_fraction: 0.1,
+            search_learning_rate: false,
             backbone_dropout: None,
         }
     }
@@ -142,6 +148,10 @@ pub struct Metrics {
     pub samples_per_second: f64,
     pub learning_rate: f64,
     pub eta_seconds: f64,
+    /// The learning-rate trial this report is of (its index in the search's grid), when the run
+    /// is searching its learning rate; none for the run itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<usize>,
 }
 
 impl Metrics {
@@ -152,8 +162,14 @@ impl Metrics {
 
 pub enum Progress {
     Metrics(Metrics),
-    Checkpoint { step: u64, adapter: PathBuf, metrics: Option<Evaluation> },
+    Checkpoint {
+        step: u64,
+        adapter: PathBuf,
+        metrics: Option<Evaluation>,
+    },
     Message(String),
+    /// The learning-rate search's record, after each trial's rung and once it has chosen.
+    Search(lr_search::SearchRecord),
 }
 
 /// A whole split, evaluated: its mean loss and its task's metrics.
@@ -183,6 +199,9 @@ pub enum Ending {
     Cancelled,
     Paused,
     Interrupted,
+    /// Stopped at [`Trainer::stop_at`], short of its budget, to go on later: a learning-rate trial
+    /// between rungs (never the end of a job).
+    Suspended,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +222,11 @@ pub struct Outcome {
     pub wall_seconds: f64,
     /// The adapter to keep: the best by the primary validation metric, else the last.
     pub adapter: Option<PathBuf>,
+    /// The data's trivial predictor (majority class, training mean, seasonal naive) and its
+    /// primary metric on the validation split, and on the test split when there is one: the
+    /// baseline every result is read against.
+    pub trivial: Option<crate::tasks::Trivial>,
+    pub trivial_test: Option<f64>,
     /// The trivial predictor, when the run's best validation value is no better than its.
     pub no_better_than: Option<crate::tasks::Trivial>,
     /// A classifier's confusion on the validation split, at the kept adapter.
@@ -285,6 +309,9 @@ pub struct Trainer<'a> {
     pub checkpoint_dir: PathBuf,
     /// Extra adapter metadata (job id, ...).
     pub metadata: HashMap<String, String>,
+    /// Stop (evaluated and checkpointed) at this step, short of `cfg.n_steps`, whose schedule the
+    /// steps still follow: a learning-rate trial's rung.
+    pub stop_at: Option<u64>,
 }
 
 /// Throughput of the open report window (its sums live in the loop state, which checkpoints hold).
@@ -300,6 +327,21 @@ impl Window {
 }
 
 impl Trainer<'_> {
+    /// [`Trainer::run`], after searching the learning rate when the config asks for it
+    /// (`search_learning_rate`), the search's trials kept in `search_dir`.
+    pub fn train(
+        &self,
+        search_dir: &std::path::Path,
+        control: &Control,
+        report: &mut dyn FnMut(Progress),
+    ) -> Result<(Outcome, Option<lr_search::SearchRecord>)> {
+        if !self.cfg.search_learning_rate {
+            return Ok((self.run(control, report)?, None));
+        }
+        let (outcome, record) = self.run_searching_learning_rate(search_dir, control, report)?;
+        Ok((outcome, Some(record)))
+    }
+
     /// Runs (or resumes, when the checkpoint folder has a checkpoint) until the step budget, early
     /// stopping, or a control command.
     pub fn run(&self, control: &Control, report: &mut dyn FnMut(Progress)) -> Result<Outcome> {
@@ -320,7 +362,8 @@ impl Trainer<'_> {
         let (mut last_train, mut last_valid) = (MetricMap::new(), None);
         let mut trained_samples = 0usize;
         let mut ending = if state.stopped_early { Ending::EarlyStopped } else { Ending::Finished };
-        while state.step < cfg.n_steps && !state.stopped_early {
+        let end = self.stop_at.map_or(cfg.n_steps, |s| s.min(cfg.n_steps));
+        while state.step < end && !state.stopped_early {
             match control.get() {
                 Command::Cancel => {
                     ending = Ending::Cancelled;
@@ -348,8 +391,8 @@ impl Trainer<'_> {
             window.samples += cfg.batch_size;
 
             let step = state.step;
-            let eval_now = step % cfg.eval_every == 0 || step == cfg.n_steps;
-            let ckpt_now = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 || step == cfg.n_steps;
+            let eval_now = step % cfg.eval_every == 0 || step == end;
+            let ckpt_now = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 || step == end;
             let valid = if eval_now { evaluate(self.model, self.task, EvalSplit::Valid, cfg.eval_batch_size) } else { None };
             let (mut stop_early, mut plateau) = (false, None);
             if eval_now {
@@ -398,6 +441,7 @@ impl Trainer<'_> {
                     samples_per_second: sps,
                     learning_rate: lr,
                     eta_seconds: (cfg.n_steps - step) as f64 * cfg.batch_size as f64 / sps.max(1e-9),
+                    trial: None,
                 }));
                 window = Window::new();
             }
@@ -415,7 +459,10 @@ impl Trainer<'_> {
                 break;
             }
         }
-        if last_valid.is_none() && matches!(ending, Ending::Finished | Ending::EarlyStopped) {
+        if ending == Ending::Finished && state.step < cfg.n_steps {
+            ending = Ending::Suspended;
+        }
+        if last_valid.is_none() && matches!(ending, Ending::Finished | Ending::EarlyStopped | Ending::Suspended) {
             // Resumed at its end (the same command again): the final state's validation metrics,
             // as the run that got there reported them.
             last_valid = evaluate(self.model, self.task, EvalSplit::Valid, cfg.eval_batch_size);
@@ -423,10 +470,12 @@ impl Trainer<'_> {
         let best = checkpoint::best_path(&self.checkpoint_dir);
         let adapter =
             if best.exists() { Some(best) } else { checkpoint::latest(&self.checkpoint_dir)?.map(|l| self.checkpoint_dir.join(l.adapter)) };
-        let finished = matches!(ending, Ending::Finished | Ending::EarlyStopped);
+        // A trial (run to a rung) is only compared on validation: its test and confusion wait
+        // for the run it may become.
+        let finished = matches!(ending, Ending::Finished | Ending::EarlyStopped) && self.stop_at.is_none();
         // A run that learned nothing its data's trivial predictor does not know says so.
-        let no_better_than =
-            self.task.trivial_valid().filter(|t| finished && state.best_valid.is_some_and(|b| !primary.direction.better(b, t.value)));
+        let trivial = if finished { self.task.trivial(EvalSplit::Valid) } else { None };
+        let no_better_than = trivial.clone().filter(|t| state.best_valid.is_some_and(|b| !primary.direction.better(b, t.value)));
         if let Some(t) = &no_better_than {
             report(Progress::Message(no_better_message(primary.name, state.best_valid.unwrap_or(f64::NAN), t)));
         }
@@ -437,6 +486,7 @@ impl Trainer<'_> {
         }
         let confusion = finished.then(|| confusion::confusion(self.model, self.task, EvalSplit::Valid, cfg.eval_batch_size)).flatten();
         let test = if finished { evaluate(self.model, self.task, EvalSplit::Test, cfg.eval_batch_size) } else { None };
+        let trivial_test = if finished { self.task.trivial(EvalSplit::Test).map(|t| t.value) } else { None };
         let wall = started.elapsed().as_secs_f64();
         Ok(Outcome {
             ending,
@@ -451,6 +501,8 @@ impl Trainer<'_> {
             samples_per_second: trained_samples as f64 / wall.max(1e-9),
             wall_seconds: wall,
             adapter,
+            trivial,
+            trivial_test,
             no_better_than,
             confusion,
         })

@@ -220,6 +220,7 @@ async function jobPage(id) {
     <div class="charts">
       <figure class="chart"><figcaption>Loss</figcaption><svg id="chart-loss" viewBox="0 0 400 240" role="img" aria-label="loss by step"></svg><div class="legend"><span class="swatch train"></span>train <span class="swatch valid"></span>validation</div></figure>
       <figure class="chart"><figcaption id="acc-title">Accuracy</figcaption><svg id="chart-acc" viewBox="0 0 400 240" role="img" aria-label="primary metric by step"></svg><div class="legend"><span class="swatch train"></span>train <span class="swatch valid"></span>validation</div></figure>
+      <figure class="chart" id="trials" hidden><figcaption id="trials-title">Learning-rate search</figcaption><svg id="chart-trials" viewBox="0 0 400 240" role="img" aria-label="each trial's validation metric by step"></svg><div class="legend" id="trials-legend"></div></figure>
     </div>
     <h2>Result</h2><div id="result"><p class="muted">When the job ends.</p></div>
     <h2>Confusion matrix</h2><div id="confusion"><p class="muted">For a classifier, when the job ends: the kept checkpoint on the validation split.</p></div>
@@ -247,9 +248,12 @@ async function jobPage(id) {
   const drawNow = () => {
     const m = primary();
     const empty = streaming && ACTIVE.includes(job.status) ? "Waiting for the first report…" : "No reports";
-    chart($("#chart-loss"), points, "train_loss", "valid_loss", { yTitle: "loss", empty });
-    chart($("#chart-acc"), points, `train_${m}`, `valid_${m}`, { yTitle: m, yMax: /accuracy|f1/.test(m) ? 1 : undefined, empty });
+    // A learning-rate search's trials (reports with a `trial`) have a chart of their own.
+    const run = points.filter((p) => p.trial == null);
+    chart($("#chart-loss"), run, "train_loss", "valid_loss", { yTitle: "loss", empty: points.length ? "Searching the learning rate…" : empty });
+    chart($("#chart-acc"), run, `train_${m}`, `valid_${m}`, { yTitle: m, yMax: /accuracy|f1/.test(m) ? 1 : undefined, empty: points.length ? "Searching the learning rate…" : empty });
     $("#acc-title").textContent = m;
+    trials(points, m, job.result?.learning_rate_search?.chosen);
   };
   const progress = (step, steps, eta) => {
     const bar = $("#job-progress");
@@ -283,6 +287,7 @@ async function jobPage(id) {
       if (job.status === "queued" || job.status === "validating_files") { job.status = "running"; setStatus("running"); }
       if (!ACTIVE.includes(job.status)) { draw(); return; }
       progress(e.data.step, e.data.total_steps, job.status === "running" ? etaText(e.data.eta_seconds) : "");
+      if (e.data.trial != null) $("#job-eta").textContent = `learning-rate search: trial ${e.data.trial + 1} (lr ${e.data.learning_rate})`;
       draw();
     } else if (e.data?.status && ACTIVE.includes(job.status)) {
       // Lifecycle events replayed for an ended job do not bring its buttons back.
@@ -340,11 +345,13 @@ function resultOf(j) {
   const r = j.result || {};
   const el = $("#result");
   if (el) {
-    const metrics = Object.entries(r).filter(([k, v]) => typeof v === "number" && /^(train|valid|test|best_valid|trivial_valid)_/.test(k));
+    const metrics = Object.entries(r).filter(([k, v]) => typeof v === "number" && /^(train|valid|test|best_valid|trivial_valid|trivial_test)_/.test(k));
     el.innerHTML = j.error ? `<p class="error">${esc(j.error.code)}: ${esc(j.error.message)}</p>` : "";
     if (metrics.length) {
       el.innerHTML += `<table class="kv" id="job-result">${metrics.map(([k, v]) => `<tr><th>${esc(k)}</th><td>${metricText(k, v)}</td></tr>`).join("")}</table>`;
       if (r.warning) el.innerHTML += `<p class="error">${esc(r.warning)}</p>`;
+      if (r.protocol) el.innerHTML += `<p class="muted" id="job-protocol">Reported on the ${esc(r.protocol.reported_split)} split, at the checkpoint chosen on validation (${esc(r.protocol.validation)}).</p>`;
+      if (r.learning_rate_search?.chosen != null) el.innerHTML += `<p id="job-chosen-lr">Learning rate chosen by the search: <b>${esc(r.learning_rate_search.chosen)}</b></p>`;
     } else if (!j.error) el.innerHTML = `<p class="muted">No result: the job ${esc(j.status)}.</p>`;
   }
   const c = $("#confusion");
@@ -465,6 +472,25 @@ function plot(svg, series, { xTitle = "step", yTitle = "", yMax, empty = "No dat
 }
 
 const TRAIN = "#2457c5", VALID = "#e07a10";
+
+// One validation curve per learning-rate trial, labelled by its rate; the chosen one bold.
+function trials(points, metric, chosen) {
+  const fig = $("#trials");
+  if (!fig) return;
+  const byTrial = new Map();
+  for (const p of points) if (p.trial != null) {
+    if (!byTrial.has(p.trial)) byTrial.set(p.trial, { lr: p.learning_rate, points: [] });
+    if (p[`valid_${metric}`] != null) byTrial.get(p.trial).points.push([p.step, p[`valid_${metric}`]]);
+  }
+  fig.hidden = !byTrial.size;
+  if (!byTrial.size) return;
+  const ordered = [...byTrial.entries()].sort((a, b) => a[0] - b[0]);
+  const series = ordered.map(([t, s]) => ({ points: s.points, color: PALETTE[t % PALETTE.length], cls: `trial${s.lr === chosen ? " chosen" : ""}` }));
+  plot($("#chart-trials"), series, { yTitle: `validation ${metric}`, yMax: /accuracy|f1/.test(metric) ? 1 : undefined, empty: "No evaluations yet" });
+  $("#trials-title").textContent = chosen != null ? `Learning-rate search: chose ${chosen}` : "Learning-rate search";
+  $("#trials-legend").innerHTML = ordered.map(([t, s]) =>
+    `<span class="swatch" style="background:${PALETTE[t % PALETTE.length]}"></span>lr ${esc(s.lr)}${s.lr === chosen ? " (chosen)" : ""}`).join(" ");
+}
 
 function chart(svg, points, a, b, opts) {
   const series = (key, color, cls) => ({ points: points.filter((p) => p[key] != null).map((p) => [p.step, p[key]]), color, cls });
