@@ -65,7 +65,9 @@ test: setup
 bench: build
 	./target/release/fpt bench
 
-## experiment: the CPU suite of docs/results.md (about an hour on 2 cores); regenerates it and its plots.
+## experiment: the CPU suite of docs/results.md (about ten hours on 2 cores: every group at its fixed
+## learning rate and at "auto", pretrained, random and without a backbone, three seeds); regenerates
+## it and its plots. `./target/release/fpt experiment experiments/cpu-suite.toml --only mnist` reruns one group.
 ## Its classic baselines (scripts/baselines.py) need statsmodels, installed here and not for the tests.
 experiment: build $(EXPERIMENT_STAMP)
 	./target/release/fpt experiment experiments/cpu-suite.toml

@@ -301,6 +301,7 @@ pub fn flag_for(field: &str) -> String {
         "hyperparameters.n_steps" => "--steps",
         "hyperparameters.n_epochs" => "--epochs",
         "hyperparameters.learning_rate" => "--lr",
+        "hyperparameters.search_learning_rate" => "--lr auto",
         _ => "",
     };
     if !named.is_empty() {

@@ -89,7 +89,8 @@ assert job.training_file == f.id and job.seed == 3 and job.result_files == []
 extra = job.model_extra
 assert extra["task"]["type"] == "sequence_classification" and extra["inferred"]["task"] is True, extra
 
-# Another through `method`, every value "auto": resolved by the written rules and recorded.
+# Another through `method`, every value "auto": resolved by the written rules (the learning rate
+# by a search) and recorded.
 auto = client.fine_tuning.jobs.create(
     model="tiny-gpt2",
     training_file=f.id,
@@ -100,7 +101,8 @@ auto = client.fine_tuning.jobs.create(
 # 48 samples in the recipe's batches of 16: 3 steps an epoch, so 667 epochs would make the
 # recipe's 2000 steps; capped at 100.
 assert auto.hyperparameters.n_epochs == 100 and auto.hyperparameters.batch_size == 16, auto.hyperparameters
-assert auto.hyperparameters.learning_rate_multiplier == 1
+# The learning rate is searched inside the job: "auto" until the search has chosen.
+assert auto.hyperparameters.learning_rate_multiplier == "auto", auto.hyperparameters
 assert sorted(auto.model_extra["inferred"]["hyperparameters"]) == ["batch_size", "learning_rate_multiplier", "n_epochs"]
 cancelled = client.fine_tuning.jobs.cancel(auto.id)
 assert cancelled.status == "cancelled", cancelled.status

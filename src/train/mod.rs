@@ -56,8 +56,8 @@ pub struct TrainConfig {
     /// Steps between progress reports.
     pub log_every: u64,
     pub validation_fraction: f64,
-    /// `learning_rate: "auto"`: the run searches its learning rate first ([`lr_search`]), and
-    /// `learning_rate` is only the search's fallback name for the recipe's.
+    /// `learning_rate: "auto"`: the run searches its learning rate first ([`lr_search`]); the rate
+    /// it chooses replaces `learning_rate`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub search_learning_rate: bool,
     /// Overrides the backbone's own dropouts (hidden, attention, embeddings; 0.1 in GPT-2 and MiniLM,
