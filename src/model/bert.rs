@@ -188,7 +188,7 @@ impl Backbone for Bert {
         let mut x = self.embed(embeds, train);
         let n = self.layers.len();
         if n == 0 {
-            return readout.rows(&x);
+            return readout.pooled_rows(&x, key_mask);
         }
         for layer in &self.layers[..n - 1] {
             x = self.layer(layer, &x, key_mask, train, None);

@@ -185,11 +185,11 @@ impl Backbone for Gpt2 {
         self.ln_f.forward(&x)
     }
 
-    fn forward_readout(&self, embeds: &Tensor, _key_mask: Option<&Tensor>, train: bool, readout: Readout<'_>) -> Tensor {
+    fn forward_readout(&self, embeds: &Tensor, key_mask: Option<&Tensor>, train: bool, readout: Readout<'_>) -> Tensor {
         let mut x = self.embed(embeds, train);
         let n = self.blocks.len();
         if n == 0 {
-            return readout.rows(&self.ln_f.forward(&x));
+            return readout.pooled_rows(&self.ln_f.forward(&x), key_mask);
         }
         for blk in &self.blocks[..n - 1] {
             x = self.block(blk, &x, train, None);

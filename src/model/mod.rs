@@ -81,6 +81,22 @@ impl Readout<'_> {
         }
     }
 
+    /// The read-out rows of a model with no blocks (`no_backbone`), where nothing mixes the
+    /// tokens: each row plus the mean of its sequence's tokens (`key_mask` [B, 1, 1, L] marks the
+    /// real ones), so that the head sees the whole input, as the head of Tan et al.'s ablation does.
+    pub fn pooled_rows(&self, hs: &Tensor, key_mask: Option<&Tensor>) -> Tensor {
+        let (b, l) = (hs.size()[0], hs.size()[1]);
+        let mean = match key_mask {
+            Some(m) => {
+                let w = m.view([b, l, 1]).to_kind(hs.kind());
+                (hs * &w).sum_dim_intlist([1i64].as_slice(), true, hs.kind())
+                    / w.sum_dim_intlist([1i64].as_slice(), true, hs.kind()).clamp_min(1.0)
+            }
+            None => hs.mean_dim([1i64].as_slice(), true, hs.kind()),
+        };
+        self.rows(hs) + mean
+    }
+
     /// Causal attention of the read-out queries over `l` keys (position p sees keys 0..=p), as a
     /// [B or 1, 1, k, l] bool mask; None when no key is in any query's future (the last token alone).
     pub fn causal_mask(&self, l: i64, device: Device) -> Option<Tensor> {

@@ -34,6 +34,7 @@ pub struct FreezeSwitches {
     pub freeze_out: bool,
     /// No transformer blocks at all: the input layer, the positions (and their layer norm) and the
     /// head alone, the ablation of Tan et al. (2024) that asks whether the backbone earns its keep.
+    /// With nothing to mix the tokens, the head reads each read-out token plus their mean.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub no_backbone: bool,
 }
