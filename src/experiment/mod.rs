@@ -753,7 +753,9 @@ fn searched_against_fixed(records: &[RunRecord]) -> String {
         let ((a, sa), (f, sf)) = (stats(&auto), stats(&fixed));
         let gain = if lower { f - a } else { a - f };
         let spread = sa.max(sf);
-        let verdict = if gain >= 0.0 {
+        let verdict = if gain.abs() < 1e-12 {
+            "the same".to_string()
+        } else if gain > 0.0 {
             "better".to_string()
         } else if -gain <= spread {
             format!("within the spread ({})", shown_gap(metric, spread))
