@@ -339,7 +339,4 @@ lrs = [9.9, 1e-3]
     assert_eq!(protocol["reported_split"], "test", "{protocol}");
     assert!(protocol["validation"].as_str().unwrap().contains("of the training file"), "{protocol}");
     assert_eq!(protocol["test_samples"], 48);
-    if std::env::var("FPT_SHOW_REPORT").is_ok() {
-        eprintln!("{md}");
-    }
 }

@@ -141,7 +141,7 @@ fn is_search_folder(dir: &Path) -> bool {
     entries.flatten().all(|e| {
         let n = e.file_name().to_string_lossy().into_owned();
         let p = e.path();
-        (p.is_file() && (n == "search.json" || n.ends_with(".safetensors") || n.starts_with(".tmp-")))
+        (p.is_file() && (n == crate::train::lr_search::RECORD || n.ends_with(".safetensors") || n.starts_with(".tmp-")))
             || (p.is_dir() && n.starts_with("trial-"))
     })
 }

@@ -339,8 +339,8 @@ impl RunSummary {
     }
 }
 
-/// The folder inside a command-line run's checkpoint folder that its learning-rate search keeps
-/// its trials in.
+/// The folder a learning-rate search keeps its record and trials in: inside a command-line run's
+/// checkpoint folder, beside a job's on a worker.
 pub const SEARCH_DIR: &str = "search";
 
 /// A run trained in this process: its summary and its learning curve (its learning-rate trials'

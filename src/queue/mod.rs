@@ -472,10 +472,10 @@ fn search_key(job_id: &str) -> String {
 /// shared store when it has one (the trials' own checkpoints stay on the node that trained them:
 /// a trial cut off elsewhere is trained again, to the same result).
 fn restore_search(inner: &Arc<Inner>, job_id: &str) -> Result<PathBuf> {
-    let dir = work_dir(&inner.cfg.work_dir, job_id).join("search");
+    let dir = work_dir(&inner.cfg.work_dir, job_id).join(crate::job::run::SEARCH_DIR);
     if let Some(record) = inner.rt.block_on(inner.cfg.artifacts.get_if_exists(&search_key(job_id)))? {
         std::fs::create_dir_all(&dir)?;
-        crate::fsutil::write_atomic(&dir.join("search.json"), &record)?;
+        crate::fsutil::write_atomic(&dir.join(crate::train::lr_search::RECORD), &record)?;
     }
     Ok(dir)
 }

@@ -67,7 +67,8 @@ pub struct SearchRecord {
     pub chosen: Option<f64>,
 }
 
-const RECORD: &str = "search.json";
+/// The record's file in the search folder.
+pub const RECORD: &str = "search.json";
 
 impl SearchRecord {
     fn new(metric: &str, direction: Direction, n_steps: u64) -> Self {
