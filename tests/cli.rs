@@ -111,6 +111,9 @@ fn a_killed_run_resumes_to_the_same_metrics() {
             common::tiny_models().display().to_string(),
             "--precision".into(),
             "fp32".into(),
+            // Bit for bit needs one thread: the README says why.
+            "--threads".into(),
+            "1".into(),
         ]
     };
     let plain = dir.path().join("plain.safetensors");
@@ -361,7 +364,9 @@ fn a_searched_learning_rate_is_recorded_and_survives_a_kill() {
             train_args(out, &["--lr", "auto", "--checkpoint-every", "5", "--seed", "4"]).into_iter().map(String::from).collect();
         let steps = a.iter().position(|x| x == "--steps").unwrap();
         a[steps + 1] = "200".into();
-        a.extend(["--models-dir".into(), common::tiny_models().display().to_string(), "--precision".into(), "fp32".into()]);
+        // Bit for bit needs one thread: the README says why.
+        let exact = ["--precision", "fp32", "--threads", "1"].map(String::from);
+        a.extend([["--models-dir".into(), common::tiny_models().display().to_string()].as_slice(), &exact].concat());
         a
     };
     let plain = dir.path().join("plain.safetensors");
