@@ -365,8 +365,8 @@ fn a_searched_learning_rate_is_recorded_and_survives_a_kill() {
         let steps = a.iter().position(|x| x == "--steps").unwrap();
         a[steps + 1] = "200".into();
         // Bit for bit needs one thread: the README says why.
-        let exact = ["--precision", "fp32", "--threads", "1"].map(String::from);
-        a.extend([["--models-dir".into(), common::tiny_models().display().to_string()].as_slice(), &exact].concat());
+        a.extend(["--models-dir".into(), common::tiny_models().display().to_string(), "--precision".into(), "fp32".into()]);
+        a.extend(["--threads".into(), "1".into()]);
         a
     };
     let plain = dir.path().join("plain.safetensors");
