@@ -69,7 +69,7 @@ freeze = ["output_only", "+ln"]
         |freeze: &str| results.iter().find(|r| r["freeze"] == freeze).unwrap()["summary"]["trainable_parameters"].as_i64().unwrap();
     assert!(trained("output_only") < trained("+ln") && trained("+ln") < trained("default"));
     // The chain takes no default from the xor group: its runs train for other steps.
-    assert!(md.contains("+ln") && md.contains("-> +input - -> default -\n"), "{md}");
+    assert!(md.contains("lr 1e-3, best validation accuracy: output_only ") && md.contains("-> +input - -> default -\n"), "{md}");
     let second = run();
     assert!(second.status.success());
     assert_eq!(String::from_utf8_lossy(&second.stderr).matches("done before").count(), 6);
@@ -97,7 +97,8 @@ freeze = ["output_only", "+ln"]
         .collect();
     let md = std::fs::read_to_string(&report).unwrap();
     let mean = 100.0 * xor_default.iter().sum::<f64>() / xor_default.len() as f64;
-    assert!(md.contains(&format!("-> +input - -> default {mean:.1}%\n")), "{md}");
+    let spread = 100.0 * (xor_default.iter().cloned().fold(f64::MIN, f64::max) - xor_default.iter().cloned().fold(f64::MAX, f64::min));
+    assert!(md.contains(&format!("-> +input - -> default {mean:.1}% (2 seeds, spread {spread:.1} pts)\n")), "{md}");
 
     // Runs recorded without their arguments (results from before they were kept) run again.
     let stripped: Vec<serde_json::Value> = results
@@ -328,7 +329,8 @@ lrs = [9.9, 1e-3]
         "no backbone (",
         "the majority class (",
         "- digits, learning rate `auto` (chose ",
-        "x the wall time.",
+        "x the wall time, ",
+        "x the training samples.",
         "pretrained seed 0 diverged (the run diverged at step",
     ] {
         assert!(md.contains(line), "no `{line}` in\n{md}");

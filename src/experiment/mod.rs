@@ -735,7 +735,7 @@ fn trivial_score(r: &RunRecord) -> f64 {
 
 /// Per group with pretrained runs at `auto` and at a fixed learning rate (the same arguments
 /// otherwise): the searched result against the fixed one, within the spread or not, and the
-/// ratio of their mean wall times.
+/// ratios of their mean wall times and of the samples they trained.
 fn searched_against_fixed(records: &[RunRecord]) -> String {
     let pretrained = |g: &str, auto: bool| -> Vec<&RunRecord> {
         records
@@ -762,15 +762,21 @@ fn searched_against_fixed(records: &[RunRecord]) -> String {
         } else {
             format!("**worse** by more than the spread ({})", shown_gap(metric, spread))
         };
-        let wall = |rs: &[&RunRecord]| mean_spread(&rs.iter().filter_map(|r| r.summary["wall_seconds"].as_f64()).collect::<Vec<_>>()).0;
+        let mean_of =
+            |rs: &[&RunRecord], v: &dyn Fn(&RunRecord) -> Option<f64>| mean_spread(&rs.iter().filter_map(|r| v(r)).collect::<Vec<_>>()).0;
+        let wall = |r: &RunRecord| r.summary["wall_seconds"].as_f64();
+        // The samples a run trained (its trials' included): the search's cost whatever else the
+        // machine was doing, where the wall time also measures the machine's load.
+        let samples = |r: &RunRecord| Some(wall(r)? * r.summary["samples_per_second"].as_f64()?);
         let chosen: Vec<String> = auto.iter().filter_map(|r| r.summary["lr"].as_f64()).map(|l| format!("{l:e}")).collect();
         s.push_str(&format!(
-            "- {g}, learning rate `auto` (chose {}): {} against {} at lr {}, {verdict}; {:.2}x the wall time.\n",
+            "- {g}, learning rate `auto` (chose {}): {} against {} at lr {}, {verdict}; {:.2}x the wall time, {:.2}x the training samples.\n",
             chosen.join(", "),
             shown(metric, a),
             shown(metric, f),
             fixed[0].lr,
-            wall(&auto) / wall(&fixed)
+            mean_of(&auto, &wall) / mean_of(&fixed, &wall),
+            mean_of(&auto, &samples) / mean_of(&fixed, &samples)
         ));
     }
     if s.is_empty() {
@@ -780,35 +786,40 @@ fn searched_against_fixed(records: &[RunRecord]) -> String {
     }
 }
 
-/// The successive-unfreezing chain (output only -> +LN -> +input -> +positions = default), mean
-/// best accuracy over seeds, for every setting that ran the first preset; the default may come from
-/// another group whose runs differ only in their freeze flags (same task, backbone, arguments).
+/// The successive-unfreezing chain (output only -> +LN -> +input -> +positions = default), for
+/// every setting that ran the first preset: per preset, the mean over seeds of what the report
+/// judges runs by (the test value where there is a test split, else the best validation value),
+/// with the number of seeds and their spread. The default may come from another group whose runs
+/// differ only in their freeze flags (same task, backbone, arguments).
 fn unfreezing(records: &[RunRecord]) -> String {
     let chain = ["output_only", "+ln", "+input", "default"];
-    // Arguments less the freeze flags (seed and lr are not among them).
-    let setting = |r: &RunRecord| -> Vec<String> { r.args.iter().filter(|a| !a.starts_with("--freeze-")).cloned().collect() };
+    // A run's setting: its arguments less the freeze flags (seed and lr are not among its
+    // arguments), and its learning rate: a chain at 3e-3 and one at `auto` are two chains.
+    let setting = |r: &RunRecord| -> (Vec<String>, String) {
+        (r.args.iter().filter(|a| !a.starts_with("--freeze-")).cloned().collect(), r.lr.to_string())
+    };
     let pretrained = || records.iter().filter(|r| r.init == "pretrained");
     let mut out = String::new();
-    let cells: std::collections::BTreeSet<(&str, &str, &str, Vec<String>)> = pretrained()
+    let cells: std::collections::BTreeSet<(&str, &str, &str, (Vec<String>, String))> = pretrained()
         .filter(|r| r.freeze == "output_only")
         .map(|r| (r.group.as_str(), r.task.as_str(), r.backbone.as_str(), setting(r)))
         .collect();
-    for (group, task, backbone, args) in cells {
+    for (group, task, backbone, key) in cells {
+        let runs = |preset: &str| -> Vec<&RunRecord> {
+            pretrained().filter(|r| r.task == task && r.backbone == backbone && r.freeze == preset && setting(r) == key).collect()
+        };
+        let split = if runs("output_only").iter().any(|r| test(r).is_finite()) { "test" } else { "best validation" };
         let steps: Vec<String> = chain
             .iter()
-            .map(|preset| {
-                let v: Vec<f64> = pretrained()
-                    .filter(|r| r.task == task && r.backbone == backbone && r.freeze == *preset && setting(r) == args)
-                    .map(acc)
-                    .collect();
-                if v.is_empty() {
-                    format!("{preset} -")
-                } else {
-                    format!("{preset} {:.1}%", 100.0 * mean_spread(&v).0)
-                }
+            .map(|preset| match stats(&runs(preset)) {
+                (m, _) if !m.is_finite() => format!("{preset} -"),
+                (m, spread) => match runs(preset).len() {
+                    1 => format!("{preset} {:.1}% (1 seed)", 100.0 * m),
+                    n => format!("{preset} {:.1}% ({n} seeds, spread {:.1} pts)", 100.0 * m, 100.0 * spread),
+                },
             })
             .collect();
-        out.push_str(&format!("- {group}, `{task}` on {backbone}: {}\n", steps.join(" -> ")));
+        out.push_str(&format!("- {group}, `{task}` on {backbone}, lr {}, {split} accuracy: {}\n", key.1, steps.join(" -> ")));
     }
     if out.is_empty() {
         return out;
