@@ -809,7 +809,7 @@ fn unfreezing(records: &[RunRecord]) -> String {
     };
     let pretrained = || records.iter().filter(|r| r.init == "pretrained");
     let mut out = String::new();
-    let cells: std::collections::BTreeSet<(&str, &str, &str, (Vec<String>, String))> = pretrained()
+    let cells: std::collections::BTreeSet<_> = pretrained()
         .filter(|r| r.freeze == "output_only")
         .map(|r| (r.group.as_str(), r.task.as_str(), r.backbone.as_str(), setting(r)))
         .collect();
