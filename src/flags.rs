@@ -114,6 +114,10 @@ pub struct ModelArgs {
     /// Held out from --train when there is no --valid.
     #[arg(long, default_value_t = 0.1)]
     pub validation_fraction: f64,
+    /// Once the step is chosen on validation, train again on the training and validation samples
+    /// together to that step and keep that adapter (see the README's refit).
+    #[arg(long)]
+    pub refit: bool,
     /// Dropout inside the backbone (hidden, attention, embeddings) instead of its config's (0.1 in
     /// GPT-2 and MiniLM, the recipe's); the input layer's 0.1 stays.
     #[arg(long)]
@@ -262,6 +266,7 @@ impl ModelArgs {
             checkpoint_every: self.checkpoint_every,
             patience: self.patience,
             validation_fraction: self.validation_fraction,
+            refit: self.refit,
             backbone_dropout: self.backbone_dropout,
             ..TrainConfig::default()
         };

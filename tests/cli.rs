@@ -418,3 +418,43 @@ fn a_run_without_a_backbone_trains_and_predicts() {
     let e = last_json(&fpt(&["eval", "--adapter", out.to_str().unwrap()]));
     assert_eq!(e["accuracy"], without["best_valid_accuracy"], "the kept adapter, rebuilt without blocks: {e}");
 }
+
+/// `--refit`: once the step is chosen on validation, the run trains again on the training and
+/// validation samples together to that step, keeps that adapter and reports its test values (an
+/// eval of the written adapter gives the summary's test accuracy); the same command again
+/// resumes at its end to the same summary.
+#[test]
+fn a_refit_trains_on_the_validation_samples_too_and_keeps_that_adapter() {
+    let dir = common::tempdir();
+    let (train, test) = (dir.path().join("train.jsonl"), dir.path().join("test.jsonl"));
+    std::fs::write(&train, common::server::sign_dataset(60, 4)).unwrap();
+    std::fs::write(&test, common::server::sign_dataset(40, 9)).unwrap();
+    let (t, q) = (train.to_str().unwrap(), test.to_str().unwrap());
+    let run = |out: &str, extra: &[&str]| {
+        let mut args = vec!["train", "--model", "tiny-gpt2", "--task", common::server::SIGN_TASK, "--train", t, "--test", q];
+        args.extend(["--steps", "40", "--eval-every", "10", "--validation-fraction", "0.25", "--threads", "1", "--out", out, "--quiet"]);
+        args.extend_from_slice(extra);
+        last_json(&fpt(&args))
+    };
+    let plain_out = dir.path().join("plain.safetensors");
+    let plain = run(plain_out.to_str().unwrap(), &[]);
+    let refit_out = dir.path().join("refit.safetensors");
+    let r = run(refit_out.to_str().unwrap(), &["--refit"]);
+    let p = &r["protocol"];
+    assert_eq!((p["train_samples"].as_u64(), p["valid_samples"].as_u64()), (Some(45), Some(15)), "{r}");
+    assert_eq!(r["refit"]["train_samples"], 60, "{r}");
+    assert_eq!(r["refit"]["step"], r["best_step"], "{r}");
+    assert!(p["validation"].as_str().unwrap().contains("then refit on the training and validation samples together (60)"), "{r}");
+    // The run itself is the plain run: the same validation values, the same chosen step.
+    for k in ["best_valid_accuracy", "best_step", "valid_loss"] {
+        assert_eq!(r[k], plain[k], "{k}");
+    }
+    assert_ne!(std::fs::read(&refit_out).unwrap(), std::fs::read(&plain_out).unwrap(), "the refit keeps its own adapter");
+    let e = last_json(&fpt(&["eval", "--adapter", refit_out.to_str().unwrap(), "--data", q]));
+    assert_eq!((e["accuracy"].as_f64(), p["reported"].as_f64()), (r["test_accuracy"].as_f64(), r["test_accuracy"].as_f64()), "{e}\n{r}");
+    let again = run(refit_out.to_str().unwrap(), &["--refit"]);
+    for k in ["test_accuracy", "test_loss", "protocol"] {
+        assert_eq!(again[k], r[k], "{k}");
+    }
+    assert_eq!((&again["refit"]["step"], &again["refit"]["train_samples"]), (&r["refit"]["step"], &r["refit"]["train_samples"]));
+}

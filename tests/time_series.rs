@@ -97,3 +97,24 @@ fn patches_fit_a_series_longer_than_the_backbones_positions() {
         assert_eq!(e["error"]["param"], field, "{e}");
     }
 }
+
+/// `refit` through the API (the worker's path): a job on JapaneseVowels cases of 7 to 29 steps
+/// trains again on its training and validation cases together (rows of different lengths
+/// padded as one split), and its model is the refit's.
+#[test]
+fn a_job_refits_on_its_training_and_validation_cases() {
+    let s = Server::start(&[]);
+    let file = s.upload_ok("vowels.ts", vowels(3).into_bytes());
+    let id = s.create_job(json!({"model": "tiny-gpt2", "task": {"type": "sequence_classification"}, "training_file": file,
+                                 "hyperparameters": {"n_steps": 40, "batch_size": 16, "eval_every": 20, "validation_fraction": 0.2, "refit": true}}));
+    let job = s.wait_finished(&id);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["hyperparameters"]["refit"], true, "{job}");
+    let (result, protocol) = (&job["result"], &job["result"]["protocol"]);
+    let n = protocol["train_samples"].as_u64().unwrap() + protocol["valid_samples"].as_u64().unwrap();
+    assert_eq!(result["refit"]["train_samples"].as_u64(), Some(n), "{result}");
+    assert_eq!(result["refit"]["step"], result["best_step"], "{result}");
+    let case: Vec<Vec<f64>> = (0..9).map(|t| (0..12).map(|c| ((t + c) as f64 * 0.2).cos()).collect()).collect();
+    let answer: Value = s.predict(job["fine_tuned_model"].as_str().unwrap(), json!([case])).json().unwrap();
+    assert!(answer["data"][0]["label_name"].is_string(), "{answer}");
+}

@@ -191,14 +191,23 @@ impl Run {
         let steps = search.iter().flat_map(|s| &s.trials).filter_map(|t| t.rungs.last()).map(|r| r.step).sum::<u64>();
         // Every trial's steps passed tokens through the model too (the winner's are the run's own).
         let trial_steps = steps.saturating_sub(search.as_ref().and_then(|s| s.winner_steps()).unwrap_or(0));
-        let tokens = (o.steps + trial_steps).saturating_mul(h.batch_size as u64).saturating_mul(self.prepared.task.info.seq_len as u64);
+        let refit_steps = o.refit.as_ref().map_or(0, |r| r.step);
+        let tokens = (o.steps + trial_steps + refit_steps)
+            .saturating_mul(h.batch_size as u64)
+            .saturating_mul(self.prepared.task.info.seq_len as u64);
         let lr = search.as_ref().and_then(|s| s.chosen).unwrap_or(h.learning_rate);
         let info = &self.prepared.task.info;
         let tested = o.test.is_some();
         let protocol = Protocol {
             reported_split: if tested { "test" } else { "validation" }.to_string(),
             reported: if tested { o.test.as_ref().and_then(|t| t.metrics.get(o.primary).copied()) } else { o.best_valid },
-            validation: self.prepared.validation_source.clone(),
+            validation: match &o.refit {
+                Some(r) => format!(
+                    "{}; then refit on the training and validation samples together ({}) to the step chosen on validation ({})",
+                    self.prepared.validation_source, r.train_samples, r.step
+                ),
+                None => self.prepared.validation_source.clone(),
+            },
             train_samples: info.train_samples,
             valid_samples: info.valid_samples,
             test_samples: info.test_samples,
@@ -207,6 +216,7 @@ impl Run {
             trained_tokens: Some(tokens),
             learning_rate_search: search,
             protocol: Some(protocol),
+            refit: o.refit.clone(),
             ..RunSummary::new(o, &self.model.param_report(), self.paper_count(), lr, seed)
         }
     }
@@ -285,6 +295,10 @@ pub struct RunSummary {
     /// values at each rung, and the rate chosen (`lr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learning_rate_search: Option<SearchRecord>,
+    /// The refit of a run at `refit: true`: the step it trained to, on how many samples. The
+    /// adapter and the test values are the refit's; the validation values are the run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refit: Option<crate::train::refit::Refit>,
 }
 
 impl RunSummary {
@@ -324,6 +338,7 @@ impl RunSummary {
             warning: o.no_better_than.as_ref().map(|t| crate::train::no_better_message(o.primary, o.best_valid.unwrap_or(f64::NAN), t)),
             confusion: o.confusion.clone(),
             learning_rate_search: None,
+            refit: None,
             protocol: None,
             trivial_predictor: o.trivial.as_ref().map(|t| t.name.to_string()),
         }
@@ -424,6 +439,7 @@ mod tests {
             warning: Some("no better".into()),
             confusion: None,
             learning_rate_search: None,
+            refit: None,
             protocol: None,
             trivial_predictor: None,
         };

@@ -180,6 +180,11 @@ impl<F> TrainSpec<F> {
                 let why = format!("task `{}` draws its data afresh: it has no epochs; give n_steps", raw.task.name());
                 return Err(bad("hyperparameters.n_epochs", why));
             }
+            if raw.hyperparameters.refit {
+                let why =
+                    format!("task `{}` draws fresh training data every step: it has no validation samples to refit on", raw.task.name());
+                return Err(bad("hyperparameters.refit", why));
+            }
         }
         Ok(Self {
             model: raw.model,
@@ -361,6 +366,8 @@ mod tests {
             (serde_json::json!({"n_steps": 10_000_000, "log_every": 1, "checkpoint_every": 0}), "hyperparameters.log_every"),
             (serde_json::json!({"validation_fraction": 1.0}), "hyperparameters.validation_fraction"),
             (serde_json::json!({"backbone_dropout": 1.0}), "hyperparameters.backbone_dropout"),
+            // Bit XOR is generated: nothing to refit on.
+            (serde_json::json!({"refit": true}), "hyperparameters.refit"),
         ];
         for (hyper, field) in cases {
             assert_eq!(field_of(raw(xor(), hyper.clone())), field, "{hyper}");

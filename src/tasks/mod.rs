@@ -77,7 +77,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::model::fpt::{HeadShape, InputKind};
 use bits::BitTask;
@@ -232,6 +232,47 @@ impl Split {
         Ok((self.subset(t), self.subset(v)))
     }
 
+    /// This split's samples followed by `other`'s (rows of different lengths right-padded, with
+    /// their lengths, as a loaded split of varying lengths holds them).
+    fn concat(&self, other: &Split) -> Split {
+        let features = match (&self.features, &other.features) {
+            (Features::Tokens { x: a, lengths: la }, Features::Tokens { x: b, lengths: lb }) => {
+                let (na, nb) = (a.size()[1], b.size()[1]);
+                let lengths = if la.is_none() && lb.is_none() && na == nb {
+                    None
+                } else {
+                    let full = |x: &Tensor, n: i64| Tensor::full([x.size()[0]], n, (Kind::Int64, x.device()));
+                    let la = la.as_ref().map_or_else(|| full(a, na), |l| l.shallow_clone());
+                    let lb = lb.as_ref().map_or_else(|| full(b, nb), |l| l.shallow_clone());
+                    Some(Tensor::cat(&[la, lb], 0))
+                };
+                let longest = na.max(nb);
+                let pad = |x: &Tensor| {
+                    let mut size = x.size();
+                    size[1] = longest - size[1];
+                    Tensor::cat(&[x.shallow_clone(), Tensor::zeros(&size, (x.kind(), x.device()))], 1)
+                };
+                Features::Tokens { x: Tensor::cat(&[pad(a), pad(b)], 0), lengths }
+            }
+            (Features::Images { x: a, transform }, Features::Images { x: b, .. }) => {
+                Features::Images { x: Tensor::cat(&[a, b], 0), transform: transform.clone() }
+            }
+            _ => unreachable!("the splits of one task hold the same kind of features"),
+        };
+        Split { features, targets: Tensor::cat(&[&self.targets, &other.targets], 0) }
+    }
+
+    /// The same split, its tensors shared.
+    fn shallow(&self) -> Split {
+        let features = match &self.features {
+            Features::Tokens { x, lengths } => {
+                Features::Tokens { x: x.shallow_clone(), lengths: lengths.as_ref().map(Tensor::shallow_clone) }
+            }
+            Features::Images { x, transform } => Features::Images { x: x.shallow_clone(), transform: transform.clone() },
+        };
+        Split { features, targets: self.targets.shallow_clone() }
+    }
+
     fn subset(&self, idx: &[i64]) -> Split {
         let index = Tensor::from_slice(idx);
         let features = match &self.features {
@@ -363,6 +404,23 @@ impl TaskData {
         })
     }
 
+    /// The same task with its validation samples added to its training samples (the refit's
+    /// data); its validation and test splits stay. The inputs stay normalised by the statistics
+    /// fitted on the training split alone, which the adapter carries. None for a generated task,
+    /// whose training batches are drawn afresh every step.
+    pub fn with_validation_in_training(&self) -> Option<TaskData> {
+        let Data::Loaded { train, valid, test } = &self.data else { return None };
+        Some(TaskData {
+            spec: self.spec.clone(),
+            shape: self.shape,
+            fitted: self.fitted.clone(),
+            objective: self.objective.clone(),
+            info: DataInfo { train_samples: train.len() + valid.len(), ..self.info.clone() },
+            seed: self.seed,
+            data: Data::Loaded { train: train.concat(valid), valid: valid.shallow(), test: test.as_ref().map(Split::shallow) },
+        })
+    }
+
     /// The training batch of `step`: a function of (seed, step) alone, so a resumed run sees the
     /// same batches. File data is walked in seeded per-epoch permutations.
     pub fn train_batch(&self, step: u64, batch: usize) -> Batch {
@@ -418,4 +476,35 @@ fn epoch_indices(seed: u64, step: u64, batch: usize, n: usize) -> Vec<i64> {
         out.push(cached.as_ref().unwrap().1[i]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(rows: &[&[f32]], lengths: Option<&[i64]>) -> Split {
+        let longest = rows.iter().map(|r| r.len()).max().unwrap();
+        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied().chain(std::iter::repeat(0.0)).take(longest)).collect();
+        let x = Tensor::from_slice(&flat).view([rows.len() as i64, longest as i64, 1]);
+        let targets = Tensor::from_slice(&(0..rows.len() as i64).collect::<Vec<_>>());
+        Split { features: Features::Tokens { x, lengths: lengths.map(Tensor::from_slice) }, targets }
+    }
+
+    #[test]
+    fn splits_of_different_lengths_join_right_padded_with_their_lengths() {
+        let a = tokens(&[&[1.0, 2.0], &[3.0, 4.0]], None);
+        let b = tokens(&[&[5.0, 6.0, 7.0]], None);
+        let joined = a.concat(&b);
+        let Features::Tokens { x, lengths } = &joined.features else { unreachable!() };
+        assert_eq!(x.size(), [3, 3, 1]);
+        assert_eq!(Vec::<f32>::try_from(x.flatten(0, -1)).unwrap(), [1.0, 2.0, 0.0, 3.0, 4.0, 0.0, 5.0, 6.0, 7.0]);
+        assert_eq!(Vec::<i64>::try_from(lengths.as_ref().unwrap()).unwrap(), [2, 2, 3]);
+        assert_eq!(Vec::<i64>::try_from(&joined.targets).unwrap(), [0, 1, 0]);
+        // Rows of one length stay without lengths; padded rows keep theirs.
+        let same = a.concat(&tokens(&[&[8.0, 9.0]], None));
+        assert!(matches!(same.features, Features::Tokens { lengths: None, .. }));
+        let padded = tokens(&[&[1.0], &[2.0, 3.0]], Some(&[1, 2])).concat(&a);
+        let Features::Tokens { lengths, .. } = &padded.features else { unreachable!() };
+        assert_eq!(Vec::<i64>::try_from(lengths.as_ref().unwrap()).unwrap(), [1, 2, 2, 2]);
+    }
 }

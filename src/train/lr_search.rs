@@ -164,12 +164,7 @@ impl Trainer<'_> {
             }
             None => fresh,
         };
-        // The initial adapter every trial starts from (this run's seed made it).
-        let init = dir.join("init.adapter.safetensors");
-        if !init.exists() {
-            std::fs::create_dir_all(dir)?;
-            self.model.save_adapter(&init, &self.metadata)?;
-        }
+        let init = self.initial_adapter(dir)?;
         if record.chosen.is_none() {
             let mut alive: Vec<usize> = (0..record.trials.len()).collect();
             for (rung, &(_, keep)) in RUNGS.iter().enumerate() {
