@@ -655,16 +655,14 @@ fn findings(records: &[RunRecord]) -> String {
         let trivial: Vec<f64> = pretrained.iter().map(|r| trivial_score(r)).filter(|v| v.is_finite()).collect();
         if !trivial.is_empty() {
             let v = mean_spread(&trivial).0;
-            let better = if lower { p < v } else { p > v };
             let who = first.summary["trivial_predictor"].as_str().unwrap_or("the trivial predictor");
-            line.push_str(&format!("; {} {who} ({})", if better { "better than" } else { "**not** better than" }, shown(metric, v)));
+            line.push_str(&format!("; {} {who} ({})", compared(lower, p, v), shown(metric, v)));
         }
         for base in records.iter().filter(|r| r.group == *g && r.init == BASELINE) {
             let v = base.summary[format!("test_{metric}")].as_f64().unwrap_or(f64::NAN);
-            let better = if lower { p < v } else { p > v };
             line.push_str(&format!(
                 "; {} {} {} ({})",
-                if better { "better than" } else { "**not** better than" },
+                compared(lower, p, v),
                 base.summary["baseline"].as_str().unwrap_or(BASELINE),
                 shown(metric, v),
                 base.args.join(" ")
@@ -673,8 +671,7 @@ fn findings(records: &[RunRecord]) -> String {
         let naive = pretrained.iter().filter_map(|r| r.summary["test_naive_mae"].as_f64()).collect::<Vec<_>>();
         if !naive.is_empty() && metric == "mae" {
             let v = mean_spread(&naive).0;
-            let word = if p < v { "better than" } else { "**not** better than" };
-            line.push_str(&format!("; {word} the seasonal-naive forecast of the same windows ({})", shown(metric, v)));
+            line.push_str(&format!("; {} the seasonal-naive forecast of the same windows ({})", compared(true, p, v), shown(metric, v)));
         }
         let failed: Vec<String> = records
             .iter()
@@ -730,6 +727,18 @@ fn trivial_score(r: &RunRecord) -> f64 {
         at("test")
     } else {
         at("valid")
+    }
+}
+
+/// How a mean `p` reads against a baseline's `v`: equal to the last bits (the same cases right,
+/// summed in another order) is "the same as", not better.
+fn compared(lower: bool, p: f64, v: f64) -> &'static str {
+    if (p - v).abs() <= 1e-9 * v.abs().max(1.0) {
+        "the same as"
+    } else if (lower && p < v) || (!lower && p > v) {
+        "better than"
+    } else {
+        "**not** better than"
     }
 }
 
