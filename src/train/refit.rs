@@ -83,10 +83,10 @@ impl Trainer<'_> {
         if matches!(refitted.ending, Ending::Cancelled | Ending::Paused | Ending::Interrupted) {
             return Ok(Outcome { ending: refitted.ending, ..outcome });
         }
+        // The model holds the refit's last state (trained to `step`, or restored from the checkpoint
+        // of `step` when resumed at its end), which that checkpoint's adapter file holds too.
         let latest = checkpoint::latest(&dir)?.context("the refit left no checkpoint")?;
         let adapter = dir.join(&latest.adapter);
-        let (tensors, _) = crate::model::weights::read_safetensors(&adapter, self.model.device)?;
-        self.model.assign(&tensors)?;
         let test = evaluate(self.model, &data, EvalSplit::Test, self.cfg.eval_batch_size);
         if let Some(t) = test.as_ref().and_then(|t| t.metrics.get(outcome.primary)) {
             report(Progress::Message(format!("refit: test {} {t:.4} at step {step}", outcome.primary)));
