@@ -102,6 +102,9 @@ pub struct ModelArgs {
     /// Largest gradient norm (larger gradients are scaled down to it; 0: no clipping).
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
+    /// Adam's L2 penalty on the trained weights (added to their gradients; 0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
     /// Steps between evaluations on the validation split (the best one is the adapter kept).
     #[arg(long, default_value_t = 100)]
     pub eval_every: u64,
@@ -262,6 +265,7 @@ impl ModelArgs {
             schedule: self.schedule,
             warmup_steps: self.warmup_steps,
             grad_clip: self.grad_clip,
+            weight_decay: self.weight_decay,
             eval_every: self.eval_every,
             checkpoint_every: self.checkpoint_every,
             patience: self.patience,
@@ -440,8 +444,9 @@ mod tests {
 
     #[test]
     fn flags_become_the_spec_they_name() {
-        let s = spec_of(&["--steps", "7", "--batch-size", "4", "--freeze-ln"]).unwrap();
+        let s = spec_of(&["--steps", "7", "--batch-size", "4", "--freeze-ln", "--weight-decay", "0.01"]).unwrap();
         assert_eq!((s.hyperparameters.n_steps, s.hyperparameters.batch_size, s.switches.freeze_ln), (7, 4, true));
+        assert_eq!(s.hyperparameters.weight_decay, 0.01);
     }
 
     #[test]
@@ -451,6 +456,7 @@ mod tests {
         assert!(err(&["--batch-size", "0"]).starts_with("--batch-size: "));
         assert!(err(&["--epochs=0"]).starts_with("--epochs: "));
         assert!(err(&["--validation-fraction", "2"]).starts_with("--validation-fraction: "));
+        assert!(err(&["--weight-decay=-1"]).starts_with("--weight-decay: "), "{}", err(&["--weight-decay=-1"]));
         let task = Wrap::try_parse_from(["fpt", "--task", r#"{"type":"bit_xor","n_bits":0}"#]).unwrap().m.spec(1e-3, 0);
         assert!(task.unwrap_err().to_string().starts_with("--task field `n_bits`: "));
         let lr = Wrap::try_parse_from(["fpt", "--task", "bit_xor"]).unwrap().m.spec(20.0, 0);

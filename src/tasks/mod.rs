@@ -113,8 +113,8 @@ pub trait Task {
     /// [`TaskData::fitted`]; the adapter carries it, and it comes back to the two methods below.
     fn load(&self, spec: &TaskSpec, src: &DataSources<'_>) -> Result<TaskData>;
     /// How the task's continuous inputs are normalised (see [`normalize`]); as given, for most.
-    fn input_normalization(&self) -> normalize::Normalize {
-        normalize::Normalize::None
+    fn input_normalization(&self) -> normalize::InputNormalization {
+        normalize::InputNormalization::NONE
     }
     /// What the task fits on its training split's targets ([`TaskData::fitted`]); nothing, for most.
     fn fit(&self, _train_targets: &Tensor) -> Fitted {

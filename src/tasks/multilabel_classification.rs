@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::files::{record_split, Loaded};
-use super::normalize::Normalize;
+use super::normalize::{InputNormalization, Normalize};
 use super::samples::Form;
 use super::sequence::SequenceInput;
 use super::spec::{bad, check};
@@ -79,8 +79,8 @@ impl Task for MultilabelClassification {
         Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated, label_names: None }.finish(spec, src)
     }
 
-    fn input_normalization(&self) -> Normalize {
-        self.normalize.unwrap_or_default()
+    fn input_normalization(&self) -> InputNormalization {
+        self.input().normalization(self.normalize)
     }
 
     fn objective(&self, shape: &HeadShape, _fitted: &Fitted) -> Objective {

@@ -11,7 +11,7 @@ use serde_json::json;
 use tch::{Kind, Tensor};
 
 use super::files::{record_split, Loaded};
-use super::normalize::Normalize;
+use super::normalize::{InputNormalization, Normalize};
 use super::samples::Form;
 use super::sequence::SequenceInput;
 use super::spec::check;
@@ -105,8 +105,8 @@ impl Task for Regression {
         Objective::Regression { mean: read("target_mean", 0.0), std: read("target_std", 1.0) }
     }
 
-    fn input_normalization(&self) -> Normalize {
-        self.normalize.unwrap_or_default()
+    fn input_normalization(&self) -> InputNormalization {
+        self.input().normalization(self.normalize)
     }
 
     fn sample_form(&self, shape: &HeadShape, _fitted: &Fitted) -> Form {

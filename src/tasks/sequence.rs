@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 
 use super::files::read_records;
+use super::normalize::{InputNormalization, Normalize};
 use super::samples::Form;
 use super::spec::{bad, check};
 use super::{SpecError, TaskLimits};
@@ -85,6 +86,11 @@ impl SequenceInput {
             return Err(bad("stride", "a stride needs a patch_size"));
         }
         Ok(())
+    }
+
+    /// How the inputs are normalised (`mode`, or the default): per channel, a patch's steps alike.
+    pub fn normalization(&self, mode: Option<Normalize>) -> InputNormalization {
+        InputNormalization { mode: mode.unwrap_or_default(), steps_per_token: self.patching().map_or(1, |p| p.size) }
     }
 
     fn patching(&self) -> Option<Patching> {

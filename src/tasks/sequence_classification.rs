@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::files::{record_split, Loaded};
-use super::normalize::Normalize;
+use super::normalize::{InputNormalization, Normalize};
 use super::samples::Form;
 use super::sequence::SequenceInput;
 use super::spec::check;
@@ -92,8 +92,8 @@ impl Task for SequenceClassification {
         Loaded { train: tr.0, valid: va.map(|v| v.0), test: te.map(|v| v.0), shape, truncated, label_names: names }.finish(spec, src)
     }
 
-    fn input_normalization(&self) -> Normalize {
-        self.normalize.unwrap_or_default()
+    fn input_normalization(&self) -> InputNormalization {
+        self.input().normalization(self.normalize)
     }
 
     fn sample_form(&self, shape: &HeadShape, _fitted: &Fitted) -> Form {
