@@ -87,7 +87,9 @@ fn tokens_of(s: &mut Split) -> Option<(&mut Tensor, Option<&Tensor>)> {
 /// same goes into `fitted`. Token ids and images are left as they are.
 pub(super) fn fit_and_apply(norm: InputNormalization, train: &mut Split, others: [Option<&mut Split>; 2], fitted: &mut Fitted) {
     let Some((x, lengths)) = tokens_of(train) else { return };
-    let channels = x.size()[2] / norm.steps_per_token.max(1) as i64;
+    let (dim, steps) = (x.size()[2], norm.steps_per_token as i64);
+    // A token holds `steps` steps of the same channels (patching validated that); else one each.
+    let channels = if steps > 0 && dim % steps == 0 { dim / steps } else { dim };
     match norm.mode {
         Normalize::None => {}
         Normalize::Instance => {
