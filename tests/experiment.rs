@@ -269,6 +269,14 @@ inits = ["pretrained"]
     assert!(lines[1].starts_with("fpt train --task bit_xor --steps 3 "), "{text}");
     assert!(lines[2].starts_with("fpt train --task sequence_classification --train signs.jsonl --steps 3 "), "{text}");
     assert_eq!(lines.len(), 3, "{text}");
+    // --only prints the runs of the groups it names, and refuses a group the spec lacks.
+    let only = |group: &str| {
+        Command::new(env!("CARGO_BIN_EXE_fpt")).args(["experiment", spec.to_str().unwrap(), "--dry-run", "--only", group]).output().unwrap()
+    };
+    let signs = String::from_utf8(only("signs").stdout).unwrap();
+    assert_eq!(signs.lines().collect::<Vec<_>>(), &lines[2..], "{signs}");
+    let unknown = only("nope");
+    assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("--only: the spec has no group `nope`"));
 }
 
 /// The baselines every table carries (random init, no backbone, the trivial predictor), a searched
@@ -341,4 +349,17 @@ lrs = [9.9, 1e-3]
     assert_eq!(protocol["reported_split"], "test", "{protocol}");
     assert!(protocol["validation"].as_str().unwrap().contains("of the training file"), "{protocol}");
     assert_eq!(protocol["test_samples"], 48);
+    // A report made elsewhere (--out-dir) goes there, its plots linked from there, and the spec's
+    // report is left as it was.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::copy(out.join("results.json"), elsewhere.join("results.json")).unwrap();
+    let again = Command::new(env!("CARGO_BIN_EXE_fpt"))
+        .args(["experiment", spec.to_str().unwrap(), "--report-only", "--out-dir", elsewhere.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), md, "the spec's report is untouched");
+    let there = std::fs::read_to_string(elsewhere.join("report.md")).unwrap();
+    assert!(there.contains("![digits](curve-digits.svg)") && elsewhere.join("curve-digits.svg").exists(), "{there}");
 }

@@ -23,7 +23,8 @@ use crate::job::train_to_file;
 pub struct ExperimentArgs {
     /// The spec (TOML).
     pub spec: PathBuf,
-    /// Where results, adapters and plots go (default: the spec's `out_dir`).
+    /// Where results, adapters, plots and the report (`report.md`) go (default: the spec's
+    /// `out_dir`, and its `report`).
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
     /// Only rebuild the table and plots from an earlier run's results.json.
@@ -177,13 +178,21 @@ enum Runner {
     Service(service::Service),
 }
 
+/// Whether `--only` (empty: every group) takes group `g`.
+fn chosen(only: &[String], g: &str) -> bool {
+    only.is_empty() || only.iter().any(|o| o == g)
+}
+
 pub fn run(a: ExperimentArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.spec).with_context(|| format!("reading {}", a.spec.display()))?;
     let spec: Spec = toml::from_str(&text).with_context(|| format!("{} is not a valid experiment spec", a.spec.display()))?;
     let out = a.out_dir.clone().unwrap_or_else(|| spec.out_dir.clone());
+    if let Some(unknown) = a.only.iter().find(|g| !spec.group.iter().any(|s| &s.name == *g)) {
+        anyhow::bail!("--only: the spec has no group `{unknown}`");
+    }
     if a.dry_run {
         let mut noted = std::collections::HashSet::new();
-        for run in plan(&spec)? {
+        for run in plan(&spec)?.into_iter().filter(|r| chosen(&a.only, &r.group)) {
             if !run.dropped.is_empty() && noted.insert(run.group.clone()) {
                 println!("# group `{}`: its task generates its data; the shared `{}` is left out", run.group, run.dropped.join(" "));
             }
@@ -214,16 +223,16 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
             None => Runner::Here,
         };
         std::fs::create_dir_all(out.join("runs"))?;
-        if let Some(unknown) = a.only.iter().find(|g| !spec.group.iter().any(|s| &s.name == *g)) {
-            anyhow::bail!("--only: the spec has no group `{unknown}`");
-        }
         run_grid(&spec, &out, done, &results_path, &mut runner, &a.only)?
     };
     std::fs::write(&results_path, serde_json::to_string_pretty(&records)?)?;
     write_csv(&out.join("results.csv"), &records)?;
     std::fs::write(out.join("results.md"), table(&spec, &records))?;
-    if let Some(report) = &spec.report {
-        std::fs::write(report, report_text(&spec, &records, &out))?;
+    // A run elsewhere (--out-dir) reports there, and leaves the spec's report as it was.
+    let report = spec.report.as_ref().map(|r| a.out_dir.as_ref().map_or_else(|| r.clone(), |dir| dir.join("report.md")));
+    if let Some(report) = report {
+        let dir = report.parent().unwrap_or(Path::new(""));
+        std::fs::write(&report, report_text(&spec, &records, &out, dir))?;
     }
     plot_curves(&out, &records)?;
     plot_params(&out.join("accuracy_vs_parameters.svg"), &records)?;
@@ -369,10 +378,9 @@ fn run_grid(
     only: &[String],
 ) -> Result<Vec<RunRecord>> {
     let commit = output_of("git", &["rev-parse", "--short", "HEAD"]);
-    let chosen = |g: &str| only.is_empty() || only.iter().any(|o| o == g);
     // The groups left out keep what they had.
-    let mut records: Vec<RunRecord> = done.iter().filter(|r| !chosen(&r.group)).cloned().collect();
-    for g in spec.group.iter().filter(|g| chosen(&g.name)) {
+    let mut records: Vec<RunRecord> = done.iter().filter(|r| !chosen(only, &r.group)).cloned().collect();
+    for g in spec.group.iter().filter(|g| chosen(only, &g.name)) {
         for command in &g.baselines {
             match done.iter().find(|r| r.group == g.name && r.init == BASELINE && &r.args == command) {
                 Some(r) => records.push(r.clone()),
@@ -383,7 +391,7 @@ fn run_grid(
             }
         }
     }
-    for run in plan(spec)?.into_iter().filter(|r| chosen(&r.group)) {
+    for run in plan(spec)?.into_iter().filter(|r| chosen(only, &r.group)) {
         let name = &run.name;
         let same = |r: &&RunRecord| {
             let cell = r.group == run.group && r.init == run.init && r.freeze == run.freeze && r.lr == run.lr && r.seed == run.seed;
@@ -589,8 +597,9 @@ fn output_of(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-/// The whole report: provenance (command, commit, machine), the spec's preamble, the table, plots.
-fn report_text(spec: &Spec, records: &[RunRecord], out: &Path) -> String {
+/// The whole report: provenance (command, commit, machine), the spec's preamble, the table, plots
+/// (linked from the report's folder, `report_dir`).
+fn report_text(spec: &Spec, records: &[RunRecord], out: &Path, report_dir: &Path) -> String {
     let commits: std::collections::BTreeSet<&str> =
         records.iter().map(|r| if r.commit.is_empty() { "unrecorded" } else { r.commit.as_str() }).collect();
     let commit =
@@ -601,7 +610,10 @@ fn report_text(spec: &Spec, records: &[RunRecord], out: &Path) -> String {
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let wall: f64 = records.iter().filter_map(wall_seconds).sum();
-    let rel = |p: &str| out.join(p).display().to_string().trim_start_matches("docs/").to_string();
+    let rel = |p: &str| {
+        let plot = out.join(p);
+        plot.strip_prefix(report_dir).unwrap_or(&plot).display().to_string()
+    };
     let mut s = format!(
         "# Results\n\n_Generated by `fpt experiment` from the spec `{}` at {commit} on {cores} cores of {cpu}; {} runs, {:.0} minutes of training in all. Regenerate with `make experiment`._\n\n{}\n\n",
         spec.name, records.len(), wall / 60.0, spec.preamble.trim()
