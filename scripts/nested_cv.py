@@ -21,14 +21,13 @@ run's) and then one JSON object: {"chosen": name, "single": {...}, "ensemble": {
 setting being the first of the best mean single-run accuracy.
 """
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from patch_cv import fold_files, split_ts
+from patch_cv import cv_parser, fold_files, parse_cv, split_ts
 
 
 def case_input(case):
@@ -71,25 +70,20 @@ def fold_scores(fpt, args, train, valid, seeds, out):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", required=True)
+    p = cv_parser(__doc__)
     p.add_argument("--settings", required=True, help='a JSON file: {"name": [extra fpt train arguments], ...}')
-    p.add_argument("--folds", type=int, default=4)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--fpt", default="./target/release/fpt")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="-- then the arguments of every fpt train run")
-    a = p.parse_args()
-    args = a.args[1:] if a.args[:1] == ["--"] else a.args
+    a, args = parse_cv(p)
     seeds = [int(s) for s in a.seeds.split(",")]
     settings = json.loads(Path(a.settings).read_text(encoding="utf-8"))
     single, ensemble = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folds = fold_files(a.train, a.folds, tmp)
-        for name, extra in settings.items():
+        for n, (name, extra) in enumerate(settings.items()):
             single[name], ensemble[name] = [], []
             for f, (train, valid) in enumerate(folds):
-                out = tmp / f"{len(single)}-{f}"
+                out = tmp / f"{n}-{f}"
                 out.mkdir()
                 s, e = fold_scores(a.fpt, [*args, *extra], train, valid, seeds, out)
                 single[name] += s

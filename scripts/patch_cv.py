@@ -74,15 +74,27 @@ def patch(spec):
     return int(size), int(stride or size)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def cv_parser(doc):
+    """The options every cross-validation script here takes: the training file, the folds, the
+    fpt binary, and after `--` the arguments of every `fpt train` run."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", required=True)
-    p.add_argument("--patches", required=True, help="comma-separated size or size:stride")
     p.add_argument("--folds", type=int, default=4)
     p.add_argument("--fpt", default="./target/release/fpt")
     p.add_argument("args", nargs=argparse.REMAINDER, help="-- then the arguments of every fpt train run")
+    return p
+
+
+def parse_cv(p):
+    """The parsed options, and the `fpt train` arguments without their leading `--`."""
     a = p.parse_args()
-    args = a.args[1:] if a.args[:1] == ["--"] else a.args
+    return a, a.args[1:] if a.args[:1] == ["--"] else a.args
+
+
+def main():
+    p = cv_parser(__doc__)
+    p.add_argument("--patches", required=True, help="comma-separated size or size:stride")
+    a, args = parse_cv(p)
     scores = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -9,11 +9,8 @@ use serde_json::{json, Value};
 /// Records of 4 inputs in [-1, 1]; label j (of 3) is on when input j is positive. Even records
 /// list their labels as indices, odd ones as a 0/1 vector.
 fn records(n: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((state >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
-    };
+    let mut uniform = common::uniform(seed);
+    let mut next = || uniform() * 2.0 - 1.0;
     let mut text = String::new();
     for i in 0..n {
         let x: Vec<f64> = (0..4).map(|_| next()).collect();

@@ -93,11 +93,7 @@ fn a_run_no_better_than_the_majority_class_says_so() {
 /// when one patch holds the whole series (it used to standardise each value over the sample's one
 /// token, which emptied every input and trained to chance).
 fn shapes(n: usize, seed: u64) -> (Vec<u8>, Vec<(Vec<f64>, i64)>) {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut uniform = move || {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (x >> 33) as f64 / (1u64 << 31) as f64
-    };
+    let mut uniform = common::uniform(seed);
     let (mut out, mut rows) = (String::new(), Vec::new());
     for i in 0..n {
         let label = (i % 2) as i64;

@@ -9,11 +9,8 @@ use serde_json::{json, Value};
 /// Records of 4 inputs in [-1, 1] whose targets are linear in them, in raw units (x1000 + 5000);
 /// `k` targets each (the second, when asked, a different mix).
 fn records(n: usize, seed: u64, k: usize) -> (Vec<u8>, Vec<(Vec<f64>, Vec<f64>)>) {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((state >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
-    };
+    let mut uniform = common::uniform(seed);
+    let mut next = || uniform() * 2.0 - 1.0;
     let mut text = String::new();
     let mut rows = Vec::new();
     for _ in 0..n {

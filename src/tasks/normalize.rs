@@ -132,10 +132,9 @@ pub(super) fn apply_to_split(fitted: &Fitted, s: &mut Split) {
 pub fn apply(fitted: &Fitted, x: Tensor, lengths: Option<&Tensor>) -> Tensor {
     let floats = |key: &str| -> Option<Vec<f32>> { fitted[key].as_array()?.iter().map(|v| v.as_f64().map(|f| f as f32)).collect() };
     let dim = x.size()[2];
-    let fits = |channels: i64| channels > 0 && dim % channels == 0;
     match serde_json::from_value::<Normalize>(fitted["input_normalization"].clone()) {
         Ok(Normalize::Instance) => match fitted["input_channels"].as_i64().unwrap_or(dim) {
-            channels if fits(channels) => per_instance(&x, lengths, channels),
+            channels if channels > 0 && dim % channels == 0 => per_instance(&x, lengths, channels),
             _ => x,
         },
         Ok(Normalize::Dataset) => match (floats("input_mean"), floats("input_std")) {

@@ -245,13 +245,9 @@ impl Drop for Server {
 /// JSONL records of a small continuous classification task: the class is the sign of the first value.
 pub fn sign_dataset(n: usize, seed: u64) -> Vec<u8> {
     let mut out = String::new();
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut uniform = super::uniform(seed);
     for _ in 0..n {
-        let mut vals = Vec::new();
-        for _ in 0..8 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            vals.push(((x >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0);
-        }
+        let vals: Vec<f64> = (0..8).map(|_| uniform() * 2.0 - 1.0).collect();
         let label = (vals[0] > 0.0) as i64;
         out.push_str(&json!({"input": vals, "label": label}).to_string());
         out.push('\n');
