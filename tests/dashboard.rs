@@ -64,14 +64,15 @@ fn dashboard_trains_watches_and_predicts_in_a_real_browser() {
         if seen.last() != Some(&n) {
             seen.push(n);
         }
-        let status = b.text("#job-status");
+        // Status, buttons and progress in one script: read apart, the job could end between them.
+        let state = b.script(
+            "return ['cancel', 'pause', 'resume'].map(a => document.querySelector(`button[data-act=${a}]`).disabled).concat([+document.querySelector('#job-progress').value, document.querySelector('#job-status').textContent]);",
+            vec![],
+        );
+        let status = state[4].as_str().unwrap().trim().to_string();
         if statuses.last() != Some(&status) {
             statuses.push(status.clone());
         }
-        let state = b.script(
-            "return ['cancel', 'pause', 'resume'].map(a => document.querySelector(`button[data-act=${a}]`).disabled).concat([+document.querySelector('#job-progress').value]);",
-            vec![],
-        );
         if status == "running" {
             assert_eq!(state.as_array().unwrap()[..3], [false, false, true].map(Value::from), "running: cancel and pause, not resume");
             progress.push(state[3].as_u64().unwrap());
