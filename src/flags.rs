@@ -125,6 +125,11 @@ pub struct ModelArgs {
     /// GPT-2 and MiniLM, the recipe's); the input layer's 0.1 stays.
     #[arg(long)]
     pub backbone_dropout: Option<f64>,
+    /// Train this many adapters from their own seeds (each the whole run, its search and refit
+    /// included, on the same split) and keep them as one ensemble adapter that answers their
+    /// average (1 to 8; see the README's ensembles).
+    #[arg(long, default_value_t = 1)]
+    pub ensemble: usize,
     /// Keep the self-attention weights frozen (the recipe's); `--freeze-attn=false` trains them.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true)]
     pub freeze_attn: bool,
@@ -272,6 +277,7 @@ impl ModelArgs {
             validation_fraction: self.validation_fraction,
             refit: self.refit,
             backbone_dropout: self.backbone_dropout,
+            ensemble: self.ensemble,
             ..TrainConfig::default()
         };
         let raw = RawSpec {
@@ -444,9 +450,9 @@ mod tests {
 
     #[test]
     fn flags_become_the_spec_they_name() {
-        let s = spec_of(&["--steps", "7", "--batch-size", "4", "--freeze-ln", "--weight-decay", "0.01"]).unwrap();
+        let s = spec_of(&["--steps", "7", "--batch-size", "4", "--freeze-ln", "--weight-decay", "0.01", "--ensemble", "3"]).unwrap();
         assert_eq!((s.hyperparameters.n_steps, s.hyperparameters.batch_size, s.switches.freeze_ln), (7, 4, true));
-        assert_eq!(s.hyperparameters.weight_decay, 0.01);
+        assert_eq!((s.hyperparameters.weight_decay, s.hyperparameters.ensemble), (0.01, 3));
     }
 
     #[test]
@@ -457,6 +463,9 @@ mod tests {
         assert!(err(&["--epochs=0"]).starts_with("--epochs: "));
         assert!(err(&["--validation-fraction", "2"]).starts_with("--validation-fraction: "));
         assert!(err(&["--weight-decay=-1"]).starts_with("--weight-decay: "), "{}", err(&["--weight-decay=-1"]));
+        for members in ["0", "9"] {
+            assert!(err(&["--ensemble", members]).starts_with("--ensemble: must be within 1..=8"), "{}", err(&["--ensemble", members]));
+        }
         let task = Wrap::try_parse_from(["fpt", "--task", r#"{"type":"bit_xor","n_bits":0}"#]).unwrap().m.spec(1e-3, 0);
         assert!(task.unwrap_err().to_string().starts_with("--task field `n_bits`: "));
         let lr = Wrap::try_parse_from(["fpt", "--task", "bit_xor"]).unwrap().m.spec(20.0, 0);

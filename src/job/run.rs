@@ -157,18 +157,45 @@ pub struct Run {
 /// Prepares the data and builds the model on `device`, its frozen weights in `precision`.
 pub fn prepare(spec: &TrainSpec<PathBuf>, registry: &ModelRegistry, limits: &Limits, device: Device, precision: Precision) -> Result<Run> {
     let prepared = prepare_data(spec, registry, limits)?;
-    let model = FptModel::new(ModelSpec {
+    let model = build_model(spec, &prepared, device, precision, spec.seed)?;
+    Ok(Run { prepared, model })
+}
+
+/// The model of `spec` on its prepared data, its new layers drawn from `seed`.
+fn build_model(spec: &TrainSpec<PathBuf>, prepared: &Prepared, device: Device, precision: Precision, seed: u64) -> Result<FptModel> {
+    Ok(FptModel::new(ModelSpec {
         base: &prepared.base,
         shape: prepared.task.shape,
         switches: spec.switches,
         task: serde_json::to_value(&spec.task)?,
         device,
-        seed: spec.seed,
+        seed,
         frozen_kind: precision.frozen_kind(device),
     })?
     .with_backbone_dropout(prepared.hyperparameters.backbone_dropout)
-    .with_task_state(prepared.task.fitted.clone());
-    Ok(Run { prepared, model })
+    .with_task_state(prepared.task.fitted.clone()))
+}
+
+/// The seed of an ensemble's member `m`: the run's own for the first, then draws apart from it
+/// (so that the members of seed 0 and of seed 1 are not the same runs).
+pub fn member_seed(seed: u64, m: usize) -> u64 {
+    if m == 0 {
+        seed
+    } else {
+        crate::tasks::step_seed(seed ^ MEMBER_SALT, m as u64)
+    }
+}
+
+const MEMBER_SALT: u64 = 0x00e5_e3b1e;
+
+/// Where member `m` of an ensemble checkpoints: the run's folder for the first, a folder in it
+/// for each other.
+fn member_dir(ckpt: &Path, m: usize) -> PathBuf {
+    if m == 0 {
+        ckpt.to_path_buf()
+    } else {
+        ckpt.join(format!("member-{m}"))
+    }
 }
 
 impl Run {
@@ -299,6 +326,27 @@ pub struct RunSummary {
     /// adapter and the test values are the refit's; the validation values are the run's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refit: Option<crate::train::refit::Refit>,
+    /// An ensemble's members (`ensemble` above 1), each trained as a whole run of its own: the
+    /// summary's test values and confusion are the ensemble's, its time and tokens all members',
+    /// and its other values (steps, validation, parameters per adapter) the first member's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<Vec<Member>>,
+}
+
+/// One member of an ensemble, as its own run went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Member {
+    pub seed: u64,
+    pub lr: Option<f64>,
+    pub best_step: Option<u64>,
+    /// Its primary metric on the reported split (see [`Protocol`]), on its own.
+    pub reported: Option<f64>,
+}
+
+impl Member {
+    fn of(s: &RunSummary) -> Self {
+        Member { seed: s.seed.unwrap_or(0), lr: s.lr, best_step: s.best_step, reported: s.protocol.as_ref().and_then(|p| p.reported) }
+    }
 }
 
 impl RunSummary {
@@ -341,6 +389,7 @@ impl RunSummary {
             refit: None,
             protocol: None,
             trivial_predictor: o.trivial.as_ref().map(|t| t.name.to_string()),
+            ensemble: None,
         }
     }
 
@@ -397,21 +446,71 @@ pub fn train_to_file(
         eprintln!("note: {} samples were cut to the backbone's {} positions", info.truncated, run.model.max_positions());
     }
     let mut curve = Vec::new();
-    let trainer = run.trainer(spec.seed, ckpt.to_path_buf(), HashMap::new());
-    let (outcome, search) = trainer.train(&ckpt.join(SEARCH_DIR), &Control::default(), &mut |p| {
-        progress(&p);
-        if let Progress::Metrics(m) = p {
-            curve.push(m);
+    let members = run.prepared.hyperparameters.ensemble;
+    let mut trained: Vec<(Outcome, Option<SearchRecord>, u64)> = Vec::with_capacity(members);
+    for m in 0..members {
+        let seed = member_seed(spec.seed, m);
+        if m > 0 {
+            progress(&Progress::Message(format!("ensemble member {} of {members} (seed {seed})", m + 1)));
+            run.model = build_model(spec, &run.prepared, device, precision, seed)?;
         }
-    })?;
-    let kept = outcome.adapter.as_ref().context("training produced no adapter")?;
+        let dir = member_dir(ckpt, m);
+        let trainer = run.trainer(seed, dir.clone(), HashMap::new());
+        let (outcome, search) = trainer.train(&dir.join(SEARCH_DIR), &Control::default(), &mut |p| {
+            progress(&p);
+            match p {
+                // The curve is the first member's: the others' steps start from 0 again.
+                Progress::Metrics(metrics) if m == 0 => curve.push(metrics),
+                _ => {}
+            }
+        })?;
+        outcome.adapter.as_ref().context("training produced no adapter")?;
+        trained.push((outcome, search, seed));
+    }
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::copy(kept, out).with_context(|| format!("writing {}", out.display()))?;
-    let mut summary = run.summary(&outcome, spec.seed, search);
+    let adapters: Vec<PathBuf> = trained.iter().filter_map(|(o, _, _)| o.adapter.clone()).collect();
+    if members == 1 {
+        std::fs::copy(&adapters[0], out).with_context(|| format!("writing {}", out.display()))?;
+    } else {
+        crate::model::fpt::write_ensemble(out, &adapters).with_context(|| format!("writing {}", out.display()))?;
+    }
+    let summaries: Vec<RunSummary> = trained.iter().map(|(o, s, seed)| run.summary(o, *seed, s.clone())).collect();
+    let mut first = trained.swap_remove(0);
+    let mut summary = if members == 1 {
+        summaries.into_iter().next().expect("one member")
+    } else {
+        let ensemble = FptModel::load_adapter_on(out, Some(&spec.model), registry, device, precision.frozen_kind(device))?;
+        ensemble_summary(&run, &ensemble, &mut first.0, first.1, spec.seed, &summaries)
+    };
     summary.adapter = Some(out.to_path_buf());
     Ok(LocalRun { summary, curve })
+}
+
+/// An ensemble's summary: its first member's, with the test values and the confusion of the
+/// ensemble itself, the time and tokens of all its members, and each member's own in `ensemble`.
+fn ensemble_summary(
+    run: &Run,
+    ensemble: &FptModel,
+    first: &mut Outcome,
+    search: Option<SearchRecord>,
+    seed: u64,
+    members: &[RunSummary],
+) -> RunSummary {
+    let task = &run.prepared.task;
+    let batch = run.prepared.hyperparameters.eval_batch_size;
+    if first.test.is_some() {
+        first.test = crate::train::evaluate(ensemble, task, crate::tasks::EvalSplit::Test, batch);
+    }
+    if first.confusion.is_some() {
+        first.confusion = crate::train::confusion::confusion(ensemble, task, crate::tasks::EvalSplit::Valid, batch);
+    }
+    let mut summary = run.summary(first, seed, search);
+    summary.wall_seconds = members.iter().map(|s| s.wall_seconds).sum();
+    summary.trained_tokens = members.iter().map(|s| s.trained_tokens).sum();
+    summary.ensemble = Some(members.iter().map(Member::of).collect());
+    summary
 }
 
 #[cfg(test)]
@@ -442,6 +541,7 @@ mod tests {
             refit: None,
             protocol: None,
             trivial_predictor: None,
+            ensemble: None,
         };
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["valid_accuracy"], 0.5);

@@ -283,6 +283,10 @@ pub(crate) fn check_hyperparameters(h: &TrainConfig, limits: &Limits) -> Result<
     if h.backbone_dropout.is_some_and(|p| !(0.0..1.0).contains(&p)) {
         return err("backbone_dropout", "must be within [0, 1)".into());
     }
+    let max = crate::model::fpt::MAX_ENSEMBLE_MEMBERS;
+    if !(1..=max).contains(&h.ensemble) {
+        return err("ensemble", format!("must be within 1..={max} (members of the ensemble)"));
+    }
     Ok(())
 }
 

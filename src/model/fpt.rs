@@ -15,7 +15,13 @@ use super::{Arch, Backbone, BaseModel, ModelRegistry, Readout};
 /// The adapter format written. `/2` adds `task_state` (what the task fitted on its training split);
 /// `/1` adapters read as having fitted nothing.
 pub const ADAPTER_FORMAT: &str = "fpt-adapter/2";
-const READABLE_FORMATS: [&str; 2] = ["fpt-adapter/1", ADAPTER_FORMAT];
+/// An ensemble's: `/2` with `ensemble_members` members, the first under the tensors' own names,
+/// member `m` under `member{m}.` before them (see [`write_ensemble`]). Readers of `/2` refuse it
+/// rather than answer as its first member.
+pub const ENSEMBLE_FORMAT: &str = "fpt-adapter/3";
+const READABLE_FORMATS: [&str; 3] = ["fpt-adapter/1", ADAPTER_FORMAT, ENSEMBLE_FORMAT];
+/// Most members an ensemble may have: each costs a pass of the backbone per prediction.
+pub const MAX_ENSEMBLE_MEMBERS: usize = 8;
 
 /// What feeds the input layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +79,9 @@ pub struct FptModel {
     pub device: Device,
     /// Every parameter, backbone and new layers, with its Hugging Face (or `input.*`/`output.*`) name.
     pub params: Vec<Param>,
+    /// An ensemble's members, each its trained tensors by index in `params` (in their layout); the
+    /// parameters hold the first. Empty for a single adapter.
+    members: Vec<Vec<(usize, Tensor)>>,
 }
 
 /// Parameter counts, including the paper's convention (its Table 6 footnote: output weight, input
@@ -157,6 +166,7 @@ impl FptModel {
             init_seed: spec.seed,
             device: dev,
             params,
+            members: Vec::new(),
         };
         for p in &model.params {
             if model.switches.trains(p.group) {
@@ -214,6 +224,32 @@ impl FptModel {
         let readout = positions.as_ref().map_or(Readout::Last(k), Readout::At);
         let read = self.backbone.forward_readout(&h, key_mask.as_ref(), train, readout);
         self.output.forward(&read)
+    }
+
+    /// Logits [B, k, out] as the adapter answers (no dropout, no gradient): its own, or for an
+    /// ensemble each member's in turn in the same parameters, combined by `objective` (see
+    /// [`crate::tasks::Objective::combine`]).
+    pub fn answer(&self, objective: &crate::tasks::Objective, inputs: &Tensor, lengths: Option<&Tensor>) -> Tensor {
+        tch::no_grad(|| {
+            if self.members.is_empty() {
+                return self.forward(inputs, lengths, false);
+            }
+            let logits: Vec<Tensor> = self
+                .members
+                .iter()
+                .map(|m| {
+                    self.put(m);
+                    self.forward(inputs, lengths, false)
+                })
+                .collect();
+            self.put(&self.members[0]);
+            objective.combine(&Tensor::stack(&logits, 0))
+        })
+    }
+
+    /// How many members the adapter answers with (1 unless it is an ensemble).
+    pub fn ensemble_members(&self) -> usize {
+        self.members.len().max(1)
     }
 
     pub fn param_report(&self) -> ParamReport {
@@ -289,7 +325,7 @@ impl FptModel {
         let (tensors, meta) = read_safetensors(path, device)?;
         let meta = AdapterMeta::parse(&meta).with_context(|| format!("{} is not an fpt adapter", path.display()))?;
         let base = find_base(&meta, base, registry).with_context(|| format!("adapter {} needs its base model", path.display()))?;
-        let model = Self::new(ModelSpec {
+        let mut model = Self::new(ModelSpec {
             base: &base,
             shape: meta.shape,
             switches: meta.switches,
@@ -299,26 +335,97 @@ impl FptModel {
             frozen_kind,
         })?
         .with_task_state(meta.task_state);
-        model.assign(&tensors).with_context(|| format!("adapter {} does not fit base model `{}`", path.display(), base.name))?;
+        let fits = |e: anyhow::Error| e.context(format!("adapter {} does not fit base model `{}`", path.display(), base.name));
+        if meta.members > 1 {
+            model.members = split_members(tensors, meta.members)?.iter().map(|m| model.resolve(m)).collect::<Result<_>>().map_err(fits)?;
+            model.put(&model.members[0]);
+        } else {
+            model.assign(&tensors).map_err(fits)?;
+        }
         Ok(model)
     }
 
     /// Copies named tensors (checkpoint layout) into the model's parameters.
     pub fn assign(&self, tensors: &[(String, Tensor)]) -> Result<()> {
-        let by_name: HashMap<&str, &Param> = self.params.iter().map(|p| (p.name.as_str(), p)).collect();
-        tch::no_grad(|| {
-            for (name, t) in tensors {
-                let p = by_name.get(name.as_str()).with_context(|| format!("tensor `{name}` is not a parameter of this model"))?;
+        let resolved = self.resolve(tensors)?;
+        self.put(&resolved);
+        Ok(())
+    }
+
+    /// Named tensors (checkpoint layout) as values of the parameters they name, checked against
+    /// their shapes.
+    fn resolve(&self, tensors: &[(String, Tensor)]) -> Result<Vec<(usize, Tensor)>> {
+        let by_name: HashMap<&str, usize> = self.params.iter().enumerate().map(|(i, p)| (p.name.as_str(), i)).collect();
+        tensors
+            .iter()
+            .map(|(name, t)| {
+                let &i = by_name.get(name.as_str()).with_context(|| format!("tensor `{name}` is not a parameter of this model"))?;
+                let p = &self.params[i];
                 let want = p.checkpoint_tensor().size();
                 if t.size() != want {
                     bail!("tensor `{name}` has shape {:?}, the model's is {:?}", t.size(), want);
                 }
                 let src = if p.transposed { t.tr() } else { t.shallow_clone() };
-                p.tensor.shallow_clone().copy_(&src.to_kind(p.tensor.kind()));
-            }
-            Ok(())
-        })
+                Ok((i, src.to_kind(p.tensor.kind()).to_device(self.device)))
+            })
+            .collect()
     }
+
+    fn put(&self, values: &[(usize, Tensor)]) {
+        tch::no_grad(|| {
+            for (i, t) in values {
+                self.params[*i].tensor.shallow_clone().copy_(t);
+            }
+        });
+    }
+}
+
+/// The prefix of member `m`'s tensors in an ensemble's file (none for the first).
+fn member_prefix(m: usize) -> String {
+    if m == 0 {
+        String::new()
+    } else {
+        format!("member{m}.")
+    }
+}
+
+/// An ensemble file's tensors, by member, under their own names.
+fn split_members(tensors: Vec<(String, Tensor)>, members: usize) -> Result<Vec<Vec<(String, Tensor)>>> {
+    let mut out: Vec<Vec<(String, Tensor)>> = (0..members).map(|_| Vec::new()).collect();
+    for (name, t) in tensors {
+        let m = (1..members).find(|&m| name.starts_with(&member_prefix(m))).unwrap_or(0);
+        out[m].push((name[member_prefix(m).len()..].to_string(), t));
+    }
+    if let Some(m) = (1..members).find(|&m| out[m].len() != out[0].len()) {
+        bail!("ensemble member {m} has {} tensors, its first member {}", out[m].len(), out[0].len());
+    }
+    Ok(out)
+}
+
+/// Writes the adapters `members` (trained on one task, one data split and one base model, from
+/// other seeds) as one ensemble adapter at `path`: the first member's metadata, with the format
+/// [`ENSEMBLE_FORMAT`], `ensemble_members` and each member's `init_seed` in `ensemble_seeds`.
+pub fn write_ensemble(path: &Path, members: &[PathBuf]) -> Result<()> {
+    if !(2..=MAX_ENSEMBLE_MEMBERS).contains(&members.len()) {
+        bail!("an ensemble has 2 to {MAX_ENSEMBLE_MEMBERS} members, not {}", members.len());
+    }
+    let (mut tensors, mut seeds, mut metadata) = (Vec::new(), Vec::new(), HashMap::new());
+    for (m, file) in members.iter().enumerate() {
+        let (ts, meta) = read_safetensors(file, Device::Cpu)?;
+        let parsed = AdapterMeta::parse(&meta).with_context(|| format!("{} is not an fpt adapter", file.display()))?;
+        if parsed.members > 1 {
+            bail!("{} is an ensemble already", file.display());
+        }
+        seeds.push(parsed.init_seed);
+        tensors.extend(ts.into_iter().map(|(n, t)| (format!("{}{n}", member_prefix(m)), t)));
+        if m == 0 {
+            metadata = meta;
+        }
+    }
+    metadata.insert("format".into(), ENSEMBLE_FORMAT.into());
+    metadata.insert("ensemble_members".into(), members.len().to_string());
+    metadata.insert("ensemble_seeds".into(), serde_json::to_string(&seeds)?);
+    write_safetensors(path, &tensors, metadata)
 }
 
 fn new_param(name: &str, group: Group, t: &Tensor) -> Param {
@@ -362,6 +469,8 @@ pub struct AdapterMeta {
     pub switches: FreezeSwitches,
     pub shape: HeadShape,
     pub init_seed: u64,
+    /// 1, or an ensemble's members (see [`ENSEMBLE_FORMAT`]).
+    pub members: usize,
 }
 
 impl AdapterMeta {
@@ -389,6 +498,13 @@ impl AdapterMeta {
             switches: serde_json::from_str(&get("fpt")?).context("metadata `fpt` is not valid freeze switches")?,
             shape: HeadShape { input, output_dim: num("output_dim")?, readout_tokens: num("readout_tokens")? },
             init_seed: num("init_seed").unwrap_or(0) as u64,
+            members: match format.as_str() {
+                ENSEMBLE_FORMAT => match num("ensemble_members")? {
+                    n @ 2.. if n as usize <= MAX_ENSEMBLE_MEMBERS => n as usize,
+                    n => bail!("metadata ensemble_members is {n}, not within 2..={MAX_ENSEMBLE_MEMBERS}"),
+                },
+                _ => 1,
+            },
         })
     }
 }
@@ -423,8 +539,12 @@ impl AdapterLayers {
 
     /// Only layer norms and positions trained: the adapter can share a batch with others.
     pub fn batchable(&self) -> bool {
-        // A model without blocks is not the shared backbone's: it runs on its own.
-        !self.meta.switches.trains(Group::Attn) && !self.meta.switches.trains(Group::Ff) && !self.meta.switches.no_backbone
+        // A model without blocks is not the shared backbone's: it runs on its own, as an
+        // ensemble does (its members answer one after another on its own model).
+        self.meta.members == 1
+            && !self.meta.switches.trains(Group::Attn)
+            && !self.meta.switches.trains(Group::Ff)
+            && !self.meta.switches.no_backbone
     }
 
     /// Input embeddings [n, L, hidden].

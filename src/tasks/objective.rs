@@ -211,6 +211,26 @@ impl Objective {
         }
     }
 
+    /// One set of logits [B, k, out] for the members' `logits` ([M, B, k, out]) of an ensemble:
+    /// what scoring and answering it read as the members' average answer. Class probabilities
+    /// (per read-out token; a bit's pair alike) and label probabilities are averaged, and given
+    /// back as their logarithms and log-odds (the softmax and sigmoid of which they are);
+    /// real-valued outputs, on the scale the head predicts, are averaged as they are.
+    pub fn combine(&self, logits: &Tensor) -> Tensor {
+        let l = logits.to_kind(Kind::Float);
+        match self {
+            Objective::Classes { .. } => l.softmax(-1, Kind::Float).mean_dim(0, false, Kind::Float).clamp_min(TINY).log(),
+            Objective::Bits { .. } => {
+                let s = l.size();
+                let pairs =
+                    l.reshape([s[0], s[1], s[2], -1, 2]).softmax(-1, Kind::Float).mean_dim(0, false, Kind::Float).clamp_min(TINY).log();
+                pairs.reshape([s[1], s[2], s[3]])
+            }
+            Objective::MultiLabel { .. } => l.sigmoid().mean_dim(0, false, Kind::Float).logit(Some(TINY)),
+            Objective::Regression { .. } | Objective::Forecast { .. } => l.mean_dim(0, false, Kind::Float),
+        }
+    }
+
     /// Logits [B, k, out] to answers; `context` is what the samples' batch kept for them
     /// ([`super::samples::SampleBatch::context`]).
     pub fn predictions(&self, logits: &Tensor, context: Option<&Tensor>) -> Vec<Prediction> {
@@ -273,6 +293,9 @@ impl Objective {
     }
 }
 
+/// The smallest probability an ensemble's average is taken as: its logarithm stays finite.
+const TINY: f64 = 1e-30;
+
 /// F1 from true positives, false positives and false negatives; None when there is nothing to score.
 fn f1(tp: f64, fp: f64, fn_: f64) -> Option<f64> {
     let d = 2.0 * tp + fp + fn_;
@@ -319,6 +342,27 @@ pub struct Prediction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ensemble_answers_its_members_average() {
+        let close = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap() < 1e-5;
+        // Two members, one row of three classes: the answer's probabilities are the members' mean.
+        let members = Tensor::from_slice(&[2f32, 0.0, 0.0, 0.0, 0.0, 3.0]).view([2, 1, 1, 3]);
+        let classes = Objective::Classes { names: vec![] }.combine(&members);
+        let mean = members.softmax(-1, Kind::Float).mean_dim(0, false, Kind::Float);
+        assert!(close(&classes.softmax(-1, Kind::Float), &mean), "{classes}");
+        // Bits: each bit's pair of logits is averaged as its own two classes.
+        let bits = Objective::Bits { per_token: 2 }.combine(&members.narrow(3, 0, 2).repeat([1, 1, 1, 2]));
+        assert_eq!(bits.size(), [1, 1, 4]);
+        // Labels: the probabilities' mean, given back as log-odds; 0 and 1 stay finite.
+        let labels = Tensor::from_slice(&[0f32, 100.0, 2.0, -100.0]).view([2, 1, 1, 2]);
+        let l = Objective::MultiLabel { k: 2, threshold: 0.5 }.combine(&labels);
+        assert!(close(&l.sigmoid(), &labels.sigmoid().mean_dim(0, false, Kind::Float)), "{l}");
+        assert!(bool::try_from(l.isfinite().all()).unwrap());
+        // Real values: their mean.
+        let r = Objective::Regression { mean: vec![0.0], std: vec![1.0] }.combine(&labels);
+        assert!(close(&r, &Tensor::from_slice(&[1f32, 0.0]).view([1, 1, 2])), "{r}");
+    }
 
     #[test]
     fn regression_metrics_are_in_the_targets_units() {

@@ -1,0 +1,181 @@
+//! Ensembles (`fpt train --ensemble K`): K whole runs from their own seeds on one split, kept as one
+//! adapter that answers the members' average; its test values are the ensemble's, and a job, which
+//! trains one adapter, refuses one by name.
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::server::Server;
+use serde_json::{json, Value};
+
+/// A table of `n` rows: inputs a and b, `label` the sign of a - b, `level` linear in them.
+fn table(n: usize, seed: u64) -> String {
+    let mut uniform = common::uniform(seed);
+    let mut t = "a,b,label,level\n".to_string();
+    for _ in 0..n {
+        let (a, b) = (uniform() * 2.0 - 1.0, uniform() * 2.0 - 1.0);
+        t.push_str(&format!("{a},{b},{},{}\n", (a > b) as u8, 3.0 * a - b));
+    }
+    t
+}
+
+fn fpt(args: &[&str]) -> String {
+    let models = common::tiny_models().display().to_string();
+    let o = Command::new(common::fpt_bin()).args(args).args(["--models-dir", &models]).output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn predictions(adapter: &Path, inputs: &Path) -> Vec<Value> {
+    fpt(&["predict", "--adapter", adapter.to_str().unwrap(), "--input", inputs.to_str().unwrap()])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Member `m` of an ensemble file as an adapter of its own: its tensors under their own names, the
+/// ensemble's metadata in the single adapter's format.
+fn member(ensemble: &Path, m: usize, out: &Path) {
+    let (tensors, mut meta) = fpt::model::weights::read_safetensors(ensemble, tch::Device::Cpu).unwrap();
+    let prefixes: Vec<String> = (1..8).map(|i| format!("member{i}.")).collect();
+    let own: Vec<(String, tch::Tensor)> = tensors
+        .into_iter()
+        .filter_map(|(name, t)| match prefixes.iter().position(|p| name.starts_with(p.as_str())) {
+            Some(i) if i + 1 == m => Some((name[prefixes[i].len()..].to_string(), t)),
+            None if m == 0 => Some((name, t)),
+            _ => None,
+        })
+        .collect();
+    meta.insert("format".into(), "fpt-adapter/2".into());
+    meta.retain(|k, _| !k.starts_with("ensemble_"));
+    fpt::model::weights::write_safetensors(out, &own, meta).unwrap();
+}
+
+fn close(a: &Value, b: f64) -> bool {
+    (a.as_f64().unwrap() - b).abs() < 1e-4
+}
+
+#[test]
+fn an_ensemble_trains_its_members_and_answers_their_average() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let (train, test, inputs) = (d.join("train.csv"), d.join("test.csv"), d.join("inputs.jsonl"));
+    std::fs::write(&train, table(64, 1)).unwrap();
+    std::fs::write(&test, table(40, 2)).unwrap();
+    std::fs::write(&inputs, "[0.5, -0.5, 1.0]\n[-0.3, 0.2, 0.0]\n[0.1, 0.05, 0.25]\n").unwrap();
+    let adapter = d.join("ens.safetensors");
+    let args = |out: &Path, members: &str| -> Vec<String> {
+        ["train", "--task", r#"{"type":"sequence_classification","input_dim":3}"#, "--model", "tiny-gpt2", "--steps", "30"]
+            .into_iter()
+            .map(String::from)
+            .chain(["--eval-every", "10", "--batch-size", "8", "--refit", "--quiet", "--ensemble", members].map(String::from))
+            .chain(["--train", train.to_str().unwrap(), "--test", test.to_str().unwrap(), "--out", out.to_str().unwrap()].map(String::from))
+            .collect()
+    };
+    let run = |out: &Path, members: &str| -> Value {
+        let a = args(out, members);
+        serde_json::from_str(fpt(&a.iter().map(String::as_str).collect::<Vec<_>>()).trim()).unwrap()
+    };
+    let summary = run(&adapter, "3");
+    let members = summary["ensemble"].as_array().unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(members.len(), 3, "{summary}");
+    let seeds: Vec<u64> = members.iter().map(|m| m["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds[0], 0, "the first member is the run's own seed");
+    assert!(seeds[1] != seeds[2] && !seeds[1..].contains(&1), "members draw seeds apart from the run's: {seeds:?}");
+    let (_, meta) = fpt::model::weights::read_safetensors(&adapter, tch::Device::Cpu).unwrap();
+    assert_eq!((meta["format"].as_str(), meta["ensemble_members"].as_str()), ("fpt-adapter/3", "3"));
+
+    // Its answers are its members' average probabilities, each member predicting on its own.
+    let answers = predictions(&adapter, &inputs);
+    let alone: Vec<Vec<Value>> = (0..3)
+        .map(|m| {
+            let path = d.join(format!("member-{m}.safetensors"));
+            member(&adapter, m, &path);
+            predictions(&path, &inputs)
+        })
+        .collect();
+    assert!(alone[0] != alone[1], "the members are different adapters");
+    for (i, a) in answers.iter().enumerate() {
+        for j in 0..2 {
+            let mean = alone.iter().map(|p| p[i]["probabilities"][j].as_f64().unwrap()).sum::<f64>() / 3.0;
+            assert!(close(&a["probabilities"][j], mean), "sample {i}, class {j}: {a} against the members' {alone:?}");
+        }
+    }
+
+    // The summary's test values are the ensemble's, as `fpt eval` scores the adapter; each
+    // member's own is listed.
+    let eval: Value =
+        serde_json::from_str(fpt(&["eval", "--adapter", adapter.to_str().unwrap(), "--data", test.to_str().unwrap()]).trim()).unwrap();
+    assert!(close(&summary["test_accuracy"], eval["accuracy"].as_f64().unwrap()), "{summary} against {eval}");
+    assert!(close(&summary["protocol"]["reported"], eval["accuracy"].as_f64().unwrap()), "{summary}");
+    let alone_test: Vec<f64> = members.iter().map(|m| m["reported"].as_f64().unwrap()).collect();
+    let eval_alone: Value = serde_json::from_str(
+        fpt(&["eval", "--adapter", d.join("member-1.safetensors").to_str().unwrap(), "--data", test.to_str().unwrap()]).trim(),
+    )
+    .unwrap();
+    assert!(close(&eval_alone["accuracy"], alone_test[1]), "member 2's own test accuracy: {eval_alone} against {alone_test:?}");
+
+    // The same command again finds every member trained and makes the same ensemble.
+    let again = run(&adapter, "3");
+    assert_eq!(again["test_accuracy"], summary["test_accuracy"]);
+    assert_eq!(again["ensemble"], summary["ensemble"]);
+    // One member is the run without an ensemble.
+    let single = run(&d.join("one.safetensors"), "1");
+    assert!(single.get("ensemble").is_none(), "{single}");
+    assert!(close(&single["test_accuracy"], alone_test[0]), "{single} against {alone_test:?}");
+}
+
+#[test]
+fn a_regression_ensemble_answers_its_members_mean_and_a_job_refuses_an_ensemble() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let (train, inputs, adapter) = (d.join("train.csv"), d.join("inputs.jsonl"), d.join("reg.safetensors"));
+    std::fs::write(&train, table(48, 3)).unwrap();
+    std::fs::write(&inputs, "[0.5, -0.5, 1]\n[-0.3, 0.2, 0]\n").unwrap();
+    let task = r#"{"type":"regression","input_dim":3,"target_column":"level"}"#;
+    let (t, out) = (train.to_str().unwrap(), adapter.to_str().unwrap());
+    fpt(&[
+        "train",
+        "--task",
+        task,
+        "--model",
+        "tiny-gpt2",
+        "--steps",
+        "20",
+        "--eval-every",
+        "10",
+        "--quiet",
+        "--ensemble",
+        "2",
+        "--train",
+        t,
+        "--out",
+        out,
+    ]);
+    let answers = predictions(&adapter, &inputs);
+    let alone: Vec<Vec<Value>> = (0..2)
+        .map(|m| {
+            let path = d.join(format!("member-{m}.safetensors"));
+            member(&adapter, m, &path);
+            predictions(&path, &inputs)
+        })
+        .collect();
+    for (i, a) in answers.iter().enumerate() {
+        let mean = (alone[0][i]["value"].as_f64().unwrap() + alone[1][i]["value"].as_f64().unwrap()) / 2.0;
+        assert!(close(&a["value"], mean), "sample {i}: {a} against {alone:?}");
+    }
+
+    let s = Server::start(&[]);
+    let file = s.upload_ok("train.csv", table(48, 3).into_bytes());
+    let r = s.post(
+        "/v1/fine_tuning/jobs",
+        &json!({"model": "tiny-gpt2", "training_file": file, "task": {"type": "regression", "input_dim": 3, "target_column": "level"},
+                "hyperparameters": {"ensemble": 2}}),
+    );
+    assert_eq!(r.status(), 422);
+    let e: Value = r.json().unwrap();
+    let message = e["error"]["message"].as_str().unwrap();
+    assert_eq!(e["error"]["param"], "hyperparameters.ensemble", "{e}");
+    assert!(message.contains("fpt train --ensemble"), "{e}");
+}
