@@ -242,7 +242,7 @@ fn predict(a: PredictArgs) -> Result<()> {
     for (c, chunk) in samples.chunks(size).enumerate() {
         let b = batch_from_samples(&spec, &model.shape, &model.task_state, model.max_positions(), chunk)
             .map_err(|e| anyhow::anyhow!("{} line {}: {}", a.input.display(), lines[c * size + e.index], e.message))?;
-        let logits = model.answer(&objective, &b.inputs.to_device(device), b.lengths.as_ref().map(|l| l.to_device(device)).as_ref());
+        let logits = objective.answer(&model, &b.inputs.to_device(device), b.lengths.as_ref().map(|l| l.to_device(device)).as_ref());
         for p in objective.predictions(&logits, b.context.as_ref()) {
             writeln!(out, "{}", serde_json::to_string(&p)?).map_err(stdout_error)?;
         }

@@ -446,67 +446,83 @@ pub fn train_to_file(
         eprintln!("note: {} samples were cut to the backbone's {} positions", info.truncated, run.model.max_positions());
     }
     let mut curve = Vec::new();
-    let members = run.prepared.hyperparameters.ensemble;
-    let mut trained: Vec<(Outcome, Option<SearchRecord>, u64)> = Vec::with_capacity(members);
-    for m in 0..members {
-        let seed = member_seed(spec.seed, m);
-        if m > 0 {
-            progress(&Progress::Message(format!("ensemble member {} of {members} (seed {seed})", m + 1)));
-            run.model = build_model(spec, &run.prepared, device, precision, seed)?;
+    let trained = train_members(&mut run, spec, device, precision, ckpt, &mut |member, p| {
+        progress(&p);
+        match p {
+            // The curve is the first member's: the others' steps count from 0 again.
+            Progress::Metrics(m) if member == 0 => curve.push(m),
+            _ => {}
         }
-        let dir = member_dir(ckpt, m);
-        let trainer = run.trainer(seed, dir.clone(), HashMap::new());
-        let (outcome, search) = trainer.train(&dir.join(SEARCH_DIR), &Control::default(), &mut |p| {
-            progress(&p);
-            match p {
-                // The curve is the first member's: the others' steps start from 0 again.
-                Progress::Metrics(metrics) if m == 0 => curve.push(metrics),
-                _ => {}
-            }
-        })?;
-        outcome.adapter.as_ref().context("training produced no adapter")?;
-        trained.push((outcome, search, seed));
-    }
+    })?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let adapters: Vec<PathBuf> = trained.iter().filter_map(|(o, _, _)| o.adapter.clone()).collect();
-    if members == 1 {
-        std::fs::copy(&adapters[0], out).with_context(|| format!("writing {}", out.display()))?;
-    } else {
-        crate::model::fpt::write_ensemble(out, &adapters).with_context(|| format!("writing {}", out.display()))?;
-    }
-    let summaries: Vec<RunSummary> = trained.iter().map(|(o, s, seed)| run.summary(o, *seed, s.clone())).collect();
-    let mut first = trained.swap_remove(0);
-    let mut summary = if members == 1 {
-        summaries.into_iter().next().expect("one member")
-    } else {
-        let ensemble = FptModel::load_adapter_on(out, Some(&spec.model), registry, device, precision.frozen_kind(device))?;
-        ensemble_summary(&run, &ensemble, &mut first.0, first.1, spec.seed, &summaries)
+    let mut summary = match trained.len() {
+        1 => {
+            let t = trained.into_iter().next().expect("one member");
+            std::fs::copy(&t.adapter, out).with_context(|| format!("writing {}", out.display()))?;
+            run.summary(&t.outcome, t.seed, t.search)
+        }
+        _ => {
+            let adapters: Vec<PathBuf> = trained.iter().map(|t| t.adapter.clone()).collect();
+            crate::model::fpt::write_ensemble(out, &adapters).with_context(|| format!("writing {}", out.display()))?;
+            let ensemble = FptModel::load_adapter_on(out, Some(&spec.model), registry, device, precision.frozen_kind(device))?;
+            ensemble_summary(&run, &ensemble, trained)
+        }
     };
     summary.adapter = Some(out.to_path_buf());
     Ok(LocalRun { summary, curve })
 }
 
-/// An ensemble's summary: its first member's, with the test values and the confusion of the
-/// ensemble itself, the time and tokens of all its members, and each member's own in `ensemble`.
-fn ensemble_summary(
-    run: &Run,
-    ensemble: &FptModel,
-    first: &mut Outcome,
+/// One run of an ensemble (or the one run): how it went, its search, its seed and its adapter.
+struct Trained {
+    outcome: Outcome,
     search: Option<SearchRecord>,
     seed: u64,
-    members: &[RunSummary],
-) -> RunSummary {
-    let task = &run.prepared.task;
-    let batch = run.prepared.hyperparameters.eval_batch_size;
+    adapter: PathBuf,
+}
+
+/// Trains the run's `ensemble` members one after another, each resuming from its own folder in
+/// `ckpt`. `progress` sees each member's reports with its index, and a message as each member
+/// after the first starts.
+fn train_members(
+    run: &mut Run,
+    spec: &TrainSpec<PathBuf>,
+    device: Device,
+    precision: Precision,
+    ckpt: &Path,
+    progress: &mut dyn FnMut(usize, Progress),
+) -> Result<Vec<Trained>> {
+    let members = run.prepared.hyperparameters.ensemble;
+    let mut trained = Vec::with_capacity(members);
+    for m in 0..members {
+        let seed = member_seed(spec.seed, m);
+        if m > 0 {
+            progress(m, Progress::Message(format!("ensemble member {} of {members} (seed {seed})", m + 1)));
+            run.model = build_model(spec, &run.prepared, device, precision, seed)?;
+        }
+        let dir = member_dir(ckpt, m);
+        let trainer = run.trainer(seed, dir.clone(), HashMap::new());
+        let (outcome, search) = trainer.train(&dir.join(SEARCH_DIR), &Control::default(), &mut |p| progress(m, p))?;
+        let adapter = outcome.adapter.clone().context("training produced no adapter")?;
+        trained.push(Trained { outcome, search, seed, adapter });
+    }
+    Ok(trained)
+}
+
+/// An ensemble's summary: its first member's, with the test values and the confusion of the
+/// ensemble itself, the time and tokens of all its members, and each member's own in `ensemble`.
+fn ensemble_summary(run: &Run, ensemble: &FptModel, trained: Vec<Trained>) -> RunSummary {
+    let members: Vec<RunSummary> = trained.iter().map(|t| run.summary(&t.outcome, t.seed, t.search.clone())).collect();
+    let Trained { outcome: mut first, search, seed, .. } = trained.into_iter().next().expect("an ensemble has members");
+    let (task, batch) = (&run.prepared.task, run.prepared.hyperparameters.eval_batch_size);
     if first.test.is_some() {
         first.test = crate::train::evaluate(ensemble, task, crate::tasks::EvalSplit::Test, batch);
     }
     if first.confusion.is_some() {
         first.confusion = crate::train::confusion::confusion(ensemble, task, crate::tasks::EvalSplit::Valid, batch);
     }
-    let mut summary = run.summary(first, seed, search);
+    let mut summary = run.summary(&first, seed, search);
     summary.wall_seconds = members.iter().map(|s| s.wall_seconds).sum();
     summary.trained_tokens = members.iter().map(|s| s.trained_tokens).sum();
     summary.ensemble = Some(members.iter().map(Member::of).collect());

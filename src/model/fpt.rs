@@ -226,15 +226,15 @@ impl FptModel {
         self.output.forward(&read)
     }
 
-    /// Logits [B, k, out] as the adapter answers (no dropout, no gradient): its own, or for an
-    /// ensemble each member's in turn in the same parameters, combined by `objective` (see
-    /// [`crate::tasks::Objective::combine`]).
-    pub fn answer(&self, objective: &crate::tasks::Objective, inputs: &Tensor, lengths: Option<&Tensor>) -> Tensor {
+    /// Logits [B, k, out] of each member (no dropout, no gradient): the adapter's own, or an
+    /// ensemble's members' in turn in the same parameters, for the task to combine (see
+    /// `Objective::answer`).
+    pub fn member_logits(&self, inputs: &Tensor, lengths: Option<&Tensor>) -> Vec<Tensor> {
         tch::no_grad(|| {
             if self.members.is_empty() {
-                return self.forward(inputs, lengths, false);
+                return vec![self.forward(inputs, lengths, false)];
             }
-            let logits: Vec<Tensor> = self
+            let logits = self
                 .members
                 .iter()
                 .map(|m| {
@@ -243,13 +243,8 @@ impl FptModel {
                 })
                 .collect();
             self.put(&self.members[0]);
-            objective.combine(&Tensor::stack(&logits, 0))
+            logits
         })
-    }
-
-    /// How many members the adapter answers with (1 unless it is an ensemble).
-    pub fn ensemble_members(&self) -> usize {
-        self.members.len().max(1)
     }
 
     pub fn param_report(&self) -> ParamReport {

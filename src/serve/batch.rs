@@ -234,7 +234,7 @@ impl Worker {
         let b = batch_from_samples(&a.spec, &a.layers.meta.shape, &a.layers.meta.task_state, m.max_positions(), j.samples)
             .map_err(|e| j.invalid(e))?;
         let dev = self.cfg.device;
-        let logits = m.answer(&a.objective, &b.inputs.to_device(dev), b.lengths.map(|l| l.to_device(dev)).as_ref());
+        let logits = a.objective.answer(m, &b.inputs.to_device(dev), b.lengths.map(|l| l.to_device(dev)).as_ref());
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.batch_rows.fetch_add(logits.size()[0] as u64, Ordering::Relaxed);
         Ok(a.objective.predictions(&logits, b.context.as_ref()))

@@ -211,6 +211,15 @@ impl Objective {
         }
     }
 
+    /// Logits [B, k, out] as `model` answers `inputs`: its own, or its ensemble's combined.
+    pub fn answer(&self, model: &crate::model::fpt::FptModel, inputs: &Tensor, lengths: Option<&Tensor>) -> Tensor {
+        let mut logits = model.member_logits(inputs, lengths);
+        match logits.len() {
+            1 => logits.pop().expect("one member"),
+            _ => self.combine(&Tensor::stack(&logits, 0)),
+        }
+    }
+
     /// One set of logits [B, k, out] for the members' `logits` ([M, B, k, out]) of an ensemble:
     /// what scoring and answering it read as the members' average answer. Class probabilities
     /// (per read-out token; a bit's pair alike) and label probabilities are averaged, and given

@@ -58,7 +58,7 @@ pub fn confusion(model: &FptModel, task: &TaskData, split: EvalSplit, batch: usi
     tch::no_grad(|| {
         for b in batches {
             let b = b.to_device(model.device);
-            let logits = model.answer(&task.objective, &b.inputs, b.lengths.as_ref());
+            let logits = task.objective.answer(model, &b.inputs, b.lengths.as_ref());
             let predicted =
                 Vec::<i64>::try_from(logits.select(1, 0).argmax(-1, false).to_kind(Kind::Int64).to_device(tch::Device::Cpu)).ok()?;
             let truth = Vec::<i64>::try_from(b.targets.to_kind(Kind::Int64).to_device(tch::Device::Cpu)).ok()?;

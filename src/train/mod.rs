@@ -272,7 +272,7 @@ pub fn evaluate(model: &FptModel, task: &TaskData, split: EvalSplit, batch: usiz
     tch::no_grad(|| {
         for b in batches {
             let b = b.to_device(model.device);
-            let logits = model.answer(&task.objective, &b.inputs, b.lengths.as_ref());
+            let logits = task.objective.answer(model, &b.inputs, b.lengths.as_ref());
             let s = task.objective.score(&logits, &b.targets);
             loss += f64::try_from(s.loss.to_kind(Kind::Double)).unwrap() * b.size() as f64;
             tally.merge(&s.tally);
