@@ -127,7 +127,7 @@ fn an_ensemble_trains_its_members_and_answers_their_average() {
 }
 
 #[test]
-fn a_regression_ensemble_answers_its_members_mean_and_a_job_refuses_an_ensemble() {
+fn a_regression_ensemble_answers_its_members_mean() {
     let dir = common::tempdir();
     let d = dir.path();
     let (train, inputs, adapter) = (d.join("train.csv"), d.join("inputs.jsonl"), d.join("reg.safetensors"));
@@ -165,17 +165,75 @@ fn a_regression_ensemble_answers_its_members_mean_and_a_job_refuses_an_ensemble(
         let mean = (alone[0][i]["value"].as_f64().unwrap() + alone[1][i]["value"].as_f64().unwrap()) / 2.0;
         assert!(close(&a["value"], mean), "sample {i}: {a} against {alone:?}");
     }
+}
 
+/// A job trains an ensemble as the command line does, serves it as one model answering its
+/// members' average, and comes to the same result when paused while a later member trains.
+#[test]
+fn a_job_trains_an_ensemble_serves_it_and_survives_a_pause() {
     let s = Server::start(&[]);
-    let file = s.upload_ok("train.csv", table(48, 3).into_bytes());
-    let r = s.post(
-        "/v1/fine_tuning/jobs",
-        &json!({"model": "tiny-gpt2", "training_file": file, "task": {"type": "regression", "input_dim": 3, "target_column": "level"},
-                "hyperparameters": {"ensemble": 2}}),
-    );
-    assert_eq!(r.status(), 422);
-    let e: Value = r.json().unwrap();
-    let message = e["error"]["message"].as_str().unwrap();
-    assert_eq!(e["error"]["param"], "hyperparameters.ensemble", "{e}");
-    assert!(message.contains("fpt train --ensemble"), "{e}");
+    let file = s.upload_ok("train.csv", table(64, 4).into_bytes());
+    let body = json!({"model": "tiny-gpt2", "training_file": file, "task": {"type": "sequence_classification", "input_dim": 3},
+        "hyperparameters": {"ensemble": 3, "n_steps": 200, "eval_every": 20, "checkpoint_every": 10, "batch_size": 8}});
+    let whole = s.create_job(body.clone());
+    let j = s.wait_finished(&whole);
+    assert_eq!(j["status"], "succeeded", "{j}");
+    assert_eq!(j["hyperparameters"]["ensemble"], 3, "{j}");
+    let members = j["result"]["ensemble"].as_array().unwrap_or_else(|| panic!("{j}"));
+    assert_eq!(members.len(), 3, "{j}");
+    let events = s.events(&whole);
+    let reported: std::collections::BTreeSet<u64> =
+        events.iter().filter(|e| e["type"] == "metrics").filter_map(|e| e["data"]["member"].as_u64()).collect();
+    assert_eq!(reported, [1, 2].into(), "the later members report, marked");
+    assert!(events.iter().any(|e| e["message"].as_str().unwrap().starts_with("ensemble member 3 of 3 (seed ")), "each member is announced");
+    // The job's steps and checkpoints are its first member's.
+    assert_eq!(s.metric_steps(&whole).iter().filter(|&&st| st == 200).count(), 3, "each member reports its step 200");
+    let ckpts = s.get_json(&format!("/v1/fine_tuning/jobs/{whole}/checkpoints"));
+    assert!(ckpts["data"].as_array().unwrap().iter().all(|c| c["step_number"].as_u64().unwrap() <= 200), "{ckpts}");
+
+    // Served as one model: its answers are its members' average, each member predicting alone.
+    let model = j["fine_tuned_model"].as_str().unwrap();
+    let inputs = json!([[0.5, -0.5, 1.0], [-0.3, 0.2, 0.0]]);
+    let served: Value = s.predict(model, inputs.clone()).json().unwrap();
+    let dir = common::tempdir();
+    let adapter = dir.path().join("job.safetensors");
+    std::fs::write(&adapter, s.get(&format!("/v1/models/{model}/adapter")).bytes().unwrap()).unwrap();
+    let lines = dir.path().join("inputs.jsonl");
+    std::fs::write(&lines, inputs.as_array().unwrap().iter().map(|i| format!("{i}\n")).collect::<String>()).unwrap();
+    let alone: Vec<Vec<Value>> = (0..3)
+        .map(|m| {
+            let path = dir.path().join(format!("member-{m}.safetensors"));
+            member(&adapter, m, &path);
+            predictions(&path, &lines)
+        })
+        .collect();
+    for i in 0..2 {
+        for c in 0..2 {
+            let mean = alone.iter().map(|p| p[i]["probabilities"][c].as_f64().unwrap()).sum::<f64>() / 3.0;
+            assert!(close(&served["data"][i]["probabilities"][c], mean), "sample {i}: {served} against {alone:?}");
+        }
+    }
+
+    // Paused while its third member trains, and resumed, it ends as the uninterrupted job did.
+    let paused = s.create_job(body);
+    let start = std::time::Instant::now();
+    while !s.events(&paused).iter().any(|e| e["data"]["member"] == 2) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(120), "no third member");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    s.post_ok(&format!("/v1/fine_tuning/jobs/{paused}/pause"), &json!({}));
+    let st = s.wait_for(&paused, std::time::Duration::from_secs(60), |st| st == "paused" || st == "succeeded");
+    assert_eq!(st["status"], "paused", "the pause came while the third member trained");
+    s.post_ok(&format!("/v1/fine_tuning/jobs/{paused}/resume"), &json!({}));
+    let p = s.wait_finished(&paused);
+    assert_eq!(p["status"], "succeeded", "{p}");
+    let resumed = s
+        .events(&paused)
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .find(|m| m.starts_with("ensemble member 3: resumed"));
+    assert!(resumed.is_some(), "the third member resumed from its own checkpoint in the store");
+    for k in ["ensemble", "best_valid_accuracy", "valid_loss", "steps", "confusion"] {
+        assert_eq!(p["result"][k], j["result"][k], "{k}");
+    }
 }

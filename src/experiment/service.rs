@@ -108,7 +108,8 @@ impl Service {
     fn finished(&self, id: &str, job: Value) -> Result<Finished> {
         let mut curve = Vec::new();
         let valid = format!("valid_{}", job["result"]["primary_metric"].as_str().unwrap_or("accuracy"));
-        // A searched job's curve is its winning trial's, continued by the run (as a run's here).
+        // A searched job's curve is its winning trial's, continued by the run (as a run's here);
+        // an ensemble's is its first member's.
         let search = &job["result"]["learning_rate_search"];
         let winner = search["trials"].as_array().and_then(|t| t.iter().position(|t| t["learning_rate"] == search["chosen"]));
         let mut after: Option<String> = None;
@@ -121,7 +122,7 @@ impl Service {
             for e in page["data"].as_array().into_iter().flatten() {
                 let d = &e["data"];
                 let trial = d["trial"].as_u64().map(|t| t as usize);
-                if e["type"] == "metrics" && (trial.is_none() || trial == winner) {
+                if e["type"] == "metrics" && d["member"].is_null() && (trial.is_none() || trial == winner) {
                     if let (Some(step), Some(loss)) = (d["step"].as_u64(), d["train_loss"].as_f64()) {
                         curve.push((step, loss, d[&valid].as_f64()));
                     }

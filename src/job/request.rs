@@ -87,13 +87,6 @@ impl Requested {
             (None, None) => (Value::Object(Default::default()), "hyperparameters"),
         };
         let (hyperparameters, auto) = parse_hyperparameters(value, at)?;
-        if hyperparameters.ensemble != 1 {
-            // A job's resume follows one run's steps; an ensemble is several runs in turn.
-            return Err(bad(
-                format!("{at}.ensemble"),
-                "a job trains one adapter; ensembles are trained by `fpt train --ensemble` (or an experiment's runs) for now",
-            ));
-        }
         Ok(Self { hyperparameters, method, auto })
     }
 }
@@ -206,9 +199,7 @@ mod tests {
     #[test]
     fn every_bad_form_names_its_field() {
         assert_eq!(field_of(Some(json!({"n_epochs": 2.5})), None), "hyperparameters.n_epochs");
-        // Ensembles are the command line's: a job refuses one, naming the field.
-        assert_eq!(field_of(Some(json!({"ensemble": 3})), None), "hyperparameters.ensemble");
-        assert!(Requested::parse(Some(json!({"ensemble": 1})), None).is_ok());
+        assert_eq!(Requested::parse(Some(json!({"ensemble": 3})), None).unwrap().hyperparameters.ensemble, 3);
         assert_eq!(field_of(Some(json!({"n_epochs": "many"})), None), "hyperparameters.n_epochs");
         assert_eq!(field_of(Some(json!({"batch_size": "big"})), None), "hyperparameters.batch_size");
         assert_eq!(field_of(Some(json!({"learning_rate_multiplier": -1})), None), "hyperparameters.learning_rate_multiplier");

@@ -1,7 +1,8 @@
 //! A finished job's results file, as OpenAI's `result_files` hold one: a CSV of its metrics
 //! reports, one row per report, `step` first and then every metric any report carried (the
 //! training window's `train_*`, the evaluations' `valid_*`), empty where a report lacks one. A
-//! learning-rate search's trials have their rows too, with their `trial` and `learning_rate`.
+//! learning-rate search's trials have their rows too, with their `trial` and `learning_rate`, and
+//! an ensemble's later members theirs, with their `member`.
 use std::collections::BTreeSet;
 
 use serde_json::Value;

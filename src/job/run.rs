@@ -14,7 +14,7 @@ use crate::model::fpt::{paper_param_count, FptModel, InputKind, ModelSpec, Param
 use crate::model::{BaseModel, ModelRegistry, Precision};
 use crate::tasks::{DataSources, TaskData};
 use crate::train::lr_search::SearchRecord;
-use crate::train::{Control, Metrics, Outcome, Progress, TrainConfig, Trainer};
+use crate::train::{Control, Ending, Metrics, Outcome, Progress, TrainConfig, Trainer};
 
 /// A run's base model and data, loaded, with its step budget resolved.
 pub struct Prepared {
@@ -446,7 +446,11 @@ pub fn train_to_file(
         eprintln!("note: {} samples were cut to the backbone's {} positions", info.truncated, run.model.max_positions());
     }
     let mut curve = Vec::new();
-    let trained = train_members(&mut run, spec, device, precision, ckpt, &mut |member, p| {
+    let mut dirs = |m: usize| {
+        let dir = member_dir(ckpt, m);
+        Ok(MemberDirs { search: dir.join(SEARCH_DIR), checkpoints: dir })
+    };
+    let trained = train_members(&mut run, spec, device, precision, &Control::default(), HashMap::new(), &mut dirs, &mut |member, p| {
         progress(&p);
         match p {
             // The curve is the first member's: the others' steps count from 0 again.
@@ -457,40 +461,38 @@ pub fn train_to_file(
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let mut summary = match trained.len() {
-        1 => {
-            let t = trained.into_iter().next().expect("one member");
-            std::fs::copy(&t.adapter, out).with_context(|| format!("writing {}", out.display()))?;
-            run.summary(&t.outcome, t.seed, t.search)
-        }
-        _ => {
-            let adapters: Vec<PathBuf> = trained.iter().map(|t| t.adapter.clone()).collect();
-            crate::model::fpt::write_ensemble(out, &adapters).with_context(|| format!("writing {}", out.display()))?;
-            let ensemble = FptModel::load_adapter_on(out, Some(&spec.model), registry, device, precision.frozen_kind(device))?;
-            ensemble_summary(&run, &ensemble, trained)
-        }
-    };
+    let (_, mut summary) = finish_members(&run, spec, registry, device, precision, trained, out)?;
     summary.adapter = Some(out.to_path_buf());
     Ok(LocalRun { summary, curve })
 }
 
-/// One run of an ensemble (or the one run): how it went, its search, its seed and its adapter.
-struct Trained {
-    outcome: Outcome,
-    search: Option<SearchRecord>,
-    seed: u64,
-    adapter: PathBuf,
+/// One run of an ensemble (or the one run): how it went, its search and its seed.
+pub struct Trained {
+    pub outcome: Outcome,
+    pub search: Option<SearchRecord>,
+    pub seed: u64,
 }
 
-/// Trains the run's `ensemble` members one after another, each resuming from its own folder in
-/// `ckpt`. `progress` sees each member's reports with its index, and a message as each member
-/// after the first starts.
-fn train_members(
+/// Where one member of a run keeps its checkpoints and its learning-rate search.
+pub struct MemberDirs {
+    pub checkpoints: PathBuf,
+    pub search: PathBuf,
+}
+
+/// Trains the run's `ensemble` members one after another, each from the folders `dirs` gives it
+/// (made ready there: a job's restored from its store), resuming from what they hold; stops after
+/// a member that did not finish (cancelled, paused, interrupted), which is then the last. Each
+/// member after the first announces itself, and its reports carry `member`; `progress` sees
+/// every report with its member's index.
+#[allow(clippy::too_many_arguments)]
+pub fn train_members(
     run: &mut Run,
     spec: &TrainSpec<PathBuf>,
     device: Device,
     precision: Precision,
-    ckpt: &Path,
+    control: &Control,
+    metadata: HashMap<String, String>,
+    dirs: &mut dyn FnMut(usize) -> Result<MemberDirs>,
     progress: &mut dyn FnMut(usize, Progress),
 ) -> Result<Vec<Trained>> {
     let members = run.prepared.hyperparameters.ensemble;
@@ -501,20 +503,62 @@ fn train_members(
             progress(m, Progress::Message(format!("ensemble member {} of {members} (seed {seed})", m + 1)));
             run.model = build_model(spec, &run.prepared, device, precision, seed)?;
         }
-        let dir = member_dir(ckpt, m);
-        let trainer = run.trainer(seed, dir.clone(), HashMap::new());
-        let (outcome, search) = trainer.train(&dir.join(SEARCH_DIR), &Control::default(), &mut |p| progress(m, p))?;
-        let adapter = outcome.adapter.clone().context("training produced no adapter")?;
-        trained.push(Trained { outcome, search, seed, adapter });
+        let at = dirs(m)?;
+        let trainer = run.trainer(seed, at.checkpoints, metadata.clone());
+        let (outcome, search) = trainer.train(&at.search, control, &mut |p| match p {
+            Progress::Metrics(mut metrics) if m > 0 => {
+                metrics.member = Some(m);
+                progress(m, Progress::Metrics(metrics))
+            }
+            Progress::Message(s) if m > 0 => progress(m, Progress::Message(format!("ensemble member {}: {s}", m + 1))),
+            p => progress(m, p),
+        })?;
+        let finished = matches!(outcome.ending, Ending::Finished | Ending::EarlyStopped);
+        trained.push(Trained { outcome, search, seed });
+        if !finished {
+            break;
+        }
     }
     Ok(trained)
 }
 
-/// An ensemble's summary: its first member's, with the test values and the confusion of the
-/// ensemble itself, the time and tokens of all its members, and each member's own in `ensemble`.
-fn ensemble_summary(run: &Run, ensemble: &FptModel, trained: Vec<Trained>) -> RunSummary {
+/// The outcome and summary of a run's members: the one run's own; the last member's when it
+/// stopped short (cancelled, paused, interrupted); else the ensemble's, written to `out`
+/// (see [`ensemble_summary`]), its outcome's adapter `out`.
+pub fn finish_members(
+    run: &Run,
+    spec: &TrainSpec<PathBuf>,
+    registry: &ModelRegistry,
+    device: Device,
+    precision: Precision,
+    mut trained: Vec<Trained>,
+    out: &Path,
+) -> Result<(Outcome, RunSummary)> {
+    let last = trained.last().context("a run has a member")?;
+    let finished = matches!(last.outcome.ending, Ending::Finished | Ending::EarlyStopped);
+    if trained.len() == 1 || !finished {
+        let t = trained.pop().expect("a member");
+        if finished {
+            let kept = t.outcome.adapter.as_ref().context("training produced no adapter")?;
+            std::fs::copy(kept, out).with_context(|| format!("writing {}", out.display()))?;
+        }
+        let summary = run.summary(&t.outcome, t.seed, t.search.clone());
+        return Ok((t.outcome, summary));
+    }
+    let adapters = trained.iter().map(|t| t.outcome.adapter.clone().context("training produced no adapter")).collect::<Result<Vec<_>>>()?;
+    crate::model::fpt::write_ensemble(out, &adapters).with_context(|| format!("writing {}", out.display()))?;
+    let ensemble = FptModel::load_adapter_on(out, Some(&spec.model), registry, device, precision.frozen_kind(device))?;
+    let (mut outcome, summary) = ensemble_summary(run, &ensemble, trained);
+    outcome.adapter = Some(out.to_path_buf());
+    Ok((outcome, summary))
+}
+
+/// An ensemble's outcome and summary: its first member's, with the test values and the confusion
+/// of the ensemble itself, the time and tokens of all its members, and each member's own in
+/// `ensemble`.
+fn ensemble_summary(run: &Run, ensemble: &FptModel, trained: Vec<Trained>) -> (Outcome, RunSummary) {
     let members: Vec<RunSummary> = trained.iter().map(|t| run.summary(&t.outcome, t.seed, t.search.clone())).collect();
-    let Trained { outcome: mut first, search, seed, .. } = trained.into_iter().next().expect("an ensemble has members");
+    let Trained { outcome: mut first, search, seed } = trained.into_iter().next().expect("an ensemble has members");
     let (task, batch) = (&run.prepared.task, run.prepared.hyperparameters.eval_batch_size);
     if first.test.is_some() {
         first.test = crate::train::evaluate(ensemble, task, crate::tasks::EvalSplit::Test, batch);
@@ -526,7 +570,7 @@ fn ensemble_summary(run: &Run, ensemble: &FptModel, trained: Vec<Trained>) -> Ru
     summary.wall_seconds = members.iter().map(|s| s.wall_seconds).sum();
     summary.trained_tokens = members.iter().map(|s| s.trained_tokens).sum();
     summary.ensemble = Some(members.iter().map(Member::of).collect());
-    summary
+    (first, summary)
 }
 
 #[cfg(test)]

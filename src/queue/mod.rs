@@ -7,6 +7,7 @@
 //! and resumes from the last checkpoint in the shared artifact store.
 pub mod events;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use tokio::runtime::Handle;
 
 use crate::artifacts::{file_key, job_key, Artifacts};
 use crate::job::results::results_csv;
+use crate::job::run::{finish_members, train_members, MemberDirs};
 use crate::job::status::JobError;
 use crate::job::{prepare, DataFiles, Desired, DeviceKind, JobStatus, Limits, RunSummary};
 use crate::model::{ModelRegistry, Precision};
@@ -432,7 +434,7 @@ fn prune_checkpoints(inner: &Arc<Inner>, job_id: &str) {
     };
     for c in old {
         let adapter = c.path.rsplit('/').next().unwrap_or_default().to_string();
-        let keys = [Some(c.path.clone()), checkpoint::state_name_of(&adapter).map(|s| checkpoint_key(job_id, &s))];
+        let keys = [Some(c.path.clone()), checkpoint::state_name_of(&adapter).map(|s| checkpoint_key(job_id, 0, &s))];
         for key in keys.into_iter().flatten() {
             if let Err(e) = inner.rt.block_on(inner.cfg.artifacts.delete(&key)) {
                 tracing::warn!(key, error = format!("{e:#}"), "deleting an old checkpoint");
@@ -441,51 +443,70 @@ fn prune_checkpoints(inner: &Arc<Inner>, job_id: &str) {
     }
 }
 
-fn checkpoint_key(job_id: &str, name: &str) -> String {
-    job_key(job_id, &format!("checkpoints/{name}"))
+/// A key of a job's member `m` (see [`crate::job::run::train_members`]): the job's own for the
+/// first, under `members/<m>/` for each other.
+fn member_key(job_id: &str, m: usize, name: &str) -> String {
+    match m {
+        0 => job_key(job_id, name),
+        _ => job_key(job_id, &format!("members/{m}/{name}")),
+    }
 }
 
-/// Makes `dir` hold the job's latest checkpoint from the shared store (whichever node wrote it),
-/// or nothing when the store has none: the store, not this node's scratch, says where a job is.
-fn restore_checkpoint(inner: &Arc<Inner>, job_id: &str, dir: &Path) -> Result<()> {
+fn checkpoint_key(job_id: &str, m: usize, name: &str) -> String {
+    member_key(job_id, m, &format!("checkpoints/{name}"))
+}
+
+/// A job's member `m`'s folder on this node: the job's own for the first.
+fn member_work_dir(work: &Path, job_id: &str, m: usize) -> PathBuf {
+    match m {
+        0 => work_dir(work, job_id),
+        _ => work_dir(work, job_id).join("members").join(m.to_string()),
+    }
+}
+
+/// Makes `dir` hold the latest checkpoint of the job's member `m` from the shared store
+/// (whichever node wrote it), or nothing when the store has none: the store, not this node's
+/// scratch, says where a job is.
+fn restore_checkpoint(inner: &Arc<Inner>, job_id: &str, m: usize, dir: &Path) -> Result<()> {
     let artifacts = &inner.cfg.artifacts;
     let _ = std::fs::remove_dir_all(dir);
-    let latest_key = checkpoint_key(job_id, "latest.json");
+    let latest_key = checkpoint_key(job_id, m, "latest.json");
     let Some(text) = inner.rt.block_on(artifacts.get_if_exists(&latest_key))? else {
         return Ok(());
     };
     let latest: checkpoint::Latest = serde_json::from_slice(&text).with_context(|| format!("artifact {latest_key} is corrupt"))?;
     for name in [&latest.adapter, &latest.state] {
-        inner.rt.block_on(artifacts.download(&checkpoint_key(job_id, name), &dir.join(name)))?;
+        inner.rt.block_on(artifacts.download(&checkpoint_key(job_id, m, name), &dir.join(name)))?;
     }
-    if let Some(best) = inner.rt.block_on(artifacts.get_if_exists(&checkpoint_key(job_id, "best.adapter.safetensors")))? {
+    if let Some(best) = inner.rt.block_on(artifacts.get_if_exists(&checkpoint_key(job_id, m, "best.adapter.safetensors")))? {
         crate::fsutil::write_atomic(&checkpoint::best_path(dir), &best)?;
     }
     crate::fsutil::write_atomic(&dir.join("latest.json"), &text)
 }
 
-fn search_key(job_id: &str) -> String {
-    job_key(job_id, "search/search.json")
+fn search_key(job_id: &str, m: usize) -> String {
+    member_key(job_id, m, "search/search.json")
 }
 
-/// The folder of a job's learning-rate search on this node, holding the search's record from the
-/// shared store when it has one (the trials' own checkpoints stay on the node that trained them:
-/// a trial cut off elsewhere is trained again, to the same result).
-fn restore_search(inner: &Arc<Inner>, job_id: &str) -> Result<PathBuf> {
-    let dir = work_dir(&inner.cfg.work_dir, job_id).join(crate::job::run::SEARCH_DIR);
-    if let Some(record) = inner.rt.block_on(inner.cfg.artifacts.get_if_exists(&search_key(job_id)))? {
+/// The folder of the learning-rate search of a job's member `m` on this node, holding the
+/// search's record from the shared store when it has one (the trials' own checkpoints stay on
+/// the node that trained them: a trial cut off elsewhere is trained again, to the same result).
+fn restore_search(inner: &Arc<Inner>, job_id: &str, m: usize) -> Result<PathBuf> {
+    let dir = member_work_dir(&inner.cfg.work_dir, job_id, m).join(crate::job::run::SEARCH_DIR);
+    if let Some(record) = inner.rt.block_on(inner.cfg.artifacts.get_if_exists(&search_key(job_id, m)))? {
         std::fs::create_dir_all(&dir)?;
         crate::fsutil::write_atomic(&dir.join(crate::train::lr_search::RECORD), &record)?;
     }
     Ok(dir)
 }
 
-/// Loads a job's model and data and trains it; returns the outcome, its summary and the model id.
+/// Loads a job's model and data and trains it (each of its ensemble's members in turn); returns
+/// the outcome, its summary and the model id.
 fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, lost: &AtomicBool) -> Result<(Outcome, RunSummary, String)> {
     let cfg = &inner.cfg;
     let store = &cfg.store;
     let ckpt_dir = work_dir(&cfg.work_dir, &job.id).join("checkpoints");
-    restore_checkpoint(inner, &job.id, &ckpt_dir)?;
+    restore_checkpoint(inner, &job.id, 0, &ckpt_dir)?;
     // Whatever was recorded past the checkpoint this run restarts from is redone: drop it.
     let resume_step = checkpoint::latest(&ckpt_dir)?.map_or(0, |l| l.step);
     inner.rt.block_on(store.truncate_metrics_after(&job.id, resume_step as i64))?;
@@ -500,7 +521,7 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
     let file = |id: &Option<String>| id.as_ref().map(|f| inner.rt.block_on(cfg.artifacts.local(&file_key(f)))).transpose();
     let files = DataFiles { train: file(&job.spec.files.train)?, valid: file(&job.spec.files.valid)?, test: None };
     let spec = job.spec.clone().with_files(files);
-    let run = prepare(&spec, &cfg.registry, &cfg.limits, cfg.device, cfg.precision)?;
+    let mut run = prepare(&spec, &cfg.registry, &cfg.limits, cfg.device, cfg.precision)?;
     let report = run.model.param_report();
     let data = &run.prepared.task.info;
     let samples = if spec.task.needs_file() { format!("{} samples", data.train_samples) } else { "generated samples".to_string() };
@@ -515,22 +536,35 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
     ));
     let model_id = model_id(job);
     let metadata = HashMap::from([("job_id".to_string(), job.id.clone()), ("fine_tuned_model".to_string(), model_id.clone())]);
-    let trainer = run.trainer(spec.seed, ckpt_dir, metadata);
-    let search_dir = restore_search(inner, &job.id)?;
+    let primary = run.prepared.task.objective.primary().name;
+    // The checkpoint files each member after the first has in the store (it keeps its latest
+    // only: it has no rows to prune by).
+    let stored: RefCell<HashMap<usize, Vec<String>>> = RefCell::default();
+    let mut dirs = |m: usize| -> Result<MemberDirs> {
+        let checkpoints = member_work_dir(&cfg.work_dir, &job.id, m).join("checkpoints");
+        if m > 0 {
+            restore_checkpoint(inner, &job.id, m, &checkpoints)?;
+            if checkpoint::latest(&checkpoints)?.is_some() {
+                stored.borrow_mut().insert(m, checkpoint_files(&checkpoints)?);
+            }
+        }
+        Ok(MemberDirs { checkpoints, search: restore_search(inner, &job.id, m)? })
+    };
     let mut checkpoint_failure: Option<anyhow::Error> = None;
-    let (outcome, search) = trainer.train(&search_dir, control, &mut |p| match p {
-        Progress::Metrics(m) => {
-            inner.samples_per_second.lock().unwrap().insert(job.id.clone(), m.samples_per_second);
-            // A learning-rate trial's reports have no step of the job's (its steps are the trial's,
-            // from 0 again): they are kept whatever checkpoint the job resumes from.
-            let step = m.trial.is_none().then_some(m.step as i64);
+    let trained = train_members(&mut run, &spec, cfg.device, cfg.precision, control, metadata, &mut dirs, &mut |m, p| match p {
+        Progress::Metrics(metrics) => {
+            inner.samples_per_second.lock().unwrap().insert(job.id.clone(), metrics.samples_per_second);
+            // A learning-rate trial's reports, and a later ensemble member's, have no step of the
+            // job's (their steps are their own, from 0 again): they are kept whatever checkpoint
+            // the job resumes from.
+            let step = (metrics.trial.is_none() && m == 0).then_some(metrics.step as i64);
             cfg.events.send(event(
                 &job.id,
                 worker,
                 "info",
                 "metrics",
-                progress_message(&m, run.prepared.task.objective.primary().name),
-                serde_json::to_value(&m).ok(),
+                progress_message(&metrics, primary),
+                serde_json::to_value(&metrics).ok(),
                 step,
             ));
             if let Some(step) = step {
@@ -542,7 +576,7 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
             // resumed search its trials, not the job.
             let stored = serde_json::to_vec(&record)
                 .map_err(anyhow::Error::from)
-                .and_then(|b| inner.rt.block_on(cfg.artifacts.put(&search_key(&job.id), b)));
+                .and_then(|b| inner.rt.block_on(cfg.artifacts.put(&search_key(&job.id, m), b)));
             if let Err(e) = stored {
                 tracing::warn!(error = format!("{e:#}"), "storing the learning-rate search's record");
             }
@@ -553,45 +587,80 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
             }
             // Events up to this step become durable before the checkpoint is recorded.
             cfg.events.flush_blocking();
-            let name = adapter.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let mut values = json!({"step": step});
-            if let Some(m) = metrics {
-                for (k, v) in m.prefixed("valid_") {
-                    values[k] = json!(v);
-                }
-            }
-            let row = CheckpointRow {
-                id: new_id("ftckpt"),
-                job_id: job.id.clone(),
-                step_number: step as i64,
-                created_at: now(),
-                metrics: Some(values.to_string()),
-                model_id: format!("{model_id}-step-{step}"),
-                path: checkpoint_key(&job.id, &name),
+            let saved = match m {
+                0 => store_checkpoint(inner, job, &model_id, step, &adapter, metrics.as_ref()),
+                _ => store_member_checkpoint(inner, &job.id, m, &adapter, stored.borrow_mut().entry(m).or_default()),
             };
-            let dir = adapter.parent().unwrap_or(Path::new("."));
-            let saved = checkpoint_files(dir).and_then(|names| {
-                for n in names {
-                    inner.rt.block_on(cfg.artifacts.put_file(&checkpoint_key(&job.id, &n), &dir.join(&n)))?;
-                }
-                inner.rt.block_on(store.insert_checkpoint(&row, &job.spec.model))?;
-                prune_checkpoints(inner, &job.id);
-                Ok(())
-            });
             if let Err(e) = saved {
                 // A run whose checkpoints cannot be kept cannot be resumed: stop it and fail it.
                 checkpoint_failure.get_or_insert_with(|| e.context(format!("storing the checkpoint of step {step}")));
                 control.set(Command::Cancel);
             }
-            cfg.events.steps(&job.id, worker, step as i64);
+            if m == 0 {
+                cfg.events.steps(&job.id, worker, step as i64);
+            }
         }
         Progress::Message(s) => cfg.events.send(event(&job.id, worker, "info", "message", s, None, None)),
     })?;
     if let Some(e) = checkpoint_failure {
         return Err(e);
     }
-    let summary = run.summary(&outcome, spec.seed, search);
+    let out = work_dir(&cfg.work_dir, &job.id).join("kept.adapter.safetensors");
+    let (outcome, summary) = finish_members(&run, &spec, &cfg.registry, cfg.device, cfg.precision, trained, &out)?;
     Ok((outcome, summary, model_id))
+}
+
+/// Stores a checkpoint of a job (its first member's): its files, then its row, which serves it as
+/// a model; the oldest beyond `--keep-checkpoints` go.
+fn store_checkpoint(
+    inner: &Arc<Inner>,
+    job: &Job,
+    model_id: &str,
+    step: u64,
+    adapter: &Path,
+    metrics: Option<&crate::train::Evaluation>,
+) -> Result<()> {
+    let name = adapter.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut values = json!({"step": step});
+    if let Some(m) = metrics {
+        for (k, v) in m.prefixed("valid_") {
+            values[k] = json!(v);
+        }
+    }
+    let row = CheckpointRow {
+        id: new_id("ftckpt"),
+        job_id: job.id.clone(),
+        step_number: step as i64,
+        created_at: now(),
+        metrics: Some(values.to_string()),
+        model_id: format!("{model_id}-step-{step}"),
+        path: checkpoint_key(&job.id, 0, &name),
+    };
+    let dir = adapter.parent().unwrap_or(Path::new("."));
+    for n in checkpoint_files(dir)? {
+        inner.rt.block_on(inner.cfg.artifacts.put_file(&checkpoint_key(&job.id, 0, &n), &dir.join(&n)))?;
+    }
+    inner.rt.block_on(inner.cfg.store.insert_checkpoint(&row, &job.spec.model))?;
+    prune_checkpoints(inner, &job.id);
+    Ok(())
+}
+
+/// Stores the latest checkpoint of a later ensemble member, which resumes it on any node, and
+/// deletes the files of the one before it (`previous`): a member's checkpoints are no model of
+/// the job's, and only its latest is needed.
+fn store_member_checkpoint(inner: &Arc<Inner>, job_id: &str, m: usize, adapter: &Path, previous: &mut Vec<String>) -> Result<()> {
+    let dir = adapter.parent().unwrap_or(Path::new("."));
+    let names = checkpoint_files(dir)?;
+    for n in &names {
+        inner.rt.block_on(inner.cfg.artifacts.put_file(&checkpoint_key(job_id, m, n), &dir.join(n)))?;
+    }
+    for old in previous.iter().filter(|o| !names.contains(o)) {
+        if let Err(e) = inner.rt.block_on(inner.cfg.artifacts.delete(&checkpoint_key(job_id, m, old))) {
+            tracing::warn!(error = format!("{e:#}"), "deleting an old checkpoint of an ensemble member");
+        }
+    }
+    *previous = names;
+    Ok(())
 }
 
 /// `Step 40/100: training loss=0.6931, validation accuracy=0.5000`.

@@ -73,7 +73,7 @@ pub struct TrainConfig {
     /// Train this many adapters, each the whole run (its search and refit included) from its own
     /// seed on the same data split, and keep them as one ensemble adapter that answers their
     /// average (see [`crate::model::fpt::write_ensemble`]): for datasets so small that one run's
-    /// seed moves its accuracy by points. 1: one adapter. The command line's only for now.
+    /// seed moves its accuracy by points. 1: one adapter.
     #[serde(skip_serializing_if = "is_one")]
     pub ensemble: usize,
 }
@@ -170,6 +170,10 @@ pub struct Metrics {
     /// is searching its learning rate; none for the run itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trial: Option<usize>,
+    /// The ensemble member this report is of (1 for the second, ...), when the run trains an
+    /// ensemble (`ensemble`); none for its first member, whose reports are the run's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<usize>,
 }
 
 impl Metrics {
@@ -480,6 +484,7 @@ impl Trainer<'_> {
                     learning_rate: lr,
                     eta_seconds: (cfg.n_steps - step) as f64 * cfg.batch_size as f64 / sps.max(1e-9),
                     trial: None,
+                    member: None,
                 }));
                 window = Window::new();
             }

@@ -248,12 +248,14 @@ async function jobPage(id) {
   const drawNow = () => {
     const m = primary();
     const empty = streaming && ACTIVE.includes(job.status) ? "Waiting for the first report…" : "No reports";
-    // A learning-rate search's trials (reports with a `trial`) have a chart of their own.
-    const run = points.filter((p) => p.trial == null);
+    // A learning-rate search's trials (reports with a `trial`) have a chart of their own; an
+    // ensemble's later members (reports with a `member`) are told of in words, not drawn.
+    const first = points.filter((p) => p.member == null);
+    const run = first.filter((p) => p.trial == null);
     chart($("#chart-loss"), run, "train_loss", "valid_loss", { yTitle: "loss", empty: points.length ? "Searching the learning rate…" : empty });
     chart($("#chart-acc"), run, `train_${m}`, `valid_${m}`, { yTitle: m, yMax: /accuracy|f1/.test(m) ? 1 : undefined, empty: points.length ? "Searching the learning rate…" : empty });
     $("#acc-title").textContent = m;
-    trials(points, m, job.result?.learning_rate_search?.chosen);
+    trials(first, m, job.result?.learning_rate_search?.chosen);
   };
   const progress = (step, steps, eta) => {
     const bar = $("#job-progress");
@@ -288,6 +290,7 @@ async function jobPage(id) {
       if (!ACTIVE.includes(job.status)) { draw(); return; }
       progress(e.data.step, e.data.total_steps, job.status === "running" ? etaText(e.data.eta_seconds) : "");
       if (e.data.trial != null) $("#job-eta").textContent = `learning-rate search: trial ${e.data.trial + 1} (lr ${e.data.learning_rate})`;
+      if (e.data.member != null) $("#job-eta").textContent = `ensemble member ${e.data.member + 1} of ${job.hyperparameters?.ensemble}: ${$("#job-eta").textContent}`;
       draw();
     } else if (e.data?.status && ACTIVE.includes(job.status)) {
       // Lifecycle events replayed for an ended job do not bring its buttons back.
