@@ -237,3 +237,39 @@ fn a_job_trains_an_ensemble_serves_it_and_survives_a_pause() {
         assert_eq!(p["result"][k], j["result"][k], "{k}");
     }
 }
+
+/// A worker killed (SIGKILL) while an ensemble's third member trains: the next worker resumes that
+/// member from its checkpoint in the store, and the job ends as an uninterrupted one did.
+#[test]
+fn an_ensemble_job_survives_a_killed_worker() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let lease = ["--lease-secs", "2"];
+    let s = Server::start_on(&data, &["--no-workers", "--lease-secs", "2"]);
+    let mut worker = common::server::start_worker(&data, &lease);
+    let file = s.upload_ok("train.csv", table(64, 5).into_bytes());
+    let body = json!({"model": "tiny-gpt2", "training_file": file, "task": {"type": "sequence_classification", "input_dim": 3},
+        "hyperparameters": {"ensemble": 3, "n_steps": 300, "eval_every": 20, "checkpoint_every": 10, "batch_size": 8}});
+    let whole = s.create_job(body.clone());
+    let j = s.wait_finished(&whole);
+    assert_eq!(j["status"], "succeeded", "{j}");
+
+    let killed = s.create_job(body);
+    let start = std::time::Instant::now();
+    while !s.events(&killed).iter().any(|e| e["data"]["member"] == 2 && e["data"]["step"].as_u64() > Some(20)) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(120), "no third member");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert_ne!(s.job(&killed)["status"], "succeeded", "killed before the end");
+    let mut worker = common::server::start_worker(&data, &lease);
+    let k = s.wait_finished(&killed);
+    worker.kill().unwrap();
+    assert_eq!(k["status"], "succeeded", "{k}");
+    let messages: Vec<String> = s.events(&killed).iter().filter_map(|e| e["message"].as_str().map(String::from)).collect();
+    assert!(messages.iter().any(|m| m.starts_with("ensemble member 3: resumed")), "the third member resumed: {messages:?}");
+    for key in ["ensemble", "best_valid_accuracy", "valid_loss", "steps", "confusion"] {
+        assert_eq!(k["result"][key], j["result"][key], "{key}");
+    }
+}
