@@ -120,6 +120,7 @@ fn an_ensemble_trains_its_members_and_answers_their_average() {
     let again = run(&adapter, "3");
     assert_eq!(again["test_accuracy"], summary["test_accuracy"]);
     assert_eq!(again["ensemble"], summary["ensemble"]);
+    assert_eq!(again["train_loss"], summary["train_loss"], "the members' summaries kept when they first finished");
     // One member is the run without an ensemble.
     let single = run(&d.join("one.safetensors"), "1");
     assert!(single.get("ensemble").is_none(), "{single}");
@@ -233,7 +234,7 @@ fn a_job_trains_an_ensemble_serves_it_and_survives_a_pause() {
         .filter_map(|e| e["message"].as_str().map(String::from))
         .find(|m| m.starts_with("ensemble member 3: resumed"));
     assert!(resumed.is_some(), "the third member resumed from its own checkpoint in the store");
-    for k in ["ensemble", "best_valid_accuracy", "valid_loss", "steps", "confusion"] {
+    for k in ["ensemble", "best_valid_accuracy", "valid_loss", "train_loss", "train_accuracy", "steps", "confusion"] {
         assert_eq!(p["result"][k], j["result"][k], "{k}");
     }
 }
@@ -266,10 +267,36 @@ fn an_ensemble_job_survives_a_killed_worker() {
     let mut worker = common::server::start_worker(&data, &lease);
     let k = s.wait_finished(&killed);
     worker.kill().unwrap();
+    worker.wait().unwrap();
     assert_eq!(k["status"], "succeeded", "{k}");
     let messages: Vec<String> = s.events(&killed).iter().filter_map(|e| e["message"].as_str().map(String::from)).collect();
     assert!(messages.iter().any(|m| m.starts_with("ensemble member 3: resumed")), "the third member resumed: {messages:?}");
-    for key in ["ensemble", "best_valid_accuracy", "valid_loss", "steps", "confusion"] {
+    for key in ["ensemble", "best_valid_accuracy", "valid_loss", "train_loss", "train_accuracy", "steps", "confusion"] {
         assert_eq!(k["result"][key], j["result"][key], "{key}");
+    }
+}
+
+/// A random-init ensemble's members share the run's random backbone, which its adapter is loaded
+/// on: each member, cut out, scores on its own what the run said it did.
+#[test]
+fn a_random_init_ensemble_is_scored_on_the_backbone_it_trained_on() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let (train, test, adapter) = (d.join("train.csv"), d.join("test.csv"), d.join("random.safetensors"));
+    std::fs::write(&train, table(64, 6)).unwrap();
+    std::fs::write(&test, table(80, 7)).unwrap();
+    let (t, e, out) = (train.to_str().unwrap(), test.to_str().unwrap(), adapter.to_str().unwrap());
+    let task = r#"{"type":"sequence_classification","input_dim":3}"#;
+    let args = ["train", "--task", task, "--model", "tiny-gpt2", "--no-pretrained", "--steps", "30", "--eval-every", "10", "--quiet"];
+    let more = ["--ensemble", "3", "--train", t, "--test", e, "--out", out];
+    let summary: Value = serde_json::from_str(fpt(&[&args[..], &more[..]].concat()).trim()).unwrap();
+    let eval =
+        |path: &Path| -> Value { serde_json::from_str(fpt(&["eval", "--adapter", path.to_str().unwrap(), "--data", e]).trim()).unwrap() };
+    assert!(close(&summary["test_accuracy"], eval(&adapter)["accuracy"].as_f64().unwrap()), "{summary}");
+    for (m, reported) in summary["ensemble"].as_array().unwrap().iter().enumerate() {
+        let path = d.join(format!("member-{m}.safetensors"));
+        member(&adapter, m, &path);
+        let alone = eval(&path);
+        assert!(close(&reported["reported"], alone["accuracy"].as_f64().unwrap()), "member {m}: {alone} against {summary}");
     }
 }

@@ -137,16 +137,16 @@ pub fn job_object(j: &Job) -> Value {
 }
 
 /// When a running job of a known step count will end at its pace so far. An ensemble's steps are
-/// its first member's (see [`crate::job::run::train_members`]): it is known while that one trains,
-/// as the time of all members, and not after.
+/// its first member's (see [`crate::job::run::train_members`]), which say nothing of the others':
+/// it has none.
 fn estimated_finish(j: &Job) -> Option<i64> {
     let h = &j.spec.hyperparameters;
     let (started, done) = (j.started_at?, j.trained_steps);
-    if j.status != JobStatus::Running || h.n_epochs.is_some() || done <= 0 || (h.ensemble > 1 && done >= h.n_steps as i64) {
+    if j.status != JobStatus::Running || h.n_epochs.is_some() || done <= 0 || h.ensemble > 1 {
         return None;
     }
     let now = crate::store::now();
-    let left = (h.n_steps as i64).saturating_mul(h.ensemble as i64).saturating_sub(done).max(0);
+    let left = (h.n_steps as i64).saturating_sub(done).max(0);
     Some(now + (now - started).max(0).saturating_mul(left) / done)
 }
 

@@ -157,23 +157,33 @@ pub struct Run {
 /// Prepares the data and builds the model on `device`, its frozen weights in `precision`.
 pub fn prepare(spec: &TrainSpec<PathBuf>, registry: &ModelRegistry, limits: &Limits, device: Device, precision: Precision) -> Result<Run> {
     let prepared = prepare_data(spec, registry, limits)?;
-    let model = build_model(spec, &prepared, device, precision, spec.seed)?;
+    let model = build_model(spec, &prepared, device, precision, None)?;
     Ok(Run { prepared, model })
 }
 
-/// The model of `spec` on its prepared data, its new layers drawn from `seed`.
-fn build_model(spec: &TrainSpec<PathBuf>, prepared: &Prepared, device: Device, precision: Precision, seed: u64) -> Result<FptModel> {
-    Ok(FptModel::new(ModelSpec {
+/// The model of `spec` on its prepared data, drawn from its seed; an ensemble's later member's
+/// (`layers_seed`) draws its new layers from its own.
+fn build_model(
+    spec: &TrainSpec<PathBuf>,
+    prepared: &Prepared,
+    device: Device,
+    precision: Precision,
+    layers_seed: Option<u64>,
+) -> Result<FptModel> {
+    let model_spec = ModelSpec {
         base: &prepared.base,
         shape: prepared.task.shape,
         switches: spec.switches,
         task: serde_json::to_value(&spec.task)?,
         device,
-        seed,
+        seed: spec.seed,
         frozen_kind: precision.frozen_kind(device),
-    })?
-    .with_backbone_dropout(prepared.hyperparameters.backbone_dropout)
-    .with_task_state(prepared.task.fitted.clone()))
+    };
+    let model = match layers_seed {
+        None => FptModel::new(model_spec)?,
+        Some(s) => FptModel::member(model_spec, s)?,
+    };
+    Ok(model.with_backbone_dropout(prepared.hyperparameters.backbone_dropout).with_task_state(prepared.task.fitted.clone()))
 }
 
 /// The seed of an ensemble's member `m`: the run's own for the first, then draws apart from it
@@ -446,31 +456,53 @@ pub fn train_to_file(
         eprintln!("note: {} samples were cut to the backbone's {} positions", info.truncated, run.model.max_positions());
     }
     let mut curve = Vec::new();
-    let mut dirs = |m: usize| {
-        let dir = member_dir(ckpt, m);
-        Ok(MemberDirs { search: dir.join(SEARCH_DIR), checkpoints: dir })
-    };
-    let trained = train_members(&mut run, spec, device, precision, &Control::default(), HashMap::new(), &mut dirs, &mut |member, p| {
-        progress(&p);
-        match p {
-            // The curve is the first member's: the others' steps count from 0 again.
-            Progress::Metrics(m) if member == 0 => curve.push(m),
-            _ => {}
-        }
-    })?;
+    let trained = train_members(
+        &mut run,
+        spec,
+        device,
+        precision,
+        &Control::default(),
+        HashMap::new(),
+        MemberHooks {
+            dirs: &mut |m| {
+                let dir = member_dir(ckpt, m);
+                Ok(MemberDirs { search: dir.join(SEARCH_DIR), checkpoints: dir })
+            },
+            progress: &mut |member, p| {
+                progress(&p);
+                match p {
+                    // The curve is the first member's: the others' steps count from 0 again.
+                    Progress::Metrics(m) if member == 0 => curve.push(m),
+                    _ => {}
+                }
+            },
+            finished: &mut |m, summary| {
+                let kept = member_dir(ckpt, m).join(MEMBER_SUMMARY);
+                match std::fs::read(&kept) {
+                    Ok(bytes) => *summary = serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", kept.display()))?,
+                    Err(_) => crate::fsutil::write_atomic(&kept, &serde_json::to_vec(summary)?)?,
+                }
+                Ok(())
+            },
+        },
+    )?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let (_, mut summary) = finish_members(&run, spec, registry, device, precision, trained, out)?;
+    let (_, mut summary) = finish_members(&mut run, trained, out)?;
     summary.adapter = Some(out.to_path_buf());
     Ok(LocalRun { summary, curve })
 }
 
-/// One run of an ensemble (or the one run): how it went, its search and its seed.
+/// The file (in a command-line member's folder) that keeps a finished ensemble member's summary.
+pub const MEMBER_SUMMARY: &str = "member-summary.json";
+
+/// One run of an ensemble (or the one run): how it went, its search, its seed and its summary.
 pub struct Trained {
     pub outcome: Outcome,
     pub search: Option<SearchRecord>,
     pub seed: u64,
+    pub summary: RunSummary,
 }
 
 /// Where one member of a run keeps its checkpoints and its learning-rate search.
@@ -479,12 +511,22 @@ pub struct MemberDirs {
     pub search: PathBuf,
 }
 
-/// Trains the run's `ensemble` members one after another, each from the folders `dirs` gives it
-/// (made ready there: a job's restored from its store), resuming from what they hold; stops after
-/// a member that did not finish (cancelled, paused, interrupted), which is then the last. Each
-/// member after the first announces itself, and its reports carry `member`; `progress` sees
-/// every report with its member's index.
-#[allow(clippy::too_many_arguments)]
+/// The caller's side of [`train_members`], each given the member's index.
+pub struct MemberHooks<'a> {
+    /// The member's folders, made ready (a job's restored from its store).
+    pub dirs: &'a mut dyn FnMut(usize) -> Result<MemberDirs>,
+    /// Every report of the member's.
+    pub progress: &'a mut dyn FnMut(usize, Progress),
+    /// An ensemble's member has finished with this summary: the hook keeps it, or puts back the
+    /// one it kept when the member first finished. A member resumed at its end (its ensemble's
+    /// job was paused or killed after it) runs no step, and its own summary would say so.
+    pub finished: &'a mut dyn FnMut(usize, &mut RunSummary) -> Result<()>,
+}
+
+/// Trains the run's `ensemble` members one after another, each from the folders its hooks give it,
+/// resuming from what they hold; stops after a member that did not finish (cancelled, paused,
+/// interrupted), which is then the last. Each member after the first announces itself, and its
+/// reports carry `member` (its messages say it).
 pub fn train_members(
     run: &mut Run,
     spec: &TrainSpec<PathBuf>,
@@ -492,29 +534,32 @@ pub fn train_members(
     precision: Precision,
     control: &Control,
     metadata: HashMap<String, String>,
-    dirs: &mut dyn FnMut(usize) -> Result<MemberDirs>,
-    progress: &mut dyn FnMut(usize, Progress),
+    hooks: MemberHooks,
 ) -> Result<Vec<Trained>> {
     let members = run.prepared.hyperparameters.ensemble;
     let mut trained = Vec::with_capacity(members);
     for m in 0..members {
         let seed = member_seed(spec.seed, m);
         if m > 0 {
-            progress(m, Progress::Message(format!("ensemble member {} of {members} (seed {seed})", m + 1)));
-            run.model = build_model(spec, &run.prepared, device, precision, seed)?;
+            (hooks.progress)(m, Progress::Message(format!("ensemble member {} of {members} (seed {seed})", m + 1)));
+            run.model = build_model(spec, &run.prepared, device, precision, Some(seed))?;
         }
-        let at = dirs(m)?;
+        let at = (hooks.dirs)(m)?;
         let trainer = run.trainer(seed, at.checkpoints, metadata.clone());
         let (outcome, search) = trainer.train(&at.search, control, &mut |p| match p {
             Progress::Metrics(mut metrics) if m > 0 => {
                 metrics.member = Some(m);
-                progress(m, Progress::Metrics(metrics))
+                (hooks.progress)(m, Progress::Metrics(metrics))
             }
-            Progress::Message(s) if m > 0 => progress(m, Progress::Message(format!("ensemble member {}: {s}", m + 1))),
-            p => progress(m, p),
+            Progress::Message(s) if m > 0 => (hooks.progress)(m, Progress::Message(format!("ensemble member {}: {s}", m + 1))),
+            p => (hooks.progress)(m, p),
         })?;
         let finished = matches!(outcome.ending, Ending::Finished | Ending::EarlyStopped);
-        trained.push(Trained { outcome, search, seed });
+        let mut summary = run.summary(&outcome, seed, search.clone());
+        if finished && members > 1 {
+            (hooks.finished)(m, &mut summary)?;
+        }
+        trained.push(Trained { outcome, search, seed, summary });
         if !finished {
             break;
         }
@@ -523,17 +568,9 @@ pub fn train_members(
 }
 
 /// The outcome and summary of a run's members: the one run's own; the last member's when it
-/// stopped short (cancelled, paused, interrupted); else the ensemble's, written to `out`
-/// (see [`ensemble_summary`]), its outcome's adapter `out`.
-pub fn finish_members(
-    run: &Run,
-    spec: &TrainSpec<PathBuf>,
-    registry: &ModelRegistry,
-    device: Device,
-    precision: Precision,
-    mut trained: Vec<Trained>,
-    out: &Path,
-) -> Result<(Outcome, RunSummary)> {
+/// stopped short (cancelled, paused, interrupted); else the ensemble's, written to `out` and
+/// loaded in the run's model (see [`ensemble_summary`]), its outcome's adapter `out`.
+pub fn finish_members(run: &mut Run, mut trained: Vec<Trained>, out: &Path) -> Result<(Outcome, RunSummary)> {
     let last = trained.last().context("a run has a member")?;
     let finished = matches!(last.outcome.ending, Ending::Finished | Ending::EarlyStopped);
     if trained.len() == 1 || !finished {
@@ -542,35 +579,41 @@ pub fn finish_members(
             let kept = t.outcome.adapter.as_ref().context("training produced no adapter")?;
             std::fs::copy(kept, out).with_context(|| format!("writing {}", out.display()))?;
         }
-        let summary = run.summary(&t.outcome, t.seed, t.search.clone());
-        return Ok((t.outcome, summary));
+        return Ok((t.outcome, t.summary));
     }
     let adapters = trained.iter().map(|t| t.outcome.adapter.clone().context("training produced no adapter")).collect::<Result<Vec<_>>>()?;
-    crate::model::fpt::write_ensemble(out, &adapters).with_context(|| format!("writing {}", out.display()))?;
-    let ensemble = FptModel::load_adapter_on(out, Some(&spec.model), registry, device, precision.frozen_kind(device))?;
-    let (mut outcome, summary) = ensemble_summary(run, &ensemble, trained);
+    let seeds: Vec<u64> = trained.iter().map(|t| t.seed).collect();
+    crate::model::fpt::write_ensemble(out, &adapters, &seeds).with_context(|| format!("writing {}", out.display()))?;
+    // The last member's model (the run's backbone) answers as the ensemble: no second backbone.
+    run.model.load_ensemble(out)?;
+    let summary = ensemble_summary(run, &trained);
+    let mut outcome = trained.swap_remove(0).outcome;
     outcome.adapter = Some(out.to_path_buf());
     Ok((outcome, summary))
 }
 
-/// An ensemble's outcome and summary: its first member's, with the test values and the confusion
-/// of the ensemble itself, the time and tokens of all its members, and each member's own in
-/// `ensemble`.
-fn ensemble_summary(run: &Run, ensemble: &FptModel, trained: Vec<Trained>) -> (Outcome, RunSummary) {
-    let members: Vec<RunSummary> = trained.iter().map(|t| run.summary(&t.outcome, t.seed, t.search.clone())).collect();
-    let Trained { outcome: mut first, search, seed } = trained.into_iter().next().expect("an ensemble has members");
+/// An ensemble's summary (its model the run's): its first member's, with the test values of the
+/// ensemble itself, and its confusion but after a refit (whose members trained on the validation
+/// split: the first member's from before its refit stays, as a single run's does), the time and
+/// tokens of all its members, and each member's own in `ensemble`.
+fn ensemble_summary(run: &Run, trained: &[Trained]) -> RunSummary {
+    let first = &trained[0];
+    let mut summary = first.summary.clone();
     let (task, batch) = (&run.prepared.task, run.prepared.hyperparameters.eval_batch_size);
-    if first.test.is_some() {
-        first.test = crate::train::evaluate(ensemble, task, crate::tasks::EvalSplit::Test, batch);
+    if let Some(test) = crate::train::evaluate(&run.model, task, crate::tasks::EvalSplit::Test, batch) {
+        summary.metrics.retain(|k, _| !k.starts_with("test_"));
+        summary.metrics.extend(test.prefixed("test_"));
+        if let Some(p) = summary.protocol.as_mut().filter(|p| p.reported_split == "test") {
+            p.reported = test.metrics.get(&summary.primary_metric).copied();
+        }
     }
-    if first.confusion.is_some() {
-        first.confusion = crate::train::confusion::confusion(ensemble, task, crate::tasks::EvalSplit::Valid, batch);
+    if summary.confusion.is_some() && first.outcome.refit.is_none() {
+        summary.confusion = crate::train::confusion::confusion(&run.model, task, crate::tasks::EvalSplit::Valid, batch);
     }
-    let mut summary = run.summary(&first, seed, search);
-    summary.wall_seconds = members.iter().map(|s| s.wall_seconds).sum();
-    summary.trained_tokens = members.iter().map(|s| s.trained_tokens).sum();
-    summary.ensemble = Some(members.iter().map(Member::of).collect());
-    (first, summary)
+    summary.wall_seconds = trained.iter().map(|t| t.summary.wall_seconds).sum();
+    summary.trained_tokens = trained.iter().map(|t| t.summary.trained_tokens).sum();
+    summary.ensemble = Some(trained.iter().map(|t| Member::of(&t.summary)).collect());
+    summary
 }
 
 #[cfg(test)]

@@ -124,11 +124,28 @@ fn torch_linear_init(d_in: i64, d_out: i64) -> (Tensor, Tensor) {
 
 impl FptModel {
     pub fn new(spec: ModelSpec<'_>) -> Result<Self> {
+        Self::build(spec, None)
+    }
+
+    /// The model of an ensemble's later member: its backbone (a random init too) is `spec.seed`'s,
+    /// the run's, which the ensemble's adapter records and is loaded on; its new layers are drawn
+    /// from `layers_seed`, its own.
+    pub fn member(spec: ModelSpec<'_>, layers_seed: u64) -> Result<Self> {
+        Self::build(spec, Some(layers_seed))
+    }
+
+    fn build(spec: ModelSpec<'_>, layers_seed: Option<u64>) -> Result<Self> {
         // A random-init backbone draws from the seeded generator; a pretrained one is read (and
         // packed) without holding it, and the new layers draw the same values either way.
         let early = (!spec.switches.pretrained).then(|| super::seed_torch(spec.seed));
         let (backbone, mut params) = spec.base.build(&spec.switches, spec.device, spec.frozen_kind)?;
-        let draws = early.unwrap_or_else(|| super::seed_torch(spec.seed));
+        let draws = match (early, layers_seed) {
+            (Some(drawing), None) => drawing,
+            (early, layers) => {
+                drop(early);
+                super::seed_torch(layers.unwrap_or(spec.seed))
+            }
+        };
         let hidden = backbone.config().hidden;
         let dev = spec.device;
         let input = match spec.shape.input {
@@ -331,13 +348,26 @@ impl FptModel {
         })?
         .with_task_state(meta.task_state);
         let fits = |e: anyhow::Error| e.context(format!("adapter {} does not fit base model `{}`", path.display(), base.name));
-        if meta.members > 1 {
-            model.members = split_members(tensors, meta.members)?.iter().map(|m| model.resolve(m)).collect::<Result<_>>().map_err(fits)?;
-            model.put(&model.members[0]);
-        } else {
-            model.assign(&tensors).map_err(fits)?;
-        }
+        model.take(tensors, meta.members).map_err(fits)?;
         Ok(model)
+    }
+
+    /// Makes this model the ensemble adapter at `path` (written by [`write_ensemble`] from this
+    /// model's members): it answers with its members from now on.
+    pub fn load_ensemble(&mut self, path: &Path) -> Result<()> {
+        let (tensors, meta) = read_safetensors(path, self.device)?;
+        let meta = AdapterMeta::parse(&meta).with_context(|| format!("{} is not an fpt adapter", path.display()))?;
+        self.take(tensors, meta.members).with_context(|| format!("ensemble {} does not fit its model", path.display()))
+    }
+
+    /// Puts an adapter's tensors in place: a single adapter's, or an ensemble's `members`.
+    fn take(&mut self, tensors: Vec<(String, Tensor)>, members: usize) -> Result<()> {
+        if members == 1 {
+            return self.assign(&tensors);
+        }
+        self.members = split_members(tensors, members)?.iter().map(|m| self.resolve(m)).collect::<Result<_>>()?;
+        self.put(&self.members[0]);
+        Ok(())
     }
 
     /// Copies named tensors (checkpoint layout) into the model's parameters.
@@ -391,27 +421,30 @@ fn split_members(tensors: Vec<(String, Tensor)>, members: usize) -> Result<Vec<V
         let m = (1..members).find(|&m| name.starts_with(&member_prefix(m))).unwrap_or(0);
         out[m].push((name[member_prefix(m).len()..].to_string(), t));
     }
-    if let Some(m) = (1..members).find(|&m| out[m].len() != out[0].len()) {
-        bail!("ensemble member {m} has {} tensors, its first member {}", out[m].len(), out[0].len());
+    // Every member sets the same tensors, or one member's values would stay in place for the next.
+    let names = |m: &[(String, Tensor)]| m.iter().map(|(n, _)| n.clone()).collect::<std::collections::BTreeSet<_>>();
+    let first = names(&out[0]);
+    if let Some(m) = (1..members).find(|&m| names(&out[m]) != first || out[m].len() != out[0].len()) {
+        bail!("ensemble member {m} does not hold the tensors its first member does");
     }
     Ok(out)
 }
 
-/// Writes the adapters `members` (trained on one task, one data split and one base model, from
-/// other seeds) as one ensemble adapter at `path`: the first member's metadata, with the format
-/// [`ENSEMBLE_FORMAT`], `ensemble_members` and each member's `init_seed` in `ensemble_seeds`.
-pub fn write_ensemble(path: &Path, members: &[PathBuf]) -> Result<()> {
-    if !(2..=MAX_ENSEMBLE_MEMBERS).contains(&members.len()) {
-        bail!("an ensemble has 2 to {MAX_ENSEMBLE_MEMBERS} members, not {}", members.len());
+/// Writes the adapters `members` (trained on one task, one data split and one backbone, their
+/// new layers and batches from the seeds `seeds`) as one ensemble adapter at `path`: the first
+/// member's metadata, with the format [`ENSEMBLE_FORMAT`], `ensemble_members` and
+/// `ensemble_seeds`.
+pub fn write_ensemble(path: &Path, members: &[PathBuf], seeds: &[u64]) -> Result<()> {
+    if !(2..=MAX_ENSEMBLE_MEMBERS).contains(&members.len()) || seeds.len() != members.len() {
+        bail!("an ensemble has 2 to {MAX_ENSEMBLE_MEMBERS} members and a seed each, not {} and {}", members.len(), seeds.len());
     }
-    let (mut tensors, mut seeds, mut metadata) = (Vec::new(), Vec::new(), HashMap::new());
+    let (mut tensors, mut metadata) = (Vec::new(), HashMap::new());
     for (m, file) in members.iter().enumerate() {
         let (ts, meta) = read_safetensors(file, Device::Cpu)?;
         let parsed = AdapterMeta::parse(&meta).with_context(|| format!("{} is not an fpt adapter", file.display()))?;
         if parsed.members > 1 {
             bail!("{} is an ensemble already", file.display());
         }
-        seeds.push(parsed.init_seed);
         tensors.extend(ts.into_iter().map(|(n, t)| (format!("{}{n}", member_prefix(m)), t)));
         if m == 0 {
             metadata = meta;
@@ -419,7 +452,7 @@ pub fn write_ensemble(path: &Path, members: &[PathBuf]) -> Result<()> {
     }
     metadata.insert("format".into(), ENSEMBLE_FORMAT.into());
     metadata.insert("ensemble_members".into(), members.len().to_string());
-    metadata.insert("ensemble_seeds".into(), serde_json::to_string(&seeds)?);
+    metadata.insert("ensemble_seeds".into(), serde_json::to_string(seeds)?);
     write_safetensors(path, &tensors, metadata)
 }
 

@@ -22,7 +22,7 @@ use tokio::runtime::Handle;
 
 use crate::artifacts::{file_key, job_key, Artifacts};
 use crate::job::results::results_csv;
-use crate::job::run::{finish_members, train_members, MemberDirs};
+use crate::job::run::{finish_members, train_members, MemberDirs, MemberHooks};
 use crate::job::status::JobError;
 use crate::job::{prepare, DataFiles, Desired, DeviceKind, JobStatus, Limits, RunSummary};
 use crate::model::{ModelRegistry, Precision};
@@ -551,7 +551,15 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
         Ok(MemberDirs { checkpoints, search: restore_search(inner, &job.id, m)? })
     };
     let mut checkpoint_failure: Option<anyhow::Error> = None;
-    let trained = train_members(&mut run, &spec, cfg.device, cfg.precision, control, metadata, &mut dirs, &mut |m, p| match p {
+    let mut finished = |m: usize, summary: &mut RunSummary| -> Result<()> {
+        let key = member_key(&job.id, m, "summary.json");
+        match inner.rt.block_on(cfg.artifacts.get_if_exists(&key))? {
+            Some(kept) => *summary = serde_json::from_slice(&kept).with_context(|| format!("artifact {key} is corrupt"))?,
+            None => inner.rt.block_on(cfg.artifacts.put(&key, serde_json::to_vec(summary)?))?,
+        }
+        Ok(())
+    };
+    let mut progress = |m: usize, p: Progress| match p {
         Progress::Metrics(metrics) => {
             inner.samples_per_second.lock().unwrap().insert(job.id.clone(), metrics.samples_per_second);
             // A learning-rate trial's reports, and a later ensemble member's, have no step of the
@@ -601,12 +609,14 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
             }
         }
         Progress::Message(s) => cfg.events.send(event(&job.id, worker, "info", "message", s, None, None)),
-    })?;
+    };
+    let hooks = MemberHooks { dirs: &mut dirs, progress: &mut progress, finished: &mut finished };
+    let trained = train_members(&mut run, &spec, cfg.device, cfg.precision, control, metadata, hooks)?;
     if let Some(e) = checkpoint_failure {
         return Err(e);
     }
     let out = work_dir(&cfg.work_dir, &job.id).join("kept.adapter.safetensors");
-    let (outcome, summary) = finish_members(&run, &spec, &cfg.registry, cfg.device, cfg.precision, trained, &out)?;
+    let (outcome, summary) = finish_members(&mut run, trained, &out)?;
     Ok((outcome, summary, model_id))
 }
 

@@ -235,7 +235,10 @@ impl Objective {
                     l.reshape([s[0], s[1], s[2], -1, 2]).softmax(-1, Kind::Float).mean_dim(0, false, Kind::Float).clamp_min(TINY).log();
                 pairs.reshape([s[1], s[2], s[3]])
             }
-            Objective::MultiLabel { .. } => l.sigmoid().mean_dim(0, false, Kind::Float).logit(Some(TINY)),
+            // In f64: a probability of 1 - 1e-30 is 1 in f32, whose log-odds are infinite.
+            Objective::MultiLabel { .. } => {
+                l.to_kind(Kind::Double).sigmoid().mean_dim(0, false, Kind::Double).logit(Some(TINY_F64)).to_kind(Kind::Float)
+            }
             Objective::Regression { .. } | Objective::Forecast { .. } => l.mean_dim(0, false, Kind::Float),
         }
     }
@@ -304,6 +307,8 @@ impl Objective {
 
 /// The smallest probability an ensemble's average is taken as: its logarithm stays finite.
 const TINY: f64 = 1e-30;
+/// The same for log-odds, which need 1 - it too, in f64.
+const TINY_F64: f64 = 1e-15;
 
 /// F1 from true positives, false positives and false negatives; None when there is nothing to score.
 fn f1(tp: f64, fp: f64, fn_: f64) -> Option<f64> {
@@ -363,11 +368,17 @@ mod tests {
         // Bits: each bit's pair of logits is averaged as its own two classes.
         let bits = Objective::Bits { per_token: 2 }.combine(&members.narrow(3, 0, 2).repeat([1, 1, 1, 2]));
         assert_eq!(bits.size(), [1, 1, 4]);
-        // Labels: the probabilities' mean, given back as log-odds; 0 and 1 stay finite.
+        // Labels: the probabilities' mean, given back as log-odds; 0 and 1 stay finite, and so
+        // does the loss of a label every member is sure of.
         let labels = Tensor::from_slice(&[0f32, 100.0, 2.0, -100.0]).view([2, 1, 1, 2]);
-        let l = Objective::MultiLabel { k: 2, threshold: 0.5 }.combine(&labels);
+        let multilabel = Objective::MultiLabel { k: 2, threshold: 0.5 };
+        let l = multilabel.combine(&labels);
         assert!(close(&l.sigmoid(), &labels.sigmoid().mean_dim(0, false, Kind::Float)), "{l}");
         assert!(bool::try_from(l.isfinite().all()).unwrap());
+        let sure = multilabel.combine(&Tensor::from_slice(&[100f32, -100.0, 100.0, -100.0]).view([2, 1, 1, 2]));
+        assert!(bool::try_from(sure.isfinite().all()).unwrap(), "{sure}");
+        let loss = f64::try_from(multilabel.score(&sure, &Tensor::from_slice(&[0f32, 1.0]).view([1, 2])).loss).unwrap();
+        assert!(loss.is_finite() && loss > 10.0, "both labels wrong and sure: {loss}");
         // Real values: their mean.
         let r = Objective::Regression { mean: vec![0.0], std: vec![1.0] }.combine(&labels);
         assert!(close(&r, &Tensor::from_slice(&[1f32, 0.0]).view([1, 1, 2])), "{r}");
