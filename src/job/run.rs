@@ -337,8 +337,9 @@ pub struct RunSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refit: Option<crate::train::refit::Refit>,
     /// An ensemble's members (`ensemble` above 1), each trained as a whole run of its own: the
-    /// summary's test values and confusion are the ensemble's, its time and tokens all members',
-    /// and its other values (steps, validation, parameters per adapter) the first member's.
+    /// summary's test values are the ensemble's, and so is its confusion but after a refit, its
+    /// time and tokens all members', and its other values (steps, validation, parameters per
+    /// adapter) the first member's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<Vec<Member>>,
 }
