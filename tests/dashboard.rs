@@ -339,8 +339,23 @@ fn a_learning_rate_search_draws_a_curve_per_trial() {
     assert!(legend.contains("lr 0.0001") && legend.contains("(chosen)"), "{legend}");
     assert!(b.text("#job-chosen-lr").contains(&chosen.to_string()), "{}", b.text("#job-chosen-lr"));
     // The run's own curves go on from the chosen trial.
-    assert!(curve_points(&b) >= 2, "the run's loss curve");
+    let points = curve_points(&b);
+    assert!(points >= 2, "the run's loss curve");
     b.screenshot(&shots().join("7-learning-rate-search.png"));
+    let errors = b.script("return window.__errors;", vec![]);
+    assert_eq!(errors, Value::Array(vec![]), "console errors: {errors}");
+
+    // An ensemble of two such runs: its first member is the job above, and its page draws that
+    // member's trials and curve, not the second's.
+    let ensemble = s.create_job(serde_json::json!({"model": "tiny-gpt2", "task": {"type": "bit_xor", "n_bits": 3, "n_valid": 32},
+        "hyperparameters": {"learning_rate": "auto", "n_steps": 100, "eval_every": 5, "ensemble": 2}}));
+    let job = s.wait_finished(&ensemble);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(s.events(&ensemble).iter().any(|e| e["data"]["member"] == 1), "the second member reported");
+    b.goto(&format!("{}/#/jobs/{ensemble}", s.url));
+    b.wait_for("#chart-trials polyline.chosen", Duration::from_secs(20));
+    assert_eq!(b.script("return document.querySelectorAll('#chart-trials polyline').length;", vec![]), Value::from(5));
+    assert_eq!(curve_points(&b), points, "the first member's curve");
     let errors = b.script("return window.__errors;", vec![]);
     assert_eq!(errors, Value::Array(vec![]), "console errors: {errors}");
 }
