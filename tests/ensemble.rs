@@ -52,6 +52,18 @@ fn member(ensemble: &Path, m: usize, out: &Path) {
     fpt::model::weights::write_safetensors(out, &own, meta).unwrap();
 }
 
+/// Each of an ensemble's `k` members cut out into `dir` (as `member-<m>.safetensors`), predicting
+/// `inputs` on its own.
+fn predictions_alone(ensemble: &Path, k: usize, dir: &Path, inputs: &Path) -> Vec<Vec<Value>> {
+    (0..k)
+        .map(|m| {
+            let path = dir.join(format!("member-{m}.safetensors"));
+            member(ensemble, m, &path);
+            predictions(&path, inputs)
+        })
+        .collect()
+}
+
 fn close(a: &Value, b: f64) -> bool {
     (a.as_f64().unwrap() - b).abs() < 1e-4
 }
@@ -88,13 +100,7 @@ fn an_ensemble_trains_its_members_and_answers_their_average() {
 
     // Its answers are its members' average probabilities, each member predicting on its own.
     let answers = predictions(&adapter, &inputs);
-    let alone: Vec<Vec<Value>> = (0..3)
-        .map(|m| {
-            let path = d.join(format!("member-{m}.safetensors"));
-            member(&adapter, m, &path);
-            predictions(&path, &inputs)
-        })
-        .collect();
+    let alone = predictions_alone(&adapter, 3, d, &inputs);
     assert!(alone[0] != alone[1], "the members are different adapters");
     for (i, a) in answers.iter().enumerate() {
         for j in 0..2 {
@@ -155,13 +161,7 @@ fn a_regression_ensemble_answers_its_members_mean() {
         out,
     ]);
     let answers = predictions(&adapter, &inputs);
-    let alone: Vec<Vec<Value>> = (0..2)
-        .map(|m| {
-            let path = d.join(format!("member-{m}.safetensors"));
-            member(&adapter, m, &path);
-            predictions(&path, &inputs)
-        })
-        .collect();
+    let alone = predictions_alone(&adapter, 2, d, &inputs);
     for (i, a) in answers.iter().enumerate() {
         let mean = (alone[0][i]["value"].as_f64().unwrap() + alone[1][i]["value"].as_f64().unwrap()) / 2.0;
         assert!(close(&a["value"], mean), "sample {i}: {a} against {alone:?}");
@@ -201,13 +201,7 @@ fn a_job_trains_an_ensemble_serves_it_and_survives_a_pause() {
     std::fs::write(&adapter, s.get(&format!("/v1/models/{model}/adapter")).bytes().unwrap()).unwrap();
     let lines = dir.path().join("inputs.jsonl");
     std::fs::write(&lines, inputs.as_array().unwrap().iter().map(|i| format!("{i}\n")).collect::<String>()).unwrap();
-    let alone: Vec<Vec<Value>> = (0..3)
-        .map(|m| {
-            let path = dir.path().join(format!("member-{m}.safetensors"));
-            member(&adapter, m, &path);
-            predictions(&path, &lines)
-        })
-        .collect();
+    let alone = predictions_alone(&adapter, 3, dir.path(), &lines);
     for i in 0..2 {
         for c in 0..2 {
             let mean = alone.iter().map(|p| p[i]["probabilities"][c].as_f64().unwrap()).sum::<f64>() / 3.0;

@@ -477,14 +477,6 @@ pub fn train_to_file(
                     _ => {}
                 }
             },
-            finished: &mut |m, summary| {
-                let kept = member_dir(ckpt, m).join(MEMBER_SUMMARY);
-                match std::fs::read(&kept) {
-                    Ok(bytes) => *summary = serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", kept.display()))?,
-                    Err(_) => crate::fsutil::write_atomic(&kept, &serde_json::to_vec(summary)?)?,
-                }
-                Ok(())
-            },
         },
     )?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -495,13 +487,9 @@ pub fn train_to_file(
     Ok(LocalRun { summary, curve })
 }
 
-/// The file (in a command-line member's folder) that keeps a finished ensemble member's summary.
-pub const MEMBER_SUMMARY: &str = "member-summary.json";
-
-/// One run of an ensemble (or the one run): how it went, its search, its seed and its summary.
+/// One run of an ensemble (or the one run): how it went, its seed and its summary.
 pub struct Trained {
     pub outcome: Outcome,
-    pub search: Option<SearchRecord>,
     pub seed: u64,
     pub summary: RunSummary,
 }
@@ -518,10 +506,6 @@ pub struct MemberHooks<'a> {
     pub dirs: &'a mut dyn FnMut(usize) -> Result<MemberDirs>,
     /// Every report of the member's.
     pub progress: &'a mut dyn FnMut(usize, Progress),
-    /// An ensemble's member has finished with this summary: the hook keeps it, or puts back the
-    /// one it kept when the member first finished. A member resumed at its end (its ensemble's
-    /// job was paused or killed after it) runs no step, and its own summary would say so.
-    pub finished: &'a mut dyn FnMut(usize, &mut RunSummary) -> Result<()>,
 }
 
 /// Trains the run's `ensemble` members one after another, each from the folders its hooks give it,
@@ -556,11 +540,8 @@ pub fn train_members(
             p => (hooks.progress)(m, p),
         })?;
         let finished = matches!(outcome.ending, Ending::Finished | Ending::EarlyStopped);
-        let mut summary = run.summary(&outcome, seed, search.clone());
-        if finished && members > 1 {
-            (hooks.finished)(m, &mut summary)?;
-        }
-        trained.push(Trained { outcome, search, seed, summary });
+        let summary = run.summary(&outcome, seed, search);
+        trained.push(Trained { outcome, seed, summary });
         if !finished {
             break;
         }

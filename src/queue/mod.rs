@@ -551,14 +551,6 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
         Ok(MemberDirs { checkpoints, search: restore_search(inner, &job.id, m)? })
     };
     let mut checkpoint_failure: Option<anyhow::Error> = None;
-    let mut finished = |m: usize, summary: &mut RunSummary| -> Result<()> {
-        let key = member_key(&job.id, m, "summary.json");
-        match inner.rt.block_on(cfg.artifacts.get_if_exists(&key))? {
-            Some(kept) => *summary = serde_json::from_slice(&kept).with_context(|| format!("artifact {key} is corrupt"))?,
-            None => inner.rt.block_on(cfg.artifacts.put(&key, serde_json::to_vec(summary)?))?,
-        }
-        Ok(())
-    };
     let mut progress = |m: usize, p: Progress| match p {
         Progress::Metrics(metrics) => {
             inner.samples_per_second.lock().unwrap().insert(job.id.clone(), metrics.samples_per_second);
@@ -610,7 +602,7 @@ fn train_job(inner: &Arc<Inner>, job: &Job, worker: &str, control: &Control, los
         }
         Progress::Message(s) => cfg.events.send(event(&job.id, worker, "info", "message", s, None, None)),
     };
-    let hooks = MemberHooks { dirs: &mut dirs, progress: &mut progress, finished: &mut finished };
+    let hooks = MemberHooks { dirs: &mut dirs, progress: &mut progress };
     let trained = train_members(&mut run, &spec, cfg.device, cfg.precision, control, metadata, hooks)?;
     if let Some(e) = checkpoint_failure {
         return Err(e);

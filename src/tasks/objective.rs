@@ -366,8 +366,11 @@ mod tests {
         let mean = members.softmax(-1, Kind::Float).mean_dim(0, false, Kind::Float);
         assert!(close(&classes.softmax(-1, Kind::Float), &mean), "{classes}");
         // Bits: each bit's pair of logits is averaged as its own two classes.
-        let bits = Objective::Bits { per_token: 2 }.combine(&members.narrow(3, 0, 2).repeat([1, 1, 1, 2]));
+        let pairs = members.narrow(3, 0, 2).repeat([1, 1, 1, 2]);
+        let bits = Objective::Bits { per_token: 2 }.combine(&pairs);
         assert_eq!(bits.size(), [1, 1, 4]);
+        let pair_mean = pairs.view([2, 1, 1, 2, 2]).softmax(-1, Kind::Float).mean_dim(0, false, Kind::Float);
+        assert!(close(&bits.view([1, 1, 2, 2]).softmax(-1, Kind::Float), &pair_mean), "{bits}");
         // Labels: the probabilities' mean, given back as log-odds; 0 and 1 stay finite, and so
         // does the loss of a label every member is sure of.
         let labels = Tensor::from_slice(&[0f32, 100.0, 2.0, -100.0]).view([2, 1, 1, 2]);

@@ -43,6 +43,10 @@ pub struct LoopState {
     /// The run stopped early here: resumed (the same command again), it is finished.
     #[serde(default)]
     pub stopped_early: bool,
+    /// The training metrics of the last report (`train_loss`, `train_<metric>`), so that a run
+    /// resumed at its end (an ensemble's finished member, when its job resumes) ends with them.
+    #[serde(default)]
+    pub last_train: crate::metrics::MetricMap,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

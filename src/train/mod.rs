@@ -401,7 +401,7 @@ impl Trainer<'_> {
             None => LoopState::default(),
         };
         let mut window = Window::new();
-        let (mut last_train, mut last_valid) = (MetricMap::new(), None);
+        let mut last_valid = None;
         let mut trained_samples = 0usize;
         let mut ending = if state.stopped_early { Ending::EarlyStopped } else { Ending::Finished };
         let end = self.stop_at.map_or(cfg.n_steps, |s| s.min(cfg.n_steps));
@@ -469,9 +469,9 @@ impl Trainer<'_> {
                 let secs = window.started.elapsed().as_secs_f64().max(1e-9);
                 let sps = window.samples as f64 / secs;
                 let w = std::mem::take(&mut state.window);
-                last_train = prefixed("train_", &objective.metrics(&w.tally));
-                last_train.insert("train_loss".into(), w.loss / w.steps as f64);
-                let mut values = last_train.clone();
+                state.last_train = prefixed("train_", &objective.metrics(&w.tally));
+                state.last_train.insert("train_loss".into(), w.loss / w.steps as f64);
+                let mut values = state.last_train.clone();
                 if let Some(v) = &valid {
                     values.extend(v.prefixed("valid_"));
                 }
@@ -534,7 +534,7 @@ impl Trainer<'_> {
         Ok(Outcome {
             ending,
             steps: state.step,
-            train: last_train,
+            train: state.last_train.clone(),
             valid: last_valid,
             primary: primary.name,
             direction: primary.direction,
